@@ -1,0 +1,70 @@
+# Slipway. `make demo` shows the agent at work; `make test` runs every test.
+# Both install what they need (see .ci/deps) and start and stop the services
+# they use (see .ci/with-services).
+
+SHELL := /bin/bash
+GOLANGCI_LINT_VERSION := v2.15.0
+CACHE := $(CURDIR)/.cache
+GOLANGCI_LINT := $(CACHE)/bin/golangci-lint-$(GOLANGCI_LINT_VERSION)
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+AGENT_LDFLAGS := -s -w -X main.version=$(VERSION)
+AGENT_PLATFORMS := linux/amd64 linux/arm64 windows/amd64
+# Each fuzz target runs this long in `make test`.
+FUZZTIME ?= 5s
+
+.PHONY: all build deps test unit fuzz lint bench demo clean
+
+all: build
+
+deps:
+	@.ci/deps
+	@go mod download
+
+build:
+	@mkdir -p bin
+	@for p in $(AGENT_PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
+	  echo "build bin/slipway-agent-$$os-$$arch$$ext"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch go build -trimpath -ldflags '$(AGENT_LDFLAGS)' \
+	    -o bin/slipway-agent-$$os-$$arch$$ext ./agent || exit 1; \
+	done
+	@CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/slipway ./cmd/slipway
+	@echo "build bin/slipway"
+
+$(GOLANGCI_LINT):
+	@mkdir -p $(CACHE)/bin
+	GOBIN=$(CACHE)/bin go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	@mv $(CACHE)/bin/golangci-lint $@
+
+lint: $(GOLANGCI_LINT)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: the files above need formatting"; exit 1; }
+	go vet ./...
+	GOOS=windows go vet ./agent/... ./internal/pki/...
+	$(GOLANGCI_LINT) run ./...
+	GOOS=windows $(GOLANGCI_LINT) run ./agent/...
+
+# test: every test, with the race detector, against a real Docker engine, then
+# each fuzz target briefly, then the linters.
+test: deps build
+	.ci/with-services $(MAKE) --no-print-directory unit fuzz
+	$(MAKE) --no-print-directory lint
+
+unit:
+	go test -race -count=1 ./...
+
+fuzz:
+	@for target in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/^func //' | sort -u); do \
+	  pkg=$$(grep -rlE "^func $$target\(" --include='*_test.go' . | head -1 | xargs dirname); \
+	  echo "fuzz $$target in $$pkg for $(FUZZTIME)"; \
+	  go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+# bench: every benchmark once; each prints `BENCH <name> <value> <unit>`.
+bench: deps build
+	.ci/with-services go test -run '^$$' -bench . -benchtime 1x -count 1 ./... | tee $(CACHE)/bench.txt | grep -E '^(BENCH|FAIL|ok|---)'
+
+demo: deps build
+	.ci/with-services ./bin/slipway demo --agent ./bin/slipway-agent-$$(go env GOOS)-$$(go env GOARCH)
+
+clean:
+	rm -rf bin

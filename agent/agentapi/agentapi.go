@@ -1,0 +1,330 @@
+// Package agentapi holds the agent's wire types: the JSON the agent accepts
+// and returns, their validation, and the error codes. The agent server and
+// the Go client both use it, so the two cannot drift apart.
+package agentapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// StageHeader carries the bound stage id on every call after binding.
+const StageHeader = "Slipway-Stage"
+
+// Log response headers and trailer.
+const (
+	// LogOffsetHeader is the log offset of the first byte of the body.
+	LogOffsetHeader = "Slipway-Log-Offset"
+	// LogDoneTrailer is "1" when the step has ended and the body reached the end of its log.
+	LogDoneTrailer = "Slipway-Log-Done"
+)
+
+// Limits on requests.
+const (
+	MaxIDLength  = 64
+	MaxBodyBytes = 8 << 20
+	MaxTimeout   = 48 * time.Hour
+	MaxWait      = 60 * time.Second
+	MaxEnvVars   = 1000
+	MaxOutputs   = 100
+)
+
+var (
+	idPattern      = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	envNamePattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// ValidateID checks a stage or step id: letters, digits, '_' and '-', at most 64.
+func ValidateID(kind, id string) error {
+	if !idPattern.MatchString(id) {
+		return fmt.Errorf("%s id %q: want 1-%d characters from [A-Za-z0-9_-]", kind, id, MaxIDLength)
+	}
+	return nil
+}
+
+// Health is the answer of GET /v1/health.
+type Health struct {
+	Version       string  `json:"version"`
+	OS            string  `json:"os"`
+	Arch          string  `json:"arch"`
+	BootID        string  `json:"boot_id"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	Stage         string  `json:"stage,omitempty"`
+	RunningSteps  int     `json:"running_steps"`
+	Docker        bool    `json:"docker"`
+}
+
+// File is a file the agent writes into the stage's work dir when it binds.
+type File struct {
+	// Path is relative to the stage work dir and may not leave it.
+	Path string `json:"path"`
+	// Mode is the permission bits; 0 means 0644.
+	Mode uint32 `json:"mode,omitempty"`
+	Data []byte `json:"data"`
+}
+
+// Stage is the body of PUT /v1/stage.
+type Stage struct {
+	ID  string            `json:"id"`
+	Env map[string]string `json:"env,omitempty"`
+	// Secrets are environment variables of every step whose values are masked
+	// in logs and outputs.
+	Secrets map[string]string `json:"secrets,omitempty"`
+	Files   []File            `json:"files,omitempty"`
+}
+
+// Validate reports every problem of a stage spec at once.
+func (s *Stage) Validate() error {
+	errs := []error{ValidateID("stage", s.ID)}
+	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets))
+	for i, f := range s.Files {
+		if err := validateRelPath(f.Path); err != nil {
+			errs = append(errs, fmt.Errorf("files[%d]: %w", i, err))
+		}
+		if f.Mode&^0o777 != 0 {
+			errs = append(errs, fmt.Errorf("files[%d]: mode %o has bits beyond 0777", i, f.Mode))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Shells a script step may name.
+var Shells = []string{"sh", "bash", "powershell", "pwsh", "cmd"}
+
+// Pull policies of container steps.
+const (
+	PullIfMissing = "if-missing"
+	PullNever     = "never"
+	PullAlways    = "always"
+)
+
+// Step is the body of PUT /v1/steps/{id}.
+type Step struct {
+	// Command is the argv of the step, run without a shell.
+	Command []string `json:"command,omitempty"`
+	// Script is run by Shell (default sh, or powershell on Windows).
+	Script string `json:"script,omitempty"`
+	Shell  string `json:"shell,omitempty"`
+	// Image runs the step in a container of this image; without Command or
+	// Script the image's own entrypoint runs.
+	Image string `json:"image,omitempty"`
+	// Pull is when to pull Image: if-missing (default), never or always.
+	Pull string `json:"pull,omitempty"`
+	// Network of a container step: host (default) or none.
+	Network string            `json:"network,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	Secrets map[string]string `json:"secrets,omitempty"`
+	// WorkDir is relative to the stage work dir.
+	WorkDir string `json:"work_dir,omitempty"`
+	// User is uid or uid:gid.
+	User           string   `json:"user,omitempty"`
+	TimeoutSeconds int64    `json:"timeout_seconds,omitempty"`
+	Outputs        []string `json:"outputs,omitempty"`
+}
+
+var userPattern = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
+
+// Validate reports every problem of a step spec at once.
+func (s *Step) Validate() error {
+	var errs []error
+	switch {
+	case len(s.Command) > 0 && s.Script != "":
+		errs = append(errs, errors.New("give command or script, not both"))
+	case len(s.Command) == 0 && s.Script == "" && s.Image == "":
+		errs = append(errs, errors.New("empty step: give command, script or image"))
+	case len(s.Command) > 0 && s.Command[0] == "":
+		errs = append(errs, errors.New("command[0] is empty"))
+	}
+	if s.Shell != "" && !slices.Contains(Shells, s.Shell) {
+		errs = append(errs, fmt.Errorf("shell %q: want one of %s", s.Shell, strings.Join(Shells, ", ")))
+	}
+	if s.Shell != "" && s.Script == "" {
+		errs = append(errs, errors.New("shell given without script"))
+	}
+	if s.Pull != "" && !slices.Contains([]string{PullIfMissing, PullNever, PullAlways}, s.Pull) {
+		errs = append(errs, fmt.Errorf("pull %q: want if-missing, never or always", s.Pull))
+	}
+	if s.Network != "" && s.Network != "host" && s.Network != "none" {
+		errs = append(errs, fmt.Errorf("network %q: want host or none", s.Network))
+	}
+	if s.Image == "" && (s.Pull != "" || s.Network != "") {
+		errs = append(errs, errors.New("pull and network apply to container steps only: give image"))
+	}
+	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets))
+	if s.WorkDir != "" {
+		if err := validateRelPath(s.WorkDir); err != nil {
+			errs = append(errs, fmt.Errorf("work_dir: %w", err))
+		}
+	}
+	if s.User != "" && !userPattern.MatchString(s.User) {
+		errs = append(errs, fmt.Errorf("user %q: want uid or uid:gid", s.User))
+	}
+	if s.TimeoutSeconds < 0 || s.TimeoutSeconds > int64(MaxTimeout/time.Second) {
+		errs = append(errs, fmt.Errorf("timeout_seconds %d: want 0 (no timeout) to %d", s.TimeoutSeconds, int64(MaxTimeout/time.Second)))
+	}
+	if len(s.Outputs) > MaxOutputs {
+		errs = append(errs, fmt.Errorf("%d outputs: at most %d", len(s.Outputs), MaxOutputs))
+	}
+	for _, name := range s.Outputs {
+		if !envNamePattern.MatchString(name) {
+			errs = append(errs, fmt.Errorf("output name %q: want [A-Za-z_][A-Za-z0-9_]*", name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Timeout is the step's timeout, 0 for none.
+func (s *Step) Timeout() time.Duration {
+	return time.Duration(s.TimeoutSeconds) * time.Second
+}
+
+// StepState is where a step is in its life.
+type StepState string
+
+// Step states. A step that is not Running has ended.
+const (
+	StepRunning   StepState = "running"
+	StepSucceeded StepState = "succeeded"
+	StepFailed    StepState = "failed"
+	StepCanceled  StepState = "canceled"
+	StepTimedOut  StepState = "timed_out"
+	// StepError means the agent could not run the step at all (no such
+	// command, image missing); Error says why.
+	StepError StepState = "error"
+)
+
+// Ended reports whether the state is final.
+func (s StepState) Ended() bool { return s != StepRunning && s != "" }
+
+// StepStatus is the answer of the step calls.
+type StepStatus struct {
+	ID        string            `json:"id"`
+	State     StepState         `json:"state"`
+	ExitCode  *int              `json:"exit_code,omitempty"`
+	OOMKilled bool              `json:"oom_killed,omitempty"`
+	StartedAt time.Time         `json:"started_at"`
+	EndedAt   *time.Time        `json:"ended_at,omitempty"`
+	Outputs   map[string]string `json:"outputs,omitempty"`
+	Error     string            `json:"error,omitempty"`
+	LogBytes  int64             `json:"log_bytes"`
+	// BootID is the agent's boot id: if it differs from the one the caller
+	// saw when it started the step, the agent restarted and the step is lost.
+	BootID string `json:"boot_id"`
+}
+
+// Usage is what a stage consumed, returned by DELETE /v1/stage.
+type Usage struct {
+	Stage          string  `json:"stage"`
+	CPUSeconds     float64 `json:"cpu_seconds"`
+	PeakMemoryByte int64   `json:"peak_memory_bytes"`
+	DiskBytes      int64   `json:"disk_bytes"`
+	Steps          int     `json:"steps"`
+}
+
+// Error codes of ErrorBody.
+const (
+	CodeBadRequest    = "bad_request"
+	CodeInvalid       = "invalid"
+	CodeTooLarge      = "too_large"
+	CodeNotFound      = "not_found"
+	CodeStageConflict = "stage_conflict"
+	CodeStepConflict  = "step_conflict"
+	CodeNotBound      = "not_bound"
+	CodeStageMismatch = "stage_mismatch"
+	CodeMissingStage  = "missing_stage"
+	CodeForbidden     = "forbidden"
+	CodeInternal      = "internal"
+)
+
+// ErrorBody is the body of every 4xx and 5xx answer.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail says what was wrong.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// DecodeStrict decodes one JSON value from r into v, refusing unknown fields
+// and trailing data.
+func DecodeStrict(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("decode body: %w", err)
+	}
+	if dec.More() {
+		return errors.New("decode body: trailing data after the JSON value")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("decode body: trailing data after the JSON value")
+	}
+	return nil
+}
+
+// DecodeStep decodes and validates a step spec.
+func DecodeStep(r io.Reader) (*Step, error) {
+	var s Step
+	if err := DecodeStrict(r, &s); err != nil {
+		return nil, err
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// DecodeStage decodes and validates a stage spec.
+func DecodeStage(r io.Reader) (*Stage, error) {
+	var s Stage
+	if err := DecodeStrict(r, &s); err != nil {
+		return nil, err
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+func validateEnv(field string, env map[string]string) error {
+	if len(env) > MaxEnvVars {
+		return fmt.Errorf("%s: %d variables, at most %d", field, len(env), MaxEnvVars)
+	}
+	var errs []error
+	for name, value := range env {
+		if !envNamePattern.MatchString(name) {
+			errs = append(errs, fmt.Errorf("%s: name %q: want [A-Za-z_][A-Za-z0-9_]*", field, name))
+		}
+		if strings.IndexByte(value, 0) >= 0 {
+			errs = append(errs, fmt.Errorf("%s: %s: value contains a NUL byte", field, name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validateRelPath(p string) error {
+	if p == "" {
+		return errors.New("path is empty")
+	}
+	if strings.IndexByte(p, 0) >= 0 {
+		return fmt.Errorf("path %q contains a NUL byte", p)
+	}
+	slashed := strings.ReplaceAll(p, `\`, "/")
+	if path.IsAbs(slashed) || (len(slashed) > 1 && slashed[1] == ':') {
+		return fmt.Errorf("path %q must be relative to the stage work dir", p)
+	}
+	clean := path.Clean(slashed)
+	if clean == ".." || strings.HasPrefix(clean, "../") {
+		return fmt.Errorf("path %q leaves the stage work dir", p)
+	}
+	return nil
+}

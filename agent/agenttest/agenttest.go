@@ -1,0 +1,160 @@
+// Package agenttest starts real agents for tests and benchmarks: a fresh CA,
+// server and client certificates, a TLS listener on 127.0.0.1 and a client
+// that reaches it over mutual TLS.
+package agenttest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	dockerclient "github.com/docker/docker/client"
+
+	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/agent/executor"
+	"github.com/slipway-ci/slipway/agent/server"
+	"github.com/slipway-ci/slipway/internal/busyboximage"
+	"github.com/slipway-ci/slipway/internal/pki"
+)
+
+// LaunchID is the VM name in the test server certificate.
+const LaunchID = "lt-test"
+
+// PKI is a CA and the files an agent is started with.
+type PKI struct {
+	Dir                           string
+	CA                            *pki.CA
+	CACertPath, CertPath, KeyPath string
+	ClientCertPath, ClientKeyPath string
+	ClientCert                    tls.Certificate
+	Roots                         *x509.CertPool
+}
+
+// NewPKI makes a CA in a temporary folder with a server certificate for
+// LaunchID and an orchestrator client certificate.
+func NewPKI(t testing.TB) *PKI {
+	t.Helper()
+	dir := t.TempDir()
+	now := time.Now()
+	ca, err := pki.InitDir(dir, 24*time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.IssueServerFiles(dir, LaunchID, time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := ca.IssueClientFiles(dir, time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(cl.CertPath, cl.KeyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	return &PKI{
+		Dir: dir, CA: ca,
+		CACertPath: filepath.Join(dir, pki.CACertFile), CertPath: server.CertPath, KeyPath: server.KeyPath,
+		ClientCertPath: cl.CertPath, ClientKeyPath: cl.KeyPath,
+		ClientCert: cert, Roots: roots,
+	}
+}
+
+// Agent is an agent served in-process over real mutual TLS.
+type Agent struct {
+	*PKI
+	Addr   string
+	Server *server.Server
+	Client *client.Client
+	// WorkRoot is the agent's work folder.
+	WorkRoot string
+}
+
+// Start serves an agent with cfg (WorkRoot defaults to a temporary folder)
+// until the test ends.
+func Start(t testing.TB, cfg server.Config) *Agent {
+	t.Helper()
+	p := NewPKI(t)
+	if cfg.WorkRoot == "" {
+		cfg.WorkRoot = t.TempDir()
+	}
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := &server.CertFiles{CertPath: p.CertPath, KeyPath: p.KeyPath, ClientCAPath: p.CACertPath}
+	tlsConfig, err := certs.TLSConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		srv.Shutdown()
+		_ = hs.Close()
+	})
+	a := &Agent{PKI: p, Addr: ln.Addr().String(), Server: srv, WorkRoot: cfg.WorkRoot}
+	a.Client = a.NewClient(t, a.Addr)
+	return a
+}
+
+// NewClient returns a client of the agent's PKI for addr (the agent's, or a
+// proxy's in front of it).
+func (a *Agent) NewClient(t testing.TB, addr string) *client.Client {
+	t.Helper()
+	c, err := client.New(client.Config{
+		Addr: addr, LaunchID: LaunchID, RootCAs: a.Roots,
+		Certificate: client.StaticCertificate(a.ClientCert),
+		Backoff:     20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// Docker returns a client of the Docker engine in DOCKER_HOST with the
+// busybox test image built. Without an engine the test fails in CI (where
+// `make test` starts one) and is skipped elsewhere.
+func Docker(t testing.TB) *dockerclient.Client {
+	t.Helper()
+	cli, err := executor.NewDockerClient()
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = cli.Ping(ctx)
+		cancel()
+	}
+	if err != nil {
+		msg := fmt.Sprintf("no Docker engine (%v): run `make test`, which starts dockerd, or start it with .ci/dockerd start and set DOCKER_HOST", err)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := busyboximage.Ensure(ctx, cli); err != nil {
+		t.Fatal(err)
+	}
+	return cli
+}

@@ -1,0 +1,146 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"time"
+)
+
+// Process runs steps as host processes. Each step gets its own process group
+// (a job object on Windows), so stopping it reaches every process it started,
+// and whatever it left running is killed when its main process exits.
+type Process struct{}
+
+var _ Executor = (*Process)(nil)
+
+// drainTimeout bounds the wait for a step's output after its processes were
+// killed: a process that escaped the group may still hold the pipe open.
+const drainTimeout = 2 * time.Second
+
+// outputBufferSize is the pump's read size: large reads keep the syscall count
+// low when a step prints a lot.
+const outputBufferSize = 256 << 10
+
+type processHandle struct {
+	cmd   *exec.Cmd
+	group processGroup
+
+	stopOnce sync.Once
+	done     chan struct{}
+	result   Result // set before done is closed
+}
+
+// Start starts spec.Argv on the host.
+func (*Process) Start(_ context.Context, spec Spec) (Handle, error) {
+	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
+		return nil, ErrNoCommand
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("output pipe: %w", err)
+	}
+	growPipe(w)
+	// Not CommandContext: the step's life is not the request's.
+	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
+	cmd.Env = spec.Env
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := prepare(cmd, spec.User); err != nil {
+		_ = r.Close()
+		_ = w.Close()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		_ = r.Close()
+		_ = w.Close()
+		return nil, fmt.Errorf("start %s: %w", spec.Argv[0], err)
+	}
+	// The step holds the only write end now: EOF comes when all its processes
+	// are gone.
+	_ = w.Close()
+	group, err := attach(cmd)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		_ = r.Close()
+		return nil, err
+	}
+	h := &processHandle{cmd: cmd, group: group, done: make(chan struct{})}
+	pumped := make(chan struct{})
+	go func() {
+		defer close(pumped)
+		pump(spec.Output, r)
+	}()
+	go h.wait(r, pumped)
+	return h, nil
+}
+
+// pump copies the step's output until EOF. It keeps reading after a write
+// error, so a full disk never blocks the step on a full pipe.
+func pump(out interface{ Write([]byte) (int, error) }, r *os.File) {
+	buf := make([]byte, outputBufferSize)
+	failed := false
+	for {
+		n, err := r.Read(buf)
+		if n > 0 && !failed {
+			if _, werr := out.Write(buf[:n]); werr != nil {
+				failed = true
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (h *processHandle) wait(r *os.File, pumped <-chan struct{}) {
+	waitErr := h.cmd.Wait()
+	// The step is over when its main process is: nothing it forked may
+	// outlive it.
+	h.group.kill()
+	select {
+	case <-pumped:
+	case <-time.After(drainTimeout):
+		_ = r.Close() // unblocks the pump's Read
+		<-pumped
+	}
+	_ = r.Close()
+	res := Result{ExitCode: h.cmd.ProcessState.ExitCode()}
+	res.CPU, res.PeakMemory = h.group.usage(h.cmd.ProcessState)
+	var exitErr *exec.ExitError
+	if waitErr != nil && !errors.As(waitErr, &exitErr) {
+		res.Err = fmt.Errorf("wait for step: %w", waitErr)
+	}
+	h.group.close()
+	h.result = res
+	close(h.done)
+}
+
+func (h *processHandle) Wait() Result {
+	<-h.done
+	return h.result
+}
+
+func (h *processHandle) Stop(grace time.Duration) {
+	h.stopOnce.Do(func() {
+		select {
+		case <-h.done:
+			return
+		default:
+		}
+		h.group.terminate()
+		go func() {
+			timer := time.NewTimer(grace)
+			defer timer.Stop()
+			select {
+			case <-h.done:
+			case <-timer.C:
+				h.group.kill()
+			}
+		}()
+	})
+}

@@ -1,0 +1,239 @@
+// Package server is the agent's HTTP API: it binds the agent to one stage at a
+// time, runs that stage's steps through the executors, and serves their
+// status, logs and outputs. TLS and the client identity are checked before any
+// handler runs (see CertFiles).
+package server
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/executor"
+)
+
+// Config is what the server needs; zero values take the defaults noted.
+type Config struct {
+	// WorkRoot holds one folder per bound stage.
+	WorkRoot string
+	// MaxLogBytes caps each step's log (default 512 MiB).
+	MaxLogBytes int64
+	// StopGrace is the time between SIGTERM and SIGKILL (default 10 s).
+	StopGrace time.Duration
+	// Version is reported by health.
+	Version string
+	// Host runs host steps; Docker runs container steps (nil: refused).
+	Host   executor.Executor
+	Docker executor.Executor
+	// BaseEnv is the environment host steps start from (the agent's own).
+	BaseEnv []string
+	Logger  *slog.Logger
+}
+
+// Server is the agent's state: the bound stage and what it ran.
+type Server struct {
+	cfg     Config
+	bootID  string
+	started time.Time
+	baseEnv map[string]string
+
+	mu    sync.Mutex
+	stage *stage // nil while unbound
+	// ended keeps the usage of recently destroyed stages, so a repeated
+	// DELETE (a retried cleanup) gets the same answer.
+	ended     map[string]agentapi.Usage
+	endedList []string
+}
+
+const (
+	defaultMaxLogBytes = 512 << 20
+	defaultStopGrace   = 10 * time.Second
+	endedStagesKept    = 16
+)
+
+// New returns a server with a fresh boot id.
+func New(cfg Config) (*Server, error) {
+	if cfg.WorkRoot == "" {
+		return nil, errors.New("agent: work dir is required")
+	}
+	if cfg.MaxLogBytes <= 0 {
+		cfg.MaxLogBytes = defaultMaxLogBytes
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = defaultStopGrace
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Host == nil {
+		cfg.Host = &executor.Process{}
+	}
+	root, err := filepath.Abs(cfg.WorkRoot)
+	if err != nil {
+		return nil, fmt.Errorf("agent: work dir: %w", err)
+	}
+	cfg.WorkRoot = root
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("agent: work dir: %w", err)
+	}
+	var id [16]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails
+	return &Server{
+		cfg:     cfg,
+		bootID:  hex.EncodeToString(id[:]),
+		started: time.Now(),
+		baseEnv: envMap(cfg.BaseEnv),
+		ended:   map[string]agentapi.Usage{},
+	}, nil
+}
+
+// BootID is this run's boot id.
+func (s *Server) BootID() string { return s.bootID }
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", s.health)
+	mux.HandleFunc("PUT /v1/stage", s.bindStage)
+	mux.HandleFunc("DELETE /v1/stage", s.destroyStage)
+	mux.HandleFunc("PUT /v1/steps/{id}", s.withStep(s.startStep))
+	mux.HandleFunc("GET /v1/steps/{id}", s.withStep(s.stepStatus))
+	mux.HandleFunc("GET /v1/steps/{id}/logs", s.withStep(s.stepLogs))
+	mux.HandleFunc("POST /v1/steps/{id}/cancel", s.withStep(s.cancelStep))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
+	})
+	return s.recoverPanics(mux)
+}
+
+// Shutdown stops every running step and waits for them, up to the grace
+// period and a little more.
+func (s *Server) Shutdown() {
+	s.mu.Lock()
+	st := s.stage
+	s.mu.Unlock()
+	if st != nil {
+		st.stopAll(s.cfg.StopGrace)
+		st.waitAll(s.cfg.StopGrace + 5*time.Second)
+	}
+}
+
+func (s *Server) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+					panic(v)
+				}
+				s.cfg.Logger.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(v))
+				writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, "internal error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
+	h := agentapi.Health{
+		Version:       s.cfg.Version,
+		OS:            runtime.GOOS,
+		Arch:          runtime.GOARCH,
+		BootID:        s.bootID,
+		UptimeSeconds: time.Since(s.started).Seconds(),
+		Docker:        s.cfg.Docker != nil,
+	}
+	s.mu.Lock()
+	if st := s.stage; st != nil {
+		h.Stage = st.spec.ID
+		h.RunningSteps = st.running()
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, h)
+}
+
+// boundStage returns the bound stage if the request's stage header names it,
+// else writes the error.
+func (s *Server) boundStage(w http.ResponseWriter, r *http.Request) (*stage, bool) {
+	id := r.Header.Get(agentapi.StageHeader)
+	if id == "" {
+		writeError(w, http.StatusBadRequest, agentapi.CodeMissingStage, "the "+agentapi.StageHeader+" header is required")
+		return nil, false
+	}
+	s.mu.Lock()
+	st := s.stage
+	s.mu.Unlock()
+	switch {
+	case st == nil:
+		writeError(w, http.StatusConflict, agentapi.CodeNotBound, fmt.Sprintf("the agent is not bound to stage %q", id))
+		return nil, false
+	case st.spec.ID != id:
+		writeError(w, http.StatusConflict, agentapi.CodeStageMismatch, fmt.Sprintf("the agent is bound to another stage than %q", id))
+		return nil, false
+	}
+	return st, true
+}
+
+func (s *Server) withStep(h func(http.ResponseWriter, *http.Request, *stage, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if err := agentapi.ValidateID("step", id); err != nil {
+			writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
+			return
+		}
+		st, ok := s.boundStage(w, r)
+		if !ok {
+			return
+		}
+		h(w, r, st, id)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, errCode, msg string) {
+	writeJSON(w, code, agentapi.ErrorBody{Error: agentapi.ErrorDetail{Code: errCode, Message: msg}})
+}
+
+// decodeBody decodes a size-limited JSON body with decode, writing the 4xx.
+func decodeBody[T any](w http.ResponseWriter, r *http.Request, decode func(io.Reader) (*T, error)) (*T, bool) {
+	body := http.MaxBytesReader(w, r.Body, agentapi.MaxBodyBytes)
+	v, err := decode(body)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeError(w, http.StatusRequestEntityTooLarge, agentapi.CodeTooLarge, fmt.Sprintf("body over %d bytes", agentapi.MaxBodyBytes))
+			return nil, false
+		}
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
+		return nil, false
+	}
+	return v, true
+}
+
+func envMap(env []string) map[string]string {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		for i := 1; i < len(kv); i++ { // from 1: Windows has variables named "=C:"
+			if kv[i] == '=' {
+				m[kv[:i]] = kv[i+1:]
+				break
+			}
+		}
+	}
+	return m
+}

@@ -1,0 +1,341 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/agent/server"
+)
+
+const stageID = "stage-1"
+
+func ctxT(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// boundAgent starts an agent bound to stageID with the given stage spec.
+func boundAgent(t *testing.T, stage agentapi.Stage, cfg server.Config) *agenttest.Agent {
+	t.Helper()
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 500 * time.Millisecond
+	}
+	cfg.BaseEnv = append(os.Environ(), "FROM_AGENT=agent", "LAYERED=agent")
+	a := agenttest.Start(t, cfg)
+	stage.ID = stageID
+	if _, err := a.Client.BindStage(ctxT(t), &stage); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func run(t *testing.T, a *agenttest.Agent, id string, spec agentapi.Step) *agentapi.StepStatus {
+	t.Helper()
+	st, err := a.Client.RunStep(ctxT(t), stageID, id, &spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func logOf(t *testing.T, a *agenttest.Agent, id string) string {
+	t.Helper()
+	var b strings.Builder
+	if _, err := a.Client.StreamLogs(ctxT(t), stageID, id, 0, &b); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func TestHostStepResults(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{
+		Env:     map[string]string{"LAYERED": "stage", "FROM_STAGE": "stage"},
+		Secrets: map[string]string{"STAGE_TOKEN": "stage-secret-value"},
+		Files:   []agentapi.File{{Path: "conf/app.txt", Data: []byte("from file\n")}},
+	}, server.Config{})
+	tests := []struct {
+		name      string
+		spec      agentapi.Step
+		wantState agentapi.StepState
+		wantExit  int
+		wantLog   string
+		wantOut   map[string]string
+	}{
+		{
+			name:      "command succeeds",
+			spec:      agentapi.Step{Command: []string{"echo", "hello"}},
+			wantState: agentapi.StepSucceeded, wantLog: "hello\n",
+		},
+		{
+			name:      "script fails at first error",
+			spec:      agentapi.Step{Script: "echo one\nfalse\necho never"},
+			wantState: agentapi.StepFailed, wantExit: 1, wantLog: "one\n",
+		},
+		{
+			name:      "bash pipefail",
+			spec:      agentapi.Step{Shell: "bash", Script: "false | true\necho never"},
+			wantState: agentapi.StepFailed, wantExit: 1, wantLog: "",
+		},
+		{
+			name:      "exit code",
+			spec:      agentapi.Step{Script: "exit 7"},
+			wantState: agentapi.StepFailed, wantExit: 7,
+		},
+		{
+			name:      "env layered agent < stage < step",
+			spec:      agentapi.Step{Script: `echo "$FROM_AGENT $FROM_STAGE $LAYERED"`, Env: map[string]string{"LAYERED": "step"}},
+			wantState: agentapi.StepSucceeded, wantLog: "agent stage step\n",
+		},
+		{
+			name:      "stderr and stdout in order",
+			spec:      agentapi.Step{Script: "echo 1; echo 2 >&2; echo 3; echo 4 >&2"},
+			wantState: agentapi.StepSucceeded, wantLog: "1\n2\n3\n4\n",
+		},
+		{
+			name:      "files and work dir",
+			spec:      agentapi.Step{Script: "cat ../conf/app.txt; pwd | grep -q '/work/sub$' && echo in-sub", WorkDir: "sub"},
+			wantState: agentapi.StepSucceeded, wantLog: "from file\nin-sub\n",
+		},
+		{
+			name:      "secrets masked in log and outputs",
+			spec:      agentapi.Step{Script: `echo "t=$STAGE_TOKEN s=$STEP_TOKEN"; echo "OUT=x$STEP_TOKEN" >> "$SLIPWAY_OUTPUT"`, Secrets: map[string]string{"STEP_TOKEN": "step-secret"}},
+			wantState: agentapi.StepSucceeded, wantLog: "t=****** s=******\n", wantOut: map[string]string{"OUT": "x******"},
+		},
+		{
+			name: "outputs with a multi-line value, filtered by name",
+			spec: agentapi.Step{
+				Script:  "printf 'A=1\\nB<<EOF\\nline one\\nline two\\nEOF\\nC=3\\n' > \"$SLIPWAY_OUTPUT\"",
+				Outputs: []string{"A", "B"},
+			},
+			wantState: agentapi.StepSucceeded, wantOut: map[string]string{"A": "1", "B": "line one\nline two"},
+		},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := "step-" + strconv.Itoa(i)
+			st := run(t, a, id, tt.spec)
+			if st.State != tt.wantState {
+				t.Fatalf("state %s, want %s (error %q)", st.State, tt.wantState, st.Error)
+			}
+			if st.ExitCode == nil || *st.ExitCode != tt.wantExit {
+				t.Errorf("exit code %v, want %d", st.ExitCode, tt.wantExit)
+			}
+			if got := logOf(t, a, id); got != tt.wantLog {
+				t.Errorf("log %q, want %q", got, tt.wantLog)
+			}
+			if len(st.Outputs) != len(tt.wantOut) {
+				t.Errorf("outputs %v, want %v", st.Outputs, tt.wantOut)
+			}
+			for k, v := range tt.wantOut {
+				if st.Outputs[k] != v {
+					t.Errorf("output %s = %q, want %q", k, st.Outputs[k], v)
+				}
+			}
+			if st.BootID != a.Server.BootID() {
+				t.Errorf("boot id %q, want %q", st.BootID, a.Server.BootID())
+			}
+		})
+	}
+}
+
+func TestCommandNotFoundIsAnError(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	st := run(t, a, "nope", agentapi.Step{Command: []string{"/no/such/command"}})
+	if st.State != agentapi.StepError || !strings.Contains(st.Error, "no such file") {
+		t.Fatalf("state %s error %q, want error about the missing command", st.State, st.Error)
+	}
+}
+
+func TestSecretSplitAcrossWritesIsMasked(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{Secrets: map[string]string{"K": "abcdef123456"}}, server.Config{})
+	// The secret reaches the agent in two writes a moment apart.
+	st := run(t, a, "split", agentapi.Step{Script: "printf 'key=abcdef'; sleep 0.3; printf '123456 end\\n'"})
+	if st.State != agentapi.StepSucceeded {
+		t.Fatalf("state %s", st.State)
+	}
+	if got := logOf(t, a, "split"); got != "key=****** end\n" {
+		t.Fatalf("log %q", got)
+	}
+}
+
+func TestStartIsIdempotent(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	ctx := ctxT(t)
+	spec := agentapi.Step{Script: "echo once >> ../count; sleep 0.2"}
+	first, err := a.Client.StartStep(ctx, stageID, "s", &spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := a.Client.StartStep(ctx, stageID, "s", &spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.StartedAt.Equal(first.StartedAt) {
+		t.Fatalf("second start made a new step: %v vs %v", again.StartedAt, first.StartedAt)
+	}
+	other := agentapi.Step{Script: "echo different"}
+	_, err = a.Client.StartStep(ctx, stageID, "s", &other)
+	var apiErr *client.APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != 409 || apiErr.Code != agentapi.CodeStepConflict {
+		t.Fatalf("different spec: err %v, want 409 step_conflict", err)
+	}
+	if _, err := a.Client.WaitStep(ctx, stageID, "s", first.BootID, 0); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(a.WorkRoot, stageID, "count"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(data) != "once\n" {
+		t.Fatalf("the step ran %d times", strings.Count(string(data), "once"))
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	st := run(t, a, "slow", agentapi.Step{Command: []string{"sleep", "30"}, TimeoutSeconds: 1})
+	if st.State != agentapi.StepTimedOut {
+		t.Fatalf("state %s, want timed_out", st.State)
+	}
+	if took := st.EndedAt.Sub(st.StartedAt); took > 5*time.Second {
+		t.Fatalf("timed out after %s", took)
+	}
+}
+
+func TestLogCapKeepsTheAgentFlat(t *testing.T) {
+	const capBytes = 1 << 20
+	a := boundAgent(t, agentapi.Stage{}, server.Config{MaxLogBytes: capBytes})
+	// 1 GiB of output through the agent; it keeps the first MiB and a marker.
+	st := run(t, a, "big", agentapi.Step{Script: "head -c 1073741824 /dev/zero | tr '\\0' x"})
+	if st.State != agentapi.StepSucceeded {
+		t.Fatalf("state %s: %s", st.State, st.Error)
+	}
+	log := logOf(t, a, "big")
+	if !strings.HasPrefix(log, strings.Repeat("x", capBytes)) {
+		t.Fatal("the log does not start with the first MiB of output")
+	}
+	marker := fmt.Sprintf("[slipway: %d bytes of output dropped", 1<<30-capBytes)
+	if !strings.Contains(log[capBytes:], marker) {
+		t.Fatalf("log tail %q lacks %q", log[capBytes:], marker)
+	}
+	if int64(len(log)) != st.LogBytes {
+		t.Fatalf("read %d bytes, status says %d", len(log), st.LogBytes)
+	}
+}
+
+func TestFiftyStepsInParallel(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := range 50 {
+		wg.Go(func() {
+			id := fmt.Sprintf("p%02d", i)
+			st, err := a.Client.RunStep(ctx, stageID, id, &agentapi.Step{Script: fmt.Sprintf("sleep 0.5; echo %d", i)})
+			if err != nil {
+				errs <- err
+				return
+			}
+			if st.State != agentapi.StepSucceeded {
+				errs <- fmt.Errorf("%s: state %s", id, st.State)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for i := range 50 {
+		if got, want := logOf(t, a, fmt.Sprintf("p%02d", i)), fmt.Sprintf("%d\n", i); got != want {
+			t.Errorf("step %d log %q, want %q", i, got, want)
+		}
+	}
+}
+
+func TestTwoPollersBothSeeTheEnd(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	ctx := ctxT(t)
+	st, err := a.Client.StartStep(ctx, stageID, "polled", &agentapi.Step{Script: "sleep 0.5; exit 3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan *agentapi.StepStatus, 2)
+	for range 2 {
+		go func() {
+			end, err := a.Client.WaitStep(ctx, stageID, "polled", st.BootID, 10*time.Second)
+			if err != nil {
+				t.Error(err)
+			}
+			results <- end
+		}()
+	}
+	for range 2 {
+		end := <-results
+		if end == nil || end.State != agentapi.StepFailed || *end.ExitCode != 3 {
+			t.Fatalf("poller saw %+v, want failed with exit 3", end)
+		}
+	}
+}
+
+func TestWaitReturnsAfterTheWaitWhileRunning(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	ctx := ctxT(t)
+	if _, err := a.Client.StartStep(ctx, stageID, "long", &agentapi.Step{Command: []string{"sleep", "30"}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	st, err := a.Client.StepStatus(ctx, stageID, "long", 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != agentapi.StepRunning || time.Since(start) < 250*time.Millisecond {
+		t.Fatalf("state %s after %s", st.State, time.Since(start))
+	}
+}
+
+func TestBinding(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{Env: map[string]string{"A": "1"}}, server.Config{})
+	ctx := ctxT(t)
+	tests := []struct {
+		name     string
+		stage    agentapi.Stage
+		wantCode string
+	}{
+		{name: "same spec again", stage: agentapi.Stage{ID: stageID, Env: map[string]string{"A": "1"}}},
+		{name: "same id, other spec", stage: agentapi.Stage{ID: stageID}, wantCode: agentapi.CodeStageConflict},
+		{name: "another stage", stage: agentapi.Stage{ID: "stage-9"}, wantCode: agentapi.CodeStageConflict},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := a.Client.BindStage(ctx, &tt.stage)
+			var apiErr *client.APIError
+			switch {
+			case tt.wantCode == "" && err != nil:
+				t.Fatal(err)
+			case tt.wantCode != "" && (!errors.As(err, &apiErr) || apiErr.Code != tt.wantCode):
+				t.Fatalf("err %v, want code %s", err, tt.wantCode)
+			}
+		})
+	}
+	h, err := a.Client.Health(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Stage != stageID || h.BootID != a.Server.BootID() || h.OS == "" {
+		t.Fatalf("health %+v", h)
+	}
+}

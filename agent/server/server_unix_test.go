@@ -1,0 +1,134 @@
+//go:build unix
+
+package server_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/server"
+)
+
+// alive reports whether pid runs; a zombie (dead, not yet reaped by
+// whichever process adopted it) does not count.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	i := strings.LastIndexByte(string(stat), ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
+}
+
+// readPID waits for a step to write a pid into file.
+func readPID(t *testing.T, file string) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		data, err := os.ReadFile(file)
+		if err == nil && strings.HasSuffix(string(data), "\n") {
+			pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+			if err == nil {
+				return pid
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no pid in %s", file)
+	return 0
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if alive(pid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("process %d outlived its step", pid)
+	}
+}
+
+func TestCancelKillsForkedChildren(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	ctx := ctxT(t)
+	pidFile := filepath.Join(t.TempDir(), "child.pid")
+	// The child ignores SIGTERM, so only the SIGKILL after the grace period ends it.
+	spec := agentapi.Step{Script: fmt.Sprintf("sh -c 'trap \"\" TERM; echo $$ > %s; while true; do sleep 1; done' &\nwait", pidFile)}
+	st, err := a.Client.StartStep(ctx, stageID, "forks", &spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := readPID(t, pidFile)
+	if _, err := a.Client.CancelStep(ctx, stageID, "forks"); err != nil {
+		t.Fatal(err)
+	}
+	end, err := a.Client.WaitStep(ctx, stageID, "forks", st.BootID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end.State != agentapi.StepCanceled {
+		t.Fatalf("state %s, want canceled", end.State)
+	}
+	waitGone(t, child)
+}
+
+func TestBackgroundChildDiesWithItsStep(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	pidFile := filepath.Join(t.TempDir(), "bg.pid")
+	start := time.Now()
+	st := run(t, a, "bg", agentapi.Step{Script: fmt.Sprintf("sleep 1000 &\necho $! > %s\necho main done", pidFile)})
+	if st.State != agentapi.StepSucceeded {
+		t.Fatalf("state %s", st.State)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the step took %s: its background child kept it open", took)
+	}
+	waitGone(t, readPID(t, pidFile))
+}
+
+func TestDestroyReturnsUsageAndCleansUp(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	ctx := ctxT(t)
+	run(t, a, "burn", agentapi.Step{Script: "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; head -c 100000 /dev/zero > blob"})
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	if _, err := a.Client.StartStep(ctx, stageID, "left-running", &agentapi.Step{Script: fmt.Sprintf("echo $$ > %s; exec sleep 1000", pidFile)}); err != nil {
+		t.Fatal(err)
+	}
+	pid := readPID(t, pidFile)
+	usage, err := a.Client.DestroyStage(ctx, stageID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if usage.Steps != 2 || usage.CPUSeconds <= 0 || usage.PeakMemoryByte <= 0 || usage.DiskBytes < 100000 {
+		t.Fatalf("usage %+v", usage)
+	}
+	waitGone(t, pid)
+	if _, err := os.Stat(filepath.Join(a.WorkRoot, stageID)); !os.IsNotExist(err) {
+		t.Fatalf("stage folder still there: %v", err)
+	}
+	again, err := a.Client.DestroyStage(ctx, stageID)
+	if err != nil || *again != *usage {
+		t.Fatalf("second destroy: %+v, %v", again, err)
+	}
+	h, err := a.Client.Health(ctx)
+	if err != nil || h.Stage != "" {
+		t.Fatalf("health after destroy: %+v, %v", h, err)
+	}
+	// Unbound now: a new stage may bind.
+	if _, err := a.Client.BindStage(ctx, &agentapi.Stage{ID: "stage-2"}); err != nil {
+		t.Fatal(err)
+	}
+}

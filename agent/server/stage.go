@@ -1,0 +1,248 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/mask"
+)
+
+// stage is the bound stage: its folders, its environment and its steps.
+//
+// A stage folder holds work/ (the workspace steps run in) and steps/ (each
+// step's log and outputs file), so step bookkeeping never shows up in the
+// user's checkout.
+type stage struct {
+	spec    agentapi.Stage
+	specKey string // canonical JSON of spec, for idempotent binding
+
+	dir, workDir, stepsDir string
+	env                    map[string]string // stage env and secrets, layered
+	secrets                []string          // secret values, masked in every step
+	matcher                *mask.Matcher     // over secrets
+
+	// mu guards steps, closing and the usage totals. A step's own state has
+	// its own lock.
+	mu         sync.Mutex
+	steps      map[string]*step
+	closing    bool // being destroyed: no new steps
+	cpu        time.Duration
+	peakMemory int64
+}
+
+func canonical(v any) string {
+	b, _ := json.Marshal(v) // the API types always marshal
+	return string(b)
+}
+
+func (s *Server) bindStage(w http.ResponseWriter, r *http.Request) {
+	spec, ok := decodeBody(w, r, agentapi.DecodeStage)
+	if !ok {
+		return
+	}
+	key := canonical(spec)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.stage; cur != nil {
+		switch {
+		case cur.spec.ID != spec.ID:
+			writeError(w, http.StatusConflict, agentapi.CodeStageConflict, fmt.Sprintf("the agent is bound to another stage; destroy it before binding %q", spec.ID))
+		case cur.specKey != key:
+			writeError(w, http.StatusConflict, agentapi.CodeStageConflict, fmt.Sprintf("stage %q is already bound with a different spec", spec.ID))
+		default:
+			writeJSON(w, http.StatusOK, s.healthLocked())
+		}
+		return
+	}
+	st, err := s.newStage(spec, key)
+	if err != nil {
+		s.cfg.Logger.Error("bind stage", "stage", spec.ID, "err", err)
+		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
+		return
+	}
+	s.stage = st
+	delete(s.ended, spec.ID)
+	s.cfg.Logger.Info("bound stage", "stage", spec.ID, "files", len(spec.Files))
+	writeJSON(w, http.StatusCreated, s.healthLocked())
+}
+
+func (s *Server) healthLocked() agentapi.Health {
+	h := agentapi.Health{Version: s.cfg.Version, BootID: s.bootID}
+	if s.stage != nil {
+		h.Stage = s.stage.spec.ID
+	}
+	return h
+}
+
+func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
+	dir := filepath.Join(s.cfg.WorkRoot, spec.ID)
+	st := &stage{
+		spec:     *spec,
+		specKey:  key,
+		dir:      dir,
+		workDir:  filepath.Join(dir, "work"),
+		stepsDir: filepath.Join(dir, "steps"),
+		env:      map[string]string{},
+		steps:    map[string]*step{},
+	}
+	// A folder left by an earlier agent run of the same stage is stale.
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("clear stage folder: %w", err)
+	}
+	for _, d := range []string{st.workDir, st.stepsDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("create stage folder: %w", err)
+		}
+	}
+	for _, f := range spec.Files {
+		if err := writeStageFile(st.workDir, f); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+	maps.Copy(st.env, spec.Env)
+	maps.Copy(st.env, spec.Secrets)
+	for _, name := range slices.Sorted(maps.Keys(spec.Secrets)) {
+		st.secrets = append(st.secrets, spec.Secrets[name])
+	}
+	st.matcher = mask.New(st.secrets...)
+	return st, nil
+}
+
+func writeStageFile(workDir string, f agentapi.File) error {
+	path := filepath.Join(workDir, filepath.FromSlash(f.Path))
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("write file %s: %w", f.Path, err)
+	}
+	mode := fs.FileMode(f.Mode)
+	if mode == 0 {
+		mode = 0o644
+	}
+	if err := os.WriteFile(path, f.Data, mode); err != nil {
+		return fmt.Errorf("write file %s: %w", f.Path, err)
+	}
+	return os.Chmod(path, mode)
+}
+
+func (s *Server) destroyStage(w http.ResponseWriter, r *http.Request) {
+	id := r.Header.Get(agentapi.StageHeader)
+	s.mu.Lock()
+	if u, ok := s.ended[id]; ok {
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, u)
+		return
+	}
+	s.mu.Unlock()
+	st, ok := s.boundStage(w, r)
+	if !ok {
+		return
+	}
+	usage := s.teardown(st)
+
+	s.mu.Lock()
+	if s.stage == st {
+		s.stage = nil
+	}
+	s.ended[id] = usage
+	s.endedList = append(s.endedList, id)
+	if len(s.endedList) > endedStagesKept {
+		delete(s.ended, s.endedList[0])
+		s.endedList = s.endedList[1:]
+	}
+	s.mu.Unlock()
+	s.cfg.Logger.Info("destroyed stage", "stage", id, "steps", usage.Steps, "cpu_seconds", usage.CPUSeconds)
+	writeJSON(w, http.StatusOK, usage)
+}
+
+// teardown stops every step, waits for them, measures the stage's usage and
+// removes its folder (and with it, every step's container mount and log).
+func (s *Server) teardown(st *stage) agentapi.Usage {
+	st.mu.Lock()
+	st.closing = true
+	st.mu.Unlock()
+	st.stopAll(s.cfg.StopGrace)
+	st.waitAll(s.cfg.StopGrace + 10*time.Second)
+
+	st.mu.Lock()
+	usage := agentapi.Usage{
+		Stage:          st.spec.ID,
+		CPUSeconds:     st.cpu.Seconds(),
+		PeakMemoryByte: st.peakMemory,
+		Steps:          len(st.steps),
+	}
+	for _, stp := range st.steps {
+		_ = stp.log.Release()
+	}
+	st.mu.Unlock()
+	usage.DiskBytes = diskUsage(st.workDir)
+	if err := os.RemoveAll(st.dir); err != nil {
+		s.cfg.Logger.Warn("remove stage folder", "stage", st.spec.ID, "err", err)
+	}
+	return usage
+}
+
+func (st *stage) stepList() []*step {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return slices.Collect(maps.Values(st.steps))
+}
+
+func (st *stage) stopAll(grace time.Duration) {
+	for _, stp := range st.stepList() {
+		stp.stop(agentapi.StepCanceled, grace)
+	}
+}
+
+// waitAll waits for every step to end, at most timeout in all.
+func (st *stage) waitAll(timeout time.Duration) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for _, stp := range st.stepList() {
+		select {
+		case <-stp.done:
+		case <-deadline.C:
+			return
+		}
+	}
+}
+
+func (st *stage) running() int {
+	n := 0
+	for _, stp := range st.stepList() {
+		if !stp.ended() {
+			n++
+		}
+	}
+	return n
+}
+
+func (st *stage) addUsage(cpu time.Duration, peak int64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.cpu += cpu
+	st.peakMemory = max(st.peakMemory, peak)
+}
+
+// diskUsage is the size of the files under dir.
+func diskUsage(dir string) int64 {
+	var total int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		// A file a step removed meanwhile (err != nil) just counts for nothing.
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
+}

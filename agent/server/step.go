@@ -1,0 +1,309 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/executor"
+	"github.com/slipway-ci/slipway/agent/mask"
+	"github.com/slipway-ci/slipway/agent/steplog"
+)
+
+// step is one step of the bound stage.
+//
+// Invariants: status is guarded by mu; done is closed exactly once, after
+// status reached a final state and the log was closed; stopReason is set by
+// the first stop and decides the final state of a step that was stopped.
+type step struct {
+	specKey    string
+	log        *steplog.Log
+	outputPath string
+
+	mu         sync.Mutex
+	status     agentapi.StepStatus
+	handle     executor.Handle
+	stopReason agentapi.StepState
+	done       chan struct{}
+}
+
+func (stp *step) ended() bool {
+	select {
+	case <-stp.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (stp *step) snapshot() agentapi.StepStatus {
+	stp.mu.Lock()
+	defer stp.mu.Unlock()
+	st := stp.status
+	if !st.State.Ended() {
+		st.LogBytes, _ = stp.log.Size()
+	}
+	return st
+}
+
+// stop ends the step for reason (canceled or timed out); the first reason wins.
+func (stp *step) stop(reason agentapi.StepState, grace time.Duration) {
+	stp.mu.Lock()
+	if stp.stopReason == "" && !stp.status.State.Ended() {
+		stp.stopReason = reason
+	}
+	h := stp.handle
+	stp.mu.Unlock()
+	if h != nil {
+		h.Stop(grace)
+	}
+}
+
+func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id string) {
+	spec, ok := decodeBody(w, r, agentapi.DecodeStep)
+	if !ok {
+		return
+	}
+	if spec.Image != "" && s.cfg.Docker == nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, "container steps need docker, which this agent does not reach")
+		return
+	}
+	key := canonical(spec)
+
+	st.mu.Lock()
+	if st.closing {
+		st.mu.Unlock()
+		writeError(w, http.StatusConflict, agentapi.CodeNotBound, "the stage is being destroyed")
+		return
+	}
+	if cur, ok := st.steps[id]; ok {
+		st.mu.Unlock()
+		if cur.specKey != key {
+			writeError(w, http.StatusConflict, agentapi.CodeStepConflict, fmt.Sprintf("step %q already exists with a different spec", id))
+			return
+		}
+		writeJSON(w, http.StatusOK, cur.snapshot())
+		return
+	}
+	log, err := steplog.Create(filepath.Join(st.stepsDir, id+".log"), s.cfg.MaxLogBytes)
+	if err != nil {
+		st.mu.Unlock()
+		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
+		return
+	}
+	stp := &step{
+		specKey:    key,
+		log:        log,
+		outputPath: filepath.Join(st.stepsDir, id+".out"),
+		status:     agentapi.StepStatus{ID: id, State: agentapi.StepRunning, StartedAt: time.Now().UTC(), BootID: s.bootID},
+		done:       make(chan struct{}),
+	}
+	// Registered before it starts, so a concurrent PUT of the same id finds it.
+	st.steps[id] = stp
+	st.mu.Unlock()
+
+	s.run(st, stp, id, spec)
+	code := http.StatusCreated
+	writeJSON(w, code, stp.snapshot())
+}
+
+// run starts the step and supervises it in the background.
+func (s *Server) run(st *stage, stp *step, id string, spec *agentapi.Step) {
+	matcher := st.matcher
+	if len(spec.Secrets) > 0 {
+		matcher = mask.New(append(slices.Clone(st.secrets), sortedValues(spec.Secrets)...)...)
+	}
+	out := matcher.Writer(stp.log)
+	xspec, err := s.execSpec(st, stp, id, spec, out)
+	var h executor.Handle
+	if err == nil {
+		ex := s.cfg.Host
+		if spec.Image != "" {
+			ex = s.cfg.Docker
+		}
+		h, err = ex.Start(context.Background(), xspec)
+	}
+	if err != nil {
+		s.finish(st, stp, matcher, out, executor.Result{ExitCode: -1, Err: err}, nil)
+		return
+	}
+	stp.mu.Lock()
+	stp.handle = h
+	stopped := stp.stopReason != ""
+	stp.mu.Unlock()
+	if stopped { // canceled while it was starting
+		h.Stop(s.cfg.StopGrace)
+	}
+	go func() {
+		var timer *time.Timer
+		if t := spec.Timeout(); t > 0 {
+			timer = time.AfterFunc(t, func() { stp.stop(agentapi.StepTimedOut, s.cfg.StopGrace) })
+		}
+		res := h.Wait()
+		if timer != nil {
+			timer.Stop()
+		}
+		s.finish(st, stp, matcher, out, res, spec.Outputs)
+	}()
+}
+
+func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.Writer, res executor.Result, wantOutputs []string) {
+	_ = out.Flush()
+	_ = stp.log.Close()
+	size, _ := stp.log.Size()
+	outputs, outErr := readOutputs(stp.outputPath, matcher, wantOutputs)
+	st.addUsage(res.CPU, res.PeakMemory)
+
+	stp.mu.Lock()
+	ended := time.Now().UTC()
+	status := &stp.status
+	status.EndedAt = &ended
+	status.LogBytes = size
+	status.OOMKilled = res.OOMKilled
+	status.Outputs = outputs
+	switch {
+	case stp.stopReason != "":
+		status.State = stp.stopReason
+	case res.Err != nil:
+		status.State = agentapi.StepError
+	case res.ExitCode == 0:
+		status.State = agentapi.StepSucceeded
+	default:
+		status.State = agentapi.StepFailed
+	}
+	if res.Err != nil {
+		status.Error = matcher.MaskString(res.Err.Error())
+	} else {
+		code := res.ExitCode
+		status.ExitCode = &code
+		if outErr != nil {
+			status.Error = matcher.MaskString(outErr.Error())
+		}
+	}
+	state := status.State
+	stp.mu.Unlock()
+	close(stp.done)
+	s.cfg.Logger.Info("step ended", "step", status.ID, "state", state, "log_bytes", size)
+}
+
+func sortedValues(m map[string]string) []string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+// execSpec resolves the API's step spec for an executor: command line,
+// layered environment (agent < stage < step; containers get no agent
+// environment), work dir.
+func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, out *mask.Writer) (executor.Spec, error) {
+	workDir := st.workDir
+	if spec.WorkDir != "" {
+		workDir = filepath.Join(st.workDir, filepath.FromSlash(spec.WorkDir))
+		if err := os.MkdirAll(workDir, 0o755); err != nil {
+			return executor.Spec{}, fmt.Errorf("create work dir: %w", err)
+		}
+	}
+	env := map[string]string{}
+	if spec.Image == "" {
+		maps.Copy(env, s.baseEnv)
+	}
+	maps.Copy(env, st.env)
+	maps.Copy(env, spec.Env)
+	maps.Copy(env, spec.Secrets)
+	env["SLIPWAY_STAGE"] = st.spec.ID
+	env["SLIPWAY_STEP"] = id
+	env["SLIPWAY_WORKSPACE"] = st.workDir
+	env["SLIPWAY_OUTPUT"] = stp.outputPath
+	envList := make([]string, 0, len(env))
+	for k, v := range env {
+		envList = append(envList, k+"="+v)
+	}
+
+	var argv []string
+	switch {
+	case len(spec.Command) > 0:
+		argv = spec.Command
+	case spec.Script != "":
+		argv = executor.ScriptArgv(spec.Shell, spec.Script)
+	}
+	return executor.Spec{
+		Name:    st.spec.ID + "-" + id,
+		Argv:    argv,
+		Env:     envList,
+		Dir:     workDir,
+		User:    spec.User,
+		Image:   spec.Image,
+		Pull:    spec.Pull,
+		Network: spec.Network,
+		Mounts:  []string{st.workDir, st.stepsDir},
+		Output:  out,
+	}, nil
+}
+
+func (s *Server) stepStatus(w http.ResponseWriter, r *http.Request, st *stage, id string) {
+	stp, ok := st.lookup(w, id)
+	if !ok {
+		return
+	}
+	if waitText := r.URL.Query().Get("wait"); waitText != "" {
+		wait, err := parseWait(waitText)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
+			return
+		}
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		select {
+		case <-stp.done:
+		case <-timer.C:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, stp.snapshot())
+}
+
+// parseWait accepts a Go duration ("30s") or whole seconds ("30").
+func parseWait(text string) (time.Duration, error) {
+	d, err := time.ParseDuration(text)
+	if err != nil {
+		secs, serr := strconv.Atoi(text)
+		if serr != nil {
+			return 0, fmt.Errorf("wait %q: want a duration such as 30s", text)
+		}
+		d = time.Duration(secs) * time.Second
+	}
+	if d < 0 || d > agentapi.MaxWait {
+		return 0, fmt.Errorf("wait %q: want 0 to %s", text, agentapi.MaxWait)
+	}
+	return d, nil
+}
+
+func (st *stage) lookup(w http.ResponseWriter, id string) (*step, bool) {
+	st.mu.Lock()
+	stp, ok := st.steps[id]
+	st.mu.Unlock()
+	if !ok {
+		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, fmt.Sprintf("no step %q in stage %q", id, st.spec.ID))
+	}
+	return stp, ok
+}
+
+func (s *Server) cancelStep(w http.ResponseWriter, _ *http.Request, st *stage, id string) {
+	stp, ok := st.lookup(w, id)
+	if !ok {
+		return
+	}
+	stp.stop(agentapi.StepCanceled, s.cfg.StopGrace)
+	writeJSON(w, http.StatusAccepted, stp.snapshot())
+}

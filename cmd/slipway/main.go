@@ -1,0 +1,55 @@
+// Command slipway is Slipway's command line: the PKI helper and the demo of
+// the agent (later: the delegate client, operator views and `slipway local`).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: slipway <command> [flags]
+
+commands:
+  pki init --dir DIR                     create a CA in DIR (ca.crt, ca.key)
+  pki issue server --dir DIR --name ID   issue ID.crt/ID.key: the server certificate of the VM with launch id ID
+  pki issue client --dir DIR             issue client.crt/client.key: an orchestrator client certificate
+  demo [--agent PATH]                    start a local agent and run a few steps through it
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "slipway:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "pki":
+		return runPKI(args[1:], out)
+	case "demo":
+		return runDemo(ctx, args[1:], out)
+	case "help", "-h", "--help":
+		fmt.Fprint(out, usage)
+		return nil
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
