@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -101,7 +103,11 @@ func Start(t testing.TB, cfg server.Config) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{
+		Handler: srv.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second,
+		// Refused handshakes are what some tests are about: not worth a line each.
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
 	go func() {
 		if err := hs.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			t.Errorf("serve: %v", err)
@@ -157,4 +163,24 @@ func Docker(t testing.TB) *dockerclient.Client {
 		t.Fatal(err)
 	}
 	return cli
+}
+
+// TLSConfig is a client configuration with the given certificates (none: no
+// client certificate) that trusts the agent's CA and names its VM.
+func (p *PKI) TLSConfig(certs ...tls.Certificate) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		RootCAs:      p.Roots,
+		ServerName:   pki.ServerName(LaunchID),
+		Certificates: certs,
+	}
+}
+
+// HTTPClient is a plain HTTP client with the orchestrator certificate, for
+// requests the Go client would never send.
+func (a *Agent) HTTPClient(t testing.TB) *http.Client {
+	t.Helper()
+	tr := &http.Transport{TLSClientConfig: a.TLSConfig(a.ClientCert)}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
 }

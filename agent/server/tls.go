@@ -20,7 +20,8 @@ import (
 // last good configuration in use.
 type CertFiles struct {
 	CertPath, KeyPath, ClientCAPath string
-	Logger                          *slog.Logger
+	// Logger reports reloads; nil discards.
+	Logger *slog.Logger
 
 	mu     sync.Mutex
 	stamps [3]fileStamp
@@ -57,16 +58,23 @@ func (c *CertFiles) current() (*tls.Config, error) {
 	cfg, err := c.load()
 	if err != nil {
 		if c.config != nil {
-			c.Logger.Warn("reload certificates failed; keeping the previous ones", "err", err)
+			c.logger().Warn("reload certificates failed; keeping the previous ones", "err", err)
 			return c.config, nil
 		}
 		return nil, err
 	}
 	if c.config != nil {
-		c.Logger.Info("reloaded certificates")
+		c.logger().Info("reloaded certificates")
 	}
 	c.config, c.stamps = cfg, stamps
 	return cfg, nil
+}
+
+func (c *CertFiles) logger() *slog.Logger {
+	if c.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Logger
 }
 
 func (c *CertFiles) stat() ([3]fileStamp, error) {

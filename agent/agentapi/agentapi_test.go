@@ -1,0 +1,111 @@
+package agentapi
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestDecodeStepRejectsBadInput(t *testing.T) {
+	tests := []struct {
+		name, body string
+		want       []string // every problem must be reported
+	}{
+		{name: "unknown field", body: `{"command":["true"],"comand":1}`, want: []string{`unknown field "comand"`}},
+		{name: "not json", body: `{`, want: []string{"decode body"}},
+		{name: "trailing data", body: `{"command":["true"]} {}`, want: []string{"trailing data"}},
+		{name: "empty step", body: `{}`, want: []string{"empty step"}},
+		{name: "empty argv0", body: `{"command":[""]}`, want: []string{"command[0] is empty"}},
+		{name: "both command and script", body: `{"command":["a"],"script":"b"}`, want: []string{"not both"}},
+		{name: "negative timeout", body: `{"script":"x","timeout_seconds":-1}`, want: []string{"timeout_seconds -1"}},
+		{name: "absurd timeout", body: `{"script":"x","timeout_seconds":99999999999}`, want: []string{"timeout_seconds 99999999999"}},
+		{name: "work dir escapes", body: `{"script":"x","work_dir":"../../etc"}`, want: []string{"leaves the stage work dir"}},
+		{name: "absolute work dir", body: `{"script":"x","work_dir":"/etc"}`, want: []string{"must be relative"}},
+		{name: "windows absolute work dir", body: `{"script":"x","work_dir":"C:\\Windows"}`, want: []string{"must be relative"}},
+		{name: "bad shell", body: `{"script":"x","shell":"zsh"}`, want: []string{`shell "zsh"`}},
+		{name: "bad env name", body: `{"script":"x","env":{"A-B":"1"}}`, want: []string{`name "A-B"`}},
+		{name: "nul in env", body: `{"script":"x","env":{"A":"a\u0000b"}}`, want: []string{"NUL"}},
+		{name: "bad user", body: `{"script":"x","user":"root"}`, want: []string{`user "root"`}},
+		{name: "pull without image", body: `{"script":"x","pull":"never"}`, want: []string{"give image"}},
+		{name: "bad network", body: `{"image":"x","network":"bridge"}`, want: []string{`network "bridge"`}},
+		{name: "bad output name", body: `{"script":"x","outputs":["a b"]}`, want: []string{`output name "a b"`}},
+		{
+			name: "several problems at once", body: `{"script":"x","shell":"zsh","timeout_seconds":-5,"user":"bob"}`,
+			want: []string{"shell", "timeout_seconds", "user"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := DecodeStep(strings.NewReader(tt.body))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestDecodeStepAcceptsGoodInput(t *testing.T) {
+	for _, body := range []string{
+		`{"command":["echo","hi"]}`,
+		`{"script":"echo hi","shell":"bash","timeout_seconds":60,"work_dir":"a/b","user":"1000:1000","outputs":["X"]}`,
+		`{"image":"busybox"}`,
+		`{"image":"busybox","script":"echo","pull":"never","network":"none"}`,
+	} {
+		if _, err := DecodeStep(strings.NewReader(body)); err != nil {
+			t.Errorf("%s: %v", body, err)
+		}
+	}
+}
+
+func TestDecodeStageRejectsBadInput(t *testing.T) {
+	tests := []struct{ name, body, want string }{
+		{name: "id with slash", body: `{"id":"a/b"}`, want: "stage id"},
+		{name: "id with dots", body: `{"id":".."}`, want: "stage id"},
+		{name: "id too long", body: `{"id":"` + strings.Repeat("a", 65) + `"}`, want: "stage id"},
+		{name: "file escapes", body: `{"id":"s","files":[{"path":"../x","data":""}]}`, want: "files[0]"},
+		{name: "file mode", body: `{"id":"s","files":[{"path":"x","mode":4095,"data":""}]}`, want: "beyond 0777"},
+		{name: "bad base64", body: `{"id":"s","files":[{"path":"x","data":"!!"}]}`, want: "decode body"},
+		{name: "bad secret name", body: `{"id":"s","secrets":{"1X":"v"}}`, want: `name "1X"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := DecodeStage(strings.NewReader(tt.body))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err %v, want one mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// The decoders see every request body: whatever arrives, they return a spec
+// that validates or an error, and never panic.
+func FuzzDecodeStep(f *testing.F) {
+	f.Add([]byte(`{"command":["echo","hi"],"env":{"A":"1"},"timeout_seconds":5}`))
+	f.Add([]byte(`{"script":"x","shell":"bash","work_dir":"a/../b","outputs":["X"]}`))
+	f.Add([]byte(`{"image":"busybox","pull":"never"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		s, err := DecodeStep(bytes.NewReader(body))
+		if err == nil {
+			if verr := s.Validate(); verr != nil {
+				t.Fatalf("decoded an invalid step: %v", verr)
+			}
+		}
+	})
+}
+
+func FuzzDecodeStage(f *testing.F) {
+	f.Add([]byte(`{"id":"s-1","env":{"A":"1"},"secrets":{"T":"v"},"files":[{"path":"a/b","mode":420,"data":"aGk="}]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		s, err := DecodeStage(bytes.NewReader(body))
+		if err == nil {
+			if verr := s.Validate(); verr != nil {
+				t.Fatalf("decoded an invalid stage: %v", verr)
+			}
+		}
+	})
+}

@@ -1,0 +1,200 @@
+package server_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"io"
+	"math/big"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/agent/server"
+	"github.com/slipway-ci/slipway/internal/pki"
+)
+
+func TestBadRequestsGetClearErrors(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	hc := a.HTTPClient(t)
+	base := "https://" + a.Addr
+	tests := []struct {
+		name, method, path, stage, body string
+		wantStatus                      int
+		wantCode, wantMsg               string
+	}{
+		{name: "unknown field", method: "PUT", path: "/v1/steps/s1", stage: stageID, body: `{"command":["true"],"bogus":1}`, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "bogus"},
+		{name: "empty command", method: "PUT", path: "/v1/steps/s1", stage: stageID, body: `{"command":[]}`, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "empty step"},
+		{name: "negative timeout", method: "PUT", path: "/v1/steps/s1", stage: stageID, body: `{"script":"x","timeout_seconds":-3}`, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "timeout_seconds"},
+		{name: "id with dots", method: "PUT", path: "/v1/steps/..", stage: stageID, body: `{"script":"x"}`, wantStatus: 404, wantCode: agentapi.CodeNotFound},
+		{name: "id with encoded slash", method: "PUT", path: "/v1/steps/a%2Fb", stage: stageID, body: `{"script":"x"}`, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "step id"},
+		{name: "id with a dot", method: "GET", path: "/v1/steps/a.b", stage: stageID, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "step id"},
+		{name: "id too long", method: "GET", path: "/v1/steps/" + strings.Repeat("x", 65), stage: stageID, wantStatus: 400, wantCode: agentapi.CodeInvalid},
+		{name: "body too large", method: "PUT", path: "/v1/steps/s1", stage: stageID, body: `{"script":"` + strings.Repeat("x", agentapi.MaxBodyBytes) + `"}`, wantStatus: 413, wantCode: agentapi.CodeTooLarge},
+		{name: "missing stage header", method: "GET", path: "/v1/steps/s1", wantStatus: 400, wantCode: agentapi.CodeMissingStage},
+		{name: "wrong stage header", method: "GET", path: "/v1/steps/s1", stage: "other", wantStatus: 409, wantCode: agentapi.CodeStageMismatch},
+		{name: "unknown step", method: "GET", path: "/v1/steps/nope", stage: stageID, wantStatus: 404, wantCode: agentapi.CodeNotFound, wantMsg: `"nope"`},
+		{name: "bad wait", method: "GET", path: "/v1/steps/nope?wait=forever", stage: stageID, wantStatus: 404, wantCode: agentapi.CodeNotFound},
+		{name: "unknown endpoint", method: "GET", path: "/v2/anything", wantStatus: 404, wantCode: agentapi.CodeNotFound},
+		{name: "bad stage spec", method: "PUT", path: "/v1/stage", body: `{"id":"a/b"}`, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "stage id"},
+		{name: "destroy another stage", method: "DELETE", path: "/v1/stage", stage: "other", wantStatus: 409, wantCode: agentapi.CodeStageMismatch},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequest(tt.method, base+tt.path, strings.NewReader(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.stage != "" {
+				req.Header.Set(agentapi.StageHeader, tt.stage)
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body agentapi.ErrorBody
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatalf("status %d, body not an error document: %v", resp.StatusCode, err)
+			}
+			if resp.StatusCode != tt.wantStatus || body.Error.Code != tt.wantCode || !strings.Contains(body.Error.Message, tt.wantMsg) {
+				t.Fatalf("got %d %+v, want %d %s mentioning %q", resp.StatusCode, body.Error, tt.wantStatus, tt.wantCode, tt.wantMsg)
+			}
+		})
+	}
+}
+
+func TestBadLogAndWaitQueries(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	run(t, a, "s", agentapi.Step{Script: "echo 12345"})
+	hc := a.HTTPClient(t)
+	for _, q := range []string{"/logs?offset=-1", "/logs?offset=x", "/logs?limit=0", "/logs?limit=999999999", "/logs?offset=7", "?wait=-1s", "?wait=2h", "?wait=soon"} {
+		req, _ := http.NewRequest("GET", "https://"+a.Addr+"/v1/steps/s"+q, nil)
+		req.Header.Set(agentapi.StageHeader, stageID)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !bytes.Contains(body, []byte(agentapi.CodeInvalid)) {
+			t.Errorf("%s: %d %s, want 400 invalid", q, resp.StatusCode, body)
+		}
+	}
+}
+
+// certWith signs a client certificate with the given CA, subject and usage.
+func certWith(t *testing.T, ca *pki.CA, cn string, usage []x509.ExtKeyUsage, notBefore, notAfter time.Time) tls.Certificate {
+	t.Helper()
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: notBefore, NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usage,
+	}
+	der, err := x509.CreateCertificate(nil, tmpl, ca.Cert, key.Public(), ca.Signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestOnlyTheOrchestratorGetsIn(t *testing.T) {
+	a := agenttest.Start(t, server.Config{})
+	other := agenttest.NewPKI(t) // another deployment's CA
+	now := time.Now()
+	serverCert, err := tls.LoadX509KeyPair(a.CertPath, a.KeyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		certs []tls.Certificate
+		ok    bool
+	}{
+		{name: "orchestrator", certs: []tls.Certificate{a.ClientCert}, ok: true},
+		{name: "no client certificate"},
+		{name: "another CA", certs: []tls.Certificate{other.ClientCert}},
+		{name: "expired", certs: []tls.Certificate{certWith(t, a.CA, pki.OrchestratorCN, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, now.Add(-2*time.Hour), now.Add(-time.Hour))}},
+		{name: "a VM's server certificate", certs: []tls.Certificate{serverCert}},
+		{name: "no clientAuth usage", certs: []tls.Certificate{certWith(t, a.CA, pki.OrchestratorCN, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, now.Add(-time.Hour), now.Add(time.Hour))}},
+		{name: "another subject", certs: []tls.Certificate{certWith(t, a.CA, "someone-else", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, now.Add(-time.Hour), now.Add(time.Hour))}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := &http.Transport{TLSClientConfig: a.TLSConfig(tt.certs...)}
+			defer tr.CloseIdleConnections()
+			resp, err := (&http.Client{Transport: tr}).Get("https://" + a.Addr + "/v1/health")
+			if tt.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Fatalf("status %d", resp.StatusCode)
+				}
+				return
+			}
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("let in with status %d", resp.StatusCode)
+			}
+		})
+	}
+}
+
+func TestTLS12IsRefused(t *testing.T) {
+	a := agenttest.Start(t, server.Config{})
+	cfg := a.TLSConfig(a.ClientCert)
+	cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	conn, err := tls.Dial("tcp", a.Addr, cfg)
+	if err == nil {
+		conn.Close()
+		t.Fatal("TLS 1.2 handshake succeeded")
+	}
+}
+
+func TestCertificatesReloadWhenTheirFilesChange(t *testing.T) {
+	a := agenttest.Start(t, server.Config{})
+	serial := func() *big.Int {
+		t.Helper()
+		conn, err := tls.Dial("tcp", a.Addr, a.TLSConfig(a.ClientCert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber
+	}
+	before := serial()
+	// Renew the server certificate in place, as a VM's renewal would.
+	time.Sleep(10 * time.Millisecond) // a new modification time
+	renewed, err := a.CA.IssueServerFiles(t.TempDir(), agenttest.LaunchID, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range [][2]string{{renewed.KeyPath, a.KeyPath}, {renewed.CertPath, a.CertPath}} {
+		data, err := os.ReadFile(f[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f[1], data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := serial(); after.Cmp(before) == 0 {
+		t.Fatal("the agent still serves the old certificate")
+	}
+	// A broken file keeps the last good certificate in use.
+	if err := os.WriteFile(a.CertPath, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = serial()
+}

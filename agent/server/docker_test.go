@@ -1,0 +1,148 @@
+//go:build linux
+
+package server_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/agent/executor"
+	"github.com/slipway-ci/slipway/agent/server"
+	"github.com/slipway-ci/slipway/internal/busyboximage"
+)
+
+func dockerAgent(t *testing.T) (*agenttest.Agent, *executor.Docker) {
+	t.Helper()
+	d := &executor.Docker{API: agenttest.Docker(t)}
+	a := boundAgent(t, agentapi.Stage{
+		Env:     map[string]string{"FROM_STAGE": "stage"},
+		Secrets: map[string]string{"TOKEN": "container-secret-42"},
+	}, server.Config{Docker: d})
+	return a, d
+}
+
+func box(script string) agentapi.Step {
+	return agentapi.Step{Image: busyboximage.Tag, Pull: agentapi.PullNever, Script: script}
+}
+
+func TestContainerSteps(t *testing.T) {
+	a, d := dockerAgent(t)
+	hostname, _ := os.Hostname()
+	tests := []struct {
+		name      string
+		spec      agentapi.Step
+		wantState agentapi.StepState
+		wantExit  int
+		wantLog   string
+		wantOut   map[string]string
+	}{
+		{
+			name:      "env, no agent env, masked secret",
+			spec:      box(`echo "$FROM_STAGE ${FROM_AGENT:-unset} $TOKEN $STEP_VAR"`),
+			wantState: agentapi.StepSucceeded, wantLog: "stage unset ****** step\n",
+		},
+		{name: "exit code", spec: box("echo bye; exit 5"), wantState: agentapi.StepFailed, wantExit: 5, wantLog: "bye\n"},
+		{
+			name:      "workspace mounted at the same path",
+			spec:      box(`pwd; echo made-in-container > file.txt`),
+			wantState: agentapi.StepSucceeded,
+		},
+		{
+			name:      "outputs",
+			spec:      box(`echo "IMAGE_OUT=from-container" >> "$SLIPWAY_OUTPUT"`),
+			wantState: agentapi.StepSucceeded, wantOut: map[string]string{"IMAGE_OUT": "from-container"},
+		},
+		{name: "host network by default", spec: box("hostname"), wantState: agentapi.StepSucceeded, wantLog: hostname + "\n"},
+		{
+			name:      "network none",
+			spec:      agentapi.Step{Image: busyboximage.Tag, Pull: agentapi.PullNever, Network: "none", Command: []string{"sh", "-c", "ls /sys/class/net"}},
+			wantState: agentapi.StepSucceeded, wantLog: "lo\n",
+		},
+		{name: "image entrypoint", spec: agentapi.Step{Image: busyboximage.Tag, Pull: agentapi.PullNever}, wantState: agentapi.StepSucceeded},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := "c" + string(rune('a'+i))
+			spec := tt.spec
+			spec.Env = map[string]string{"STEP_VAR": "step"}
+			st := run(t, a, id, spec)
+			if st.State != tt.wantState {
+				t.Fatalf("state %s, want %s (error %q)", st.State, tt.wantState, st.Error)
+			}
+			if *st.ExitCode != tt.wantExit {
+				t.Errorf("exit %d, want %d", *st.ExitCode, tt.wantExit)
+			}
+			if tt.wantLog != "" {
+				if got := logOf(t, a, id); got != tt.wantLog {
+					t.Errorf("log %q, want %q", got, tt.wantLog)
+				}
+			}
+			for k, v := range tt.wantOut {
+				if st.Outputs[k] != v {
+					t.Errorf("output %s = %q, want %q", k, st.Outputs[k], v)
+				}
+			}
+			// The container is gone.
+			if _, err := d.API.ContainerInspect(context.Background(), "slipway-"+stageID+"-"+id); !cerrdefs.IsNotFound(err) {
+				t.Errorf("container still there: %v", err)
+			}
+		})
+	}
+	// The host sees what the container wrote in the workspace.
+	st := run(t, a, "host-reads", agentapi.Step{Command: []string{"cat", "file.txt"}})
+	if got := logOf(t, a, "host-reads"); st.State != agentapi.StepSucceeded || got != "made-in-container\n" {
+		t.Fatalf("host step: %s %q", st.State, got)
+	}
+}
+
+func TestContainerStepCancel(t *testing.T) {
+	a, _ := dockerAgent(t)
+	ctx := ctxT(t)
+	st, err := a.Client.StartStep(ctx, stageID, "sleepy", &agentapi.Step{Image: busyboximage.Tag, Pull: agentapi.PullNever, Command: []string{"sleep", "300"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // let it start
+	canceledAt := time.Now()
+	if _, err := a.Client.CancelStep(ctx, stageID, "sleepy"); err != nil {
+		t.Fatal(err)
+	}
+	end, err := a.Client.WaitStep(ctx, stageID, "sleepy", st.BootID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end.State != agentapi.StepCanceled {
+		t.Fatalf("state %s, want canceled", end.State)
+	}
+	// sleep as PID 1 ignores SIGTERM: the kill after the grace period ends it.
+	if took := end.EndedAt.Sub(canceledAt); took > 10*time.Second {
+		t.Fatalf("cancel took %s", took)
+	}
+}
+
+func TestContainerStepWithMissingImage(t *testing.T) {
+	a, _ := dockerAgent(t)
+	st := run(t, a, "missing", agentapi.Step{Image: "slipway-no-such-image:1", Pull: agentapi.PullNever, Script: "true"})
+	if st.State != agentapi.StepError || !strings.Contains(st.Error, "slipway-no-such-image:1") {
+		t.Fatalf("state %s, error %q: want an error naming the image", st.State, st.Error)
+	}
+}
+
+func TestHostStepsReachTheDockerSocket(t *testing.T) {
+	a, _ := dockerAgent(t)
+	if host := os.Getenv("DOCKER_HOST"); host != "" && !strings.HasPrefix(host, "unix://") {
+		t.Fatalf("DOCKER_HOST %q: the test expects the engine on a unix socket", host)
+	}
+	script := `sock=${DOCKER_HOST#unix://}; curl -fsS --unix-socket "${sock:-/var/run/docker.sock}" http://docker/_ping`
+	st := run(t, a, "ping", agentapi.Step{Script: script})
+	if got := logOf(t, a, "ping"); st.State != agentapi.StepSucceeded || got != "OK" {
+		t.Fatalf("%s %q", st.State, got)
+	}
+}

@@ -1,0 +1,57 @@
+package server
+
+import (
+	"maps"
+	"strings"
+	"testing"
+)
+
+func TestParseOutputs(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     map[string]string
+		wantErr  string
+	}{
+		{name: "plain", in: "A=1\nB=two words\n\nC=\n", want: map[string]string{"A": "1", "B": "two words", "C": ""}},
+		{name: "value with =", in: "URL=a=b&c=d\n", want: map[string]string{"URL": "a=b&c=d"}},
+		{name: "later wins", in: "A=1\nA=2\n", want: map[string]string{"A": "2"}},
+		{name: "crlf", in: "A=1\r\nB<<E\r\nx\r\nE\r\n", want: map[string]string{"A": "1", "B": "x"}},
+		{name: "heredoc", in: "J<<EOF\n{\n  \"k\": 1\n}\nEOF\nK=v\n", want: map[string]string{"J": "{\n  \"k\": 1\n}", "K": "v"}},
+		{name: "empty heredoc", in: "J<<EOF\nEOF\n", want: map[string]string{"J": ""}},
+		{name: "unclosed heredoc", in: "J<<EOF\nline\n", wantErr: "line 1: J<<EOF is never closed"},
+		{name: "bad name", in: "A=1\n1X=2\n", wantErr: "line 2"},
+		{name: "no separator", in: "just text\n", wantErr: "line 1"},
+		{name: "empty delimiter", in: "J<<\n", wantErr: "bad heredoc"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseOutputs([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseOutputs(f *testing.F) {
+	f.Add([]byte("A=1\nB<<EOF\nx\nEOF\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out, err := parseOutputs(data)
+		if err == nil {
+			for name := range out {
+				if !outputNamePattern.MatchString(name) {
+					t.Fatalf("accepted output name %q", name)
+				}
+			}
+		}
+	})
+}
