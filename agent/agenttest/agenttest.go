@@ -14,7 +14,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -183,4 +185,50 @@ func (a *Agent) HTTPClient(t testing.TB) *http.Client {
 	tr := &http.Transport{TLSClientConfig: a.TLSConfig(a.ClientCert)}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
+}
+
+// Process is an agent binary running as its own process.
+type Process struct {
+	*PKI
+	Addr   string
+	Client *client.Client
+	Cmd    *exec.Cmd
+}
+
+// StartBinary runs the agent binary at path on a free loopback port with the
+// test PKI and extra flags, and waits until it answers. It is stopped with
+// SIGTERM when the test ends.
+func StartBinary(t testing.TB, path string, extra ...string) *Process {
+	t.Helper()
+	p := NewPKI(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	args := append([]string{"--addr", addr, "--tls-cert", p.CertPath, "--tls-key", p.KeyPath,
+		"--client-ca", p.CACertPath, "--work-dir", filepath.Join(p.Dir, "work")}, extra...)
+	cmd := exec.Command(path, args...)
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	a := &Agent{PKI: p}
+	proc := &Process{PKI: p, Addr: addr, Client: a.NewClient(t, addr), Cmd: cmd}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := proc.Client.Health(context.Background())
+		if err == nil {
+			return proc
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent at %s did not answer: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

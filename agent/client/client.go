@@ -138,8 +138,18 @@ func (c *Client) DestroyStage(ctx context.Context, stageID string) (*agentapi.Us
 // StartStep starts a step; starting it again with the same spec returns its
 // current status.
 func (c *Client) StartStep(ctx context.Context, stageID, stepID string, spec *agentapi.Step) (*agentapi.StepStatus, error) {
+	return c.startStep(ctx, stageID, stepID, spec, 0)
+}
+
+// startStep starts a step and, with wait > 0, waits up to wait for it to end
+// in the same call.
+func (c *Client) startStep(ctx context.Context, stageID, stepID string, spec *agentapi.Step, wait time.Duration) (*agentapi.StepStatus, error) {
+	path := "/v1/steps/" + url.PathEscape(stepID)
+	if wait > 0 {
+		path += "?wait=" + wait.String()
+	}
 	var st agentapi.StepStatus
-	return &st, c.call(ctx, http.MethodPut, "/v1/steps/"+url.PathEscape(stepID), stageID, spec, &st)
+	return &st, c.call(ctx, http.MethodPut, path, stageID, spec, &st)
 }
 
 // StepStatus returns a step's status; with wait > 0 the agent answers when
@@ -159,11 +169,15 @@ func (c *Client) CancelStep(ctx context.Context, stageID, stepID string) (*agent
 	return &st, c.call(ctx, http.MethodPost, "/v1/steps/"+url.PathEscape(stepID)+"/cancel", stageID, nil, &st)
 }
 
+// defaultPoll is the long-poll of WaitStep and RunStep: under API Gateway's
+// 29 s integration timeout.
+const defaultPoll = 25 * time.Second
+
 // WaitStep long-polls until the step ends or ctx is done. It fails with
 // ErrAgentRestarted if the agent's boot id stops being bootID (when given).
 func (c *Client) WaitStep(ctx context.Context, stageID, stepID, bootID string, poll time.Duration) (*agentapi.StepStatus, error) {
 	if poll <= 0 {
-		poll = 25 * time.Second
+		poll = defaultPoll
 	}
 	for {
 		st, err := c.StepStatus(ctx, stageID, stepID, poll)
@@ -179,9 +193,10 @@ func (c *Client) WaitStep(ctx context.Context, stageID, stepID, bootID string, p
 	}
 }
 
-// RunStep starts a step and waits for it to end.
+// RunStep starts a step and waits for it to end. A step that ends within the
+// first long-poll costs one round trip.
 func (c *Client) RunStep(ctx context.Context, stageID, stepID string, spec *agentapi.Step) (*agentapi.StepStatus, error) {
-	st, err := c.StartStep(ctx, stageID, stepID, spec)
+	st, err := c.startStep(ctx, stageID, stepID, spec, defaultPoll)
 	if err != nil {
 		return nil, err
 	}

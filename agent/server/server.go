@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,7 +48,6 @@ type Server struct {
 	cfg     Config
 	bootID  string
 	started time.Time
-	baseEnv map[string]string
 
 	mu    sync.Mutex
 	stage *stage // nil while unbound
@@ -93,7 +94,6 @@ func New(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		bootID:  hex.EncodeToString(id[:]),
 		started: time.Now(),
-		baseEnv: envMap(cfg.BaseEnv),
 		ended:   map[string]agentapi.Usage{},
 	}, nil
 }
@@ -225,9 +225,11 @@ func decodeBody[T any](w http.ResponseWriter, r *http.Request, decode func(io.Re
 	return v, true
 }
 
-func envMap(env []string) map[string]string {
-	m := make(map[string]string, len(env))
-	for _, kv := range env {
+// mergeEnv layers maps of variables over a KEY=VALUE list, later layers
+// winning, and returns the result as a list in a stable order.
+func mergeEnv(base []string, layers ...map[string]string) []string {
+	m := make(map[string]string, len(base))
+	for _, kv := range base {
 		for i := 1; i < len(kv); i++ { // from 1: Windows has variables named "=C:"
 			if kv[i] == '=' {
 				m[kv[:i]] = kv[i+1:]
@@ -235,5 +237,12 @@ func envMap(env []string) map[string]string {
 			}
 		}
 	}
-	return m
+	for _, layer := range layers {
+		maps.Copy(m, layer)
+	}
+	out := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, k+"="+m[k])
+	}
+	return out
 }

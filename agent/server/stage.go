@@ -26,9 +26,12 @@ type stage struct {
 	specKey string // canonical JSON of spec, for idempotent binding
 
 	dir, workDir, stepsDir string
-	env                    map[string]string // stage env and secrets, layered
-	secrets                []string          // secret values, masked in every step
-	matcher                *mask.Matcher     // over secrets
+	// hostEnv is the agent's environment with the stage's env and secrets
+	// layered on top, KEY=VALUE, computed once at bind; containerEnv is the
+	// same without the agent's environment.
+	hostEnv, containerEnv []string
+	secrets               []string      // secret values, masked in every step
+	matcher               *mask.Matcher // over secrets
 
 	// mu guards steps, closing and the usage totals. A step's own state has
 	// its own lock.
@@ -91,7 +94,6 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 		dir:      dir,
 		workDir:  filepath.Join(dir, "work"),
 		stepsDir: filepath.Join(dir, "steps"),
-		env:      map[string]string{},
 		steps:    map[string]*step{},
 	}
 	// A folder left by an earlier agent run of the same stage is stale.
@@ -109,8 +111,8 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 			return nil, err
 		}
 	}
-	maps.Copy(st.env, spec.Env)
-	maps.Copy(st.env, spec.Secrets)
+	st.hostEnv = mergeEnv(s.cfg.BaseEnv, spec.Env, spec.Secrets)
+	st.containerEnv = mergeEnv(nil, spec.Env, spec.Secrets)
 	for _, name := range slices.Sorted(maps.Keys(spec.Secrets)) {
 		st.secrets = append(st.secrets, spec.Secrets[name])
 	}

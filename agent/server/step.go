@@ -67,7 +67,15 @@ func (stp *step) stop(reason agentapi.StepState, grace time.Duration) {
 	}
 }
 
+// startStep starts a step, or returns the status of the step already
+// started with the same spec. With ?wait= it then long-polls like
+// stepStatus, so a short step costs one round trip.
 func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id string) {
+	wait, err := parseWait(r.URL.Query().Get("wait"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
+		return
+	}
 	spec, ok := decodeBody(w, r, agentapi.DecodeStep)
 	if !ok {
 		return
@@ -90,18 +98,13 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 			writeError(w, http.StatusConflict, agentapi.CodeStepConflict, fmt.Sprintf("step %q already exists with a different spec", id))
 			return
 		}
+		waitEnd(r, cur, wait)
 		writeJSON(w, http.StatusOK, cur.snapshot())
-		return
-	}
-	log, err := steplog.Create(filepath.Join(st.stepsDir, id+".log"), s.cfg.MaxLogBytes)
-	if err != nil {
-		st.mu.Unlock()
-		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
 		return
 	}
 	stp := &step{
 		specKey:    key,
-		log:        log,
+		log:        steplog.New(filepath.Join(st.stepsDir, id+".log"), s.cfg.MaxLogBytes),
 		outputPath: filepath.Join(st.stepsDir, id+".out"),
 		status:     agentapi.StepStatus{ID: id, State: agentapi.StepRunning, StartedAt: time.Now().UTC(), BootID: s.bootID},
 		done:       make(chan struct{}),
@@ -111,8 +114,22 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 	st.mu.Unlock()
 
 	s.run(st, stp, id, spec)
-	code := http.StatusCreated
-	writeJSON(w, code, stp.snapshot())
+	waitEnd(r, stp, wait)
+	writeJSON(w, http.StatusCreated, stp.snapshot())
+}
+
+// waitEnd waits until the step ends, wait passes or the client goes away.
+func waitEnd(r *http.Request, stp *step, wait time.Duration) {
+	if wait <= 0 {
+		return
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-stp.done:
+	case <-timer.C:
+	case <-r.Context().Done():
+	}
 }
 
 // run starts the step and supervises it in the background.
@@ -213,20 +230,24 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 			return executor.Spec{}, fmt.Errorf("create work dir: %w", err)
 		}
 	}
-	env := map[string]string{}
-	if spec.Image == "" {
-		maps.Copy(env, s.baseEnv)
+	slipwayEnv := map[string]string{
+		"SLIPWAY_STAGE":     st.spec.ID,
+		"SLIPWAY_STEP":      id,
+		"SLIPWAY_WORKSPACE": st.workDir,
+		"SLIPWAY_OUTPUT":    stp.outputPath,
 	}
-	maps.Copy(env, st.env)
-	maps.Copy(env, spec.Env)
-	maps.Copy(env, spec.Secrets)
-	env["SLIPWAY_STAGE"] = st.spec.ID
-	env["SLIPWAY_STEP"] = id
-	env["SLIPWAY_WORKSPACE"] = st.workDir
-	env["SLIPWAY_OUTPUT"] = stp.outputPath
-	envList := make([]string, 0, len(env))
-	for k, v := range env {
-		envList = append(envList, k+"="+v)
+	var envList []string
+	if spec.Image != "" {
+		envList = mergeEnv(st.containerEnv, spec.Env, spec.Secrets, slipwayEnv)
+	} else {
+		// os/exec keeps the last of duplicate keys, so the step's layers can
+		// simply follow the stage's list: no merge on the step's start path.
+		envList = slices.Clone(st.hostEnv)
+		for _, layer := range []map[string]string{spec.Env, spec.Secrets, slipwayEnv} {
+			for k, v := range layer {
+				envList = append(envList, k+"="+v)
+			}
+		}
 	}
 
 	var argv []string
@@ -255,26 +276,21 @@ func (s *Server) stepStatus(w http.ResponseWriter, r *http.Request, st *stage, i
 	if !ok {
 		return
 	}
-	if waitText := r.URL.Query().Get("wait"); waitText != "" {
-		wait, err := parseWait(waitText)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
-			return
-		}
-		timer := time.NewTimer(wait)
-		defer timer.Stop()
-		select {
-		case <-stp.done:
-		case <-timer.C:
-		case <-r.Context().Done():
-			return
-		}
+	wait, err := parseWait(r.URL.Query().Get("wait"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
+		return
 	}
+	waitEnd(r, stp, wait)
 	writeJSON(w, http.StatusOK, stp.snapshot())
 }
 
-// parseWait accepts a Go duration ("30s") or whole seconds ("30").
+// parseWait accepts a Go duration ("30s") or whole seconds ("30"); empty
+// means no wait.
 func parseWait(text string) (time.Duration, error) {
+	if text == "" {
+		return 0, nil
+	}
 	d, err := time.ParseDuration(text)
 	if err != nil {
 		secs, serr := strconv.Atoi(text)

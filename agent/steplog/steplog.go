@@ -12,30 +12,49 @@ import (
 	"sync"
 )
 
-// Log is one step's log file.
+// Log is one step's log file. The file is created at the first byte the
+// step prints, by the pump: creating a file can take a disk's journal commit,
+// and that belongs off the path that starts the step.
 //
-// Invariants, under mu: size is the file's length and only grows; once done
-// is set, size is final; changed is closed and replaced whenever size grows or
-// done is set, so a waiter that saw the old channel wakes up.
+// Invariants, under mu: f is nil until the first write and then never
+// changes; size is the file's length and only grows; once done is set, size
+// is final; changed is closed and replaced whenever size grows or done is
+// set, so a waiter that saw the old channel wakes up.
 type Log struct {
-	f   *os.File
-	max int64
+	path string
+	max  int64
 
 	mu      sync.Mutex
+	f       *os.File
 	size    int64
 	dropped int64
 	done    bool
 	changed chan struct{}
 }
 
-// Create creates (or truncates) the log file at path; at most max bytes of
-// step output are kept, and a marker line says how many were dropped.
-func Create(path string, max int64) (*Log, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+// New returns the log kept in the file at path, created (or truncated) when
+// the first byte arrives; at most max bytes of step output are kept, and a
+// marker line says how many were dropped.
+func New(path string, max int64) *Log {
+	return &Log{path: path, max: max, changed: make(chan struct{})}
+}
+
+// file returns the log file, creating it on first use. Only the writer calls it.
+func (l *Log) file() (*os.File, error) {
+	l.mu.Lock()
+	f := l.f
+	l.mu.Unlock()
+	if f != nil {
+		return f, nil
+	}
+	f, err := os.OpenFile(l.path, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create step log: %w", err)
 	}
-	return &Log{f: f, max: max, changed: make(chan struct{})}, nil
+	l.mu.Lock()
+	l.f = f
+	l.mu.Unlock()
+	return f, nil
 }
 
 // Write appends p, or as much of it as the cap allows; the rest is counted as
@@ -49,8 +68,12 @@ func (l *Log) Write(p []byte) (int, error) {
 		keep = keep[:max(room, 0)]
 	}
 	if len(keep) > 0 {
+		f, err := l.file()
+		if err != nil {
+			return 0, err
+		}
 		// Only the pump writes, so the file offset is ours; readers use ReadAt.
-		n, err := l.f.Write(keep)
+		n, err := f.Write(keep)
 		l.mu.Lock()
 		l.size += int64(n)
 		l.notifyLocked()
@@ -76,7 +99,7 @@ func (l *Log) Close() error {
 		return nil
 	}
 	var err error
-	if l.dropped > 0 {
+	if l.dropped > 0 && l.f != nil { // dropped > 0 means the cap was reached: the file exists
 		marker := fmt.Sprintf("\n[slipway: %d bytes of output dropped: the step printed more than the %d-byte log limit]\n", l.dropped, l.max)
 		var n int
 		n, err = l.f.WriteString(marker)
@@ -124,12 +147,19 @@ func (l *Log) Wait(ctx context.Context, offset int64) (size int64, done bool, er
 	}
 }
 
-// CopyTo copies the log bytes [off, end) to w through buf.
+// CopyTo copies the log bytes [off, end) to w through buf; end is at most
+// what Size reported.
 func (l *Log) CopyTo(w io.Writer, off, end int64, buf []byte) (int64, error) {
+	if off >= end {
+		return 0, nil
+	}
+	l.mu.Lock()
+	f := l.f // not nil: Size was above off
+	l.mu.Unlock()
 	var written int64
 	for off < end {
 		chunk := buf[:min(int64(len(buf)), end-off)]
-		n, err := l.f.ReadAt(chunk, off)
+		n, err := f.ReadAt(chunk, off)
 		if n > 0 {
 			if _, werr := w.Write(chunk[:n]); werr != nil {
 				return written, werr
@@ -146,5 +176,10 @@ func (l *Log) CopyTo(w io.Writer, off, end int64, buf []byte) (int64, error) {
 
 // Release closes the file; the log can no longer be read.
 func (l *Log) Release() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
 	return l.f.Close()
 }

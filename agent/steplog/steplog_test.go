@@ -10,10 +10,7 @@ import (
 )
 
 func TestCapAndMarker(t *testing.T) {
-	l, err := Create(filepath.Join(t.TempDir(), "log"), 10)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := New(filepath.Join(t.TempDir(), "log"), 10)
 	defer func() { _ = l.Release() }()
 	for _, s := range []string{"12345", "67890abc", "def"} {
 		if n, err := l.Write([]byte(s)); err != nil || n != len(s) {
@@ -38,10 +35,7 @@ func TestCapAndMarker(t *testing.T) {
 }
 
 func TestWaitWakesOnWriteAndClose(t *testing.T) {
-	l, err := Create(filepath.Join(t.TempDir(), "log"), 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := New(filepath.Join(t.TempDir(), "log"), 1<<20)
 	defer func() { _ = l.Release() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
