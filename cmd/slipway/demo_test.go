@@ -1,0 +1,50 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDemo runs `slipway demo` against a freshly built agent, as `make demo`
+// does, so the README's first command is tested too.
+func TestDemo(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "slipway-agent")
+	build := exec.Command("go", "build", "-o", bin, "../../agent")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build agent: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, []string{"demo", "--agent", bin}, &out); err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	got := out.String()
+	for _, want := range []string{
+		"state succeeded, exit code 0",
+		"outputs map[VERSION:1.2.3]",
+		"state failed, exit code 3",
+		"token: ******\n  | ******\n",
+		"state timed_out",
+		"usage: ",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	if strings.Contains(got, "s3cr3t-demo-token") {
+		t.Error("the demo printed the secret")
+	}
+	if os.Getenv("DOCKER_HOST") != "" && !strings.Contains(got, "in a container:") {
+		t.Error("the demo skipped the container step although Docker is there")
+	}
+	if t.Failed() {
+		t.Log(got)
+	}
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/slipway-ci/slipway/internal/pki"
+)
+
+func TestPKICommands(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	var out bytes.Buffer
+	steps := [][]string{
+		{"pki", "init", "--dir", dir},
+		{"pki", "issue", "server", "--dir", dir, "--name", "lt-1"},
+		{"pki", "issue", "client", "--dir", dir, "--lifetime", "10m"},
+	}
+	for _, args := range steps {
+		if err := run(ctx, args, &out); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	for _, f := range []string{"ca.crt", "ca.key", "lt-1.crt", "lt-1.key", "client.crt", "client.key"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	cert, err := pki.ReadCert(filepath.Join(dir, "client.crt"))
+	if err != nil || cert.Subject.CommonName != pki.OrchestratorCN {
+		t.Fatalf("client cert: %v %v", cert, err)
+	}
+}
+
+func TestCommandErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{args: []string{"nope"}, want: `unknown command "nope"`},
+		{args: []string{"pki"}, want: "want init or issue"},
+		{args: []string{"pki", "issue", "server", "--dir", dir, "--name", "x"}, want: "slipway pki init"},
+		{args: []string{"pki", "issue", "vm", "--dir", dir}, want: "want server or client"},
+		{args: []string{"pki", "init", "--dir", dir, "--lifetime", "-1h"}, want: "lifetime"},
+	}
+	for _, tt := range tests {
+		err := run(context.Background(), tt.args, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: err %v, want %q", tt.args, err, tt.want)
+		}
+	}
+	if err := run(context.Background(), []string{"pki", "init", "--dir", dir}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), []string{"pki", "issue", "server", "--dir", dir}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--name") {
+		t.Errorf("issue server without --name: %v", err)
+	}
+}
