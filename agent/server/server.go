@@ -145,6 +145,15 @@ func (s *Server) recoverPanics(next http.Handler) http.Handler {
 }
 
 func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	h := s.healthLocked()
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, h)
+}
+
+// healthLocked is the health document; s.mu is held (and then the stage's
+// lock is taken: the lock order is server, stage, step).
+func (s *Server) healthLocked() agentapi.Health {
 	h := agentapi.Health{
 		Version:       s.cfg.Version,
 		OS:            runtime.GOOS,
@@ -153,13 +162,11 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 		UptimeSeconds: time.Since(s.started).Seconds(),
 		Docker:        s.cfg.Docker != nil,
 	}
-	s.mu.Lock()
 	if st := s.stage; st != nil {
 		h.Stage = st.spec.ID
 		h.RunningSteps = st.running()
 	}
-	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, h)
+	return h
 }
 
 // boundStage returns the bound stage if the request's stage header names it,

@@ -132,3 +132,35 @@ func TestDestroyReturnsUsageAndCleansUp(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestStepAsAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("running a step as another user needs the agent to run as root, as it does on a VM")
+	}
+	// The work root, as on a VM, must let other users through; a test's
+	// temporary folders are private.
+	root := t.TempDir()
+	for _, d := range []string{filepath.Dir(root), root} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := boundAgent(t, agentapi.Stage{}, server.Config{WorkRoot: root})
+	st := run(t, a, "nobody", agentapi.Step{
+		Script: `touch made-by-nobody; echo "WHO=$(id -u):$(id -g)" >> "$SLIPWAY_OUTPUT"`,
+		User:   "65534:65534",
+	})
+	if st.State != agentapi.StepSucceeded {
+		t.Fatalf("state %s: %s %q", st.State, st.Error, logOf(t, a, "nobody"))
+	}
+	if st.Outputs["WHO"] != "65534:65534" {
+		t.Fatalf("outputs %v", st.Outputs)
+	}
+	info, err := os.Stat(filepath.Join(a.WorkRoot, stageID, "work", "made-by-nobody"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid := info.Sys().(*syscall.Stat_t).Uid; uid != 65534 {
+		t.Fatalf("file owned by %d", uid)
+	}
+}

@@ -78,14 +78,6 @@ func (s *Server) bindStage(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, s.healthLocked())
 }
 
-func (s *Server) healthLocked() agentapi.Health {
-	h := agentapi.Health{Version: s.cfg.Version, BootID: s.bootID}
-	if s.stage != nil {
-		h.Stage = s.stage.spec.ID
-	}
-	return h
-}
-
 func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 	dir := filepath.Join(s.cfg.WorkRoot, spec.ID)
 	st := &stage{
@@ -104,6 +96,11 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("create stage folder: %w", err)
 		}
+	}
+	// Steps may run as another user (Step.User): the workspace is theirs too.
+	// The VM serves this one stage, so there is no one to keep out.
+	if err := os.Chmod(st.workDir, 0o777); err != nil {
+		return nil, fmt.Errorf("create stage folder: %w", err)
 	}
 	for _, f := range spec.Files {
 		if err := writeStageFile(st.workDir, f); err != nil {

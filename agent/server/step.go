@@ -250,6 +250,13 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		}
 	}
 
+	if spec.User != "" {
+		// A step running as another user must be able to write its outputs.
+		if err := createOwnedFile(stp.outputPath, spec.User); err != nil {
+			return executor.Spec{}, err
+		}
+	}
+
 	var argv []string
 	switch {
 	case len(spec.Command) > 0:
