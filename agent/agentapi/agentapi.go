@@ -34,6 +34,9 @@ const (
 	MaxWait      = 60 * time.Second
 	MaxEnvVars   = 1000
 	MaxOutputs   = 100
+	// MinMemoryBytes is Docker's own floor for a memory limit.
+	MinMemoryBytes = 6 << 20
+	MaxMemoryBytes = 1 << 40
 )
 
 var (
@@ -118,9 +121,12 @@ type Step struct {
 	// Pull is when to pull Image: if-missing (default), never or always.
 	Pull string `json:"pull,omitempty"`
 	// Network of a container step: host (default) or none.
-	Network string            `json:"network,omitempty"`
-	Env     map[string]string `json:"env,omitempty"`
-	Secrets map[string]string `json:"secrets,omitempty"`
+	Network string `json:"network,omitempty"`
+	// MemoryBytes limits a container step's memory; past it the kernel's
+	// OOM killer ends the step and the status says so. 0: no limit.
+	MemoryBytes int64             `json:"memory_bytes,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`
+	Secrets     map[string]string `json:"secrets,omitempty"`
 	// WorkDir is relative to the stage work dir.
 	WorkDir string `json:"work_dir,omitempty"`
 	// User is uid or uid:gid.
@@ -154,8 +160,11 @@ func (s *Step) Validate() error {
 	if s.Network != "" && s.Network != "host" && s.Network != "none" {
 		errs = append(errs, fmt.Errorf("network %q: want host or none", s.Network))
 	}
-	if s.Image == "" && (s.Pull != "" || s.Network != "") {
-		errs = append(errs, errors.New("pull and network apply to container steps only: give image"))
+	if s.Image == "" && (s.Pull != "" || s.Network != "" || s.MemoryBytes != 0) {
+		errs = append(errs, errors.New("pull, network and memory_bytes apply to container steps only: give image"))
+	}
+	if s.MemoryBytes != 0 && (s.MemoryBytes < MinMemoryBytes || s.MemoryBytes > MaxMemoryBytes) {
+		errs = append(errs, fmt.Errorf("memory_bytes %d: want %d to %d", s.MemoryBytes, MinMemoryBytes, MaxMemoryBytes))
 	}
 	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets))
 	if s.WorkDir != "" {

@@ -27,6 +27,8 @@ func TestDecodeStepRejectsBadInput(t *testing.T) {
 		{name: "nul in env", body: `{"script":"x","env":{"A":"a\u0000b"}}`, want: []string{"NUL"}},
 		{name: "bad user", body: `{"script":"x","user":"root"}`, want: []string{`user "root"`}},
 		{name: "pull without image", body: `{"script":"x","pull":"never"}`, want: []string{"give image"}},
+		{name: "memory without image", body: `{"script":"x","memory_bytes":100000000}`, want: []string{"give image"}},
+		{name: "memory too small", body: `{"image":"x","memory_bytes":1024}`, want: []string{"memory_bytes 1024"}},
 		{name: "bad network", body: `{"image":"x","network":"bridge"}`, want: []string{`network "bridge"`}},
 		{name: "bad output name", body: `{"script":"x","outputs":["a b"]}`, want: []string{`output name "a b"`}},
 		{

@@ -237,6 +237,10 @@ func (h *dockerHandle) create(ctx context.Context) (string, error) {
 		netMode = "host"
 	}
 	hostCfg := &container.HostConfig{NetworkMode: container.NetworkMode(netMode)}
+	if spec.MemoryBytes > 0 {
+		hostCfg.Memory = spec.MemoryBytes
+		hostCfg.MemorySwap = spec.MemoryBytes // no swap on top: the limit is the limit
+	}
 	for _, m := range spec.Mounts {
 		hostCfg.Binds = append(hostCfg.Binds, m+":"+m)
 	}

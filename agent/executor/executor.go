@@ -32,6 +32,8 @@ type Spec struct {
 	Pull    string   // agentapi.PullIfMissing, PullNever or PullAlways
 	Network string   // "host" or "none"
 	Mounts  []string // host folders mounted read-write at the same path
+	// MemoryBytes limits the container's memory (0: none).
+	MemoryBytes int64
 
 	// Output receives stdout and stderr. The executor calls it from one
 	// goroutine at a time.

@@ -127,6 +127,19 @@ func TestContainerStepCancel(t *testing.T) {
 	}
 }
 
+func TestContainerStepOOM(t *testing.T) {
+	a, _ := dockerAgent(t)
+	// tail keeps its whole input in memory when asked for everything from
+	// line 1 of an endless stream.
+	st := run(t, a, "hungry", agentapi.Step{
+		Image: busyboximage.Tag, Pull: agentapi.PullNever, MemoryBytes: 16 << 20,
+		Script: "head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null",
+	})
+	if st.State != agentapi.StepFailed || !st.OOMKilled {
+		t.Fatalf("state %s, oom %v, exit %v, error %q: want failed and OOM killed", st.State, st.OOMKilled, st.ExitCode, st.Error)
+	}
+}
+
 func TestContainerStepWithMissingImage(t *testing.T) {
 	a, _ := dockerAgent(t)
 	st := run(t, a, "missing", agentapi.Step{Image: "slipway-no-such-image:1", Pull: agentapi.PullNever, Script: "true"})

@@ -265,16 +265,17 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		argv = executor.ScriptArgv(spec.Shell, spec.Script)
 	}
 	return executor.Spec{
-		Name:    st.spec.ID + "-" + id,
-		Argv:    argv,
-		Env:     envList,
-		Dir:     workDir,
-		User:    spec.User,
-		Image:   spec.Image,
-		Pull:    spec.Pull,
-		Network: spec.Network,
-		Mounts:  []string{st.workDir, st.stepsDir},
-		Output:  out,
+		Name:        st.spec.ID + "-" + id,
+		Argv:        argv,
+		Env:         envList,
+		Dir:         workDir,
+		User:        spec.User,
+		Image:       spec.Image,
+		Pull:        spec.Pull,
+		Network:     spec.Network,
+		MemoryBytes: spec.MemoryBytes,
+		Mounts:      []string{st.workDir, st.stepsDir},
+		Output:      out,
 	}, nil
 }
 
