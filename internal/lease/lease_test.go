@@ -1,0 +1,318 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/slipway-ci/slipway/internal/dynamotest"
+	"github.com/slipway-ci/slipway/internal/lease"
+)
+
+func newStore(t testing.TB) *lease.Store {
+	t.Helper()
+	db := dynamotest.Client(t)
+	table := dynamotest.TableName(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := lease.CreateTable(ctx, db, table); err != nil {
+		t.Fatal(err)
+	}
+	dynamotest.DropAtCleanup(t, db, table)
+	return &lease.Store{DB: db, Table: table}
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// addIdle records n VMs in pool and brings them to idle.
+func addIdle(t testing.TB, s *lease.Store, pool string, n, max int) []string {
+	t.Helper()
+	ctx := ctxT(t)
+	var ids []string
+	for range n {
+		id := lease.NewLaunchID()
+		if _, err := s.RecordLaunch(ctx, lease.Launch{Pool: pool, LaunchID: id, Max: max}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.MarkProvisioning(ctx, pool, id, "i-"+id[3:], "127.0.0.1:1", "t3.small"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.MarkIdle(ctx, pool, id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func TestLifecycle(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	id := lease.NewLaunchID()
+	vm, err := s.RecordLaunch(ctx, lease.Launch{Pool: "p", LaunchID: id, Max: 2})
+	if err != nil || vm.State != lease.Launching {
+		t.Fatalf("record: %+v %v", vm, err)
+	}
+	if _, err := s.MarkIdle(ctx, "p", id); !errors.Is(err, lease.ErrState) {
+		t.Fatalf("idle before provisioning: %v, want ErrState", err)
+	}
+	vm, err = s.MarkProvisioning(ctx, "p", id, "i-1", "10.0.0.1", "t3.small")
+	if err != nil || vm.InstanceID != "i-1" || vm.State != lease.Provisioning {
+		t.Fatalf("provisioning: %+v %v", vm, err)
+	}
+	if _, err := s.MarkIdle(ctx, "p", id); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Hour).Truncate(time.Millisecond)
+	vm, err = s.Lease(ctx, "p", "stage-a", deadline)
+	if err != nil || vm.LaunchID != id || vm.Stage != "stage-a" || !vm.LeaseDeadline.Equal(deadline) {
+		t.Fatalf("lease: %+v %v", vm, err)
+	}
+	if _, err := s.Lease(ctx, "p", "stage-b", deadline); !errors.Is(err, lease.ErrNoIdle) {
+		t.Fatalf("second lease: %v, want ErrNoIdle", err)
+	}
+	if got, err := s.LeasedTo(ctx, "stage-a"); err != nil || got.LaunchID != id {
+		t.Fatalf("leased to: %+v %v", got, err)
+	}
+	if _, err := s.Release(ctx, "p", id, "stage-b"); !errors.Is(err, lease.ErrNotHolder) {
+		t.Fatalf("release by another stage: %v, want ErrNotHolder", err)
+	}
+	if err := s.Remove(ctx, "p", id, lease.Releasing); !errors.Is(err, lease.ErrState) {
+		t.Fatalf("remove while leased: %v, want ErrState", err)
+	}
+	vm, err = s.Release(ctx, "p", id, "stage-a")
+	if err != nil || vm.State != lease.Releasing {
+		t.Fatalf("release: %+v %v", vm, err)
+	}
+	if _, err := s.Release(ctx, "p", id, "stage-a"); !errors.Is(err, lease.ErrReleased) {
+		t.Fatalf("second release: %v, want ErrReleased", err)
+	}
+	if c, _ := s.Capacity(ctx, "p"); c != 1 {
+		t.Fatalf("capacity %d before remove, want 1", c)
+	}
+	if err := s.Remove(ctx, "p", id, lease.Releasing); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Release(ctx, "p", id, "stage-a"); !errors.Is(err, lease.ErrReleased) {
+		t.Fatalf("release after removal: %v, want ErrReleased", err)
+	}
+	if c, _ := s.Capacity(ctx, "p"); c != 0 {
+		t.Fatalf("capacity %d after remove, want 0", c)
+	}
+	if _, err := s.Get(ctx, "p", id); !errors.Is(err, lease.ErrNotFound) {
+		t.Fatalf("get after remove: %v", err)
+	}
+}
+
+func TestRecordLaunchHoldsTheMax(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	const max = 7
+	var ok, full atomic.Int64
+	var wg sync.WaitGroup
+	for range 30 {
+		wg.Go(func() {
+			_, err := s.RecordLaunch(ctx, lease.Launch{Pool: "p", LaunchID: lease.NewLaunchID(), Max: max})
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, lease.ErrPoolFull):
+				full.Add(1)
+			default:
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	vms, err := s.List(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := s.Capacity(ctx, "p")
+	if ok.Load() != max || full.Load() != 30-max || len(vms) != max || c != max {
+		t.Fatalf("recorded %d, full %d, items %d, capacity %d; want %d recorded", ok.Load(), full.Load(), len(vms), c, max)
+	}
+	id := vms[0].LaunchID
+	if err := s.Remove(ctx, "p", id, lease.Launching); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecordLaunch(ctx, lease.Launch{Pool: "p", LaunchID: vms[1].LaunchID, Max: max}); !errors.Is(err, lease.ErrExists) {
+		t.Fatalf("record a recorded id: %v, want ErrExists", err)
+	}
+	if c, _ := s.Capacity(ctx, "p"); c != max-1 {
+		t.Fatalf("a refused record changed the capacity to %d", c)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{name: "empty pool", call: func() error {
+			_, err := s.RecordLaunch(ctx, lease.Launch{LaunchID: lease.NewLaunchID(), Max: 1})
+			return err
+		}},
+		{name: "bad launch id", call: func() error {
+			_, err := s.RecordLaunch(ctx, lease.Launch{Pool: "p", LaunchID: "../x", Max: 1})
+			return err
+		}},
+		{name: "zero max", call: func() error {
+			_, err := s.RecordLaunch(ctx, lease.Launch{Pool: "p", LaunchID: lease.NewLaunchID()})
+			return err
+		}},
+		{name: "empty stage", call: func() error { _, err := s.Lease(ctx, "p", "", time.Now()); return err }},
+		{name: "no instance id", call: func() error {
+			_, err := s.MarkProvisioning(ctx, "p", lease.NewLaunchID(), "", "", "")
+			return err
+		}},
+		{name: "unknown vm", call: func() error { _, err := s.Retire(ctx, "p", lease.NewLaunchID(), lease.Idle); return err }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.call(); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+	if c, _ := s.Capacity(ctx, "p"); c != 0 {
+		t.Fatalf("bad input changed the capacity to %d", c)
+	}
+}
+
+func TestReturnAndExpiry(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	ids := addIdle(t, s, "p", 2, 5)
+	past := time.Now().Add(-time.Minute)
+	a, err := s.Lease(ctx, "p", "stage-a", past)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Lease(ctx, "p", "stage-b", time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReleaseExpired(ctx, "p", b.LaunchID); !errors.Is(err, lease.ErrState) {
+		t.Fatalf("expire a live lease: %v, want ErrState", err)
+	}
+	if vm, err := s.ReleaseExpired(ctx, "p", a.LaunchID); err != nil || vm.State != lease.Releasing {
+		t.Fatalf("expire: %+v %v", vm, err)
+	}
+	if _, err := s.Return(ctx, "p", b.LaunchID, "stage-a"); !errors.Is(err, lease.ErrNotHolder) {
+		t.Fatalf("return by another stage: %v", err)
+	}
+	if vm, err := s.Return(ctx, "p", b.LaunchID, "stage-b"); err != nil || vm.State != lease.Idle || vm.Stage != "" {
+		t.Fatalf("return: %+v %v", vm, err)
+	}
+	again, err := s.Lease(ctx, "p", "stage-c", time.Now().Add(time.Hour))
+	if err != nil || again.LaunchID != b.LaunchID {
+		t.Fatalf("lease the returned vm: %+v %v (vms %v)", again, err, ids)
+	}
+	d, err := s.Depth(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Capacity != 2 || d.ByState[lease.Leased] != 1 || d.ByState[lease.Releasing] != 1 {
+		t.Fatalf("depth %s", d)
+	}
+}
+
+func TestReleaseRaceFreesOnce(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	for round := range 20 {
+		addIdle(t, s, "p", 1, 100)
+		stage := fmt.Sprintf("stage-%d", round)
+		vm, err := s.Lease(ctx, "p", stage, time.Now().Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The state machine's Catch and the EventBridge rule both clean up.
+		var released, refused atomic.Int64
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				_, err := s.Release(ctx, "p", vm.LaunchID, stage)
+				switch {
+				case err == nil:
+					released.Add(1)
+					if err := s.Remove(ctx, "p", vm.LaunchID, lease.Releasing); err != nil {
+						t.Error(err)
+					}
+				case errors.Is(err, lease.ErrReleased):
+					refused.Add(1)
+				default:
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if released.Load() != 1 || refused.Load() != 1 {
+			t.Fatalf("round %d: %d releases, %d refusals", round, released.Load(), refused.Load())
+		}
+	}
+	if c, _ := s.Capacity(ctx, "p"); c != 0 {
+		t.Fatalf("capacity %d, want 0", c)
+	}
+}
+
+// TestContention: 100 concurrent acquirers, 20 idle VMs, 50 rounds: never two
+// leases on one VM, no lease lost, every acquirer gets a VM or ErrNoIdle.
+func TestContention(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	const acquirers, vms, rounds = 100, 20, 50
+	for round := range rounds {
+		pool := fmt.Sprintf("pool-%d", round)
+		addIdle(t, s, pool, vms, vms)
+		var mu sync.Mutex
+		holder := map[string]string{} // launch id -> stage
+		var noIdle atomic.Int64
+		var wg sync.WaitGroup
+		for a := range acquirers {
+			wg.Go(func() {
+				stage := fmt.Sprintf("r%d-a%d", round, a)
+				vm, err := s.Lease(ctx, pool, stage, time.Now().Add(time.Hour))
+				if errors.Is(err, lease.ErrNoIdle) {
+					noIdle.Add(1)
+					return
+				}
+				if err != nil {
+					t.Errorf("acquirer %d: %v", a, err)
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if other, ok := holder[vm.LaunchID]; ok {
+					t.Errorf("round %d: vm %s leased to %s and %s", round, vm.LaunchID, other, stage)
+				}
+				holder[vm.LaunchID] = stage
+			})
+		}
+		wg.Wait()
+		if len(holder) != vms || noIdle.Load() != acquirers-vms {
+			t.Fatalf("round %d: %d leases, %d ErrNoIdle; want %d and %d", round, len(holder), noIdle.Load(), vms, acquirers-vms)
+		}
+		// The books agree with what the acquirers were told.
+		items, err := s.List(ctx, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, vm := range items {
+			if vm.State != lease.Leased || holder[vm.LaunchID] != vm.Stage {
+				t.Fatalf("round %d: vm %s is %s for %q, acquirer told %q", round, vm.LaunchID, vm.State, vm.Stage, holder[vm.LaunchID])
+			}
+		}
+	}
+}

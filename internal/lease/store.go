@@ -1,0 +1,521 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/smithy-go"
+)
+
+// Launch describes a VM about to be launched.
+type Launch struct {
+	Pool     string
+	LaunchID string
+	// Max is the pool's max instances: the record fails with ErrPoolFull
+	// rather than exceed it.
+	Max int
+}
+
+// transactRetries bounds the retries of a transaction that conflicted with
+// another one on the same items.
+const transactRetries = 5
+
+// RecordLaunch writes the VM item (state launching) and reserves its place in
+// the pool's capacity, in one transaction, before any instance exists.
+func (s *Store) RecordLaunch(ctx context.Context, l Launch) (*VM, error) {
+	if err := checkPool(l.Pool); err != nil {
+		return nil, err
+	}
+	if err := ValidateLaunchID(l.LaunchID); err != nil {
+		return nil, err
+	}
+	if l.Max <= 0 {
+		return nil, fmt.Errorf("record launch in pool %s: max %d must be positive", l.Pool, l.Max)
+	}
+	now := s.now()
+	item := map[string]types.AttributeValue{
+		attrPK: str(poolPK(l.Pool)), attrSK: str(vmSK(l.LaunchID)),
+		attrPool: str(l.Pool), attrLaunchID: str(l.LaunchID), attrState: str(string(Launching)),
+		attrCreatedAt: millis(now), attrStateAt: millis(now), attrVersion: num(1),
+	}
+	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
+		{Update: &types.Update{
+			TableName:                 aws.String(s.Table),
+			Key:                       capacityKey(l.Pool),
+			UpdateExpression:          aws.String("SET #c = if_not_exists(#c, :zero) + :one"),
+			ConditionExpression:       aws.String("attribute_not_exists(#c) OR #c < :max"),
+			ExpressionAttributeNames:  map[string]string{"#c": attrCount},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":zero": num(0), ":one": num(1), ":max": num(int64(l.Max))},
+		}},
+		{Put: &types.Put{
+			TableName:           aws.String(s.Table),
+			Item:                item,
+			ConditionExpression: aws.String("attribute_not_exists(pk)"),
+		}},
+	}}
+	if err := s.transact(ctx, in, ErrPoolFull, ErrExists); err != nil {
+		return nil, fmt.Errorf("record launch %s in pool %s: %w", l.LaunchID, l.Pool, err)
+	}
+	return decodeVM(item)
+}
+
+// Remove deletes a VM item that is in state from (releasing once its
+// instance is terminated, or launching when no instance was made) and returns
+// its place in the pool's capacity, in one transaction.
+func (s *Store) Remove(ctx context.Context, pool, launchID string, from State) error {
+	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
+		{Delete: &types.Delete{
+			TableName:                 aws.String(s.Table),
+			Key:                       vmKey(pool, launchID),
+			ConditionExpression:       aws.String("#st = :from"),
+			ExpressionAttributeNames:  map[string]string{"#st": attrState},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":from": str(string(from))},
+		}},
+		{Update: &types.Update{
+			TableName:                 aws.String(s.Table),
+			Key:                       capacityKey(pool),
+			UpdateExpression:          aws.String("SET #c = #c - :one"),
+			ConditionExpression:       aws.String("#c > :zero"),
+			ExpressionAttributeNames:  map[string]string{"#c": attrCount},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":zero": num(0), ":one": num(1)},
+		}},
+	}}
+	err := s.transact(ctx, in, ErrState, errCapacityNegative)
+	if errors.Is(err, ErrState) {
+		err = s.explain(ctx, pool, launchID, from)
+	}
+	if err != nil {
+		return fmt.Errorf("remove vm %s from pool %s: %w", launchID, pool, err)
+	}
+	return nil
+}
+
+var errCapacityNegative = errors.New("pool capacity would go below zero: its books are inconsistent")
+
+// transact runs a transaction, retrying conflicts, and translates a failed
+// condition of item i into reasons[i].
+func (s *Store) transact(ctx context.Context, in *dynamodb.TransactWriteItemsInput, reasons ...error) error {
+	for attempt := 0; ; attempt++ {
+		_, err := s.DB.TransactWriteItems(ctx, in)
+		if err == nil {
+			return nil
+		}
+		var canceled *types.TransactionCanceledException
+		if !errors.As(err, &canceled) {
+			return err
+		}
+		conflict := false
+		for i, r := range canceled.CancellationReasons {
+			switch aws.ToString(r.Code) {
+			case "ConditionalCheckFailed":
+				if i < len(reasons) {
+					return reasons[i]
+				}
+				return err
+			case "TransactionConflict":
+				conflict = true
+			}
+		}
+		if !conflict {
+			return err
+		}
+		if attempt >= transactRetries {
+			return ErrConflict
+		}
+		if err := sleep(ctx, time.Duration(rand.IntN(10<<attempt)+1)*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func isConditionFailed(err error) bool {
+	var apiErr smithy.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode() == "ConditionalCheckFailedException"
+}
+
+// update applies a conditional update and returns the new item. A failed
+// condition is explained by reading the item.
+func (s *Store) update(ctx context.Context, pool, launchID string, want State, in *dynamodb.UpdateItemInput) (*VM, error) {
+	in.TableName = aws.String(s.Table)
+	in.Key = vmKey(pool, launchID)
+	in.ReturnValues = types.ReturnValueAllNew
+	out, err := s.DB.UpdateItem(ctx, in)
+	if isConditionFailed(err) {
+		return nil, s.explain(ctx, pool, launchID, want)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeVM(out.Attributes)
+}
+
+// explain tells why a VM was not in state want.
+func (s *Store) explain(ctx context.Context, pool, launchID string, want State) error {
+	vm, err := s.Get(ctx, pool, launchID)
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: it is %s, not %s", ErrState, vm.State, want)
+}
+
+// Get reads a VM item, strongly consistent.
+func (s *Store) Get(ctx context.Context, pool, launchID string) (*VM, error) {
+	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName: aws.String(s.Table), Key: vmKey(pool, launchID), ConsistentRead: aws.Bool(true),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("get vm %s: %w", launchID, err)
+	}
+	if out.Item == nil {
+		return nil, fmt.Errorf("vm %s in pool %s: %w", launchID, pool, ErrNotFound)
+	}
+	return decodeVM(out.Item)
+}
+
+// MarkProvisioning records the instance a launching VM got.
+func (s *Store) MarkProvisioning(ctx context.Context, pool, launchID, instanceID, address, instanceType string) (*VM, error) {
+	if instanceID == "" {
+		return nil, fmt.Errorf("mark vm %s provisioning: instance id is empty", launchID)
+	}
+	vals := map[string]types.AttributeValue{
+		":from": str(string(Launching)), ":to": str(string(Provisioning)), ":now": millis(s.now()), ":one": num(1),
+		":iid": str(instanceID), ":addr": str(address), ":type": str(instanceType),
+	}
+	vm, err := s.update(ctx, pool, launchID, Launching, &dynamodb.UpdateItemInput{
+		UpdateExpression:          aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #iid = :iid, #addr = :addr, #type = :type"),
+		ConditionExpression:       aws.String("#st = :from"),
+		ExpressionAttributeNames:  map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#iid": attrInstanceID, "#addr": attrAddress, "#type": attrInstanceType},
+		ExpressionAttributeValues: vals,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mark vm %s provisioning: %w", launchID, err)
+	}
+	return vm, nil
+}
+
+// MarkIdle puts a provisioning VM whose agent answered into the idle index.
+func (s *Store) MarkIdle(ctx context.Context, pool, launchID string) (*VM, error) {
+	vm, err := s.update(ctx, pool, launchID, Provisioning, &dynamodb.UpdateItemInput{
+		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #idle = :pool"),
+		ConditionExpression:      aws.String("#st = :from"),
+		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#idle": attrIdlePK},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":from": str(string(Provisioning)), ":to": str(string(Idle)), ":now": millis(s.now()), ":one": num(1), ":pool": str(pool),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mark vm %s idle: %w", launchID, err)
+	}
+	return vm, nil
+}
+
+// Retire moves a VM from state from to releasing, so that exactly one caller
+// goes on to terminate it (a boot that failed, an idle VM past its lifetime).
+func (s *Store) Retire(ctx context.Context, pool, launchID string, from State) (*VM, error) {
+	vm, err := s.update(ctx, pool, launchID, from, &dynamodb.UpdateItemInput{
+		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one REMOVE #idle"),
+		ConditionExpression:      aws.String("#st = :from"),
+		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#idle": attrIdlePK},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":from": str(string(from)), ":to": str(string(Releasing)), ":now": millis(s.now()), ":one": num(1),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("retire vm %s: %w", launchID, err)
+	}
+	return vm, nil
+}
+
+// Lease gives an idle VM of the pool to the stage until deadline. It reads a
+// few idle candidates from a random point of the idle index, tries them in
+// random order with a conditional write each, and reads again when all were
+// taken by others; ErrNoIdle when the index has none.
+func (s *Store) Lease(ctx context.Context, pool, stageID string, deadline time.Time) (*VM, error) {
+	if err := checkPool(pool); err != nil {
+		return nil, err
+	}
+	if stageID == "" {
+		return nil, errors.New("lease: stage id is empty")
+	}
+	const maxRounds = 50
+	for round := 0; round < maxRounds; round++ {
+		candidates, err := s.idleCandidates(ctx, pool)
+		if err != nil {
+			return nil, err
+		}
+		if len(candidates) == 0 {
+			return nil, fmt.Errorf("lease in pool %s: %w", pool, ErrNoIdle)
+		}
+		rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
+		for _, launchID := range candidates {
+			vm, err := s.tryLease(ctx, pool, launchID, stageID, deadline)
+			if err == nil {
+				return vm, nil
+			}
+			if !isConditionFailed(err) {
+				return nil, fmt.Errorf("lease vm %s: %w", launchID, err)
+			}
+		}
+		// Every candidate was taken meanwhile; the index, eventually
+		// consistent, may also still list VMs leased a moment ago.
+		if err := sleep(ctx, time.Duration(rand.IntN(5)+1)*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("lease in pool %s: %w", pool, ErrNoIdle)
+}
+
+func (s *Store) tryLease(ctx context.Context, pool, launchID, stageID string, deadline time.Time) (*VM, error) {
+	out, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:                aws.String(s.Table),
+		Key:                      vmKey(pool, launchID),
+		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #stage = :stage, #dl = :dl REMOVE #idle"),
+		ConditionExpression:      aws.String("#st = :from"),
+		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": attrIdlePK},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":from": str(string(Idle)), ":to": str(string(Leased)), ":now": millis(s.now()), ":one": num(1),
+			":stage": str(stageID), ":dl": millis(deadline),
+		},
+		ReturnValues: types.ReturnValueAllNew,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return decodeVM(out.Attributes)
+}
+
+// idleCandidates reads up to Candidates launch ids from the idle index,
+// starting at a random launch id and wrapping around, so that concurrent
+// lessees mostly look at different VMs.
+func (s *Store) idleCandidates(ctx context.Context, pool string) ([]string, error) {
+	limit := s.Candidates
+	if limit <= 0 {
+		limit = 8
+	}
+	start := NewLaunchID()
+	query := func(after string, limit int32) ([]string, error) {
+		in := &dynamodb.QueryInput{
+			TableName:                 aws.String(s.Table),
+			IndexName:                 aws.String(IdleIndex),
+			KeyConditionExpression:    aws.String("#idle = :pool"),
+			ExpressionAttributeNames:  map[string]string{"#idle": attrIdlePK},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":pool": str(pool)},
+			Limit:                     aws.Int32(limit),
+		}
+		if after != "" {
+			in.KeyConditionExpression = aws.String("#idle = :pool AND #lid > :after")
+			in.ExpressionAttributeNames["#lid"] = attrLaunchID
+			in.ExpressionAttributeValues[":after"] = str(after)
+		}
+		out, err := s.DB.Query(ctx, in)
+		if err != nil {
+			return nil, fmt.Errorf("query idle vms of pool %s: %w", pool, err)
+		}
+		ids := make([]string, 0, len(out.Items))
+		for _, item := range out.Items {
+			ids = append(ids, getString(item, attrLaunchID))
+		}
+		return ids, nil
+	}
+	ids, err := query(start, limit)
+	if err != nil || int32(len(ids)) == limit {
+		return ids, err
+	}
+	more, err := query("", limit-int32(len(ids)))
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range more {
+		if id > start {
+			break // wrapped around to what the first read returned
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// LeasedTo returns the VM the stage leased, if any (a retried acquire must
+// not lease a second one).
+func (s *Store) LeasedTo(ctx context.Context, stageID string) (*VM, error) {
+	out, err := s.DB.Query(ctx, &dynamodb.QueryInput{
+		TableName:                 aws.String(s.Table),
+		IndexName:                 aws.String(StageIndex),
+		KeyConditionExpression:    aws.String("#stage = :stage"),
+		ExpressionAttributeNames:  map[string]string{"#stage": attrStage},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":stage": str(stageID)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find the vm of stage %s: %w", stageID, err)
+	}
+	if len(out.Items) == 0 {
+		return nil, fmt.Errorf("vm of stage %s: %w", stageID, ErrNotFound)
+	}
+	return decodeVM(out.Items[0])
+}
+
+// Release ends the stage's lease: the VM goes to releasing, to be
+// terminated and removed. Only the stage that holds the lease releases it,
+// and only once: a second release gets ErrReleased, another stage
+// ErrNotHolder.
+func (s *Store) Release(ctx context.Context, pool, launchID, stageID string) (*VM, error) {
+	out, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:                aws.String(s.Table),
+		Key:                      vmKey(pool, launchID),
+		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one"),
+		ConditionExpression:      aws.String("#st = :from AND #stage = :stage"),
+		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#stage": attrStage},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":from": str(string(Leased)), ":to": str(string(Releasing)), ":now": millis(s.now()), ":one": num(1), ":stage": str(stageID),
+		},
+		ReturnValues: types.ReturnValueAllNew,
+	})
+	if isConditionFailed(err) {
+		err = s.explainRelease(ctx, pool, launchID, stageID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("release vm %s for stage %s: %w", launchID, stageID, err)
+	}
+	return decodeVM(out.Attributes)
+}
+
+func (s *Store) explainRelease(ctx context.Context, pool, launchID, stageID string) error {
+	vm, err := s.Get(ctx, pool, launchID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return ErrReleased // released and removed already
+	case err != nil:
+		return err
+	case vm.Stage != stageID:
+		return fmt.Errorf("%w: vm %s is %s for stage %q", ErrNotHolder, launchID, vm.State, vm.Stage)
+	case vm.State == Releasing:
+		return ErrReleased
+	default:
+		return fmt.Errorf("%w: it is %s", ErrState, vm.State)
+	}
+}
+
+// Return gives an unused lease back: the VM goes back to idle. For a stage
+// canceled before anything ran on its VM.
+func (s *Store) Return(ctx context.Context, pool, launchID, stageID string) (*VM, error) {
+	out, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:                aws.String(s.Table),
+		Key:                      vmKey(pool, launchID),
+		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #idle = :pool REMOVE #stage, #dl"),
+		ConditionExpression:      aws.String("#st = :from AND #stage = :stage"),
+		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": attrIdlePK},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":from": str(string(Leased)), ":to": str(string(Idle)), ":now": millis(s.now()), ":one": num(1), ":stage": str(stageID), ":pool": str(pool),
+		},
+		ReturnValues: types.ReturnValueAllNew,
+	})
+	if isConditionFailed(err) {
+		err = s.explainRelease(ctx, pool, launchID, stageID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("return vm %s for stage %s: %w", launchID, stageID, err)
+	}
+	return decodeVM(out.Attributes)
+}
+
+// ReleaseExpired releases a lease whose deadline passed, whoever holds it.
+// The deadline is checked in the condition, so a lease extended meanwhile
+// is left alone.
+func (s *Store) ReleaseExpired(ctx context.Context, pool, launchID string) (*VM, error) {
+	vm, err := s.update(ctx, pool, launchID, Leased, &dynamodb.UpdateItemInput{
+		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one"),
+		ConditionExpression:      aws.String("#st = :from AND #dl < :now"),
+		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#dl": attrLeaseDeadline},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":from": str(string(Leased)), ":to": str(string(Releasing)), ":now": millis(s.now()), ":one": num(1),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("release expired lease of vm %s: %w", launchID, err)
+	}
+	return vm, nil
+}
+
+// List returns every VM item of the pool, strongly consistent.
+func (s *Store) List(ctx context.Context, pool string) ([]VM, error) {
+	var vms []VM
+	p := dynamodb.NewQueryPaginator(s.DB, &dynamodb.QueryInput{
+		TableName:                 aws.String(s.Table),
+		KeyConditionExpression:    aws.String("pk = :pk AND begins_with(sk, :vm)"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{":pk": str(poolPK(pool)), ":vm": str("VM#")},
+		ConsistentRead:            aws.Bool(true),
+	})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list vms of pool %s: %w", pool, err)
+		}
+		for _, item := range page.Items {
+			vm, err := decodeVM(item)
+			if err != nil {
+				return nil, err
+			}
+			vms = append(vms, *vm)
+		}
+	}
+	return vms, nil
+}
+
+// Capacity is the pool's count of VMs that exist or are being launched.
+func (s *Store) Capacity(ctx context.Context, pool string) (int, error) {
+	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName: aws.String(s.Table), Key: capacityKey(pool), ConsistentRead: aws.Bool(true),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read capacity of pool %s: %w", pool, err)
+	}
+	n, err := getInt(out.Item, attrCount)
+	return int(n), err
+}
+
+// Depth counts a pool's VMs by state.
+type Depth struct {
+	ByState  map[State]int
+	Capacity int
+}
+
+// Depth reads the pool's depth.
+func (s *Store) Depth(ctx context.Context, pool string) (Depth, error) {
+	vms, err := s.List(ctx, pool)
+	if err != nil {
+		return Depth{}, err
+	}
+	d := Depth{ByState: map[State]int{}}
+	for _, vm := range vms {
+		d.ByState[vm.State]++
+	}
+	d.Capacity, err = s.Capacity(ctx, pool)
+	return d, err
+}
+
+// String is for logs.
+func (d Depth) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "capacity=%d", d.Capacity)
+	for _, st := range []State{Launching, Provisioning, Idle, Leased, Releasing} {
+		fmt.Fprintf(&b, " %s=%d", st, d.ByState[st])
+	}
+	return b.String()
+}
