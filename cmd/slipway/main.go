@@ -19,6 +19,8 @@ commands:
   pki init --dir DIR                     create a CA in DIR (ca.crt, ca.key)
   pki issue server --dir DIR --name ID   issue ID.crt/ID.key: the server certificate of the VM with launch id ID
   pki issue client --dir DIR             issue client.crt/client.key: an orchestrator client certificate
+  pools check FILE                       check a pools file and list its pools
+  pools import FILE                      convert a drone-runner-aws pool file; notes on stderr
   demo [--agent PATH]                    start a local agent and run a few steps through it
 `
 
@@ -43,6 +45,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	switch args[0] {
 	case "pki":
 		return runPKI(args[1:], out)
+	case "pools":
+		return runPools(args[1:], out)
 	case "demo":
 		return runDemo(ctx, args[1:], out)
 	case "help", "-h", "--help":

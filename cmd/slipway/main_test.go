@@ -61,3 +61,23 @@ func TestCommandErrors(t *testing.T) {
 		t.Errorf("issue server without --name: %v", err)
 	}
 }
+
+func TestPoolsCommands(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"pools", "check", "../../internal/pool/testdata/pools.yaml"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "pool linux-amd64: linux/amd64") {
+		t.Errorf("check output %q", out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"pools", "import", "../../internal/pool/testdata/drone-pool.yml"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "name: ubuntu-aws") {
+		t.Errorf("import output %q", out.String())
+	}
+	if err := run(context.Background(), []string{"pools", "check", "../../internal/pool/testdata/drone-pool.yml"}, &out); err == nil {
+		t.Error("a drone file passed the check")
+	}
+}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/slipway-ci/slipway/internal/pool"
+)
+
+func runPools(args []string, out io.Writer) error {
+	if len(args) != 2 || (args[0] != "check" && args[0] != "import") {
+		return errors.New("pools: want `pools check FILE` or `pools import FILE`")
+	}
+	switch args[0] {
+	case "check":
+		cfg, err := pool.Load(args[1])
+		if err != nil {
+			return err
+		}
+		for _, p := range cfg.Pools {
+			fmt.Fprintf(out, "pool %s: %s/%s, %v, min idle %d, max %d\n", p.Name, p.OS, p.Arch, p.InstanceTypes, p.MinIdle, p.MaxInstances)
+		}
+		return nil
+	default:
+		data, err := os.ReadFile(args[1])
+		if err != nil {
+			return fmt.Errorf("pools import: %w", err)
+		}
+		cfg, notes, err := pool.ImportDrone(data)
+		if err != nil {
+			return fmt.Errorf("pools import %s: %w", args[1], err)
+		}
+		yamlOut, err := pool.Marshal(cfg)
+		if err != nil {
+			return err
+		}
+		if _, err := out.Write(yamlOut); err != nil {
+			return err
+		}
+		for _, n := range notes {
+			fmt.Fprintln(os.Stderr, "note:", n)
+		}
+		if _, err := pool.Parse(yamlOut); err != nil {
+			fmt.Fprintf(os.Stderr, "the converted file needs these before it can be used:\n%v\n", err)
+		}
+		return nil
+	}
+}
