@@ -1,0 +1,161 @@
+//go:build linux
+
+package fleet
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/internal/busyboximage"
+	"github.com/slipway-ci/slipway/internal/pki"
+)
+
+// stubSystemctl stands in for systemd in the container: enable --now starts
+// the unit's ExecStart in the background, as systemd would.
+const stubSystemctl = `#!/bin/sh
+case "$1" in
+  daemon-reload) exit 0 ;;
+  enable)
+    unit=/etc/systemd/system/$3
+    cmd=$(sed -n 's/^ExecStart=//p' "$unit")
+    $cmd > /var/log/slipway-agent.log 2>&1 &
+    exit 0 ;;
+  *) echo "stub systemctl: $*" >&2; exit 1 ;;
+esac
+`
+
+// TestLinuxUserDataBootsAnAgent runs the Linux user data for real in a
+// busybox container: it downloads the real agent binary over HTTP, writes
+// the certificates, starts the unit, and the agent then answers over mTLS.
+func TestLinuxUserDataBootsAnAgent(t *testing.T) {
+	cli := agenttest.Docker(t)
+	dir := t.TempDir()
+	agentBin := filepath.Join(dir, "slipway-agent")
+	build := exec.Command("go", "build", "-o", agentBin, "../../agent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build agent: %v\n%s", err, out)
+	}
+	downloads := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	defer downloads.Close()
+
+	ca, err := pki.InitDir(filepath.Join(dir, "pki"), time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	launchID := "vm-0123456789abcdef0123"
+	pair, err := ca.IssueServerFiles(filepath.Join(dir, "pki"), launchID, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, _ := os.ReadFile(pair.CertPath)
+	keyPEM, _ := os.ReadFile(pair.KeyPath)
+	port := freePort(t)
+	script, err := LinuxUserData(Boot{
+		LaunchID: launchID, CertPEM: certPEM, KeyPEM: keyPEM, ClientCAPEM: pki.CertPEM(ca.Cert),
+		AgentURL: downloads.URL + "/slipway-agent", Port: port,
+		ExtraUserData: "echo user data ran > /tmp/extra-ran\n",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testDir := filepath.Join(dir, "boot")
+	if err := os.MkdirAll(testDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"userdata.sh": script, "systemctl": []byte(stubSystemctl)} {
+		if err := os.WriteFile(filepath.Join(testDir, name), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	created, err := cli.ContainerCreate(ctx, &container.Config{
+		Image: busyboximage.Tag,
+		Cmd: []string{"sh", "-c", "cp /boot/systemctl /bin/systemctl && sh -e /boot/userdata.sh && " +
+			"stat -c '%a %n' /etc/slipway/* && cat /tmp/extra-ran && sleep 300"},
+	}, &container.HostConfig{NetworkMode: "host", Binds: []string{testDir + ":/boot:ro"}}, nil, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cli.ContainerRemove(context.Background(), created.ID, container.RemoveOptions{Force: true})
+	}()
+	if err := cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	logs := func() string {
+		rc, err := cli.ContainerLogs(ctx, created.ID, container.LogsOptions{ShowStdout: true, ShowStderr: true})
+		if err != nil {
+			return err.Error()
+		}
+		defer rc.Close()
+		var b strings.Builder
+		_, _ = stdcopy.StdCopy(&b, &b, rc)
+		return b.String()
+	}
+
+	// The orchestrator's view: mTLS to the VM's address, naming the VM.
+	key, _ := pki.GenerateKey()
+	clientCert, err := ca.IssueClient(key.Public(), time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	c, err := client.New(client.Config{
+		Addr: "127.0.0.1:" + strconv.Itoa(port), LaunchID: launchID, RootCAs: roots,
+		Certificate: client.StaticCertificate(tls.Certificate{Certificate: [][]byte{clientCert.Raw}, PrivateKey: key}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		h, err := c.Health(ctx)
+		if err == nil {
+			if h.BootID == "" {
+				t.Fatalf("health %+v", h)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never answered: %v\ncontainer output:\n%s", err, logs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	out := logs()
+	for _, want := range []string{"600 /etc/slipway/agent.key", "600 /etc/slipway/agent.crt", "600 /etc/slipway/client-ca.crt", "user data ran"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("container output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
