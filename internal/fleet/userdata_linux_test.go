@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -66,7 +65,10 @@ func TestLinuxUserDataBootsAnAgent(t *testing.T) {
 	}
 	certPEM, _ := os.ReadFile(pair.CertPath)
 	keyPEM, _ := os.ReadFile(pair.KeyPath)
-	port := freePort(t)
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	script, err := LinuxUserData(Boot{
 		LaunchID: launchID, CertPEM: certPEM, KeyPEM: keyPEM, ClientCAPEM: pki.CertPEM(ca.Cert),
 		AgentURL: downloads.URL + "/slipway-agent", Port: port,
@@ -148,14 +150,4 @@ func TestLinuxUserDataBootsAnAgent(t *testing.T) {
 			t.Errorf("container output lacks %q:\n%s", want, out)
 		}
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
