@@ -9,20 +9,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slipway-ci/slipway/internal/dynamotest"
+	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/lease"
 )
 
 func newStore(t testing.TB) *lease.Store {
 	t.Helper()
-	db := dynamotest.Client(t)
-	table := dynamotest.TableName(t)
+	db := awstest.Client(t)
+	table := awstest.TableName(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := lease.CreateTable(ctx, db, table); err != nil {
 		t.Fatal(err)
 	}
-	dynamotest.DropAtCleanup(t, db, table)
+	awstest.DropAtCleanup(t, db, table)
 	return &lease.Store{DB: db, Table: table}
 }
 

@@ -1,7 +1,9 @@
-// Package dynamotest gives tests and benchmarks a DynamoDB Local client and
-// a fresh table each. `make test` starts DynamoDB Local and sets
-// SLIPWAY_DYNAMODB_ENDPOINT (see .ci/with-services).
-package dynamotest
+// Package awstest gives tests and benchmarks clients of the local stand-ins
+// for AWS services: DynamoDB Local (a fresh table each) and local-kms.
+// `make test` starts them and sets SLIPWAY_DYNAMODB_ENDPOINT and
+// SLIPWAY_KMS_ENDPOINT (see .ci/with-services). Without them a test fails in
+// CI and is skipped elsewhere.
+package awstest
 
 import (
 	"context"
@@ -33,19 +35,24 @@ func NewClient(endpoint string) *dynamodb.Client {
 	})
 }
 
-// Client returns a client of DynamoDB Local. Without one the test fails in
-// CI and is skipped elsewhere.
+// Client returns a client of DynamoDB Local.
 func Client(t testing.TB) *dynamodb.Client {
 	t.Helper()
-	endpoint := os.Getenv(EndpointEnv)
-	if endpoint == "" {
-		msg := "no DynamoDB Local: run `make test`, or start one with `.ci/with-services go test ...` (it sets " + EndpointEnv + ")"
+	return NewClient(endpoint(t, EndpointEnv, "DynamoDB Local"))
+}
+
+// endpoint reads a stand-in's URL from env, or ends the test.
+func endpoint(t testing.TB, env, name string) string {
+	t.Helper()
+	url := os.Getenv(env)
+	if url == "" {
+		msg := "no " + name + ": run `make test`, or run the test under `.ci/with-services` (it sets " + env + ")"
 		if os.Getenv("CI") != "" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
 	}
-	return NewClient(endpoint)
+	return url
 }
 
 var tables atomic.Int64

@@ -1,0 +1,40 @@
+package awstest
+
+import (
+	"context"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+)
+
+// KMSEndpointEnv names the variable that holds local-kms's URL.
+const KMSEndpointEnv = "SLIPWAY_KMS_ENDPOINT"
+
+// NewKMSClient returns a client of the KMS at endpoint with static credentials.
+func NewKMSClient(endpoint string) *kms.Client {
+	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
+	return kms.NewFromConfig(cfg, func(o *kms.Options) { o.BaseEndpoint = aws.String(endpoint) })
+}
+
+// KMS returns a client of local-kms.
+func KMS(t testing.TB) *kms.Client {
+	t.Helper()
+	return NewKMSClient(endpoint(t, KMSEndpointEnv, "local-kms"))
+}
+
+// SigningKey creates an ECC_NIST_P256 SIGN_VERIFY key, as the deployment's
+// CA key, and returns its id.
+func SigningKey(t testing.TB, c *kms.Client) string {
+	t.Helper()
+	out, err := c.CreateKey(context.Background(), &kms.CreateKeyInput{
+		KeySpec: types.KeySpecEccNistP256, KeyUsage: types.KeyUsageTypeSignVerify,
+		Description: aws.String("slipway test CA"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return aws.ToString(out.KeyMetadata.KeyId)
+}
