@@ -24,6 +24,7 @@ const (
 	attrCreatedAt     = "created_at"
 	attrStateAt       = "state_at"
 	attrVersion       = "version"
+	attrMissingSince  = "missing_since"
 	// attrIdlePK is present only while the VM is idle: the idle index is sparse.
 	attrIdlePK = "idle_pk"
 	attrCount  = "vm_count"
@@ -99,6 +100,9 @@ func decodeVM(item map[string]types.AttributeValue) (*VM, error) {
 		return nil, err
 	}
 	if vm.StateAt, err = getTime(item, attrStateAt); err != nil {
+		return nil, err
+	}
+	if vm.MissingSince, err = getTime(item, attrMissingSince); err != nil {
 		return nil, err
 	}
 	if vm.Version, err = getInt(item, attrVersion); err != nil {

@@ -85,6 +85,9 @@ type VM struct {
 	StateAt time.Time
 	// Version counts the item's changes.
 	Version int64
+	// MissingSince is when reconcile first found the VM's instance gone; zero
+	// while it is there.
+	MissingSince time.Time
 }
 
 // Store is the lease store over one table.

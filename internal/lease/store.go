@@ -453,6 +453,42 @@ func (s *Store) ReleaseExpired(ctx context.Context, pool, launchID string) (*VM,
 	return vm, nil
 }
 
+// MarkMissing records that the VM's instance was found gone at t, unless an
+// earlier time is recorded: reconcile removes a VM only once its instance
+// has been gone for a while, never after one look.
+func (s *Store) MarkMissing(ctx context.Context, pool, launchID string, t time.Time) error {
+	_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:                 aws.String(s.Table),
+		Key:                       vmKey(pool, launchID),
+		UpdateExpression:          aws.String("SET #m = if_not_exists(#m, :t)"),
+		ConditionExpression:       aws.String("attribute_exists(pk)"),
+		ExpressionAttributeNames:  map[string]string{"#m": attrMissingSince},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":t": millis(t)},
+	})
+	if isConditionFailed(err) {
+		return fmt.Errorf("mark vm %s missing: %w", launchID, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("mark vm %s missing: %w", launchID, err)
+	}
+	return nil
+}
+
+// ClearMissing forgets a missing mark: the instance showed up again.
+func (s *Store) ClearMissing(ctx context.Context, pool, launchID string) error {
+	_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:                aws.String(s.Table),
+		Key:                      vmKey(pool, launchID),
+		UpdateExpression:         aws.String("REMOVE #m"),
+		ConditionExpression:      aws.String("attribute_exists(pk)"),
+		ExpressionAttributeNames: map[string]string{"#m": attrMissingSince},
+	})
+	if err != nil && !isConditionFailed(err) {
+		return fmt.Errorf("clear missing mark of vm %s: %w", launchID, err)
+	}
+	return nil
+}
+
 // List returns every VM item of the pool, strongly consistent.
 func (s *Store) List(ctx context.Context, pool string) ([]VM, error) {
 	var vms []VM
