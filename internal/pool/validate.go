@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -41,6 +42,15 @@ func (c *Config) validate() []error {
 		all = append(all, pr.list...)
 	}
 	return all
+}
+
+// Check reports every problem of one pool, as Parse would. Pools built in
+// code (not read from a file) are checked before anything is launched for
+// them.
+func (p *Pool) Check() error {
+	pr := &problems{pool: p.Name}
+	p.validate(pr)
+	return errors.Join(pr.list...)
 }
 
 func (p *Pool) validate(pr *problems) {

@@ -44,7 +44,11 @@ func (k *Keeper) Refill(ctx context.Context) ([]RefillReport, error) {
 
 // RefillPool refills one pool.
 func (k *Keeper) RefillPool(ctx context.Context, p *pool.Pool) (RefillReport, error) {
-	r := RefillReport{Pool: p.Name, Target: p.WarmTarget(k.now())}
+	r := RefillReport{Pool: p.Name}
+	if err := p.Check(); err != nil {
+		return r, fmt.Errorf("nothing launched: %w", err)
+	}
+	r.Target = p.WarmTarget(k.now())
 	vms, err := k.Books.List(ctx, p.Name)
 	if err != nil {
 		return r, err

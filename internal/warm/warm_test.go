@@ -387,3 +387,18 @@ func TestReconcileForgetsAMissingMarkWhenTheInstanceReturns(t *testing.T) {
 	}
 	e.checkBooks(t, "p")
 }
+
+func TestBadPoolsLaunchNothing(t *testing.T) {
+	bad := testPool("p", 2, 1) // min idle above max
+	bad.Subnets = []string{"sn-1"}
+	e := newEnv(t, bad)
+	_, err := e.keeper.Refill(context.Background())
+	for _, want := range []string{"nothing launched", "pool p: min_idle: 2", `pool p: subnets: "sn-1"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err %v does not say %q", err, want)
+		}
+	}
+	if n := e.fake.Calls("RunInstances"); n != 0 {
+		t.Fatalf("%d RunInstances calls for a bad pool", n)
+	}
+}

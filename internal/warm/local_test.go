@@ -1,0 +1,87 @@
+package warm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/internal/fleet"
+	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/pki"
+	"github.com/slipway-ci/slipway/internal/warm"
+)
+
+// TestWarmPoolOfRealAgents: refill a pool on the local fleet (agent
+// processes), probe them over mTLS with the agent client until they are
+// idle, lease one and run a step on it.
+func TestWarmPoolOfRealAgents(t *testing.T) {
+	e := newEnv(t, testPool("local", 2, 3))
+	dir := t.TempDir()
+	agentBin := filepath.Join(dir, "slipway-agent")
+	if out, err := exec.Command("go", "build", "-o", agentBin, "../../agent").CombinedOutput(); err != nil {
+		t.Fatalf("build agent: %v\n%s", err, out)
+	}
+	local := &fleet.Local{Dir: filepath.Join(dir, "vms"), AgentPath: agentBin}
+	defer local.Close()
+	k := e.keeper
+	k.Fleet = local
+	// The function's own client certificate, short-lived, from the same CA.
+	key, _ := pki.GenerateKey()
+	cert, err := k.CA.IssueClient(key.Public(), 15*time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
+	roots := x509.NewCertPool()
+	roots.AddCert(k.CA.Cert)
+	k.Prober = &warm.AgentProber{RootCAs: roots, Certificate: client.StaticCertificate(clientCert)}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for idle := 0; idle < 2; {
+		r, err := k.Refill(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = r[0].Idle
+		if ctx.Err() != nil {
+			t.Fatal("the agents never became idle")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	vm, err := e.store.Lease(ctx, "local", "stage-1", time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(client.Config{Addr: vm.Address, LaunchID: vm.LaunchID, RootCAs: roots, Certificate: client.StaticCertificate(clientCert)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.BindStage(ctx, &agentapi.Stage{ID: "stage-1"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.RunStep(ctx, "stage-1", "hello", &agentapi.Step{Command: []string{"echo", vm.LaunchID}})
+	if err != nil || st.State != agentapi.StepSucceeded {
+		t.Fatalf("step on the leased vm: %+v %v", st, err)
+	}
+	// Release, terminate, remove: the agent process is gone, capacity back.
+	if _, err := e.store.Release(ctx, "local", vm.LaunchID, "stage-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := local.Terminate(ctx, vm.InstanceID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.Remove(ctx, "local", vm.LaunchID, lease.Releasing); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := e.store.Capacity(ctx, "local"); c != 1 {
+		t.Fatalf("capacity %d, want 1", c)
+	}
+}
