@@ -10,10 +10,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
+// TTLAttribute is the table's time-to-live attribute.
+const TTLAttribute = attrExpiresAt
+
 // TableAPI is what CreateTable needs; *dynamodb.Client satisfies it.
 type TableAPI interface {
 	CreateTable(ctx context.Context, params *dynamodb.CreateTableInput, optFns ...func(*dynamodb.Options)) (*dynamodb.CreateTableOutput, error)
 	DescribeTable(ctx context.Context, params *dynamodb.DescribeTableInput, optFns ...func(*dynamodb.Options)) (*dynamodb.DescribeTableOutput, error)
+	UpdateTimeToLive(ctx context.Context, params *dynamodb.UpdateTimeToLiveInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateTimeToLiveOutput, error)
 }
 
 // TableInput is the table's definition: on-demand, the key pk/sk, the sparse
@@ -53,6 +57,14 @@ func CreateTable(ctx context.Context, db TableAPI, name string) error {
 	w := dynamodb.NewTableExistsWaiter(db, func(o *dynamodb.TableExistsWaiterOptions) { o.MinDelay = 100 * time.Millisecond })
 	if err := w.Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(name)}, 2*time.Minute); err != nil {
 		return fmt.Errorf("wait for table %s: %w", name, err)
+	}
+	// Stage and step records expire a week after their stage; VM items have
+	// no TTL attribute (deadlines are enforced in conditions, never by TTL).
+	if _, err := db.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{
+		TableName:               aws.String(name),
+		TimeToLiveSpecification: &types.TimeToLiveSpecification{AttributeName: aws.String(TTLAttribute), Enabled: aws.Bool(true)},
+	}); err != nil {
+		return fmt.Errorf("enable TTL on table %s: %w", name, err)
 	}
 	return nil
 }
