@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
+	"github.com/slipway-ci/slipway/internal/kmssigner"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
 
@@ -15,7 +16,7 @@ func TestCACreatedOnceUnderRace(t *testing.T) {
 	s := newStore(t)
 	kms := awstest.KMS(t)
 	ctx := ctxT(t)
-	signer, err := pki.NewKMSSigner(ctx, kms, awstest.SigningKey(t, kms))
+	signer, err := kmssigner.New(ctx, kms, awstest.SigningKey(t, kms))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +42,7 @@ func TestCACreatedOnceUnderRace(t *testing.T) {
 		}
 	}
 	// Another key cannot adopt the stored certificate.
-	other, err := pki.NewKMSSigner(ctx, kms, awstest.SigningKey(t, kms))
+	other, err := kmssigner.New(ctx, kms, awstest.SigningKey(t, kms))
 	if err != nil {
 		t.Fatal(err)
 	}

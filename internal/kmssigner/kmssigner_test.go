@@ -1,4 +1,4 @@
-package pki_test
+package kmssigner_test
 
 import (
 	"context"
@@ -7,13 +7,14 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
+	"github.com/slipway-ci/slipway/internal/kmssigner"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
 
 func TestKMSSignedCertificatesVerify(t *testing.T) {
 	client := awstest.KMS(t)
 	ctx := context.Background()
-	signer, err := pki.NewKMSSigner(ctx, client, awstest.SigningKey(t, client))
+	signer, err := kmssigner.New(ctx, client, awstest.SigningKey(t, client))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,14 +44,14 @@ func TestKMSSignedCertificatesVerify(t *testing.T) {
 func TestKMSSignerRefusesOtherKeys(t *testing.T) {
 	client := awstest.KMS(t)
 	ctx := context.Background()
-	if _, err := pki.NewKMSSigner(ctx, client, "no-such-key"); err == nil {
+	if _, err := kmssigner.New(ctx, client, "no-such-key"); err == nil {
 		t.Fatal("accepted a key that does not exist")
 	}
 	out, err := client.CreateKey(ctx, nil) // a symmetric key
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pki.NewKMSSigner(ctx, client, *out.KeyMetadata.KeyId); err == nil {
+	if _, err := kmssigner.New(ctx, client, *out.KeyMetadata.KeyId); err == nil {
 		t.Fatal("accepted a symmetric key")
 	}
 }

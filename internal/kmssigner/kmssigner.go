@@ -1,4 +1,7 @@
-package pki
+// Package kmssigner is the deployment CA's crypto.Signer: the private key
+// never leaves KMS. It is its own package so that the agent, which needs the
+// PKI's names but never signs, does not link the KMS client.
+package kmssigner
 
 import (
 	"context"
@@ -17,29 +20,29 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 )
 
-// KMSAPI is the part of the KMS client the signer uses; *kms.Client
+// API is the part of the KMS client the signer uses; *kms.Client
 // satisfies it.
-type KMSAPI interface {
+type API interface {
 	GetPublicKey(ctx context.Context, params *kms.GetPublicKeyInput, optFns ...func(*kms.Options)) (*kms.GetPublicKeyOutput, error)
 	Sign(ctx context.Context, params *kms.SignInput, optFns ...func(*kms.Options)) (*kms.SignOutput, error)
 }
 
-// KMSSigner is a crypto.Signer whose private key never leaves KMS: an
+// Signer is a crypto.Signer whose private key never leaves KMS: an
 // ECC_NIST_P256 SIGN_VERIFY key signing SHA-256 digests with ECDSA. KMS
 // returns ASN.1 DER signatures, the form x509 wants.
-type KMSSigner struct {
-	api   KMSAPI
+type Signer struct {
+	api   API
 	keyID string
 	pub   *ecdsa.PublicKey
 	// Timeout bounds each Sign call (crypto.Signer has no context).
 	Timeout time.Duration
 }
 
-var _ crypto.Signer = (*KMSSigner)(nil)
+var _ crypto.Signer = (*Signer)(nil)
 
-// NewKMSSigner reads the key's public half and checks that it can sign as
+// New reads the key's public half and checks that it can sign as
 // the CA's key must.
-func NewKMSSigner(ctx context.Context, api KMSAPI, keyID string) (*KMSSigner, error) {
+func New(ctx context.Context, api API, keyID string) (*Signer, error) {
 	out, err := api.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: aws.String(keyID)})
 	if err != nil {
 		return nil, fmt.Errorf("kms key %s: %w", keyID, err)
@@ -56,14 +59,14 @@ func NewKMSSigner(ctx context.Context, api KMSAPI, keyID string) (*KMSSigner, er
 	if !ok || ec.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("kms key %s: public key is %T, not P-256", keyID, pub)
 	}
-	return &KMSSigner{api: api, keyID: keyID, pub: ec, Timeout: 10 * time.Second}, nil
+	return &Signer{api: api, keyID: keyID, pub: ec, Timeout: 10 * time.Second}, nil
 }
 
 // Public is the key's public half.
-func (s *KMSSigner) Public() crypto.PublicKey { return s.pub }
+func (s *Signer) Public() crypto.PublicKey { return s.pub }
 
 // Sign signs a SHA-256 digest in KMS.
-func (s *KMSSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+func (s *Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	if opts == nil || opts.HashFunc() != crypto.SHA256 || len(digest) != crypto.SHA256.Size() {
 		return nil, errors.New("kms signer: want a SHA-256 digest")
 	}
