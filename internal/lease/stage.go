@@ -182,17 +182,7 @@ func (s *Store) LeaseForStage(ctx context.Context, stageID string) (*VM, error) 
 func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string) (*VM, bool, error) {
 	now := s.now()
 	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
-		{Update: &types.Update{
-			TableName:                aws.String(s.Table),
-			Key:                      vmKey(st.Pool, launchID),
-			UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #stage = :stage, #dl = :dl REMOVE #idle"),
-			ConditionExpression:      aws.String("#st = :from"),
-			ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": attrIdlePK},
-			ExpressionAttributeValues: map[string]types.AttributeValue{
-				":from": str(string(Idle)), ":to": str(string(Leased)), ":now": millis(now), ":one": num(1),
-				":stage": str(st.ID), ":dl": millis(st.Deadline),
-			},
-		}},
+		{Update: s.moveUpdate(st.Pool, launchID, leaseMove(st.ID, st.Deadline), now)},
 		{Update: &types.Update{
 			TableName:                 aws.String(s.Table),
 			Key:                       stageKey(st.ID),
@@ -252,16 +242,7 @@ func (s *Store) ReleaseStage(ctx context.Context, stageID string) (*VM, error) {
 	}
 	items := []types.TransactWriteItem{markReleased}
 	if st.VM != "" {
-		items = append(items, types.TransactWriteItem{Update: &types.Update{
-			TableName:                aws.String(s.Table),
-			Key:                      vmKey(st.Pool, st.VM),
-			UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one"),
-			ConditionExpression:      aws.String("#st = :from AND #stage = :stage"),
-			ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#stage": attrStage},
-			ExpressionAttributeValues: map[string]types.AttributeValue{
-				":from": str(string(Leased)), ":to": str(string(Releasing)), ":now": millis(now), ":one": num(1), ":stage": str(stageID),
-			},
-		}})
+		items = append(items, types.TransactWriteItem{Update: s.moveUpdate(st.Pool, st.VM, releaseMove(stageID), now)})
 	}
 	err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items}, ErrReleased, errVMMoved)
 	if errors.Is(err, errVMMoved) {

@@ -151,15 +151,12 @@ func isConditionFailed(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode() == "ConditionalCheckFailedException"
 }
 
-// update applies a conditional update and returns the new item. A failed
-// condition is explained by reading the item.
-func (s *Store) update(ctx context.Context, pool, launchID string, want State, in *dynamodb.UpdateItemInput) (*VM, error) {
-	in.TableName = aws.String(s.Table)
-	in.Key = vmKey(pool, launchID)
-	in.ReturnValues = types.ReturnValueAllNew
-	out, err := s.DB.UpdateItem(ctx, in)
+// apply makes a move and returns the new item. A failed condition is
+// explained by reading the item.
+func (s *Store) apply(ctx context.Context, pool, launchID string, m move) (*VM, error) {
+	out, err := s.DB.UpdateItem(ctx, updateItem(s.moveUpdate(pool, launchID, m, s.now())))
 	if isConditionFailed(err) {
-		return nil, s.explain(ctx, pool, launchID, want)
+		return nil, s.explain(ctx, pool, launchID, m.from)
 	}
 	if err != nil {
 		return nil, err
@@ -195,15 +192,11 @@ func (s *Store) MarkProvisioning(ctx context.Context, pool, launchID, instanceID
 	if instanceID == "" {
 		return nil, fmt.Errorf("mark vm %s provisioning: instance id is empty", launchID)
 	}
-	vals := map[string]types.AttributeValue{
-		":from": str(string(Launching)), ":to": str(string(Provisioning)), ":now": millis(s.now()), ":one": num(1),
-		":iid": str(instanceID), ":addr": str(address), ":type": str(instanceType),
-	}
-	vm, err := s.update(ctx, pool, launchID, Launching, &dynamodb.UpdateItemInput{
-		UpdateExpression:          aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #iid = :iid, #addr = :addr, #type = :type"),
-		ConditionExpression:       aws.String("#st = :from"),
-		ExpressionAttributeNames:  map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#iid": attrInstanceID, "#addr": attrAddress, "#type": attrInstanceType},
-		ExpressionAttributeValues: vals,
+	vm, err := s.apply(ctx, pool, launchID, move{
+		from: Launching, to: Provisioning,
+		set:    []string{"#iid = :iid", "#addr = :addr", "#type = :type"},
+		names:  map[string]string{"#iid": attrInstanceID, "#addr": attrAddress, "#type": attrInstanceType},
+		values: map[string]types.AttributeValue{":iid": str(instanceID), ":addr": str(address), ":type": str(instanceType)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mark vm %s provisioning: %w", launchID, err)
@@ -213,13 +206,11 @@ func (s *Store) MarkProvisioning(ctx context.Context, pool, launchID, instanceID
 
 // MarkIdle puts a provisioning VM whose agent answered into the idle index.
 func (s *Store) MarkIdle(ctx context.Context, pool, launchID string) (*VM, error) {
-	vm, err := s.update(ctx, pool, launchID, Provisioning, &dynamodb.UpdateItemInput{
-		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #idle = :pool"),
-		ConditionExpression:      aws.String("#st = :from"),
-		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#idle": attrIdlePK},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":from": str(string(Provisioning)), ":to": str(string(Idle)), ":now": millis(s.now()), ":one": num(1), ":pool": str(pool),
-		},
+	vm, err := s.apply(ctx, pool, launchID, move{
+		from: Provisioning, to: Idle,
+		set:    []string{"#idle = :pool"},
+		names:  map[string]string{"#idle": attrIdlePK},
+		values: map[string]types.AttributeValue{":pool": str(pool)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mark vm %s idle: %w", launchID, err)
@@ -230,13 +221,10 @@ func (s *Store) MarkIdle(ctx context.Context, pool, launchID string) (*VM, error
 // Retire moves a VM from state from to releasing, so that exactly one caller
 // goes on to terminate it (a boot that failed, an idle VM past its lifetime).
 func (s *Store) Retire(ctx context.Context, pool, launchID string, from State) (*VM, error) {
-	vm, err := s.update(ctx, pool, launchID, from, &dynamodb.UpdateItemInput{
-		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one REMOVE #idle"),
-		ConditionExpression:      aws.String("#st = :from"),
-		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#idle": attrIdlePK},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":from": str(string(from)), ":to": str(string(Releasing)), ":now": millis(s.now()), ":one": num(1),
-		},
+	vm, err := s.apply(ctx, pool, launchID, move{
+		from: from, to: Releasing,
+		remove: []string{"#idle"},
+		names:  map[string]string{"#idle": attrIdlePK},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("retire vm %s: %w", launchID, err)
@@ -284,18 +272,7 @@ func (s *Store) Lease(ctx context.Context, pool, stageID string, deadline time.T
 }
 
 func (s *Store) tryLease(ctx context.Context, pool, launchID, stageID string, deadline time.Time) (*VM, error) {
-	out, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                aws.String(s.Table),
-		Key:                      vmKey(pool, launchID),
-		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #stage = :stage, #dl = :dl REMOVE #idle"),
-		ConditionExpression:      aws.String("#st = :from"),
-		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": attrIdlePK},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":from": str(string(Idle)), ":to": str(string(Leased)), ":now": millis(s.now()), ":one": num(1),
-			":stage": str(stageID), ":dl": millis(deadline),
-		},
-		ReturnValues: types.ReturnValueAllNew,
-	})
+	out, err := s.DB.UpdateItem(ctx, updateItem(s.moveUpdate(pool, launchID, leaseMove(stageID, deadline), s.now())))
 	if err != nil {
 		return nil, err
 	}
@@ -376,17 +353,7 @@ func (s *Store) LeasedTo(ctx context.Context, stageID string) (*VM, error) {
 // and only once: a second release gets ErrReleased, another stage
 // ErrNotHolder.
 func (s *Store) Release(ctx context.Context, pool, launchID, stageID string) (*VM, error) {
-	out, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                aws.String(s.Table),
-		Key:                      vmKey(pool, launchID),
-		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one"),
-		ConditionExpression:      aws.String("#st = :from AND #stage = :stage"),
-		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#stage": attrStage},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":from": str(string(Leased)), ":to": str(string(Releasing)), ":now": millis(s.now()), ":one": num(1), ":stage": str(stageID),
-		},
-		ReturnValues: types.ReturnValueAllNew,
-	})
+	out, err := s.DB.UpdateItem(ctx, updateItem(s.moveUpdate(pool, launchID, releaseMove(stageID), s.now())))
 	if isConditionFailed(err) {
 		err = s.explainRelease(ctx, pool, launchID, stageID)
 	}
@@ -415,17 +382,15 @@ func (s *Store) explainRelease(ctx context.Context, pool, launchID, stageID stri
 // Return gives an unused lease back: the VM goes back to idle. For a stage
 // canceled before anything ran on its VM.
 func (s *Store) Return(ctx context.Context, pool, launchID, stageID string) (*VM, error) {
-	out, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                aws.String(s.Table),
-		Key:                      vmKey(pool, launchID),
-		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one, #idle = :pool REMOVE #stage, #dl"),
-		ConditionExpression:      aws.String("#st = :from AND #stage = :stage"),
-		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": attrIdlePK},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":from": str(string(Leased)), ":to": str(string(Idle)), ":now": millis(s.now()), ":one": num(1), ":stage": str(stageID), ":pool": str(pool),
-		},
-		ReturnValues: types.ReturnValueAllNew,
-	})
+	m := move{
+		from: Leased, to: Idle,
+		set:    []string{"#idle = :pool"},
+		remove: []string{"#stage", "#dl"},
+		cond:   "#stage = :stage",
+		names:  map[string]string{"#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": attrIdlePK},
+		values: map[string]types.AttributeValue{":stage": str(stageID), ":pool": str(pool)},
+	}
+	out, err := s.DB.UpdateItem(ctx, updateItem(s.moveUpdate(pool, launchID, m, s.now())))
 	if isConditionFailed(err) {
 		err = s.explainRelease(ctx, pool, launchID, stageID)
 	}
@@ -439,13 +404,10 @@ func (s *Store) Return(ctx context.Context, pool, launchID, stageID string) (*VM
 // The deadline is checked in the condition, so a lease extended meanwhile
 // is left alone.
 func (s *Store) ReleaseExpired(ctx context.Context, pool, launchID string) (*VM, error) {
-	vm, err := s.update(ctx, pool, launchID, Leased, &dynamodb.UpdateItemInput{
-		UpdateExpression:         aws.String("SET #st = :to, #sa = :now, #v = #v + :one"),
-		ConditionExpression:      aws.String("#st = :from AND #dl < :now"),
-		ExpressionAttributeNames: map[string]string{"#st": attrState, "#sa": attrStateAt, "#v": attrVersion, "#dl": attrLeaseDeadline},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":from": str(string(Leased)), ":to": str(string(Releasing)), ":now": millis(s.now()), ":one": num(1),
-		},
+	vm, err := s.apply(ctx, pool, launchID, move{
+		from: Leased, to: Releasing,
+		cond:  "#dl < :now",
+		names: map[string]string{"#dl": attrLeaseDeadline},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("release expired lease of vm %s: %w", launchID, err)
