@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -231,4 +232,42 @@ func StartBinary(t testing.TB, path string, extra ...string) *Process {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+var agentBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// BuildAgent builds the agent binary (static, so it also runs in the busybox
+// image) once per test process and returns its path.
+func BuildAgent(t testing.TB) string {
+	t.Helper()
+	b := &agentBuild
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "slipway-agent-")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, "slipway-agent")
+		cmd := exec.Command("go", "build", "-o", b.path, "github.com/slipway-ci/slipway/agent")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("build agent: %w\n%s", err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+// Context is a context that ends with the test, or after two minutes.
+func Context(t testing.TB) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
 }

@@ -1,7 +1,6 @@
 package client_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -20,13 +19,6 @@ import (
 )
 
 const stageID = "stage-c"
-
-func ctxT(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // cuttingProxy forwards TCP to target and cuts each connection after it has
 // carried about cutAfter bytes from the server: a network that breaks
@@ -74,7 +66,7 @@ func (p *cuttingProxy) serve() {
 
 func TestStreamLogsResumesAfterDisconnects(t *testing.T) {
 	a := agenttest.Start(t, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	if _, err := a.Client.BindStage(ctx, &agentapi.Stage{ID: stageID}); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +101,7 @@ func TestStreamLogsResumesAfterDisconnects(t *testing.T) {
 
 func TestReadLogsInChunks(t *testing.T) {
 	a := agenttest.Start(t, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	if _, err := a.Client.BindStage(ctx, &agentapi.Stage{ID: stageID}); err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +126,7 @@ func TestReadLogsInChunks(t *testing.T) {
 
 func TestRetriesOnlyConnectionErrors(t *testing.T) {
 	a := agenttest.Start(t, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 
 	// An HTTP answer, even an error, is never retried.
 	var apiErr *client.APIError
@@ -204,7 +196,7 @@ func TestRefusesAServerNamedForAnotherVM(t *testing.T) {
 	}
 	defer c.Close()
 	start := time.Now()
-	_, err = c.Health(ctxT(t))
+	_, err = c.Health(agenttest.Context(t))
 	if err == nil || !strings.Contains(err.Error(), "another-vm.vm.slipway.internal") {
 		t.Fatalf("err %v, want a certificate name mismatch", err)
 	}
@@ -215,7 +207,7 @@ func TestRefusesAServerNamedForAnotherVM(t *testing.T) {
 
 func TestWaitStepNoticesARestartedAgent(t *testing.T) {
 	a := agenttest.Start(t, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	if _, err := a.Client.BindStage(ctx, &agentapi.Stage{ID: stageID}); err != nil {
 		t.Fatal(err)
 	}

@@ -104,7 +104,7 @@ func TestContainerSteps(t *testing.T) {
 
 func TestContainerStepCancel(t *testing.T) {
 	a, _ := dockerAgent(t)
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	st, err := a.Client.StartStep(ctx, stageID, "sleepy", &agentapi.Step{Image: busyboximage.Tag, Pull: agentapi.PullNever, Command: []string{"sleep", "300"}})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -20,13 +19,6 @@ import (
 
 const stageID = "stage-1"
 
-func ctxT(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // boundAgent starts an agent bound to stageID with the given stage spec.
 func boundAgent(t *testing.T, stage agentapi.Stage, cfg server.Config) *agenttest.Agent {
 	t.Helper()
@@ -36,7 +28,7 @@ func boundAgent(t *testing.T, stage agentapi.Stage, cfg server.Config) *agenttes
 	cfg.BaseEnv = append(os.Environ(), "FROM_AGENT=agent", "LAYERED=agent")
 	a := agenttest.Start(t, cfg)
 	stage.ID = stageID
-	if _, err := a.Client.BindStage(ctxT(t), &stage); err != nil {
+	if _, err := a.Client.BindStage(agenttest.Context(t), &stage); err != nil {
 		t.Fatal(err)
 	}
 	return a
@@ -44,7 +36,7 @@ func boundAgent(t *testing.T, stage agentapi.Stage, cfg server.Config) *agenttes
 
 func run(t *testing.T, a *agenttest.Agent, id string, spec agentapi.Step) *agentapi.StepStatus {
 	t.Helper()
-	st, err := a.Client.RunStep(ctxT(t), stageID, id, &spec)
+	st, err := a.Client.RunStep(agenttest.Context(t), stageID, id, &spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +46,7 @@ func run(t *testing.T, a *agenttest.Agent, id string, spec agentapi.Step) *agent
 func logOf(t *testing.T, a *agenttest.Agent, id string) string {
 	t.Helper()
 	var b strings.Builder
-	if _, err := a.Client.StreamLogs(ctxT(t), stageID, id, 0, &b); err != nil {
+	if _, err := a.Client.StreamLogs(agenttest.Context(t), stageID, id, 0, &b); err != nil {
 		t.Fatal(err)
 	}
 	return b.String()
@@ -173,7 +165,7 @@ func TestSecretSplitAcrossWritesIsMasked(t *testing.T) {
 
 func TestStartIsIdempotent(t *testing.T) {
 	a := boundAgent(t, agentapi.Stage{}, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	spec := agentapi.Step{Script: "echo once >> ../count; sleep 0.2"}
 	first, err := a.Client.StartStep(ctx, stageID, "s", &spec)
 	if err != nil {
@@ -238,7 +230,7 @@ func TestLogCapKeepsTheAgentFlat(t *testing.T) {
 
 func TestFiftyStepsInParallel(t *testing.T) {
 	a := boundAgent(t, agentapi.Stage{}, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
 	for i := range 50 {
@@ -268,7 +260,7 @@ func TestFiftyStepsInParallel(t *testing.T) {
 
 func TestTwoPollersBothSeeTheEnd(t *testing.T) {
 	a := boundAgent(t, agentapi.Stage{}, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	st, err := a.Client.StartStep(ctx, stageID, "polled", &agentapi.Step{Script: "sleep 0.5; exit 3"})
 	if err != nil {
 		t.Fatal(err)
@@ -293,7 +285,7 @@ func TestTwoPollersBothSeeTheEnd(t *testing.T) {
 
 func TestWaitReturnsAfterTheWaitWhileRunning(t *testing.T) {
 	a := boundAgent(t, agentapi.Stage{}, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	if _, err := a.Client.StartStep(ctx, stageID, "long", &agentapi.Step{Command: []string{"sleep", "30"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +301,7 @@ func TestWaitReturnsAfterTheWaitWhileRunning(t *testing.T) {
 
 func TestBinding(t *testing.T) {
 	a := boundAgent(t, agentapi.Stage{Env: map[string]string{"A": "1"}}, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	tests := []struct {
 		name     string
 		stage    agentapi.Stage

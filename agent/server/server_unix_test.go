@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/agent/server"
 )
 
@@ -63,7 +64,7 @@ func waitGone(t *testing.T, pid int) {
 
 func TestCancelKillsForkedChildren(t *testing.T) {
 	a := boundAgent(t, agentapi.Stage{}, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	pidFile := filepath.Join(t.TempDir(), "child.pid")
 	// The child ignores SIGTERM, so only the SIGKILL after the grace period ends it.
 	spec := agentapi.Step{Script: fmt.Sprintf("sh -c 'trap \"\" TERM; echo $$ > %s; while true; do sleep 1; done' &\nwait", pidFile)}
@@ -101,7 +102,7 @@ func TestBackgroundChildDiesWithItsStep(t *testing.T) {
 
 func TestDestroyReturnsUsageAndCleansUp(t *testing.T) {
 	a := boundAgent(t, agentapi.Stage{}, server.Config{})
-	ctx := ctxT(t)
+	ctx := agenttest.Context(t)
 	run(t, a, "burn", agentapi.Step{Script: "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; head -c 100000 /dev/zero > blob"})
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	if _, err := a.Client.StartStep(ctx, stageID, "left-running", &agentapi.Step{Script: fmt.Sprintf("echo $$ > %s; exec sleep 1000", pidFile)}); err != nil {

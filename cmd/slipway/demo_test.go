@@ -4,21 +4,17 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/slipway-ci/slipway/agent/agenttest"
 )
 
 // TestDemo runs `slipway demo` against a freshly built agent, as `make demo`
 // does, so the README's first command is tested too.
 func TestDemo(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "slipway-agent")
-	build := exec.Command("go", "build", "-o", bin, "../../agent")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v\n%s", err, out)
-	}
+	bin := agenttest.BuildAgent(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer

@@ -5,11 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -18,10 +18,7 @@ import (
 
 func TestLocalInstancesAreRealAgents(t *testing.T) {
 	dir := t.TempDir()
-	agentBin := filepath.Join(dir, "slipway-agent")
-	if out, err := exec.Command("go", "build", "-o", agentBin, "../../agent").CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v\n%s", err, out)
-	}
+	agentBin := agenttest.BuildAgent(t)
 	ca, err := pki.InitDir(filepath.Join(dir, "pki"), time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -45,13 +44,7 @@ esac
 func TestLinuxUserDataBootsAnAgent(t *testing.T) {
 	cli := agenttest.Docker(t)
 	dir := t.TempDir()
-	agentBin := filepath.Join(dir, "slipway-agent")
-	build := exec.Command("go", "build", "-o", agentBin, "../../agent")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v\n%s", err, out)
-	}
-	downloads := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	downloads := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(agenttest.BuildAgent(t)))))
 	defer downloads.Close()
 
 	ca, err := pki.InitDir(filepath.Join(dir, "pki"), time.Hour, time.Now())

@@ -108,6 +108,21 @@ func count(name string, n int) metrics.Metric {
 	return metrics.Metric{Name: name, Unit: metrics.Count, Value: float64(n)}
 }
 
+// eachPool runs one pass over every pool; a pool's failure does not stop the
+// others.
+func eachPool[R any](ctx context.Context, k *Keeper, pass string, f func(context.Context, *pool.Pool) (R, error)) ([]R, error) {
+	var reports []R
+	var errs []error
+	for i := range k.Pools {
+		r, err := f(ctx, &k.Pools[i])
+		reports = append(reports, r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s pool %s: %w", pass, k.Pools[i].Name, err))
+		}
+	}
+	return reports, errors.Join(errs...)
+}
+
 // parallel runs f for each item with at most n at a time and joins errors.
 func parallel[T any](n int, items []T, f func(T) error) error {
 	var mu sync.Mutex

@@ -4,12 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -22,12 +21,7 @@ import (
 // idle, lease one and run a step on it.
 func TestWarmPoolOfRealAgents(t *testing.T) {
 	e := newEnv(t, testPool("local", 2, 3))
-	dir := t.TempDir()
-	agentBin := filepath.Join(dir, "slipway-agent")
-	if out, err := exec.Command("go", "build", "-o", agentBin, "../../agent").CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v\n%s", err, out)
-	}
-	local := &fleet.Local{Dir: filepath.Join(dir, "vms"), AgentPath: agentBin}
+	local := &fleet.Local{Dir: t.TempDir(), AgentPath: agenttest.BuildAgent(t)}
 	defer local.Close()
 	k := e.keeper
 	k.Fleet = local

@@ -3,7 +3,6 @@ package warm
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync/atomic"
 
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -23,16 +22,7 @@ type ReapReport struct {
 // are retired (refill replaces them), and releases that a crashed cleanup
 // left half done are finished.
 func (k *Keeper) Reap(ctx context.Context) ([]ReapReport, error) {
-	var reports []ReapReport
-	var errs []error
-	for i := range k.Pools {
-		r, err := k.reapPool(ctx, &k.Pools[i])
-		reports = append(reports, r)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("reap pool %s: %w", k.Pools[i].Name, err))
-		}
-	}
-	return reports, errors.Join(errs...)
+	return eachPool(ctx, k, "reap", k.reapPool)
 }
 
 func (k *Keeper) reapPool(ctx context.Context, p *pool.Pool) (ReapReport, error) {

@@ -30,16 +30,7 @@ type RefillReport struct {
 // launches VMs until idle plus booting VMs reach the pool's warm target or
 // its max.
 func (k *Keeper) Refill(ctx context.Context) ([]RefillReport, error) {
-	var reports []RefillReport
-	var errs []error
-	for i := range k.Pools {
-		r, err := k.RefillPool(ctx, &k.Pools[i])
-		reports = append(reports, r)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("refill pool %s: %w", k.Pools[i].Name, err))
-		}
-	}
-	return reports, errors.Join(errs...)
+	return eachPool(ctx, k, "refill", k.RefillPool)
 }
 
 // RefillPool refills one pool.
