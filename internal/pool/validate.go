@@ -3,6 +3,7 @@ package pool
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -19,6 +20,21 @@ type problems struct {
 
 func (p *problems) add(key, format string, args ...any) {
 	p.list = append(p.list, fmt.Errorf("pool %s: %s: %s", p.pool, key, fmt.Sprintf(format, args...)))
+}
+
+// checkList checks a list key: not empty, each entry of the pattern, no entry twice.
+func (p *problems) checkList(entries []string, key string, pattern *regexp.Regexp, whenEmpty, what string) {
+	if len(entries) == 0 {
+		p.add(key, "%s", whenEmpty)
+	}
+	for _, e := range entries {
+		if !pattern.MatchString(e) {
+			p.add(key, "%q is not %s", e, what)
+		}
+	}
+	if dup := duplicate(entries); dup != "" {
+		p.add(key, "%q is listed twice", dup)
+	}
 }
 
 func (c *Config) validate() []error {
@@ -69,17 +85,8 @@ func (p *Pool) validate(pr *problems) {
 	default:
 		pr.add("os", "%q: want linux or windows", p.OS)
 	}
-	if len(p.InstanceTypes) == 0 {
-		pr.add("instance_types", "give at least one instance type, such as c6i.large")
-	}
-	for _, t := range p.InstanceTypes {
-		if !instanceTypePattern.MatchString(t) {
-			pr.add("instance_types", "%q is not an instance type such as c6i.large", t)
-		}
-	}
-	if dup := duplicate(p.InstanceTypes); dup != "" {
-		pr.add("instance_types", "%q is listed twice", dup)
-	}
+	pr.checkList(p.InstanceTypes, "instance_types", instanceTypePattern,
+		"give at least one instance type, such as c6i.large", "an instance type such as c6i.large")
 	switch {
 	case amiPattern.MatchString(p.AMI):
 	case strings.HasPrefix(p.AMI, "resolve:ssm:") && ssmPathPattern.MatchString(strings.TrimPrefix(p.AMI, "resolve:ssm:")):
@@ -87,25 +94,10 @@ func (p *Pool) validate(pr *problems) {
 	default:
 		pr.add("ami", "%q: want an image id (ami-...) or an SSM parameter path (/aws/service/...)", p.AMI)
 	}
-	if len(p.Subnets) == 0 {
-		pr.add("subnets", "give the subnets to launch in, one per availability zone")
-	}
-	for _, s := range p.Subnets {
-		if !subnetPattern.MatchString(s) {
-			pr.add("subnets", "%q is not a subnet id (subnet-...)", s)
-		}
-	}
-	if dup := duplicate(p.Subnets); dup != "" {
-		pr.add("subnets", "%q is listed twice", dup)
-	}
-	if len(p.SecurityGroups) == 0 {
-		pr.add("security_groups", "give the security group that admits the agent's port from the functions")
-	}
-	for _, s := range p.SecurityGroups {
-		if !securityGroup.MatchString(s) {
-			pr.add("security_groups", "%q is not a security group id (sg-...)", s)
-		}
-	}
+	pr.checkList(p.Subnets, "subnets", subnetPattern,
+		"give the subnets to launch in, one per availability zone", "a subnet id (subnet-...)")
+	pr.checkList(p.SecurityGroups, "security_groups", securityGroup,
+		"give the security group that admits the agent's port from the functions", "a security group id (sg-...)")
 	if v := p.RootVolume.SizeGB; v != 0 && (v < minVolumeGB || v > maxVolumeGB) {
 		pr.add("root_volume.size_gb", "%d: want %d to %d", v, minVolumeGB, maxVolumeGB)
 	}
