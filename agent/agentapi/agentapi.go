@@ -239,7 +239,6 @@ type Usage struct {
 
 // Error codes of ErrorBody.
 const (
-	CodeBadRequest    = "bad_request"
 	CodeInvalid       = "invalid"
 	CodeTooLarge      = "too_large"
 	CodeNotFound      = "not_found"
@@ -248,7 +247,6 @@ const (
 	CodeNotBound      = "not_bound"
 	CodeStageMismatch = "stage_mismatch"
 	CodeMissingStage  = "missing_stage"
-	CodeForbidden     = "forbidden"
 	CodeInternal      = "internal"
 )
 

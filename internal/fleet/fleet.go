@@ -28,8 +28,6 @@ const (
 	Running      State = "running"
 	ShuttingDown State = "shutting-down"
 	Terminated   State = "terminated"
-	Stopping     State = "stopping"
-	Stopped      State = "stopped"
 )
 
 // Gone reports whether the instance no longer runs and never will.

@@ -20,7 +20,8 @@ const (
 	DimPool       = "Pool"
 )
 
-// Metric names, per pool (DESIGN section 7).
+// Metric names, per pool (DESIGN section 7). LeaseWaitMs, WarmHit, ColdStart,
+// ReleaseFailures and StepOverheadMs are the stage functions' to emit.
 const (
 	IdleVMs           = "IdleVMs"
 	ProvisioningVMs   = "ProvisioningVMs"
