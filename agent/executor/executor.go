@@ -26,6 +26,9 @@ type Spec struct {
 	Dir string
 	// User is "uid" or "uid:gid"; empty runs as the agent's user.
 	User string
+	// Marker is an Env entry unique to the step: processes that escape its
+	// process group are found by it (KillMarked).
+	Marker string
 
 	// Container steps only.
 	Image   string

@@ -17,17 +17,23 @@ type Process struct{}
 
 var _ Executor = (*Process)(nil)
 
-// drainTimeout bounds the wait for a step's output after its processes were
-// killed: a process that escaped the group may still hold the pipe open.
-const drainTimeout = 2 * time.Second
+// After the step's processes were killed, its output ends at once unless a
+// process that escaped the group (setsid) holds the pipe: after escapeDelay
+// such processes are looked up by the step's marker and killed; drainTimeout
+// bounds the wait for the output in any case.
+const (
+	escapeDelay  = 100 * time.Millisecond
+	drainTimeout = 2 * time.Second
+)
 
 // outputBufferSize is the pump's read size: large reads keep the syscall count
 // low when a step prints a lot.
 const outputBufferSize = 256 << 10
 
 type processHandle struct {
-	cmd   *exec.Cmd
-	group processGroup
+	cmd    *exec.Cmd
+	group  processGroup
+	marker string
 
 	stopOnce sync.Once
 	done     chan struct{}
@@ -69,7 +75,7 @@ func (*Process) Start(_ context.Context, spec Spec) (Handle, error) {
 		_ = r.Close()
 		return nil, err
 	}
-	h := &processHandle{cmd: cmd, group: group, done: make(chan struct{})}
+	h := &processHandle{cmd: cmd, group: group, marker: spec.Marker, done: make(chan struct{})}
 	pumped := make(chan struct{})
 	go func() {
 		defer close(pumped)
@@ -104,9 +110,14 @@ func (h *processHandle) wait(r *os.File, pumped <-chan struct{}) {
 	h.group.kill()
 	select {
 	case <-pumped:
-	case <-time.After(drainTimeout):
-		_ = r.Close() // unblocks the pump's Read
-		<-pumped
+	case <-time.After(escapeDelay):
+		KillMarked(h.marker)
+		select {
+		case <-pumped:
+		case <-time.After(drainTimeout):
+			_ = r.Close() // unblocks the pump's Read
+			<-pumped
+		}
 	}
 	_ = r.Close()
 	res := Result{ExitCode: h.cmd.ProcessState.ExitCode()}

@@ -165,3 +165,35 @@ func TestStepAsAnotherUser(t *testing.T) {
 		t.Fatalf("file owned by %d", uid)
 	}
 }
+
+// TestEscapedProcessesDie: steps start daemons with setsid, out of their
+// process groups. One that keeps its step's output open dies when the step
+// ends (which does not wait for it); one that lets go dies with the stage.
+func TestEscapedProcessesDie(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	dir := t.TempDir()
+	holds, lets := filepath.Join(dir, "holds.pid"), filepath.Join(dir, "lets-go.pid")
+	steps := []struct{ id, script string }{
+		{"holds", fmt.Sprintf("setsid sh -c 'echo $$ > %s; exec sleep 1000' &\nsleep 0.2", holds)},
+		{"lets-go", fmt.Sprintf("setsid sh -c 'echo $$ > %s; exec sleep 1000' > /dev/null 2>&1 < /dev/null &\nsleep 0.2", lets)},
+	}
+	for _, s := range steps {
+		start := time.Now()
+		st := run(t, a, s.id, agentapi.Step{Script: s.script})
+		if st.State != agentapi.StepSucceeded {
+			t.Fatalf("%s: state %s", s.id, st.State)
+		}
+		if took := time.Since(start); took > 1500*time.Millisecond {
+			t.Fatalf("%s: the step took %s: it waited for its daemon", s.id, took)
+		}
+	}
+	waitGone(t, readPID(t, holds))
+	other := readPID(t, lets)
+	if !alive(other) {
+		t.Fatal("the daemon that let go of the output died before its stage")
+	}
+	if _, err := a.Client.DestroyStage(agenttest.Context(t), stageID); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, other)
+}

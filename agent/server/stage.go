@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/executor"
 	"github.com/slipway-ci/slipway/agent/mask"
 )
 
@@ -170,6 +171,11 @@ func (s *Server) teardown(st *stage) agentapi.Usage {
 	st.mu.Unlock()
 	st.stopAll(s.cfg.StopGrace)
 	st.waitAll(s.cfg.StopGrace + 10*time.Second)
+	// What escaped its step's process group (setsid, daemons) and let go of
+	// the step's output dies with the stage.
+	if n := executor.KillMarked("SLIPWAY_STAGE=" + st.spec.ID); n > 0 {
+		s.cfg.Logger.Info("killed processes that escaped their steps", "stage", st.spec.ID, "processes", n)
+	}
 
 	st.mu.Lock()
 	usage := agentapi.Usage{

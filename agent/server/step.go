@@ -265,11 +265,13 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		argv = executor.ScriptArgv(spec.Shell, spec.Script)
 	}
 	return executor.Spec{
-		Name:        st.spec.ID + "-" + id,
-		Argv:        argv,
-		Env:         envList,
-		Dir:         workDir,
-		User:        spec.User,
+		Name: st.spec.ID + "-" + id,
+		Argv: argv,
+		Env:  envList,
+		Dir:  workDir,
+		User: spec.User,
+		// Set last in the environment, so no step can override it.
+		Marker:      "SLIPWAY_STEP=" + id,
 		Image:       spec.Image,
 		Pull:        spec.Pull,
 		Network:     spec.Network,
