@@ -20,6 +20,7 @@ import (
 	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/agent/executor"
 	"github.com/slipway-ci/slipway/internal/busyboximage"
+	"github.com/slipway-ci/slipway/internal/localaws"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
 
@@ -134,38 +135,57 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	for _, s := range steps {
 		say("step %s: %s", s.id, s.title)
 		spec := s.spec
-		st, err := c.RunStep(ctx, stage.ID, s.id, &spec)
-		if err != nil {
+		if err := runAndShow(ctx, out, c, stage.ID, s.id, &spec); err != nil {
 			return err
 		}
-		var logs strings.Builder
-		if _, err := c.StreamLogs(ctx, stage.ID, s.id, 0, &logs); err != nil {
-			return err
-		}
-		for _, line := range strings.SplitAfter(logs.String(), "\n") {
-			if line != "" {
-				fmt.Fprintf(out, "  | %s", line)
-			}
-		}
-		if !strings.HasSuffix(logs.String(), "\n") && logs.Len() > 0 {
-			fmt.Fprintln(out)
-		}
-		exit := "none"
-		if st.ExitCode != nil {
-			exit = fmt.Sprint(*st.ExitCode)
-		}
-		fmt.Fprintf(out, "  => state %s, exit code %s, %s", st.State, exit, st.EndedAt.Sub(st.StartedAt).Round(time.Millisecond))
-		if len(st.Outputs) > 0 {
-			fmt.Fprintf(out, ", outputs %v", st.Outputs)
-		}
-		if st.Error != "" {
-			fmt.Fprintf(out, ", error %q", st.Error)
-		}
-		fmt.Fprintln(out)
 	}
 
 	say("stage: destroy (cancels what still runs, removes the work dir, reports usage)")
-	usage, err := c.DestroyStage(ctx, stage.ID)
+	if err := destroyAndShow(ctx, out, c, stage.ID); err != nil {
+		return err
+	}
+	if os.Getenv(localaws.DynamoDBEndpointEnv) == "" {
+		fmt.Fprintln(out, "\n(no DynamoDB Local: the warm pool part is left out; `make demo` starts one)")
+		return nil
+	}
+	return demoPool(ctx, out, *agentPath, say)
+}
+
+// runAndShow runs a step and prints its log and result.
+func runAndShow(ctx context.Context, out io.Writer, c *client.Client, stageID, stepID string, spec *agentapi.Step) error {
+	st, err := c.RunStep(ctx, stageID, stepID, spec)
+	if err != nil {
+		return err
+	}
+	var logs strings.Builder
+	if _, err := c.StreamLogs(ctx, stageID, stepID, 0, &logs); err != nil {
+		return err
+	}
+	for _, line := range strings.SplitAfter(logs.String(), "\n") {
+		if line != "" {
+			fmt.Fprintf(out, "  | %s", line)
+		}
+	}
+	if !strings.HasSuffix(logs.String(), "\n") && logs.Len() > 0 {
+		fmt.Fprintln(out)
+	}
+	exit := "none"
+	if st.ExitCode != nil {
+		exit = fmt.Sprint(*st.ExitCode)
+	}
+	fmt.Fprintf(out, "  => state %s, exit code %s, %s", st.State, exit, st.EndedAt.Sub(st.StartedAt).Round(time.Millisecond))
+	if len(st.Outputs) > 0 {
+		fmt.Fprintf(out, ", outputs %v", st.Outputs)
+	}
+	if st.Error != "" {
+		fmt.Fprintf(out, ", error %q", st.Error)
+	}
+	fmt.Fprintln(out)
+	return nil
+}
+
+func destroyAndShow(ctx context.Context, out io.Writer, c *client.Client, stageID string) error {
+	usage, err := c.DestroyStage(ctx, stageID)
 	if err != nil {
 		return err
 	}

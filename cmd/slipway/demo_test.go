@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/internal/localaws"
 )
 
 // TestDemo runs `slipway demo` against a freshly built agent, as `make demo`
@@ -39,6 +40,13 @@ func TestDemo(t *testing.T) {
 	}
 	if os.Getenv("DOCKER_HOST") != "" && !strings.Contains(got, "in a container:") {
 		t.Error("the demo skipped the container step although Docker is there")
+	}
+	if os.Getenv(localaws.DynamoDBEndpointEnv) != "" {
+		for _, want := range []string{"leased vm-", "a second release is refused", "idle=2 leased=0 releasing=0"} {
+			if strings.Count(got, want) == 0 {
+				t.Errorf("the warm pool part lacks %q", want)
+			}
+		}
 	}
 	if t.Failed() {
 		t.Log(got)

@@ -14,31 +14,15 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+
+	"github.com/slipway-ci/slipway/internal/localaws"
 )
-
-// EndpointEnv names the variable that holds DynamoDB Local's URL.
-const EndpointEnv = "SLIPWAY_DYNAMODB_ENDPOINT"
-
-// NewClient returns a client of the DynamoDB at endpoint with static
-// credentials, so nothing ever looks for AWS ones.
-func NewClient(endpoint string) *dynamodb.Client {
-	cfg := aws.Config{
-		Region:      "us-east-1",
-		Credentials: credentials.NewStaticCredentialsProvider("local", "local", ""),
-	}
-	return dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
-		o.BaseEndpoint = aws.String(endpoint)
-		// DynamoDB Local's error responses carry a wrong CRC32.
-		o.DisableValidateResponseChecksum = true
-	})
-}
 
 // Client returns a client of DynamoDB Local.
 func Client(t testing.TB) *dynamodb.Client {
 	t.Helper()
-	return NewClient(endpoint(t, EndpointEnv, "DynamoDB Local"))
+	return localaws.DynamoDB(endpoint(t, localaws.DynamoDBEndpointEnv, "DynamoDB Local"))
 }
 
 // endpoint reads a stand-in's URL from env, or ends the test.

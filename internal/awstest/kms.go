@@ -5,24 +5,16 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+
+	"github.com/slipway-ci/slipway/internal/localaws"
 )
-
-// KMSEndpointEnv names the variable that holds local-kms's URL.
-const KMSEndpointEnv = "SLIPWAY_KMS_ENDPOINT"
-
-// NewKMSClient returns a client of the KMS at endpoint with static credentials.
-func NewKMSClient(endpoint string) *kms.Client {
-	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
-	return kms.NewFromConfig(cfg, func(o *kms.Options) { o.BaseEndpoint = aws.String(endpoint) })
-}
 
 // KMS returns a client of local-kms.
 func KMS(t testing.TB) *kms.Client {
 	t.Helper()
-	return NewKMSClient(endpoint(t, KMSEndpointEnv, "local-kms"))
+	return localaws.KMS(endpoint(t, localaws.KMSEndpointEnv, "local-kms"))
 }
 
 // SigningKey creates an ECC_NIST_P256 SIGN_VERIFY key, as the deployment's
