@@ -204,6 +204,18 @@ func TestRefillLaunchesToTheTargetAndIdlesHealthyVMs(t *testing.T) {
 			t.Errorf("no %s metric emitted", name)
 		}
 	}
+	e.checkMetrics(t)
+}
+
+// checkMetrics validates every line the keeper emitted against the EMF
+// specification.
+func (e *env) checkMetrics(t *testing.T) {
+	t.Helper()
+	for i, line := range strings.Split(strings.TrimSpace(e.metrics.String()), "\n") {
+		if err := metrics.Validate([]byte(line)); err != nil {
+			t.Errorf("metrics line %d: %v\n%s", i+1, err, line)
+		}
+	}
 }
 
 func TestBootFailuresAreTerminatedAndReplaced(t *testing.T) {
@@ -357,6 +369,12 @@ func TestReconcileJudgesByStateAndAge(t *testing.T) {
 	if r.OrphansTerminated != 1 || r.GhostsRemoved != 1 {
 		t.Fatalf("after the grace: %+v", r)
 	}
+	for _, name := range []string{metrics.OrphansTerminated, metrics.GhostsRemoved} {
+		if !strings.Contains(e.metrics.String(), `"`+name+`":1`) {
+			t.Errorf("no %s=1 emitted", name)
+		}
+	}
+	e.checkMetrics(t)
 	for _, in := range e.fake.Instances() {
 		if in.ID == orphan && in.State != "shutting-down" {
 			t.Errorf("orphan is %s", in.State)
