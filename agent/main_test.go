@@ -10,11 +10,11 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.addr != ":9079" || o.maxLogBytes != 1024 || o.docker != "auto" {
+	if o.addr != ":9079" || o.maxLogBytes != 1024 || o.docker != "auto" || o.procs != 1 {
 		t.Fatalf("options %+v", o)
 	}
-	_, err = parseFlags([]string{"--max-log-bytes", "-5", "--docker", "maybe"})
-	for _, want := range []string{"--max-log-bytes", "--tls-cert is required", "--tls-key is required", "--client-ca is required", "--docker"} {
+	_, err = parseFlags([]string{"--max-log-bytes", "-5", "--docker", "maybe", "--procs", "0"})
+	for _, want := range []string{"--max-log-bytes", "--tls-cert is required", "--tls-key is required", "--client-ca is required", "--docker", "--procs"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("err %v does not mention %q", err, want)
 		}
