@@ -98,6 +98,8 @@ func New(cfg Config) (*Client, error) {
 		MaxIdleConns:        128,
 		MaxIdleConnsPerHost: 128,
 		IdleConnTimeout:     90 * time.Second,
+		// The agent never compresses: asking costs a header and a wrapper per call.
+		DisableCompression: true,
 	}
 	return &Client{
 		base:    "https://" + cfg.Addr,
