@@ -221,17 +221,10 @@ func StartBinary(t testing.TB, path string, extra ...string) *Process {
 	})
 	a := &Agent{PKI: p}
 	proc := &Process{PKI: p, Addr: addr, Client: a.NewClient(t, addr), Cmd: cmd}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		_, err := proc.Client.Health(context.Background())
-		if err == nil {
-			return proc
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent at %s did not answer: %v", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if _, err := proc.Client.WaitHealthy(context.Background(), 15*time.Second, 50*time.Millisecond); err != nil {
+		t.Fatalf("agent at %s: %v", addr, err)
 	}
+	return proc
 }
 
 var agentBuild struct {
@@ -270,4 +263,38 @@ func Context(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// Orchestrator is the functions' identity towards agents of a CA: a
+// short-lived orchestrator client certificate, and the CA as root.
+type Orchestrator struct {
+	Roots       *x509.CertPool
+	Certificate func() (*tls.Certificate, error)
+}
+
+// NewOrchestrator issues an orchestrator certificate from ca.
+func NewOrchestrator(t testing.TB, ca *pki.CA) Orchestrator {
+	t.Helper()
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.IssueClient(key.Public(), time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	return Orchestrator{Roots: roots, Certificate: client.StaticCertificate(tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key})}
+}
+
+// Client returns a client of the agent of the VM launchID at addr.
+func (o Orchestrator) Client(t testing.TB, addr, launchID string) *client.Client {
+	t.Helper()
+	c, err := client.New(client.Config{Addr: addr, LaunchID: launchID, RootCAs: o.Roots, Certificate: o.Certificate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }

@@ -123,6 +123,36 @@ func (c *Client) Health(ctx context.Context) (*agentapi.Health, error) {
 	return &h, c.call(ctx, http.MethodGet, "/v1/health", "", nil, &h)
 }
 
+// WaitHealthy asks for the agent's health until it answers, every interval,
+// for at most timeout: a VM's agent is not up the moment its instance is. It
+// returns the last error when the agent never answered.
+func (c *Client) WaitHealthy(ctx context.Context, timeout, interval time.Duration) (*agentapi.Health, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		h, err := c.Health(ctx)
+		if err == nil {
+			return h, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("agent did not answer in %s: %w", timeout, err)
+		}
+		if err := sleepCtx(ctx, interval); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // BindStage binds the agent to a stage; binding again with the same spec is a
 // no-op.
 func (c *Client) BindStage(ctx context.Context, stage *agentapi.Stage) (*agentapi.Health, error) {

@@ -91,7 +91,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	health, err := waitHealthy(ctx, c)
+	health, err := c.WaitHealthy(ctx, 15*time.Second, 100*time.Millisecond)
 	if err != nil {
 		return err
 	}
@@ -201,20 +201,6 @@ func freeAddr() (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
-}
-
-func waitHealthy(ctx context.Context, c *client.Client) (*agentapi.Health, error) {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		h, err := c.Health(ctx)
-		if err == nil {
-			return h, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, fmt.Errorf("agent did not answer: %w", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func demoImage(ctx context.Context) error {

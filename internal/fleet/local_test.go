@@ -2,15 +2,12 @@ package fleet_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agenttest"
-	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/pki"
@@ -28,13 +25,7 @@ func TestLocalInstancesAreRealAgents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	key, _ := pki.GenerateKey()
-	clientCert, err := ca.IssueClient(key.Public(), time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
+	orch := agenttest.NewOrchestrator(t, ca)
 	var insts []*fleet.Instance
 	for range 2 {
 		id := lease.NewLaunchID()
@@ -59,22 +50,8 @@ func TestLocalInstancesAreRealAgents(t *testing.T) {
 		if err != nil || info.Mode().Perm() != 0o600 {
 			t.Fatalf("key file: %v %v", info, err)
 		}
-		c, err := client.New(client.Config{
-			Addr: inst.Address, LaunchID: id, RootCAs: roots,
-			Certificate: client.StaticCertificate(tls.Certificate{Certificate: [][]byte{clientCert.Raw}, PrivateKey: key}),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if _, err := c.Health(ctx); err == nil {
-				break
-			} else if time.Now().After(deadline) {
-				t.Fatalf("agent %s at %s never answered: %v", id, inst.Address, err)
-			}
-			time.Sleep(50 * time.Millisecond)
+		if _, err := orch.Client(t, inst.Address, id).WaitHealthy(ctx, 20*time.Second, 50*time.Millisecond); err != nil {
+			t.Fatalf("agent %s at %s: %v", id, inst.Address, err)
 		}
 		insts = append(insts, inst)
 	}

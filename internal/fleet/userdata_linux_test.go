@@ -4,8 +4,6 @@ package fleet
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,7 +17,6 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/slipway-ci/slipway/agent/agenttest"
-	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/busyboximage"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
@@ -108,34 +105,9 @@ func TestLinuxUserDataBootsAnAgent(t *testing.T) {
 	}
 
 	// The orchestrator's view: mTLS to the VM's address, naming the VM.
-	key, _ := pki.GenerateKey()
-	clientCert, err := ca.IssueClient(key.Public(), time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
-	c, err := client.New(client.Config{
-		Addr: "127.0.0.1:" + strconv.Itoa(port), LaunchID: launchID, RootCAs: roots,
-		Certificate: client.StaticCertificate(tls.Certificate{Certificate: [][]byte{clientCert.Raw}, PrivateKey: key}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		h, err := c.Health(ctx)
-		if err == nil {
-			if h.BootID == "" {
-				t.Fatalf("health %+v", h)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent never answered: %v\ncontainer output:\n%s", err, logs())
-		}
-		time.Sleep(200 * time.Millisecond)
+	c := agenttest.NewOrchestrator(t, ca).Client(t, "127.0.0.1:"+strconv.Itoa(port), launchID)
+	if h, err := c.WaitHealthy(ctx, 60*time.Second, 200*time.Millisecond); err != nil || h.BootID == "" {
+		t.Fatalf("health %+v, %v\ncontainer output:\n%s", h, err, logs())
 	}
 	out := logs()
 	for _, want := range []string{"600 /etc/slipway/agent.key", "600 /etc/slipway/agent.crt", "600 /etc/slipway/client-ca.crt", "user data ran"} {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -152,30 +151,13 @@ func (s *Store) LeaseForStage(ctx context.Context, stageID string) (*VM, error) 
 	if st.VM != "" {
 		return s.Get(ctx, st.Pool, st.VM)
 	}
-	const maxRounds = 50
-	for range maxRounds {
-		candidates, err := s.idleCandidates(ctx, st.Pool)
-		if err != nil {
-			return nil, err
-		}
-		if len(candidates) == 0 {
-			return nil, fmt.Errorf("lease in pool %s for stage %s: %w", st.Pool, stageID, ErrNoIdle)
-		}
-		rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
-		for _, launchID := range candidates {
-			vm, taken, err := s.tryLeaseForStage(ctx, st, launchID)
-			if err != nil {
-				return nil, err
-			}
-			if !taken {
-				return vm, nil
-			}
-		}
-		if err := sleep(ctx, time.Duration(rand.IntN(5)+1)*time.Millisecond); err != nil {
-			return nil, err
-		}
+	vm, err := s.leaseAny(ctx, st.Pool, func(launchID string) (*VM, bool, error) {
+		return s.tryLeaseForStage(ctx, st, launchID)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stage %s: %w", stageID, err)
 	}
-	return nil, fmt.Errorf("lease in pool %s for stage %s: %w", st.Pool, stageID, ErrNoIdle)
+	return vm, nil
 }
 
 // tryLeaseForStage leases one candidate; taken says another lessee had it.

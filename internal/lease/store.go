@@ -243,8 +243,24 @@ func (s *Store) Lease(ctx context.Context, pool, stageID string, deadline time.T
 	if stageID == "" {
 		return nil, errors.New("lease: stage id is empty")
 	}
+	return s.leaseAny(ctx, pool, func(launchID string) (*VM, bool, error) {
+		vm, err := s.tryLease(ctx, pool, launchID, stageID, deadline)
+		if isConditionFailed(err) {
+			return nil, true, nil
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("lease vm %s: %w", launchID, err)
+		}
+		return vm, false, nil
+	})
+}
+
+// leaseAny reads idle candidates and tries them in random order until try
+// leases one (taken: another lessee had it), reading again when all were
+// taken; ErrNoIdle when the index has none.
+func (s *Store) leaseAny(ctx context.Context, pool string, try func(launchID string) (vm *VM, taken bool, err error)) (*VM, error) {
 	const maxRounds = 50
-	for round := 0; round < maxRounds; round++ {
+	for range maxRounds {
 		candidates, err := s.idleCandidates(ctx, pool)
 		if err != nil {
 			return nil, err
@@ -254,12 +270,9 @@ func (s *Store) Lease(ctx context.Context, pool, stageID string, deadline time.T
 		}
 		rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
 		for _, launchID := range candidates {
-			vm, err := s.tryLease(ctx, pool, launchID, stageID, deadline)
-			if err == nil {
-				return vm, nil
-			}
-			if !isConditionFailed(err) {
-				return nil, fmt.Errorf("lease vm %s: %w", launchID, err)
+			vm, taken, err := try(launchID)
+			if err != nil || !taken {
+				return vm, err
 			}
 		}
 		// Every candidate was taken meanwhile; the index, eventually

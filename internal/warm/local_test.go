@@ -2,17 +2,13 @@ package warm_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"testing"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
-	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
-	"github.com/slipway-ci/slipway/internal/pki"
 	"github.com/slipway-ci/slipway/internal/warm"
 )
 
@@ -25,16 +21,9 @@ func TestWarmPoolOfRealAgents(t *testing.T) {
 	defer local.Close()
 	k := e.keeper
 	k.Fleet = local
-	// The function's own client certificate, short-lived, from the same CA.
-	key, _ := pki.GenerateKey()
-	cert, err := k.CA.IssueClient(key.Public(), 15*time.Minute, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCert := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
-	roots := x509.NewCertPool()
-	roots.AddCert(k.CA.Cert)
-	k.Prober = &warm.AgentProber{RootCAs: roots, Certificate: client.StaticCertificate(clientCert)}
+	// The function's own client certificate, from the same CA.
+	orch := agenttest.NewOrchestrator(t, k.CA)
+	k.Prober = &warm.AgentProber{RootCAs: orch.Roots, Certificate: orch.Certificate}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -53,11 +42,7 @@ func TestWarmPoolOfRealAgents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(client.Config{Addr: vm.Address, LaunchID: vm.LaunchID, RootCAs: roots, Certificate: client.StaticCertificate(clientCert)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := orch.Client(t, vm.Address, vm.LaunchID)
 	if _, err := c.BindStage(ctx, &agentapi.Stage{ID: "stage-1"}); err != nil {
 		t.Fatal(err)
 	}
