@@ -29,9 +29,8 @@ const (
 	attrIdlePK = "idle_pk"
 	attrCount  = "vm_count"
 
-	// IdleIndex lists idle VMs per pool; StageIndex finds the VM a stage leased.
-	IdleIndex  = "idle"
-	StageIndex = "stage"
+	// IdleIndex lists idle VMs per pool.
+	IdleIndex = "idle"
 
 	capacitySK = "CAPACITY"
 )

@@ -342,25 +342,6 @@ func (s *Store) idleCandidates(ctx context.Context, pool string) ([]string, erro
 	return ids, nil
 }
 
-// LeasedTo returns the VM the stage leased, if any (a retried acquire must
-// not lease a second one).
-func (s *Store) LeasedTo(ctx context.Context, stageID string) (*VM, error) {
-	out, err := s.DB.Query(ctx, &dynamodb.QueryInput{
-		TableName:                 aws.String(s.Table),
-		IndexName:                 aws.String(StageIndex),
-		KeyConditionExpression:    aws.String("#stage = :stage"),
-		ExpressionAttributeNames:  map[string]string{"#stage": attrStage},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":stage": str(stageID)},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("find the vm of stage %s: %w", stageID, err)
-	}
-	if len(out.Items) == 0 {
-		return nil, fmt.Errorf("vm of stage %s: %w", stageID, ErrNotFound)
-	}
-	return decodeVM(out.Items[0])
-}
-
 // Release ends the stage's lease: the VM goes to releasing, to be
 // terminated and removed. Only the stage that holds the lease releases it,
 // and only once: a second release gets ErrReleased, another stage

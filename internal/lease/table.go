@@ -21,7 +21,7 @@ type TableAPI interface {
 }
 
 // TableInput is the table's definition: on-demand, the key pk/sk, the sparse
-// idle index and the stage index. The CDK app declares the same.
+// idle index. The CDK app declares the same.
 func TableInput(name string) *dynamodb.CreateTableInput {
 	s := func(n string) types.AttributeDefinition {
 		return types.AttributeDefinition{AttributeName: aws.String(n), AttributeType: types.ScalarAttributeTypeS}
@@ -32,18 +32,13 @@ func TableInput(name string) *dynamodb.CreateTableInput {
 	return &dynamodb.CreateTableInput{
 		TableName:            aws.String(name),
 		BillingMode:          types.BillingModePayPerRequest,
-		AttributeDefinitions: []types.AttributeDefinition{s(attrPK), s(attrSK), s(attrIdlePK), s(attrLaunchID), s(attrStage)},
+		AttributeDefinitions: []types.AttributeDefinition{s(attrPK), s(attrSK), s(attrIdlePK), s(attrLaunchID)},
 		KeySchema:            []types.KeySchemaElement{key(attrPK, types.KeyTypeHash), key(attrSK, types.KeyTypeRange)},
 		GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{
 			{
 				IndexName:  aws.String(IdleIndex),
 				KeySchema:  []types.KeySchemaElement{key(attrIdlePK, types.KeyTypeHash), key(attrLaunchID, types.KeyTypeRange)},
 				Projection: &types.Projection{ProjectionType: types.ProjectionTypeKeysOnly},
-			},
-			{
-				IndexName:  aws.String(StageIndex),
-				KeySchema:  []types.KeySchemaElement{key(attrStage, types.KeyTypeHash)},
-				Projection: &types.Projection{ProjectionType: types.ProjectionTypeAll},
 			},
 		},
 	}
