@@ -122,13 +122,6 @@ func (l *Log) Size() (size int64, done bool) {
 	return l.size, l.done
 }
 
-// Dropped returns how many bytes of output the cap dropped so far.
-func (l *Log) Dropped() int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.dropped
-}
-
 // Wait blocks until the log holds more than offset bytes or has ended, or ctx
 // is done, and returns Size.
 func (l *Log) Wait(ctx context.Context, offset int64) (size int64, done bool, err error) {

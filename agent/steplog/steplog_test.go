@@ -17,9 +17,6 @@ func TestCapAndMarker(t *testing.T) {
 			t.Fatalf("Write(%q) = %d, %v", s, n, err)
 		}
 	}
-	if l.Dropped() != 6 {
-		t.Fatalf("dropped %d, want 6", l.Dropped())
-	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
