@@ -113,6 +113,18 @@ func (s *Store) GetStage(ctx context.Context, id string) (*Stage, error) {
 	return decodeStage(out.Item)
 }
 
+// liveStage reads a stage's record; a released stage is ErrReleased for op.
+func (s *Store) liveStage(ctx context.Context, id, op string) (*Stage, error) {
+	st, err := s.GetStage(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !st.ReleasedAt.IsZero() {
+		return nil, fmt.Errorf("%s stage %s: %w", op, id, ErrReleased)
+	}
+	return st, nil
+}
+
 // SetStageState moves the stage from state from to state to.
 func (s *Store) SetStageState(ctx context.Context, id, from, to string) error {
 	_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
@@ -141,12 +153,9 @@ func (s *Store) SetStageState(ctx context.Context, id, from, to string) error {
 // stage that holds a VM gets the same VM again; a released stage gets
 // ErrReleased.
 func (s *Store) LeaseForStage(ctx context.Context, stageID string) (*VM, error) {
-	st, err := s.GetStage(ctx, stageID)
+	st, err := s.liveStage(ctx, stageID, "lease for")
 	if err != nil {
 		return nil, err
-	}
-	if !st.ReleasedAt.IsZero() {
-		return nil, fmt.Errorf("lease for stage %s: %w", stageID, ErrReleased)
 	}
 	if st.VM != "" {
 		return s.Get(ctx, st.Pool, st.VM)
@@ -203,12 +212,9 @@ func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string
 // never got a VM is marked released too (nil VM). A second release gets
 // ErrReleased.
 func (s *Store) ReleaseStage(ctx context.Context, stageID string) (*VM, error) {
-	st, err := s.GetStage(ctx, stageID)
+	st, err := s.liveStage(ctx, stageID, "release")
 	if err != nil {
 		return nil, err
-	}
-	if !st.ReleasedAt.IsZero() {
-		return nil, fmt.Errorf("release stage %s: %w", stageID, ErrReleased)
 	}
 	now := s.now()
 	markReleased := types.TransactWriteItem{Update: &types.Update{
