@@ -250,7 +250,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if w.m.Empty() {
 		w.pos += int64(len(p))
 		w.pendStart = w.pos
-		return w.writeOut(p, len(p))
+		if _, err := w.out.Write(p); err != nil {
+			return 0, err
+		}
+		return len(p), nil
 	}
 	m := w.m
 	trans, firstMatch := m.trans, m.firstMatch
@@ -301,13 +304,6 @@ func (w *Writer) Flush() error {
 	w.pendStart = w.pos
 	w.state = 0
 	return err
-}
-
-func (w *Writer) writeOut(b []byte, n int) (int, error) {
-	if _, err := w.out.Write(b); err != nil {
-		return 0, err
-	}
-	return n, nil
 }
 
 func (w *Writer) addRun(start, end int64) {

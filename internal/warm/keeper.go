@@ -144,6 +144,15 @@ func parallel[T any](n int, items []T, f func(T) error) error {
 	return errors.Join(errs...)
 }
 
+// ignoreMoved drops the errors that mean another actor (a concurrent pass, a
+// cleanup) changed the item first: its work is done.
+func ignoreMoved(err error) error {
+	if errors.Is(err, lease.ErrState) || errors.Is(err, lease.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
 // terminateAndRemove ends a releasing VM: its instance first, so that the
 // capacity it frees is real, then the item.
 func (k *Keeper) terminateAndRemove(ctx context.Context, vm lease.VM) error {

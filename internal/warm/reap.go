@@ -2,7 +2,6 @@ package warm
 
 import (
 	"context"
-	"errors"
 	"sync/atomic"
 
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -50,17 +49,19 @@ func (k *Keeper) reapPool(ctx context.Context, p *pool.Pool) (ReapReport, error)
 			}
 		case vm.State == lease.Releasing && now.Sub(vm.StateAt) > k.grace():
 			end = &vm
-			finished.Add(1)
 		default:
 			return nil
 		}
-		if errors.Is(err, lease.ErrState) || errors.Is(err, lease.ErrNotFound) {
-			return nil // someone else moved it meanwhile
-		}
 		if err != nil {
+			return ignoreMoved(err)
+		}
+		if err := ignoreMoved(k.terminateAndRemove(ctx, *end)); err != nil {
 			return err
 		}
-		return k.terminateAndRemove(ctx, *end)
+		if vm.State == lease.Releasing {
+			finished.Add(1)
+		}
+		return nil
 	})
 	r.LeasesExpired, r.VMsRetired, r.ReleasesFinished = int(expired.Load()), int(retired.Load()), int(finished.Load())
 	k.emit(p.Name, count(metrics.LeasesExpired, r.LeasesExpired), count(metrics.VMsRetired, r.VMsRetired))

@@ -3,7 +3,7 @@ package warm
 import (
 	"context"
 	"errors"
-	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -56,7 +56,7 @@ func (k *Keeper) Reconcile(ctx context.Context) (ReconcileReport, error) {
 	items := map[string]bool{}
 	var errs []error
 	perPool := map[string]*ReconcileReport{}
-	for _, name := range sortedKeys(pools) {
+	for _, name := range slices.Sorted(maps.Keys(pools)) {
 		pr := &ReconcileReport{}
 		perPool[name] = pr
 		vms, err := k.Books.List(ctx, name)
@@ -156,24 +156,4 @@ func (k *Keeper) reconcileItem(ctx context.Context, vm lease.VM, byLaunch map[st
 	k.log().Warn("removed ghost", "pool", vm.Pool, "launch_id", vm.LaunchID, "instance_id", vm.InstanceID, "state", vm.State)
 	r.GhostsRemoved++
 	return nil
-}
-
-// ignoreMoved drops the errors that mean another actor changed the item first.
-func ignoreMoved(err error) error {
-	if errors.Is(err, lease.ErrState) || errors.Is(err, lease.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reconcile: %w", err)
-	}
-	return nil
-}
-
-func sortedKeys(m map[string]bool) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

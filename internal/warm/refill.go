@@ -94,10 +94,7 @@ func (k *Keeper) probe(ctx context.Context, p *pool.Pool, vm lease.VM) (idle, fa
 	probeErr := k.Prober.Probe(ctx, vm)
 	if probeErr == nil {
 		if _, err := k.Books.MarkIdle(ctx, p.Name, vm.LaunchID); err != nil {
-			if errors.Is(err, lease.ErrState) {
-				return false, false, nil // another refill got there first
-			}
-			return false, false, err
+			return false, false, ignoreMoved(err) // another refill may have got there first
 		}
 		k.emit(p.Name, metrics.Metric{Name: metrics.BootSeconds, Unit: metrics.Seconds, Value: k.now().Sub(vm.CreatedAt).Seconds()})
 		return true, false, nil
@@ -106,14 +103,11 @@ func (k *Keeper) probe(ctx context.Context, p *pool.Pool, vm lease.VM) (idle, fa
 		return false, false, nil // still booting
 	}
 	retired, err := k.Books.Retire(ctx, p.Name, vm.LaunchID, lease.Provisioning)
-	if errors.Is(err, lease.ErrState) {
-		return false, false, nil
-	}
 	if err != nil {
-		return false, false, err
+		return false, false, ignoreMoved(err)
 	}
 	k.log().Warn("boot failed", "pool", p.Name, "launch_id", vm.LaunchID, "instance_id", vm.InstanceID, "err", probeErr)
-	return false, true, k.terminateAndRemove(ctx, *retired)
+	return false, true, ignoreMoved(k.terminateAndRemove(ctx, *retired))
 }
 
 // launch starts up to n VMs, at most Concurrency at a time, and stops at the
