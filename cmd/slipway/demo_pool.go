@@ -84,11 +84,12 @@ func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(str
 	}
 
 	say("stage: lease a VM for it (one transaction with the stage record), run steps on it")
-	st, err := store.CreateStage(ctx, "pool-stage", p.Name, time.Now().Add(30*time.Minute))
+	deadline := time.Now().Add(30 * time.Minute)
+	st, err := store.CreateStage(ctx, lease.NewStage{ID: "pool-stage", Pool: p.Name, SpecHash: "demo", Deadline: deadline})
 	if err != nil {
 		return err
 	}
-	vm, err := store.LeaseForStage(ctx, st.ID)
+	vm, err := store.LeaseForStage(ctx, st.ID, deadline)
 	if err != nil {
 		return err
 	}
@@ -117,7 +118,7 @@ func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(str
 	if err := destroyAndShow(ctx, out, c, st.ID); err != nil {
 		return err
 	}
-	released, err := store.ReleaseStage(ctx, st.ID)
+	released, err := store.ReleaseStage(ctx, st.ID, "succeeded", "")
 	if err != nil {
 		return err
 	}
@@ -127,7 +128,7 @@ func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(str
 	if err := store.Remove(ctx, p.Name, released.LaunchID, lease.Releasing); err != nil {
 		return err
 	}
-	if _, err := store.ReleaseStage(ctx, st.ID); err != nil {
+	if _, err := store.ReleaseStage(ctx, st.ID, "succeeded", ""); err != nil {
 		fmt.Fprintf(out, "a second release is refused: %v\n", err)
 	}
 

@@ -60,6 +60,26 @@ func getString(item map[string]types.AttributeValue, name string) string {
 	return ""
 }
 
+func getBytes(item map[string]types.AttributeValue, name string) []byte {
+	if v, ok := item[name].(*types.AttributeValueMemberB); ok {
+		return v.Value
+	}
+	return nil
+}
+
+// setBytes sets a binary attribute; DynamoDB refuses empty ones, so an empty
+// value leaves it out.
+func setBytes(item map[string]types.AttributeValue, name string, v []byte) {
+	if len(v) > 0 {
+		item[name] = &types.AttributeValueMemberB{Value: v}
+	}
+}
+
+func getBool(item map[string]types.AttributeValue, name string) bool {
+	v, ok := item[name].(*types.AttributeValueMemberBOOL)
+	return ok && v.Value
+}
+
 func getInt(item map[string]types.AttributeValue, name string) (int64, error) {
 	v, ok := item[name].(*types.AttributeValueMemberN)
 	if !ok {

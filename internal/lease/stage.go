@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -11,104 +12,203 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
-// Stage and step records: pk = STAGE#<id>, sk = META for the stage and
-// STEP#<id> for each step. A stage's lease is taken and released in one
-// transaction with its VM item, so a stage holds at most one VM, a retried
-// acquire gets the same one, and only one release ever frees it.
+// Stage records: pk = STAGE#<id>, with sk = META for the stage, GROUP#<n> for
+// each group of steps (its specs) and STEP#<id> for each step that ran (its
+// result). A stage's lease is taken and released in one transaction with its
+// VM item, so a stage holds at most one VM, a retried acquire gets the same
+// one, and only one release ever frees it. Every change of the META item
+// bumps its version, which long-polls watch.
 const (
-	stageMetaSK     = "META"
-	attrStageID     = "stage_id"
-	attrStageState  = "stage_state"
-	attrVM          = "vm"
-	attrDeadline    = "deadline"
-	attrReleasedAt  = "released_at"
-	attrExpiresAt   = "expires_at" // the table's TTL attribute, epoch seconds
-	attrStepID      = "step_id"
-	attrStepState   = "step_state"
-	attrSpec        = "spec"
-	attrResult      = "result"
-	stepSKPrefix    = "STEP#"
-	recordRetention = 7 * 24 * time.Hour
+	stageMetaSK       = "META"
+	attrStageID       = "stage_id"
+	attrVM            = "vm"
+	attrDeadline      = "deadline"
+	attrReleasedAt    = "released_at"
+	attrExpiresAt     = "expires_at" // the table's TTL attribute, epoch seconds
+	attrSpec          = "spec"
+	attrSpecHash      = "spec_hash"
+	attrSealed        = "sealed"
+	attrGroups        = "groups"
+	attrFinal         = "final"
+	attrCursor        = "cursor"
+	attrStepIDs       = "step_ids"
+	attrLeasedAt      = "leased_at"
+	attrBoundAt       = "bound_at"
+	attrBootID        = "boot_id"
+	attrLaunched      = "launched"
+	attrDropped       = "dropped"
+	attrResult        = "result"
+	attrReason        = "reason"
+	attrEndedAt       = "ended_at"
+	attrGroupEndedAt  = "group_ended_at"
+	recordRetention   = 7 * 24 * time.Hour
+	stageKeyPrefix    = "STAGE#"
+	maxTransactItems  = 100
+	maxGroupsAtCreate = maxTransactItems - 1
 )
 
-// ErrStageExists means a stage with this id was created already.
-var ErrStageExists = errors.New("stage already exists")
+// Errors of stage records.
+var (
+	// ErrStageExists means a stage with this id was created already.
+	ErrStageExists = errors.New("stage already exists")
+	// ErrStageNotFound means there is no record of the stage.
+	ErrStageNotFound = errors.New("no such stage")
+	// ErrStageEnded means the stage has its result already: nothing more runs
+	// in it.
+	ErrStageEnded = errors.New("stage has ended")
+	// ErrStageClosed means the stage's final group was given already.
+	ErrStageClosed = errors.New("stage is closed: its final group was given")
+	// ErrStepExists means a step id is taken by another step of the stage.
+	ErrStepExists = errors.New("step id already used in this stage")
+	// ErrGroupMoved means the group is not the stage's current one any more:
+	// another invocation finished it, or the stage was released.
+	ErrGroupMoved = errors.New("group is not the stage's current group")
+)
 
-// Stage is a stage's record.
+// Stage is a stage's META record.
 type Stage struct {
 	ID   string
 	Pool string
-	// State is the orchestrator's word for where the stage is; the store
-	// keeps it, and only moves it under a condition on the state expected.
-	State string
+	// SpecHash identifies the request that created the stage; Spec is its
+	// settings as the orchestrator encodes them, without secrets; Sealed its
+	// secrets, encrypted (nil once released).
+	SpecHash string
+	Spec     []byte
+	Sealed   []byte
+	// Groups counts the groups given; Final says the last one was final;
+	// Cursor counts the groups that ended.
+	Groups int
+	Final  bool
+	Cursor int
 	// VM is the launch id of the VM the stage holds (or held).
-	VM         string
-	CreatedAt  time.Time
-	Deadline   time.Time
-	ReleasedAt time.Time
+	VM string
+	// Launched is the VM launched on demand for this stage, if any.
+	Launched string
+	// Dropped counts VMs given up on before binding (their agent never
+	// answered).
+	Dropped int
+	BootID  string
+	// Result is set once the stage's outcome is known; Reason says why.
+	Result, Reason string
+	CreatedAt      time.Time
+	Deadline       time.Time
+	LeasedAt       time.Time
+	BoundAt        time.Time
+	GroupEndedAt   time.Time
+	EndedAt        time.Time
+	ReleasedAt     time.Time
+	Version        int64
 }
 
 func stageKey(id string) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{attrPK: str("STAGE#" + id), attrSK: str(stageMetaSK)}
+	return map[string]types.AttributeValue{attrPK: str(stageKeyPrefix + id), attrSK: str(stageMetaSK)}
 }
 
 func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 	st := &Stage{
-		ID: getString(item, attrStageID), Pool: getString(item, attrPool), State: getString(item, attrStageState),
-		VM: getString(item, attrVM),
+		ID: getString(item, attrStageID), Pool: getString(item, attrPool), SpecHash: getString(item, attrSpecHash),
+		Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed), Final: getBool(item, attrFinal),
+		VM: getString(item, attrVM), Launched: getString(item, attrLaunched), BootID: getString(item, attrBootID),
+		Result: getString(item, attrResult), Reason: getString(item, attrReason),
+	}
+	var errs []error
+	for name, dst := range map[string]*time.Time{
+		attrCreatedAt: &st.CreatedAt, attrDeadline: &st.Deadline, attrLeasedAt: &st.LeasedAt, attrBoundAt: &st.BoundAt,
+		attrGroupEndedAt: &st.GroupEndedAt, attrEndedAt: &st.EndedAt, attrReleasedAt: &st.ReleasedAt,
+	} {
+		t, err := getTime(item, name)
+		errs = append(errs, err)
+		*dst = t
+	}
+	for name, dst := range map[string]*int{attrGroups: &st.Groups, attrCursor: &st.Cursor, attrDropped: &st.Dropped} {
+		n, err := getInt(item, name)
+		errs = append(errs, err)
+		*dst = int(n)
 	}
 	var err error
-	if st.CreatedAt, err = getTime(item, attrCreatedAt); err != nil {
-		return nil, err
-	}
-	if st.Deadline, err = getTime(item, attrDeadline); err != nil {
-		return nil, err
-	}
-	if st.ReleasedAt, err = getTime(item, attrReleasedAt); err != nil {
-		return nil, err
+	st.Version, err = getInt(item, attrVersion)
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("stage record %s: %w", st.ID, err)
 	}
 	return st, nil
 }
 
-// CreateStage records a new stage in state "pending". A stage id is used
-// once: creating it again returns the existing record and ErrStageExists.
-func (s *Store) CreateStage(ctx context.Context, id, pool string, deadline time.Time) (*Stage, error) {
-	if id == "" || pool == "" {
+// NewStage is what CreateStage records.
+type NewStage struct {
+	ID, Pool string
+	SpecHash string
+	Spec     []byte
+	Sealed   []byte
+	Deadline time.Time
+	// Groups are the groups given at creation, the last one final or not.
+	Groups []NewGroup
+}
+
+// CreateStage records a new stage with the groups given at creation, in one
+// transaction, so at most 99 of them. A stage id is used once: creating it
+// again returns the existing record and ErrStageExists, and the caller
+// compares SpecHash to tell a retry from a clash.
+func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
+	if ns.ID == "" || ns.Pool == "" {
 		return nil, errors.New("create stage: id and pool are required")
 	}
+	if len(ns.Groups) > maxGroupsAtCreate {
+		return nil, fmt.Errorf("create stage %s: %d groups, at most %d at creation", ns.ID, len(ns.Groups), maxGroupsAtCreate)
+	}
 	now := s.now()
-	item := stageKey(id)
-	item[attrStageID] = str(id)
-	item[attrPool] = str(pool)
-	item[attrStageState] = str("pending")
+	expires := num(ns.Deadline.Add(recordRetention).Unix())
+	item := stageKey(ns.ID)
+	item[attrStageID] = str(ns.ID)
+	item[attrPool] = str(ns.Pool)
+	item[attrSpecHash] = str(ns.SpecHash)
 	item[attrCreatedAt] = millis(now)
-	item[attrDeadline] = millis(deadline)
-	item[attrExpiresAt] = num(deadline.Add(recordRetention).Unix())
-	_, err := s.DB.TransactWriteItems(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{{Put: &types.Put{
-		TableName: aws.String(s.Table), Item: item, ConditionExpression: aws.String("attribute_not_exists(pk)"),
-	}}}})
-	var canceled *types.TransactionCanceledException
-	if errors.As(err, &canceled) {
-		existing, gerr := s.GetStage(ctx, id)
+	item[attrDeadline] = millis(ns.Deadline)
+	item[attrExpiresAt] = expires
+	item[attrGroups] = num(int64(len(ns.Groups)))
+	item[attrCursor] = num(0)
+	item[attrVersion] = num(1)
+	setBytes(item, attrSpec, ns.Spec)
+	setBytes(item, attrSealed, ns.Sealed)
+	var stepIDs []string
+	for _, g := range ns.Groups {
+		stepIDs = append(stepIDs, g.StepIDs...)
+	}
+	if len(stepIDs) > 0 {
+		item[attrStepIDs] = &types.AttributeValueMemberSS{Value: stepIDs}
+	}
+	if n := len(ns.Groups); n > 0 && ns.Groups[n-1].Final {
+		item[attrFinal] = &types.AttributeValueMemberBOOL{Value: true}
+	}
+	notExists := aws.String("attribute_not_exists(pk)")
+	writes := []types.TransactWriteItem{{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: notExists}}}
+	for i, g := range ns.Groups {
+		writes = append(writes, types.TransactWriteItem{Put: &types.Put{
+			TableName: aws.String(s.Table), Item: groupItem(ns.ID, i, g, now, expires), ConditionExpression: notExists,
+		}})
+	}
+	err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, ErrStageExists)
+	if errors.Is(err, ErrStageExists) {
+		existing, gerr := s.GetStage(ctx, ns.ID)
 		if gerr != nil {
 			return nil, gerr
 		}
-		return existing, fmt.Errorf("create stage %s: %w", id, ErrStageExists)
+		return existing, fmt.Errorf("create stage %s: %w", ns.ID, ErrStageExists)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("create stage %s: %w", id, err)
+		return nil, fmt.Errorf("create stage %s: %w", ns.ID, err)
 	}
 	return decodeStage(item)
 }
 
-// GetStage reads a stage's record.
+// GetStage reads a stage's record, strongly consistent.
 func (s *Store) GetStage(ctx context.Context, id string) (*Stage, error) {
 	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(s.Table), Key: stageKey(id), ConsistentRead: aws.Bool(true)})
 	if err != nil {
 		return nil, fmt.Errorf("get stage %s: %w", id, err)
 	}
 	if out.Item == nil {
-		return nil, fmt.Errorf("stage %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("stage %s: %w", id, ErrStageNotFound)
 	}
 	return decodeStage(out.Item)
 }
@@ -125,34 +225,133 @@ func (s *Store) liveStage(ctx context.Context, id, op string) (*Stage, error) {
 	return st, nil
 }
 
-// SetStageState moves the stage from state from to state to.
-func (s *Store) SetStageState(ctx context.Context, id, from, to string) error {
-	_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                 aws.String(s.Table),
-		Key:                       stageKey(id),
-		UpdateExpression:          aws.String("SET #s = :to"),
-		ConditionExpression:       aws.String("#s = :from"),
-		ExpressionAttributeNames:  map[string]string{"#s": attrStageState},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":from": str(from), ":to": str(to)},
-	})
+// stageChange is a conditional update of a stage's META item that bumps
+// its version.
+type stageChange struct {
+	set, remove []string
+	cond        string
+	names       map[string]string
+	values      map[string]types.AttributeValue
+}
+
+func (s *Store) stageUpdate(id string, c stageChange) *types.Update {
+	names := map[string]string{"#v": attrVersion}
+	for k, v := range c.names {
+		names[k] = v
+	}
+	values := map[string]types.AttributeValue{":one": num(1)}
+	for k, v := range c.values {
+		values[k] = v
+	}
+	expr := "SET " + strings.Join(append([]string{"#v = #v + :one"}, c.set...), ", ")
+	if len(c.remove) > 0 {
+		expr += " REMOVE " + strings.Join(c.remove, ", ")
+	}
+	cond := "attribute_exists(pk)"
+	if c.cond != "" {
+		cond += " AND " + c.cond
+	}
+	return &types.Update{
+		TableName: aws.String(s.Table), Key: stageKey(id),
+		UpdateExpression: aws.String(expr), ConditionExpression: aws.String(cond),
+		ExpressionAttributeNames: names, ExpressionAttributeValues: values,
+	}
+}
+
+// changeStage applies c; a failed condition is told by failed, which reads
+// the stage.
+func (s *Store) changeStage(ctx context.Context, id string, c stageChange, failed func(*Stage) error) (*Stage, error) {
+	out, err := s.DB.UpdateItem(ctx, updateItem(s.stageUpdate(id, c)))
 	if isConditionFailed(err) {
 		st, gerr := s.GetStage(ctx, id)
 		if gerr != nil {
-			return gerr
+			return nil, gerr
 		}
-		return fmt.Errorf("stage %s is %s, not %s: %w", id, st.State, from, ErrState)
+		return st, failed(st)
 	}
 	if err != nil {
-		return fmt.Errorf("set stage %s state: %w", id, err)
+		return nil, err
+	}
+	return decodeStage(out.Attributes)
+}
+
+// ending is the stage's result, set only where none is yet.
+func ending(c *stageChange, result, reason string, now time.Time) {
+	if result == "" {
+		return
+	}
+	c.set = append(c.set, "#res = if_not_exists(#res, :res)", "#why = if_not_exists(#why, :why)", "#end = if_not_exists(#end, :end)")
+	c.names["#res"], c.names["#why"], c.names["#end"] = attrResult, attrReason, attrEndedAt
+	c.values[":res"], c.values[":why"], c.values[":end"] = str(result), str(reason), millis(now)
+}
+
+// EndStage records the stage's result and why, unless it has one: then it
+// returns the stage and ErrStageEnded. A released stage is ErrReleased.
+func (s *Store) EndStage(ctx context.Context, id, result, reason string) (*Stage, error) {
+	if result == "" {
+		return nil, fmt.Errorf("end stage %s: the result is empty", id)
+	}
+	c := stageChange{
+		cond:  "attribute_not_exists(#res) AND attribute_not_exists(#rel)",
+		names: map[string]string{"#rel": attrReleasedAt}, values: map[string]types.AttributeValue{},
+	}
+	ending(&c, result, reason, s.now())
+	st, err := s.changeStage(ctx, id, c, func(st *Stage) error {
+		if !st.ReleasedAt.IsZero() {
+			return ErrReleased
+		}
+		return ErrStageEnded
+	})
+	if err != nil {
+		return st, fmt.Errorf("end stage %s: %w", id, err)
+	}
+	return st, nil
+}
+
+// SetLaunched records the VM launched on demand for the stage: one per
+// stage. A stage that has one gets ErrExists.
+func (s *Store) SetLaunched(ctx context.Context, id, launchID string) error {
+	_, err := s.changeStage(ctx, id, stageChange{
+		set:    []string{"#l = :l"},
+		cond:   "attribute_not_exists(#l) AND attribute_not_exists(#rel)",
+		names:  map[string]string{"#l": attrLaunched, "#rel": attrReleasedAt},
+		values: map[string]types.AttributeValue{":l": str(launchID)},
+	}, func(st *Stage) error {
+		if !st.ReleasedAt.IsZero() {
+			return ErrReleased
+		}
+		return ErrExists
+	})
+	if err != nil {
+		return fmt.Errorf("record the vm launched for stage %s: %w", id, err)
 	}
 	return nil
 }
 
-// LeaseForStage gives the stage an idle VM of its pool until the stage's
-// deadline, writing the VM item and the stage record in one transaction. A
-// stage that holds a VM gets the same VM again; a released stage gets
-// ErrReleased.
-func (s *Store) LeaseForStage(ctx context.Context, stageID string) (*VM, error) {
+// MarkBound records that the agent of the stage's VM launchID is bound to
+// the stage, and its boot id. Repeating it keeps the first bind time.
+func (s *Store) MarkBound(ctx context.Context, id, launchID, bootID string) (*Stage, error) {
+	st, err := s.changeStage(ctx, id, stageChange{
+		set:    []string{"#b = if_not_exists(#b, :now)", "#boot = :boot"},
+		cond:   "#vm = :vm AND attribute_not_exists(#rel)",
+		names:  map[string]string{"#b": attrBoundAt, "#boot": attrBootID, "#vm": attrVM, "#rel": attrReleasedAt},
+		values: map[string]types.AttributeValue{":now": millis(s.now()), ":boot": str(bootID), ":vm": str(launchID)},
+	}, func(st *Stage) error {
+		if !st.ReleasedAt.IsZero() {
+			return ErrReleased
+		}
+		return fmt.Errorf("%w: the stage holds vm %q, not %s", ErrNotHolder, st.VM, launchID)
+	})
+	if err != nil {
+		return st, fmt.Errorf("mark stage %s bound: %w", id, err)
+	}
+	return st, nil
+}
+
+// LeaseForStage gives the stage an idle VM of its pool until leaseDeadline,
+// writing the VM item and the stage record in one transaction. A stage that
+// holds a VM gets the same VM again; a released stage gets ErrReleased.
+func (s *Store) LeaseForStage(ctx context.Context, stageID string, leaseDeadline time.Time) (*VM, error) {
 	st, err := s.liveStage(ctx, stageID, "lease for")
 	if err != nil {
 		return nil, err
@@ -161,7 +360,7 @@ func (s *Store) LeaseForStage(ctx context.Context, stageID string) (*VM, error) 
 		return s.Get(ctx, st.Pool, st.VM)
 	}
 	vm, err := s.leaseAny(ctx, st.Pool, func(launchID string) (*VM, bool, error) {
-		return s.tryLeaseForStage(ctx, st, launchID)
+		return s.tryLeaseForStage(ctx, st, launchID, leaseDeadline)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", stageID, err)
@@ -170,20 +369,18 @@ func (s *Store) LeaseForStage(ctx context.Context, stageID string) (*VM, error) 
 }
 
 // tryLeaseForStage leases one candidate; taken says another lessee had it.
-func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string) (*VM, bool, error) {
+func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string, leaseDeadline time.Time) (*VM, bool, error) {
 	now := s.now()
 	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
-		{Update: s.moveUpdate(st.Pool, launchID, leaseMove(st.ID, st.Deadline), now)},
-		{Update: &types.Update{
-			TableName:                 aws.String(s.Table),
-			Key:                       stageKey(st.ID),
-			UpdateExpression:          aws.String("SET #vm = :vm"),
-			ConditionExpression:       aws.String("attribute_exists(pk) AND attribute_not_exists(#vm) AND attribute_not_exists(#rel)"),
-			ExpressionAttributeNames:  map[string]string{"#vm": attrVM, "#rel": attrReleasedAt},
-			ExpressionAttributeValues: map[string]types.AttributeValue{":vm": str(launchID)},
-		}},
+		{Update: s.moveUpdate(st.Pool, launchID, leaseMove(st.ID, leaseDeadline), now)},
+		{Update: s.stageUpdate(st.ID, stageChange{
+			set:    []string{"#vm = :vm", "#la = :now"},
+			cond:   "attribute_not_exists(#vm) AND attribute_not_exists(#rel)",
+			names:  map[string]string{"#vm": attrVM, "#la": attrLeasedAt, "#rel": attrReleasedAt},
+			values: map[string]types.AttributeValue{":vm": str(launchID), ":now": millis(now)},
+		})},
 	}}
-	errTaken, errStageMoved := errors.New("taken"), errors.New("stage moved")
+	errTaken := errors.New("taken")
 	err := s.transact(ctx, in, errTaken, errStageMoved)
 	switch {
 	case err == nil:
@@ -207,28 +404,42 @@ func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string
 	}
 }
 
-// ReleaseStage ends the stage's lease: its VM goes to releasing and the
-// stage is marked released, in one transaction, exactly once. A stage that
-// never got a VM is marked released too (nil VM). A second release gets
+// DropStageVM gives up the stage's VM before it was bound (its agent never
+// answered): the VM goes to releasing, to be terminated and removed, and the
+// stage may lease another. It returns the VM as it is now.
+func (s *Store) DropStageVM(ctx context.Context, stageID, launchID string) (*VM, error) {
+	st, err := s.liveStage(ctx, stageID, "drop the vm of")
+	if err != nil {
+		return nil, err
+	}
+	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
+		{Update: s.stageUpdate(stageID, stageChange{
+			set:    []string{"#d = if_not_exists(#d, :zero) + :one"},
+			remove: []string{"#vm", "#la"},
+			cond:   "#vm = :vm AND attribute_not_exists(#b) AND attribute_not_exists(#rel)",
+			names:  map[string]string{"#d": attrDropped, "#vm": attrVM, "#la": attrLeasedAt, "#b": attrBoundAt, "#rel": attrReleasedAt},
+			values: map[string]types.AttributeValue{":vm": str(launchID), ":zero": num(0)},
+		})},
+		{Update: s.moveUpdate(st.Pool, launchID, releaseMove(stageID), s.now())},
+	}}
+	if err := s.transact(ctx, in, ErrState, ErrState); err != nil {
+		return nil, fmt.Errorf("drop vm %s of stage %s: %w", launchID, stageID, err)
+	}
+	return s.Get(ctx, st.Pool, launchID)
+}
+
+// ReleaseStage ends the stage's lease: its VM goes to releasing, the stage
+// is marked released (with result and reason, unless it has a result) and
+// its secrets are deleted, in one transaction, exactly once. A stage that
+// never got a VM is released too (nil VM). A second release gets
 // ErrReleased.
-func (s *Store) ReleaseStage(ctx context.Context, stageID string) (*VM, error) {
+func (s *Store) ReleaseStage(ctx context.Context, stageID, result, reason string) (*VM, error) {
 	st, err := s.liveStage(ctx, stageID, "release")
 	if err != nil {
 		return nil, err
 	}
 	now := s.now()
-	markReleased := types.TransactWriteItem{Update: &types.Update{
-		TableName:                 aws.String(s.Table),
-		Key:                       stageKey(stageID),
-		UpdateExpression:          aws.String("SET #rel = :now"),
-		ConditionExpression:       aws.String("attribute_not_exists(#rel) AND " + vmCondition(st.VM)),
-		ExpressionAttributeNames:  map[string]string{"#rel": attrReleasedAt, "#vm": attrVM},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":now": millis(now)},
-	}}
-	if st.VM != "" {
-		markReleased.Update.ExpressionAttributeValues[":vm"] = str(st.VM)
-	}
-	items := []types.TransactWriteItem{markReleased}
+	items := []types.TransactWriteItem{{Update: s.releaseUpdate(stageID, st.VM, result, reason, now)}}
 	if st.VM != "" {
 		items = append(items, types.TransactWriteItem{Update: s.moveUpdate(st.Pool, st.VM, releaseMove(stageID), now)})
 	}
@@ -236,7 +447,7 @@ func (s *Store) ReleaseStage(ctx context.Context, stageID string) (*VM, error) {
 	if errors.Is(err, errVMMoved) {
 		// The reaper released the lease past its deadline, or reconcile removed
 		// a VM whose instance was gone: the stage's VM is already on its way out.
-		err = s.markStageReleased(ctx, stageID, now)
+		err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items[:1]}, ErrReleased)
 		if err == nil {
 			return nil, nil
 		}
@@ -244,7 +455,7 @@ func (s *Store) ReleaseStage(ctx context.Context, stageID string) (*VM, error) {
 	if errors.Is(err, ErrReleased) {
 		// A concurrent release won, or a lease landed meanwhile: look again.
 		if cur, gerr := s.GetStage(ctx, stageID); gerr == nil && cur.ReleasedAt.IsZero() {
-			return s.ReleaseStage(ctx, stageID)
+			return s.ReleaseStage(ctx, stageID, result, reason)
 		}
 	}
 	if err != nil {
@@ -258,128 +469,20 @@ func (s *Store) ReleaseStage(ctx context.Context, stageID string) (*VM, error) {
 
 var errVMMoved = errors.New("the stage's vm is no longer leased to it")
 
-func vmCondition(vm string) string {
-	if vm == "" {
-		return "attribute_not_exists(#vm)"
+// releaseUpdate marks the stage released, on the condition that it still
+// holds vm (or none), and deletes its secrets.
+func (s *Store) releaseUpdate(stageID, vm, result, reason string, now time.Time) *types.Update {
+	c := stageChange{
+		set:    []string{"#rel = :now"},
+		remove: []string{"#sealed"},
+		cond:   "attribute_not_exists(#rel) AND attribute_not_exists(#vm)",
+		names:  map[string]string{"#rel": attrReleasedAt, "#vm": attrVM, "#sealed": attrSealed},
+		values: map[string]types.AttributeValue{":now": millis(now)},
 	}
-	return "#vm = :vm"
-}
-
-func (s *Store) markStageReleased(ctx context.Context, stageID string, now time.Time) error {
-	_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                 aws.String(s.Table),
-		Key:                       stageKey(stageID),
-		UpdateExpression:          aws.String("SET #rel = :now"),
-		ConditionExpression:       aws.String("attribute_not_exists(#rel)"),
-		ExpressionAttributeNames:  map[string]string{"#rel": attrReleasedAt},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":now": millis(now)},
-	})
-	if isConditionFailed(err) {
-		return ErrReleased
+	if vm != "" {
+		c.cond = "attribute_not_exists(#rel) AND #vm = :vm"
+		c.values[":vm"] = str(vm)
 	}
-	return err
-}
-
-// Step is one step's record.
-type Step struct {
-	ID    string
-	State string
-	// Spec is the step's spec as the orchestrator encodes it (secrets
-	// encrypted by then); Result its result.
-	Spec, Result []byte
-}
-
-func stepKey(stageID, stepID string) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{attrPK: str("STAGE#" + stageID), attrSK: str(stepSKPrefix + stepID)}
-}
-
-// PutStep records a step of a stage that exists and is not released. A
-// step id is used once: putting it again with the same spec is a no-op,
-// with another spec ErrExists.
-func (s *Store) PutStep(ctx context.Context, stageID string, step Step) error {
-	item := stepKey(stageID, step.ID)
-	item[attrStepID] = str(step.ID)
-	item[attrStepState] = str(step.State)
-	if len(step.Spec) > 0 {
-		item[attrSpec] = &types.AttributeValueMemberB{Value: step.Spec}
-	}
-	item[attrExpiresAt] = num(s.now().Add(recordRetention).Unix())
-	err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
-		{ConditionCheck: &types.ConditionCheck{
-			TableName:                aws.String(s.Table),
-			Key:                      stageKey(stageID),
-			ConditionExpression:      aws.String("attribute_exists(pk) AND attribute_not_exists(#rel)"),
-			ExpressionAttributeNames: map[string]string{"#rel": attrReleasedAt},
-		}},
-		{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: aws.String("attribute_not_exists(pk)")}},
-	}}, errStageGone, ErrExists)
-	if errors.Is(err, ErrExists) {
-		steps, lerr := s.Steps(ctx, stageID)
-		if lerr != nil {
-			return lerr
-		}
-		for _, existing := range steps {
-			if existing.ID == step.ID && string(existing.Spec) == string(step.Spec) {
-				return nil
-			}
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("put step %s of stage %s: %w", step.ID, stageID, err)
-	}
-	return nil
-}
-
-var errStageGone = errors.New("stage does not exist or was released")
-
-// UpdateStep moves a step from state from to state to and stores its result.
-func (s *Store) UpdateStep(ctx context.Context, stageID, stepID, from, to string, result []byte) error {
-	in := &dynamodb.UpdateItemInput{
-		TableName:                 aws.String(s.Table),
-		Key:                       stepKey(stageID, stepID),
-		UpdateExpression:          aws.String("SET #s = :to REMOVE #r"),
-		ConditionExpression:       aws.String("#s = :from"),
-		ExpressionAttributeNames:  map[string]string{"#s": attrStepState, "#r": attrResult},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":from": str(from), ":to": str(to)},
-	}
-	if len(result) > 0 {
-		in.UpdateExpression = aws.String("SET #s = :to, #r = :r")
-		in.ExpressionAttributeValues[":r"] = &types.AttributeValueMemberB{Value: result}
-	}
-	_, err := s.DB.UpdateItem(ctx, in)
-	if isConditionFailed(err) {
-		return fmt.Errorf("update step %s of stage %s: not %s, or no such step: %w", stepID, stageID, from, ErrState)
-	}
-	if err != nil {
-		return fmt.Errorf("update step %s of stage %s: %w", stepID, stageID, err)
-	}
-	return nil
-}
-
-// Steps returns the stage's step records in id order.
-func (s *Store) Steps(ctx context.Context, stageID string) ([]Step, error) {
-	var steps []Step
-	p := dynamodb.NewQueryPaginator(s.DB, &dynamodb.QueryInput{
-		TableName:                 aws.String(s.Table),
-		KeyConditionExpression:    aws.String("pk = :pk AND begins_with(sk, :step)"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":pk": str("STAGE#" + stageID), ":step": str(stepSKPrefix)},
-		ConsistentRead:            aws.Bool(true),
-	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("list steps of stage %s: %w", stageID, err)
-		}
-		for _, item := range page.Items {
-			st := Step{ID: getString(item, attrStepID), State: getString(item, attrStepState)}
-			if b, ok := item[attrSpec].(*types.AttributeValueMemberB); ok {
-				st.Spec = b.Value
-			}
-			if b, ok := item[attrResult].(*types.AttributeValueMemberB); ok {
-				st.Result = b.Value
-			}
-			steps = append(steps, st)
-		}
-	}
-	return steps, nil
+	ending(&c, result, reason, now)
+	return s.stageUpdate(stageID, c)
 }

@@ -2,6 +2,7 @@ package lease_test
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,16 +11,24 @@ import (
 	"github.com/slipway-ci/slipway/internal/lease"
 )
 
+func newStage(id string, deadline time.Time, groups ...lease.NewGroup) lease.NewStage {
+	return lease.NewStage{ID: id, Pool: "p", SpecHash: "h-" + id, Spec: []byte(`{}`), Sealed: []byte("sealed"), Deadline: deadline, Groups: groups}
+}
+
+func group(hash string, final bool, steps ...string) lease.NewGroup {
+	return lease.NewGroup{SpecHash: hash, Spec: []byte(hash), StepIDs: steps, Final: final}
+}
+
 func TestStageLeaseIsOnePerStage(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
 	addIdle(t, s, "p", 5, 5)
 	deadline := time.Now().Add(time.Hour).Truncate(time.Millisecond)
-	st, err := s.CreateStage(ctx, "s1", "p", deadline)
-	if err != nil || st.State != "pending" {
+	st, err := s.CreateStage(ctx, newStage("s1", deadline))
+	if err != nil || st.Version != 1 || !st.Deadline.Equal(deadline) {
 		t.Fatalf("create: %+v %v", st, err)
 	}
-	if again, err := s.CreateStage(ctx, "s1", "p", deadline); !errors.Is(err, lease.ErrStageExists) || again.ID != "s1" {
+	if again, err := s.CreateStage(ctx, newStage("s1", deadline)); !errors.Is(err, lease.ErrStageExists) || again.SpecHash != "h-s1" {
 		t.Fatalf("create again: %+v %v", again, err)
 	}
 	// Ten concurrent acquires of one stage (retries, a duplicated event) get one VM.
@@ -27,7 +36,7 @@ func TestStageLeaseIsOnePerStage(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range vms {
 		wg.Go(func() {
-			vm, err := s.LeaseForStage(ctx, "s1")
+			vm, err := s.LeaseForStage(ctx, "s1", deadline)
 			if err != nil {
 				t.Error(err)
 				return
@@ -45,8 +54,16 @@ func TestStageLeaseIsOnePerStage(t *testing.T) {
 	if d.ByState[lease.Leased] != 1 || d.ByState[lease.Idle] != 4 {
 		t.Fatalf("depth %s", d)
 	}
-	if got, _ := s.GetStage(ctx, "s1"); got.VM != vms[0].LaunchID {
-		t.Fatalf("stage record names vm %q", got.VM)
+	got, _ := s.GetStage(ctx, "s1")
+	if got.VM != vms[0].LaunchID || got.LeasedAt.IsZero() {
+		t.Fatalf("stage record: vm %q leased at %v", got.VM, got.LeasedAt)
+	}
+	bound, err := s.MarkBound(ctx, "s1", got.VM, "boot-1")
+	if err != nil || bound.BootID != "boot-1" || bound.BoundAt.IsZero() || bound.Version <= got.Version {
+		t.Fatalf("bound: %+v %v", bound, err)
+	}
+	if _, err := s.MarkBound(ctx, "s1", lease.NewLaunchID(), "boot-1"); !errors.Is(err, lease.ErrNotHolder) {
+		t.Fatalf("bound to another vm: %v", err)
 	}
 }
 
@@ -54,10 +71,10 @@ func TestStageReleaseHappensOnce(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
 	addIdle(t, s, "p", 2, 2)
-	if _, err := s.CreateStage(ctx, "s1", "p", time.Now().Add(time.Hour)); err != nil {
+	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	leased, err := s.LeaseForStage(ctx, "s1")
+	leased, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +82,7 @@ func TestStageReleaseHappensOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 2 { // the state machine's Catch and the EventBridge rule
 		wg.Go(func() {
-			vm, err := s.ReleaseStage(ctx, "s1")
+			vm, err := s.ReleaseStage(ctx, "s1", "error", "a function failed")
 			switch {
 			case err == nil && vm.LaunchID == leased.LaunchID && vm.State == lease.Releasing:
 				released.Add(1)
@@ -80,8 +97,12 @@ func TestStageReleaseHappensOnce(t *testing.T) {
 	if released.Load() != 1 || refused.Load() != 1 {
 		t.Fatalf("%d releases, %d refusals", released.Load(), refused.Load())
 	}
-	if _, err := s.LeaseForStage(ctx, "s1"); !errors.Is(err, lease.ErrReleased) {
+	if _, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
 		t.Fatalf("lease after release: %v", err)
+	}
+	st, _ := s.GetStage(ctx, "s1")
+	if st.Sealed != nil || st.Result != "error" || st.Reason != "a function failed" || st.ReleasedAt.IsZero() {
+		t.Fatalf("released stage: %+v", st)
 	}
 }
 
@@ -89,17 +110,23 @@ func TestStageCanceledBeforeItsVM(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
 	addIdle(t, s, "p", 1, 1)
-	if _, err := s.CreateStage(ctx, "s1", "p", time.Now().Add(time.Hour)); err != nil {
+	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	if vm, err := s.ReleaseStage(ctx, "s1"); err != nil || vm != nil {
+	if _, err := s.EndStage(ctx, "s1", "canceled", "DELETE"); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err := s.ReleaseStage(ctx, "s1", "", ""); err != nil || vm != nil {
 		t.Fatalf("release without a vm: %+v %v", vm, err)
 	}
-	if _, err := s.LeaseForStage(ctx, "s1"); !errors.Is(err, lease.ErrReleased) {
+	if _, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
 		t.Fatalf("a canceled stage leased: %v", err)
 	}
 	if d, _ := s.Depth(ctx, "p"); d.ByState[lease.Idle] != 1 {
 		t.Fatalf("depth %s", d)
+	}
+	if st, _ := s.GetStage(ctx, "s1"); st.Result != "canceled" {
+		t.Fatalf("result %q: the release must keep the first result", st.Result)
 	}
 }
 
@@ -107,63 +134,260 @@ func TestStageReleaseAfterTheReaper(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
 	addIdle(t, s, "p", 1, 1)
-	if _, err := s.CreateStage(ctx, "s1", "p", time.Now().Add(-time.Minute)); err != nil {
+	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(-time.Minute))); err != nil {
 		t.Fatal(err)
 	}
-	vm, err := s.LeaseForStage(ctx, "s1")
+	vm, err := s.LeaseForStage(ctx, "s1", time.Now().Add(-time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.ReleaseExpired(ctx, "p", vm.LaunchID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.ReleaseStage(ctx, "s1"); err != nil {
+	if _, err := s.ReleaseStage(ctx, "s1", "timed_out", "deadline"); err != nil {
 		t.Fatalf("release after the reaper: %v", err)
 	}
-	if st, _ := s.GetStage(ctx, "s1"); st.ReleasedAt.IsZero() {
-		t.Fatal("stage not marked released")
+	if st, _ := s.GetStage(ctx, "s1"); st.ReleasedAt.IsZero() || st.Sealed != nil {
+		t.Fatalf("stage not released: %+v", st)
 	}
 }
 
-func TestSteps(t *testing.T) {
+func TestEndStageOnce(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
-	if err := s.PutStep(ctx, "nope", lease.Step{ID: "a"}); err == nil {
-		t.Fatal("a step of a stage that does not exist")
+	if _, err := s.EndStage(ctx, "nope", "failed", "x"); !errors.Is(err, lease.ErrStageNotFound) {
+		t.Fatalf("end a stage that does not exist: %v", err)
 	}
-	if _, err := s.CreateStage(ctx, "s1", "p", time.Now().Add(time.Hour)); err != nil {
+	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	spec := []byte(`{"command":["make"]}`)
-	if err := s.PutStep(ctx, "s1", lease.Step{ID: "build", State: "pending", Spec: spec}); err != nil {
+	var won atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 5 {
+		wg.Go(func() {
+			_, err := s.EndStage(ctx, "s1", "canceled", fmt.Sprint("reason ", i))
+			switch {
+			case err == nil:
+				won.Add(1)
+			case !errors.Is(err, lease.ErrStageEnded):
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if won.Load() != 1 {
+		t.Fatalf("%d results recorded", won.Load())
+	}
+}
+
+func TestCreateStageWithGroups(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	deadline := time.Now().Add(time.Hour)
+	st, err := s.CreateStage(ctx, newStage("s1", deadline, group("g0", false, "a", "b"), group("g1", true, "c")))
+	if err != nil || st.Groups != 2 || !st.Final || st.Cursor != 0 {
+		t.Fatalf("create: %+v %v", st, err)
+	}
+	r, err := s.StageRecords(ctx, "s1")
+	if err != nil || len(r.Groups) != 2 || r.Groups[1].Index != 1 || !r.Groups[1].Final || string(r.Groups[0].Spec) != "g0" {
+		t.Fatalf("records: %+v %v", r, err)
+	}
+	if _, err := s.AddGroup(ctx, "s1", group("g2", false, "d")); !errors.Is(err, lease.ErrStageClosed) {
+		t.Fatalf("a group added after the final one: %v", err)
+	}
+	if _, err := s.CreateStage(ctx, newStage("s2", deadline, make([]lease.NewGroup, 100)...)); err == nil {
+		t.Fatal("100 groups in one transaction")
+	}
+}
+
+func TestAddGroup(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	if _, err := s.AddGroup(ctx, "nope", group("g", false, "a")); !errors.Is(err, lease.ErrStageNotFound) {
+		t.Fatalf("a group of a stage that does not exist: %v", err)
+	}
+	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutStep(ctx, "s1", lease.Step{ID: "build", State: "pending", Spec: spec}); err != nil {
-		t.Fatalf("same step again: %v", err)
+	// Ten delegates add at once: ten groups, indexes 0-9, none lost.
+	var mu sync.Mutex
+	seen := map[int]string{}
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() {
+			g, err := s.AddGroup(ctx, "s1", group(fmt.Sprint("g", i), false, fmt.Sprint("step-", i)))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if other, dup := seen[g.Index]; dup {
+				t.Errorf("index %d given to %s and %s", g.Index, other, g.SpecHash)
+			}
+			seen[g.Index] = g.SpecHash
+		})
 	}
-	if err := s.PutStep(ctx, "s1", lease.Step{ID: "build", State: "pending", Spec: []byte(`{}`)}); !errors.Is(err, lease.ErrExists) {
-		t.Fatalf("another spec: %v", err)
+	wg.Wait()
+	if len(seen) != 10 {
+		t.Fatalf("%d groups", len(seen))
 	}
-	if err := s.UpdateStep(ctx, "s1", "build", "running", "succeeded", nil); !errors.Is(err, lease.ErrState) {
-		t.Fatalf("update from the wrong state: %v", err)
+	// A retried request gets the same group; a step id reused is refused.
+	again, err := s.AddGroup(ctx, "s1", group("g3", false, "step-3"))
+	if err != nil || again.SpecHash != "g3" {
+		t.Fatalf("retry: %+v %v", again, err)
 	}
-	if err := s.UpdateStep(ctx, "s1", "build", "pending", "succeeded", []byte(`{"exit_code":0}`)); err != nil {
+	if _, err := s.AddGroup(ctx, "s1", group("other", false, "new", "step-3")); !errors.Is(err, lease.ErrStepExists) {
+		t.Fatalf("a step id used twice: %v", err)
+	}
+	last, err := s.AddGroup(ctx, "s1", group("last", true, "z"))
+	if err != nil || last.Index != 10 || !last.Final {
+		t.Fatalf("final group: %+v %v", last, err)
+	}
+	if _, err := s.AddGroup(ctx, "s1", group("late", false, "y")); !errors.Is(err, lease.ErrStageClosed) {
+		t.Fatalf("after the final group: %v", err)
+	}
+	if st, _ := s.GetStage(ctx, "s1"); st.Groups != 11 || !st.Final {
+		t.Fatalf("stage %+v", st)
+	}
+
+	if _, err := s.CreateStage(ctx, newStage("s2", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	steps, err := s.Steps(ctx, "s1")
-	if err != nil || len(steps) != 1 || steps[0].State != "succeeded" || string(steps[0].Result) != `{"exit_code":0}` || string(steps[0].Spec) != string(spec) {
-		t.Fatalf("steps %+v %v", steps, err)
-	}
-	if err := s.SetStageState(ctx, "s1", "running", "done"); !errors.Is(err, lease.ErrState) {
-		t.Fatalf("stage from the wrong state: %v", err)
-	}
-	if err := s.SetStageState(ctx, "s1", "pending", "running"); err != nil {
+	if _, err := s.EndStage(ctx, "s2", "timed_out", "idle"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.ReleaseStage(ctx, "s1"); err != nil {
+	if _, err := s.AddGroup(ctx, "s2", group("g", false, "a")); !errors.Is(err, lease.ErrStageEnded) {
+		t.Fatalf("a group added to an ended stage: %v", err)
+	}
+}
+
+func TestFinishGroup(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	st, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour), group("g0", false, "a", "b"), group("g1", true, "c")))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutStep(ctx, "s1", lease.Step{ID: "late", Spec: spec}); err == nil {
-		t.Fatal("a step added to a released stage")
+	now := time.Now().Truncate(time.Millisecond)
+	end := lease.GroupEnd{
+		State: "succeeded", StartedAt: now.Add(-time.Second), EndedAt: now,
+		Steps: []lease.StepRecord{{ID: "a", State: "succeeded", Result: []byte(`{"exit_code":0}`)}, {ID: "b", State: "succeeded"}},
+	}
+	// Two invocations finish the same group (a retry): one records it.
+	var won, moved atomic.Int64
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			_, err := s.FinishGroup(ctx, st, 0, end)
+			switch {
+			case err == nil:
+				won.Add(1)
+			case errors.Is(err, lease.ErrGroupMoved):
+				moved.Add(1)
+			default:
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if won.Load() != 1 || moved.Load() != 1 {
+		t.Fatalf("%d finished, %d moved", won.Load(), moved.Load())
+	}
+	failed := lease.GroupEnd{State: "failed", StartedAt: now, EndedAt: now, Steps: []lease.StepRecord{{ID: "c", State: "failed"}}, Result: "failed", Reason: "step c failed"}
+	after, err := s.FinishGroup(ctx, st, 1, failed)
+	if err != nil || after.Cursor != 2 || after.Result != "failed" || !after.GroupEndedAt.Equal(now) {
+		t.Fatalf("after the last group: %+v %v", after, err)
+	}
+	r, err := s.StageRecords(ctx, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := r.Steps["a"]; a.State != "succeeded" || a.Group != 0 || string(a.Result) != `{"exit_code":0}` {
+		t.Fatalf("step a: %+v", a)
+	}
+	if c := r.Steps["c"]; c.State != "failed" || c.Group != 1 {
+		t.Fatalf("step c: %+v", c)
+	}
+	if g := r.Groups[0]; g.State != "succeeded" || !g.StartedAt.Equal(now.Add(-time.Second)) || !g.EndedAt.Equal(now) {
+		t.Fatalf("group 0: %+v", g)
+	}
+	if _, err := s.ReleaseStage(ctx, "s1", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.FinishGroup(ctx, after, 2, end); !errors.Is(err, lease.ErrGroupMoved) {
+		t.Fatalf("a group finished after the release: %v", err)
+	}
+}
+
+func TestSecretsGoWithTheRelease(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	g := group("g0", true, "a")
+	g.Sealed = []byte("sealed step secrets")
+	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour), g)); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := s.StageRecords(ctx, "s1")
+	if string(r.Stage.Sealed) != "sealed" || string(r.Groups[0].Sealed) != "sealed step secrets" {
+		t.Fatalf("sealed secrets not recorded: %+v", r)
+	}
+	if _, err := s.ReleaseStage(ctx, "s1", "succeeded", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ForgetSecrets(ctx, "s1", r.Groups); err != nil {
+		t.Fatal(err)
+	}
+	r, _ = s.StageRecords(ctx, "s1")
+	if r.Stage.Sealed != nil || r.Groups[0].Sealed != nil {
+		t.Fatalf("secrets kept after the release: %q %q", r.Stage.Sealed, r.Groups[0].Sealed)
+	}
+}
+
+func TestDropStageVM(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	addIdle(t, s, "p", 2, 2)
+	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := s.DropStageVM(ctx, "s1", first.LaunchID)
+	if err != nil || dropped.State != lease.Releasing {
+		t.Fatalf("drop: %+v %v", dropped, err)
+	}
+	second, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour))
+	if err != nil || second.LaunchID == first.LaunchID {
+		t.Fatalf("lease after the drop: %+v %v", second, err)
+	}
+	if st, _ := s.GetStage(ctx, "s1"); st.Dropped != 1 || st.VM != second.LaunchID {
+		t.Fatalf("stage %+v", st)
+	}
+	if _, err := s.MarkBound(ctx, "s1", second.LaunchID, "boot"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DropStageVM(ctx, "s1", second.LaunchID); !errors.Is(err, lease.ErrState) {
+		t.Fatalf("a bound vm dropped: %v", err)
+	}
+}
+
+func TestSetLaunched(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	id := lease.NewLaunchID()
+	if err := s.SetLaunched(ctx, "s1", id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLaunched(ctx, "s1", lease.NewLaunchID()); !errors.Is(err, lease.ErrExists) {
+		t.Fatalf("a second launch for one stage: %v", err)
+	}
+	if st, _ := s.GetStage(ctx, "s1"); st.Launched != id {
+		t.Fatalf("launched %q", st.Launched)
 	}
 }

@@ -1,0 +1,356 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+)
+
+// Group and step items. A group's steps run in parallel; the groups of a
+// stage run in index order. The step ids of a stage are kept as a set on
+// its META item, so that adding a group with a step id already used fails
+// in the same transaction that adds it.
+const (
+	groupSKPrefix  = "GROUP#"
+	stepSKPrefix   = "STEP#"
+	attrGroupIndex = "group_index"
+	attrGroupState = "group_state"
+	attrAddedAt    = "added_at"
+	attrStartedAt  = "started_at"
+	attrStepID     = "step_id"
+	attrStepState  = "step_state"
+	attrStepResult = "step_result"
+	// MaxStepsPerGroup bounds a group so that its end (the stage, the group
+	// and each step's result) is one transaction.
+	MaxStepsPerGroup = maxTransactItems - 2
+)
+
+// NewGroup is a group to record.
+type NewGroup struct {
+	// SpecHash identifies the request that added the group; Spec is its
+	// steps as the orchestrator encodes them, without secrets; Sealed the
+	// steps' secrets, encrypted.
+	SpecHash string
+	Spec     []byte
+	Sealed   []byte
+	StepIDs  []string
+	Final    bool
+}
+
+// Group is a group's record.
+type Group struct {
+	Index    int
+	SpecHash string
+	Spec     []byte
+	Sealed   []byte
+	Final    bool
+	// State is the orchestrator's word for how the group ended ("" while it
+	// has not).
+	State              string
+	AddedAt            time.Time
+	StartedAt, EndedAt time.Time
+}
+
+// StepRecord is a step's result, recorded when its group ends.
+type StepRecord struct {
+	ID    string
+	Group int
+	State string
+	// Result is the step's result as the orchestrator encodes it.
+	Result []byte
+}
+
+func groupSK(index int) string { return fmt.Sprintf("%s%05d", groupSKPrefix, index) }
+
+func groupKey(stageID string, index int) map[string]types.AttributeValue {
+	return map[string]types.AttributeValue{attrPK: str(stageKeyPrefix + stageID), attrSK: str(groupSK(index))}
+}
+
+func stepKey(stageID, stepID string) map[string]types.AttributeValue {
+	return map[string]types.AttributeValue{attrPK: str(stageKeyPrefix + stageID), attrSK: str(stepSKPrefix + stepID)}
+}
+
+func groupItem(stageID string, index int, g NewGroup, now time.Time, expires types.AttributeValue) map[string]types.AttributeValue {
+	item := groupKey(stageID, index)
+	item[attrStageID] = str(stageID)
+	item[attrGroupIndex] = num(int64(index))
+	item[attrSpecHash] = str(g.SpecHash)
+	item[attrAddedAt] = millis(now)
+	item[attrExpiresAt] = expires
+	setBytes(item, attrSpec, g.Spec)
+	setBytes(item, attrSealed, g.Sealed)
+	if g.Final {
+		item[attrFinal] = &types.AttributeValueMemberBOOL{Value: true}
+	}
+	return item
+}
+
+func decodeGroup(item map[string]types.AttributeValue) (*Group, error) {
+	g := &Group{
+		SpecHash: getString(item, attrSpecHash), Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed),
+		Final: getBool(item, attrFinal), State: getString(item, attrGroupState),
+	}
+	index, err := getInt(item, attrGroupIndex)
+	g.Index = int(index)
+	errs := []error{err}
+	for name, dst := range map[string]*time.Time{attrAddedAt: &g.AddedAt, attrStartedAt: &g.StartedAt, attrEndedAt: &g.EndedAt} {
+		t, err := getTime(item, name)
+		errs = append(errs, err)
+		*dst = t
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("group record %s: %w", getString(item, attrSK), err)
+	}
+	return g, nil
+}
+
+// AddGroup appends a group to a stage that is open (its final group not
+// given), not ended and not released, and returns it. A step id the stage
+// used already is ErrStepExists; a closed stage ErrStageClosed; an ended one
+// ErrStageEnded. Adding the same group again (same SpecHash and steps, a
+// retried request) returns the group added the first time.
+func (s *Store) AddGroup(ctx context.Context, stageID string, g NewGroup) (*Group, error) {
+	if len(g.StepIDs) == 0 || len(g.StepIDs) > MaxStepsPerGroup {
+		return nil, fmt.Errorf("add group to stage %s: %d steps, want 1 to %d", stageID, len(g.StepIDs), MaxStepsPerGroup)
+	}
+	for attempt := 0; ; attempt++ {
+		st, err := s.liveStage(ctx, stageID, "add a group to")
+		if err != nil {
+			return nil, err
+		}
+		if existing, err := s.sameGroup(ctx, st, g); existing != nil || err != nil {
+			return existing, err
+		}
+		switch {
+		case st.Result != "":
+			return nil, fmt.Errorf("add group to stage %s: %w (%s)", stageID, ErrStageEnded, st.Result)
+		case st.Final:
+			return nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrStageClosed)
+		}
+		now := s.now()
+		c := stageChange{
+			set:    []string{"#g = #g + :one", "#final = :final"},
+			cond:   "#g = :n AND attribute_not_exists(#rel) AND attribute_not_exists(#res) AND (attribute_not_exists(#final) OR #final = :false)",
+			names:  map[string]string{"#g": attrGroups, "#final": attrFinal, "#ids": attrStepIDs, "#rel": attrReleasedAt, "#res": attrResult},
+			values: map[string]types.AttributeValue{":n": num(int64(st.Groups)), ":final": &types.AttributeValueMemberBOOL{Value: g.Final}, ":false": &types.AttributeValueMemberBOOL{Value: false}},
+		}
+		for i, id := range g.StepIDs {
+			c.cond += fmt.Sprintf(" AND NOT contains(#ids, :id%d)", i)
+			c.values[fmt.Sprintf(":id%d", i)] = str(id)
+		}
+		update := s.stageUpdate(stageID, c)
+		// ADD keeps the set of the stage's step ids.
+		*update.UpdateExpression += " ADD #ids :ids"
+		update.ExpressionAttributeValues[":ids"] = &types.AttributeValueMemberSS{Value: g.StepIDs}
+		item := groupItem(stageID, st.Groups, g, now, num(st.Deadline.Add(recordRetention).Unix()))
+		err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
+			{Update: update},
+			{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: aws.String("attribute_not_exists(pk)")}},
+		}}, errStageMoved, errStageMoved)
+		if err == nil {
+			return decodeGroup(item)
+		}
+		if !errors.Is(err, errStageMoved) && !errors.Is(err, ErrConflict) {
+			return nil, fmt.Errorf("add group to stage %s: %w", stageID, err)
+		}
+		// Another group was added meanwhile, or the stage moved on: look
+		// again. Each round one of the concurrent adds wins.
+		if attempt >= addGroupRounds {
+			return nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrConflict)
+		}
+		if err := sleep(ctx, time.Duration(rand.IntN(5<<min(attempt, 4))+1)*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+}
+
+var errStageMoved = errors.New("the stage changed meanwhile")
+
+// addGroupRounds bounds the rounds of concurrent adds to one stage.
+const addGroupRounds = 50
+
+// sameGroup tells a retried add from a clash: if one of g's step ids is
+// taken, it returns the group that has it when that group is g, and
+// ErrStepExists otherwise.
+func (s *Store) sameGroup(ctx context.Context, st *Stage, g NewGroup) (*Group, error) {
+	taken, err := s.takenStepIDs(ctx, st.ID, g.StepIDs)
+	if err != nil || len(taken) == 0 {
+		return nil, err
+	}
+	r, err := s.StageRecords(ctx, st.ID)
+	if err != nil {
+		return nil, err
+	}
+	for i := range r.Groups {
+		if r.Groups[i].SpecHash == g.SpecHash && len(taken) == len(g.StepIDs) {
+			return &r.Groups[i], nil
+		}
+	}
+	return nil, fmt.Errorf("add group to stage %s: %w: %s", st.ID, ErrStepExists, strings.Join(taken, ", "))
+}
+
+// takenStepIDs returns those of ids the stage has used.
+func (s *Store) takenStepIDs(ctx context.Context, stageID string, ids []string) ([]string, error) {
+	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName: aws.String(s.Table), Key: stageKey(stageID), ConsistentRead: aws.Bool(true),
+		ProjectionExpression: aws.String("#ids"), ExpressionAttributeNames: map[string]string{"#ids": attrStepIDs},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read step ids of stage %s: %w", stageID, err)
+	}
+	set, _ := out.Item[attrStepIDs].(*types.AttributeValueMemberSS)
+	if set == nil {
+		return nil, nil
+	}
+	var taken []string
+	for _, id := range ids {
+		if slices.Contains(set.Value, id) {
+			taken = append(taken, id)
+		}
+	}
+	return taken, nil
+}
+
+// GetGroup reads one group of a stage.
+func (s *Store) GetGroup(ctx context.Context, stageID string, index int) (*Group, error) {
+	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(s.Table), Key: groupKey(stageID, index), ConsistentRead: aws.Bool(true)})
+	if err != nil {
+		return nil, fmt.Errorf("get group %d of stage %s: %w", index, stageID, err)
+	}
+	if out.Item == nil {
+		return nil, fmt.Errorf("group %d of stage %s: %w", index, stageID, ErrNotFound)
+	}
+	return decodeGroup(out.Item)
+}
+
+// GroupEnd is how a group ended.
+type GroupEnd struct {
+	// State is the group's outcome; Steps its steps' results.
+	State              string
+	StartedAt, EndedAt time.Time
+	Steps              []StepRecord
+	// Result and Reason, when Result is set, end the stage (unless it has a
+	// result already).
+	Result, Reason string
+}
+
+// FinishGroup records the end of the stage's current group (index) and
+// moves the stage on to the next one, in one transaction. If the group is no
+// longer current (another invocation finished it, or the stage was
+// released) it returns ErrGroupMoved and records nothing.
+func (s *Store) FinishGroup(ctx context.Context, st *Stage, index int, end GroupEnd) (*Stage, error) {
+	if len(end.Steps) > MaxStepsPerGroup {
+		return nil, fmt.Errorf("finish group %d of stage %s: %d steps, at most %d", index, st.ID, len(end.Steps), MaxStepsPerGroup)
+	}
+	now := s.now()
+	c := stageChange{
+		set:    []string{"#cur = :next", "#ge = :ended"},
+		cond:   "#cur = :n AND attribute_not_exists(#rel)",
+		names:  map[string]string{"#cur": attrCursor, "#ge": attrGroupEndedAt, "#rel": attrReleasedAt},
+		values: map[string]types.AttributeValue{":n": num(int64(index)), ":next": num(int64(index + 1)), ":ended": millis(end.EndedAt)},
+	}
+	ending(&c, end.Result, end.Reason, now)
+	writes := []types.TransactWriteItem{
+		{Update: s.stageUpdate(st.ID, c)},
+		{Update: &types.Update{
+			TableName: aws.String(s.Table), Key: groupKey(st.ID, index),
+			UpdateExpression:          aws.String("SET #gs = :state, #sa = :started, #ea = :ended"),
+			ConditionExpression:       aws.String("attribute_exists(pk)"),
+			ExpressionAttributeNames:  map[string]string{"#gs": attrGroupState, "#sa": attrStartedAt, "#ea": attrEndedAt},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":state": str(end.State), ":started": millis(end.StartedAt), ":ended": millis(end.EndedAt)},
+		}},
+	}
+	expires := num(st.Deadline.Add(recordRetention).Unix())
+	for _, step := range end.Steps {
+		item := stepKey(st.ID, step.ID)
+		item[attrStageID] = str(st.ID)
+		item[attrStepID] = str(step.ID)
+		item[attrGroupIndex] = num(int64(index))
+		item[attrStepState] = str(step.State)
+		item[attrExpiresAt] = expires
+		setBytes(item, attrStepResult, step.Result)
+		writes = append(writes, types.TransactWriteItem{Put: &types.Put{TableName: aws.String(s.Table), Item: item}})
+	}
+	if err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, ErrGroupMoved, ErrNotFound); err != nil {
+		return nil, fmt.Errorf("finish group %d of stage %s: %w", index, st.ID, err)
+	}
+	return s.GetStage(ctx, st.ID)
+}
+
+// Records is everything recorded of a stage.
+type Records struct {
+	Stage  *Stage
+	Groups []Group
+	Steps  map[string]StepRecord
+}
+
+// StageRecords reads a stage's records (one query, strongly consistent).
+func (s *Store) StageRecords(ctx context.Context, id string) (*Records, error) {
+	r := &Records{Steps: map[string]StepRecord{}}
+	p := dynamodb.NewQueryPaginator(s.DB, &dynamodb.QueryInput{
+		TableName:                 aws.String(s.Table),
+		KeyConditionExpression:    aws.String("pk = :pk"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{":pk": str(stageKeyPrefix + id)},
+		ConsistentRead:            aws.Bool(true),
+	})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read records of stage %s: %w", id, err)
+		}
+		for _, item := range page.Items {
+			sk := getString(item, attrSK)
+			switch {
+			case sk == stageMetaSK:
+				if r.Stage, err = decodeStage(item); err != nil {
+					return nil, err
+				}
+			case strings.HasPrefix(sk, groupSKPrefix):
+				g, err := decodeGroup(item)
+				if err != nil {
+					return nil, err
+				}
+				r.Groups = append(r.Groups, *g)
+			case strings.HasPrefix(sk, stepSKPrefix):
+				index, err := getInt(item, attrGroupIndex)
+				if err != nil {
+					return nil, err
+				}
+				rec := StepRecord{ID: getString(item, attrStepID), Group: int(index), State: getString(item, attrStepState), Result: getBytes(item, attrStepResult)}
+				r.Steps[rec.ID] = rec
+			}
+		}
+	}
+	if r.Stage == nil {
+		return nil, fmt.Errorf("stage %s: %w", id, ErrStageNotFound)
+	}
+	return r, nil
+}
+
+// ForgetSecrets deletes the sealed secrets of the stage's groups (the
+// stage's own go with its release).
+func (s *Store) ForgetSecrets(ctx context.Context, stageID string, groups []Group) error {
+	var errs []error
+	for _, g := range groups {
+		if len(g.Sealed) == 0 {
+			continue
+		}
+		_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+			TableName: aws.String(s.Table), Key: groupKey(stageID, g.Index),
+			UpdateExpression:         aws.String("REMOVE #sealed"),
+			ExpressionAttributeNames: map[string]string{"#sealed": attrSealed},
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("forget the secrets of group %d of stage %s: %w", g.Index, stageID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
