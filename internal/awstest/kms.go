@@ -30,3 +30,14 @@ func SigningKey(t testing.TB, c *kms.Client) string {
 	}
 	return aws.ToString(out.KeyMetadata.KeyId)
 }
+
+// SymmetricKey creates a SYMMETRIC_DEFAULT key, as the deployment's key for
+// stage secrets, and returns its id.
+func SymmetricKey(t testing.TB, c *kms.Client) string {
+	t.Helper()
+	out, err := c.CreateKey(context.Background(), &kms.CreateKeyInput{Description: aws.String("slipway test secrets")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return aws.ToString(out.KeyMetadata.KeyId)
+}
