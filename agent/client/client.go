@@ -170,12 +170,12 @@ func (c *Client) DestroyStage(ctx context.Context, stageID string) (*agentapi.Us
 // StartStep starts a step; starting it again with the same spec returns its
 // current status.
 func (c *Client) StartStep(ctx context.Context, stageID, stepID string, spec *agentapi.Step) (*agentapi.StepStatus, error) {
-	return c.startStep(ctx, stageID, stepID, spec, 0)
+	return c.StartStepWait(ctx, stageID, stepID, spec, 0)
 }
 
-// startStep starts a step and, with wait > 0, waits up to wait for it to end
-// in the same call.
-func (c *Client) startStep(ctx context.Context, stageID, stepID string, spec *agentapi.Step, wait time.Duration) (*agentapi.StepStatus, error) {
+// StartStepWait starts a step and, with wait > 0, waits up to wait for it to
+// end in the same call, so that a short step costs one round trip.
+func (c *Client) StartStepWait(ctx context.Context, stageID, stepID string, spec *agentapi.Step, wait time.Duration) (*agentapi.StepStatus, error) {
 	path := "/v1/steps/" + url.PathEscape(stepID)
 	if wait > 0 {
 		path += "?wait=" + wait.String()
@@ -228,7 +228,7 @@ func (c *Client) WaitStep(ctx context.Context, stageID, stepID, bootID string, p
 // RunStep starts a step and waits for it to end. A step that ends within the
 // first long-poll costs one round trip.
 func (c *Client) RunStep(ctx context.Context, stageID, stepID string, spec *agentapi.Step) (*agentapi.StepStatus, error) {
-	st, err := c.startStep(ctx, stageID, stepID, spec, defaultPoll)
+	st, err := c.StartStepWait(ctx, stageID, stepID, spec, defaultPoll)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -23,7 +24,7 @@ type Local struct {
 	// AgentPath is the agent binary to run.
 	AgentPath string
 	// Stderr receives the agents' logs (nil: discarded).
-	Stderr *os.File
+	Stderr io.Writer
 
 	mu        sync.Mutex
 	instances map[string]*localInstance // by launch id
@@ -75,6 +76,7 @@ func (l *Local) Launch(_ context.Context, req LaunchRequest) (*Instance, error) 
 	if l.Stderr != nil {
 		cmd.Stdout, cmd.Stderr = l.Stderr, l.Stderr
 	}
+	tieToParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("local launch %s: start agent: %w", b.LaunchID, err)
 	}

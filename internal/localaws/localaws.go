@@ -1,5 +1,6 @@
 // Package localaws makes clients of the local stand-ins for AWS services
-// (DynamoDB Local, local-kms): static credentials and an explicit endpoint,
+// (DynamoDB Local, local-kms, the local Step Functions and Lambda of
+// `slipway local`): static credentials and an explicit endpoint,
 // so nothing ever looks for AWS credentials or calls AWS.
 package localaws
 
@@ -8,6 +9,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/sfn"
 )
 
 // Variables that name the stand-ins' URLs (set by .ci/with-services).
@@ -32,4 +35,14 @@ func DynamoDB(endpoint string) *dynamodb.Client {
 // KMS returns a client of the KMS at endpoint.
 func KMS(endpoint string) *kms.Client {
 	return kms.NewFromConfig(config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(endpoint) })
+}
+
+// StepFunctions returns a client of the Step Functions at endpoint.
+func StepFunctions(endpoint string) *sfn.Client {
+	return sfn.NewFromConfig(config(), func(o *sfn.Options) { o.BaseEndpoint = aws.String(endpoint) })
+}
+
+// Lambda returns a client of the Lambda Invoke API at endpoint.
+func Lambda(endpoint string) *lambda.Client {
+	return lambda.NewFromConfig(config(), func(o *lambda.Options) { o.BaseEndpoint = aws.String(endpoint) })
 }

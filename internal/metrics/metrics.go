@@ -18,10 +18,12 @@ const Namespace = "Slipway"
 const (
 	DimDeployment = "Deployment"
 	DimPool       = "Pool"
+	DimResult     = "Result"
 )
 
 // Metric names, per pool (DESIGN section 7). LeaseWaitMs, WarmHit, ColdStart,
-// ReleaseFailures and StepOverheadMs are the stage functions' to emit.
+// ReleaseFailures, StepOverheadMs and StageSeconds (also by Result) are the
+// stage functions'.
 const (
 	IdleVMs           = "IdleVMs"
 	ProvisioningVMs   = "ProvisioningVMs"
@@ -41,6 +43,7 @@ const (
 	GhostsRemoved     = "GhostsRemoved"
 	ReleaseFailures   = "ReleaseFailures"
 	StepOverheadMs    = "StepOverheadMs"
+	StageSeconds      = "StageSeconds"
 )
 
 // Unit is a CloudWatch unit.
@@ -77,9 +80,19 @@ const maxMetricsPerLine = 100
 // Pool writes the metrics of one pool, dimensions Deployment and Pool, as
 // one line (several beyond 100 metrics).
 func (e *Emitter) Pool(pool string, ms ...Metric) error {
+	return e.lines([][2]string{{DimPool, pool}}, ms)
+}
+
+// PoolBy writes metrics of one pool with one more dimension (dimensions
+// Deployment, Pool and dim): StageSeconds by Result, say.
+func (e *Emitter) PoolBy(pool, dim, value string, ms ...Metric) error {
+	return e.lines([][2]string{{DimPool, pool}, {dim, value}}, ms)
+}
+
+func (e *Emitter) lines(dims [][2]string, ms []Metric) error {
 	for len(ms) > 0 {
 		n := min(len(ms), maxMetricsPerLine)
-		if err := e.line(pool, ms[:n]); err != nil {
+		if err := e.line(dims, ms[:n]); err != nil {
 			return err
 		}
 		ms = ms[n:]
@@ -103,13 +116,18 @@ type metadata struct {
 	CloudWatchMetrics []directive `json:"CloudWatchMetrics"`
 }
 
-func (e *Emitter) line(pool string, ms []Metric) error {
+func (e *Emitter) line(dims [][2]string, ms []Metric) error {
 	now := time.Now
 	if e.Now != nil {
 		now = e.Now
 	}
-	doc := map[string]any{DimDeployment: e.Deployment, DimPool: pool}
-	d := directive{Namespace: Namespace, Dimensions: [][]string{{DimDeployment, DimPool}}}
+	doc := map[string]any{DimDeployment: e.Deployment}
+	set := []string{DimDeployment}
+	for _, d := range dims {
+		doc[d[0]] = d[1]
+		set = append(set, d[0])
+	}
+	d := directive{Namespace: Namespace, Dimensions: [][]string{set}}
 	for _, m := range ms {
 		if _, clash := doc[m.Name]; clash || m.Name == "_aws" || m.Name == "" {
 			return fmt.Errorf("metric name %q clashes with the document's keys", m.Name)

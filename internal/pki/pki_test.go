@@ -149,3 +149,31 @@ func TestDirRoundTrip(t *testing.T) {
 		t.Fatal("a certificate file read as a key")
 	}
 }
+
+func TestIdentityRenews(t *testing.T) {
+	key, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := NewCA(key, "test CA", 24*time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := &Identity{CA: ca, Lifetime: time.Hour}
+	first, err := id.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Leaf.Subject.CommonName != OrchestratorCN || first.Leaf.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
+		t.Fatalf("certificate %+v", first.Leaf.Subject)
+	}
+	if again, _ := id.Certificate(); again != first {
+		t.Fatal("a fresh certificate was issued again")
+	}
+	// With an 8 h lifetime, a certificate with under 2 h left is renewed.
+	id.Lifetime = 8 * time.Hour
+	renewed, err := id.Certificate()
+	if err != nil || renewed == first || renewed.PrivateKey != first.PrivateKey {
+		t.Fatalf("renewal: %v (same key kept: %v)", err, renewed.PrivateKey == first.PrivateKey)
+	}
+}

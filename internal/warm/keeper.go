@@ -27,6 +27,7 @@ import (
 // Books is the lease store as the keeper uses it; *lease.Store satisfies it.
 type Books interface {
 	List(ctx context.Context, pool string) ([]lease.VM, error)
+	Get(ctx context.Context, pool, launchID string) (*lease.VM, error)
 	Capacity(ctx context.Context, pool string) (int, error)
 	RecordLaunch(ctx context.Context, l lease.Launch) (*lease.VM, error)
 	MarkProvisioning(ctx context.Context, pool, launchID, instanceID, address, instanceType string) (*lease.VM, error)

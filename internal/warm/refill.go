@@ -127,7 +127,7 @@ func (k *Keeper) launch(ctx context.Context, p *pool.Pool, n int) (launched, fai
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			err := k.launchOne(ctx, p)
+			err := k.launchVM(ctx, p, lease.NewLaunchID())
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -145,11 +145,10 @@ func (k *Keeper) launch(ctx context.Context, p *pool.Pool, n int) (launched, fai
 	return launched, failures, full, errors.Join(errs...)
 }
 
-// launchOne records a VM (reserving its capacity) before it asks the fleet
+// launchVM records a VM (reserving its capacity) before it asks the fleet
 // for it, so that no instance ever exists without its item; a launch that
 // fails returns the capacity.
-func (k *Keeper) launchOne(ctx context.Context, p *pool.Pool) error {
-	launchID := lease.NewLaunchID()
+func (k *Keeper) launchVM(ctx context.Context, p *pool.Pool, launchID string) error {
 	if _, err := k.Books.RecordLaunch(ctx, lease.Launch{Pool: p.Name, LaunchID: launchID, Max: p.MaxInstances}); err != nil {
 		return err
 	}

@@ -1,0 +1,129 @@
+// Package deploy wires one deployment's parts from its settings: the lease
+// store, the CA (its key in KMS) and the orchestrator's identity, the
+// keeper of the warm pools, the secret sealer, and the dependencies every
+// handler shares. The functions build it from their environment and the AWS
+// SDK's clients; `slipway local` from the local stand-ins' clients. Either
+// way the same parts are made the same way.
+package deploy
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/slipway-ci/slipway/internal/fleet"
+	"github.com/slipway-ci/slipway/internal/kmssigner"
+	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/metrics"
+	"github.com/slipway-ci/slipway/internal/pki"
+	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/secret"
+	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/warm"
+)
+
+// Settings are a deployment's names: its table, keys, state machine and
+// functions.
+type Settings struct {
+	// Deployment names the deployment in metrics and instance tags.
+	Deployment string
+	Table      string
+	// CAKeyID is the CA's KMS key (ECC_NIST_P256, SIGN_VERIFY); SecretsKeyID
+	// the symmetric key that stage secrets are sealed with.
+	CAKeyID, SecretsKeyID string
+	StateMachineARN       string
+	// CleanupFunction and RefillFunction are invoked asynchronously (a
+	// DELETE's release, the refill after a release).
+	CleanupFunction, RefillFunction string
+	// AgentURL is where VMs download the agent ("" when images have it).
+	AgentURL string
+}
+
+// check reports every missing setting.
+func (s Settings) check() error {
+	var errs []error
+	for name, v := range map[string]string{
+		"deployment": s.Deployment, "table": s.Table, "CA key": s.CAKeyID, "secrets key": s.SecretsKeyID,
+		"state machine": s.StateMachineARN, "cleanup function": s.CleanupFunction, "refill function": s.RefillFunction,
+	} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("deployment: the %s is not set", name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// KMS is what the deployment needs of KMS: signing with the CA key, data
+// keys and decryption for stage secrets; *kms.Client satisfies it.
+type KMS interface {
+	kmssigner.API
+	secret.DataKeys
+	secret.Decrypter
+}
+
+// Clients are the services a deployment talks to.
+type Clients struct {
+	DynamoDB   lease.DB
+	KMS        KMS
+	Executions stage.Executions
+	Invoker    stage.Invoker
+	Fleet      fleet.Provider
+}
+
+// Deployment is the wired deployment.
+type Deployment struct {
+	Settings
+	Store    *lease.Store
+	CA       *pki.CA
+	Identity *pki.Identity
+	Keeper   *warm.Keeper
+	Deps     *stage.Deps
+}
+
+// caLifetime is the CA certificate's: it is made once, by the first
+// function that needs it.
+const caLifetime = 10 * 365 * 24 * time.Hour
+
+// Build wires a deployment. It reads the CA key's public half and the CA
+// certificate (creating it the first time), and issues the orchestrator's
+// client certificate: the calls a function makes once, at its cold start.
+func Build(ctx context.Context, s Settings, c Clients, pools []pool.Pool, tuning stage.Settings, logs, metricsOut io.Writer) (*Deployment, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	logger := slog.New(slog.NewJSONHandler(logs, nil)).With("deployment", s.Deployment)
+	store := &lease.Store{DB: c.DynamoDB, Table: s.Table}
+	signer, err := kmssigner.New(ctx, c.KMS, s.CAKeyID)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := pki.EnsureCA(ctx, store, signer, "Slipway "+s.Deployment+" CA", caLifetime)
+	if err != nil {
+		return nil, err
+	}
+	identity := &pki.Identity{CA: ca}
+	if _, err := identity.Certificate(); err != nil {
+		return nil, fmt.Errorf("orchestrator certificate: %w", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	emitter := &metrics.Emitter{W: metricsOut, Deployment: s.Deployment}
+	keeper := &warm.Keeper{
+		Books: store, Fleet: c.Fleet, Pools: pools, CA: ca,
+		Prober:  &warm.AgentProber{RootCAs: roots, Certificate: identity.Certificate},
+		Metrics: emitter, Logger: logger, AgentURL: s.AgentURL,
+	}
+	deps := &stage.Deps{
+		Books: store, Keeper: keeper, Pools: pools,
+		Sealer: &secret.Sealer{KMS: c.KMS, KeyID: s.SecretsKeyID}, Opener: &secret.Opener{KMS: c.KMS},
+		Agents:     &stage.Agents{Roots: roots, Certificate: identity.Certificate},
+		Executions: c.Executions, StateMachineARN: s.StateMachineARN,
+		Invoker: c.Invoker, CleanupFunction: s.CleanupFunction, RefillFunction: s.RefillFunction,
+		Metrics: emitter, Logger: logger, Settings: tuning,
+	}
+	return &Deployment{Settings: s, Store: store, CA: ca, Identity: identity, Keeper: keeper, Deps: deps}, nil
+}

@@ -1,0 +1,649 @@
+package stage
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
+	"github.com/aws/aws-sdk-go-v2/service/sfn"
+	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/internal/lease"
+)
+
+// OpenAPI is the delegate API's OpenAPI 3.1 document.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
+// Error codes of the delegate API.
+const (
+	CodeInvalid        = "invalid"
+	CodeTooLarge       = "too_large"
+	CodeNotFound       = "not_found"
+	CodeMethod         = "method_not_allowed"
+	CodeConflict       = "conflict"
+	CodeStageClosed    = "stage_closed"
+	CodeStageEnded     = "stage_ended"
+	CodeStepNotRunning = "step_not_running"
+	CodeLogsGone       = "logs_gone"
+	CodeUnavailable    = "unavailable"
+	CodeInternal       = "internal"
+)
+
+// ErrorBody is the body of every 4xx and 5xx answer.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail says what was wrong, naming the field where one was.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// PoolDepth is a pool as GET /v1/pools shows it.
+type PoolDepth struct {
+	Name         string `json:"name"`
+	Idle         int    `json:"idle"`
+	Provisioning int    `json:"provisioning"`
+	Leased       int    `json:"leased"`
+	Releasing    int    `json:"releasing"`
+	Capacity     int    `json:"capacity"`
+	Max          int    `json:"max"`
+	WarmTarget   int    `json:"warm_target"`
+}
+
+// Pools is the answer of GET /v1/pools.
+type Pools struct {
+	Pools []PoolDepth `json:"pools"`
+}
+
+// LogChunk is the answer of GET .../logs: the step's masked log from Offset,
+// and where to read on.
+type LogChunk struct {
+	Offset     int64  `json:"offset"`
+	NextOffset int64  `json:"next_offset"`
+	Done       bool   `json:"done"`
+	Data       []byte `json:"data"`
+}
+
+// API is the delegate API: one handler, served by functions/api behind API
+// Gateway (which authenticates every call with IAM) and by `slipway local`.
+type API struct {
+	*Deps
+
+	once sync.Once
+	mux  *http.ServeMux
+}
+
+// apiError is an answer other than 2xx.
+type apiError struct {
+	status        int
+	code, message string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func fail(status int, code, format string, a ...any) *apiError {
+	return &apiError{status: status, code: code, message: fmt.Sprintf(format, a...)}
+}
+
+type route struct {
+	pattern string
+	handle  func(w http.ResponseWriter, r *http.Request) error
+}
+
+func (a *API) routes() []route {
+	return []route{
+		{"POST /v1/stages", a.create},
+		{"GET /v1/stages/{id}", a.get},
+		{"DELETE /v1/stages/{id}", a.cancel},
+		{"POST /v1/stages/{id}/groups", a.addGroup},
+		{"GET /v1/stages/{id}/steps/{step}", a.getStep},
+		{"GET /v1/stages/{id}/steps/{step}/logs", a.logs},
+		{"POST /v1/stages/{id}/steps/{step}/cancel", a.cancelStep},
+		{"GET /v1/pools", a.pools},
+		{"GET /v1/openapi.yaml", func(w http.ResponseWriter, _ *http.Request) error {
+			w.Header().Set("Content-Type", "application/yaml")
+			_, err := w.Write(OpenAPI)
+			return err
+		}},
+	}
+}
+
+// ServeHTTP answers one call.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.once.Do(func() {
+		a.mux = http.NewServeMux()
+		for _, rt := range a.routes() {
+			a.mux.HandleFunc(rt.pattern, func(w http.ResponseWriter, r *http.Request) {
+				if err := rt.handle(w, r); err != nil {
+					a.writeError(w, r, err)
+				}
+			})
+		}
+	})
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	if _, pattern := a.mux.Handler(r); pattern == "" {
+		a.writeError(rec, r, a.unrouted(r))
+	} else {
+		a.mux.ServeHTTP(rec, r)
+	}
+	a.log().Info("api", "method", r.Method, "path", r.URL.Path, "status", rec.status, "ms", time.Since(start).Milliseconds())
+}
+
+// unrouted tells a path no route has from a method the path does not take.
+func (a *API) unrouted(r *http.Request) error {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := a.mux.Handler(probe); pattern != "" {
+			return fail(http.StatusMethodNotAllowed, CodeMethod, "%s does not take %s", r.URL.Path, r.Method)
+		}
+	}
+	return fail(http.StatusNotFound, CodeNotFound, "no such path: %s", r.URL.Path)
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		ae = a.translate(r, err)
+	}
+	writeJSON(w, ae.status, ErrorBody{Error: ErrorDetail{Code: ae.code, Message: ae.message}})
+}
+
+// translate maps the store's and the services' errors to answers.
+func (a *API) translate(r *http.Request, err error) *apiError {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return fail(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body is over %d bytes", tooLarge.Limit)
+	case errors.Is(err, lease.ErrStageNotFound):
+		return fail(http.StatusNotFound, CodeNotFound, "no stage %q", r.PathValue("id"))
+	case errors.Is(err, lease.ErrStageClosed):
+		return fail(http.StatusConflict, CodeStageClosed, "stage %s: its final group was given already", r.PathValue("id"))
+	case errors.Is(err, lease.ErrStageEnded), errors.Is(err, lease.ErrReleased):
+		return fail(http.StatusConflict, CodeStageEnded, "stage %s has ended", r.PathValue("id"))
+	case errors.Is(err, lease.ErrStepExists):
+		return fail(http.StatusConflict, CodeConflict, "%v", err)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, lease.ErrConflict):
+		return fail(http.StatusServiceUnavailable, CodeUnavailable, "try again: %v", err)
+	}
+	a.log().Error("api", "method", r.Method, "path", r.URL.Path, "err", err)
+	return fail(http.StatusInternalServerError, CodeInternal, "internal error (logged)")
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decode reads a JSON body strictly: bounded, unknown fields refused.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if err := agentapi.DecodeStrict(body, v); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return err
+		}
+		return fail(http.StatusBadRequest, CodeInvalid, "%v", err)
+	}
+	return nil
+}
+
+func invalid(err error) error {
+	return fail(http.StatusBadRequest, CodeInvalid, "%v", err)
+}
+
+// queryParams reads the long-poll and paging parameters a route takes.
+type queryParams struct {
+	wait          time.Duration
+	version       int64
+	hasVersion    bool
+	offset, limit int64
+}
+
+func parseQuery(r *http.Request, names ...string) (queryParams, error) {
+	q := queryParams{limit: MaxLogChunk}
+	var errs []error
+	values := r.URL.Query()
+	for name := range values {
+		known := false
+		for _, n := range names {
+			known = known || n == name
+		}
+		if !known {
+			errs = append(errs, fmt.Errorf("query parameter %q: unknown here", name))
+		}
+	}
+	if v := values.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			if n, nerr := strconv.Atoi(v); nerr == nil {
+				d, err = time.Duration(n)*time.Second, nil
+			}
+		}
+		if err != nil || d < 0 || d > MaxWait {
+			errs = append(errs, fmt.Errorf("wait %q: want a duration from 0s to %s", v, MaxWait))
+		}
+		q.wait = d
+	}
+	ints := []struct {
+		name     string
+		dst      *int64
+		min, max int64
+	}{{"version", &q.version, 0, 1 << 62}, {"offset", &q.offset, 0, 1 << 62}, {"limit", &q.limit, 1, MaxLogChunk}}
+	for _, p := range ints {
+		v := values.Get(p.name)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < p.min || n > p.max {
+			errs = append(errs, fmt.Errorf("%s %q: want a whole number from %d to %d", p.name, v, p.min, p.max))
+			continue
+		}
+		*p.dst = n
+		q.hasVersion = q.hasVersion || p.name == "version"
+	}
+	if err := errors.Join(errs...); err != nil {
+		return q, invalid(err)
+	}
+	return q, nil
+}
+
+// create handles POST /v1/stages: records the stage (secrets sealed) and
+// starts its execution. The same id and body again is the same stage (200);
+// the same id with another body, 409.
+func (a *API) create(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	if _, err := parseQuery(r); err != nil {
+		return err
+	}
+	var spec Spec
+	if err := decode(w, r, &spec); err != nil {
+		return err
+	}
+	if err := spec.Validate(a.poolNames()); err != nil {
+		return invalid(err)
+	}
+	ns, err := a.newStage(ctx, &spec)
+	if err != nil {
+		return err
+	}
+	st, err := a.Books.CreateStage(ctx, *ns)
+	status := http.StatusCreated
+	if errors.Is(err, lease.ErrStageExists) {
+		if st.SpecHash != ns.SpecHash {
+			return fail(http.StatusConflict, CodeConflict, "stage %s exists, created with another body", spec.ID)
+		}
+		status, err = http.StatusOK, nil
+	}
+	if err != nil {
+		return err
+	}
+	// Started on every create, so a retry after a failed start starts it; Step
+	// Functions runs one execution per name.
+	input, _ := json.Marshal(Input{StageID: spec.ID})
+	_, err = a.Executions.StartExecution(ctx, &sfn.StartExecutionInput{
+		StateMachineArn: aws.String(a.StateMachineARN), Name: aws.String(spec.ID), Input: aws.String(string(input)),
+	})
+	var exists *sfntypes.ExecutionAlreadyExists
+	if err != nil && !errors.As(err, &exists) {
+		a.log().Error("start the stage's execution", "stage", spec.ID, "err", err)
+		return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage is recorded but its execution did not start: repeat the request")
+	}
+	return a.writeStatus(ctx, w, status, spec.ID)
+}
+
+// newStage seals the spec's secrets and encodes what the store keeps.
+func (a *API) newStage(ctx context.Context, spec *Spec) (*lease.NewStage, error) {
+	sealed, err := a.Sealer.Seal(ctx, spec.ID, spec.Secrets)
+	if err != nil {
+		return nil, err
+	}
+	stored, _ := json.Marshal(storedStage{
+		Env: spec.Env, Files: spec.Files, Timeout: spec.Timeout(), IdleTimeout: spec.IdleTimeout(),
+		AcquireTimeout: spec.AcquireTimeout(), Closed: spec.Closed(),
+	})
+	hashed := *spec
+	hashed.Secrets = blank(spec.Secrets)
+	hashed.Groups = nil
+	ns := &lease.NewStage{ID: spec.ID, Pool: spec.Pool, Spec: stored, Sealed: sealed, Deadline: a.now().Add(spec.Timeout())}
+	hashes := []string{hashOf(hashed)}
+	for _, g := range spec.Groups {
+		ng, err := a.newGroup(ctx, spec.ID, g)
+		if err != nil {
+			return nil, err
+		}
+		ns.Groups = append(ns.Groups, *ng)
+		hashes = append(hashes, ng.SpecHash)
+	}
+	ns.SpecHash = hashOf(hashes)
+	return ns, nil
+}
+
+func (a *API) newGroup(ctx context.Context, stageID string, g Group) (*lease.NewGroup, error) {
+	stored, secrets := g.withoutSecrets()
+	sealed, err := a.Sealer.Seal(ctx, stageID, secrets)
+	clear(secrets)
+	if err != nil {
+		return nil, err
+	}
+	data, _ := json.Marshal(stored)
+	ng := &lease.NewGroup{SpecHash: hashOf(stored), Spec: data, Sealed: sealed, Final: g.Final}
+	for _, s := range g.Steps {
+		ng.StepIDs = append(ng.StepIDs, s.ID)
+	}
+	return ng, nil
+}
+
+func (a *API) writeStatus(ctx context.Context, w http.ResponseWriter, code int, id string) error {
+	r, err := a.Books.StageRecords(ctx, id)
+	if err != nil {
+		return err
+	}
+	s, err := statusOf(r)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, code, s)
+	return nil
+}
+
+// get handles GET /v1/stages/{id}. With ?wait= it answers when the stage's
+// version is no longer ?version= (without one: when it is released), or
+// when wait has passed.
+func (a *API) get(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	q, err := parseQuery(r, "wait", "version")
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	if err := agentapi.ValidateID("stage", id); err != nil {
+		return invalid(err)
+	}
+	until := time.Now().Add(q.wait)
+	pause := 50 * time.Millisecond
+	for {
+		st, err := a.Books.GetStage(ctx, id)
+		if err != nil {
+			return err
+		}
+		changed := q.hasVersion && st.Version != q.version
+		if changed || !st.ReleasedAt.IsZero() || !time.Now().Before(until) {
+			break
+		}
+		if err := sleep(ctx, min(pause, time.Until(until))); err != nil {
+			return err
+		}
+		pause = min(pause*3/2, 500*time.Millisecond)
+	}
+	return a.writeStatus(ctx, w, http.StatusOK, id)
+}
+
+// addGroup handles POST /v1/stages/{id}/groups.
+func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	if _, err := parseQuery(r); err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	if err := agentapi.ValidateID("stage", id); err != nil {
+		return invalid(err)
+	}
+	var g Group
+	if err := decode(w, r, &g); err != nil {
+		return err
+	}
+	if err := g.Validate(); err != nil {
+		return invalid(err)
+	}
+	if _, err := a.Books.GetStage(ctx, id); err != nil {
+		return err
+	}
+	ng, err := a.newGroup(ctx, id, g)
+	if err != nil {
+		return err
+	}
+	if _, err := a.Books.AddGroup(ctx, id, *ng); err != nil {
+		return err
+	}
+	return a.writeStatus(ctx, w, http.StatusCreated, id)
+}
+
+// stepOf reads the stage and finds the step the path names.
+func (a *API) stepOf(ctx context.Context, r *http.Request) (*lease.Records, *StepStatus, error) {
+	id, stepID := r.PathValue("id"), r.PathValue("step")
+	if err := errors.Join(agentapi.ValidateID("stage", id), agentapi.ValidateID("step", stepID)); err != nil {
+		return nil, nil, invalid(err)
+	}
+	rec, err := a.Books.StageRecords(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := statusOf(rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	step, ok := s.find(stepID)
+	if !ok {
+		return nil, nil, fail(http.StatusNotFound, CodeNotFound, "stage %s has no step %q", id, stepID)
+	}
+	return rec, step, nil
+}
+
+// agentOf is the client of the stage's VM's agent while it runs steps.
+func (a *API) agentOf(ctx context.Context, st *lease.Stage) (*client.Client, error) {
+	if st.VM == "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
+		return nil, errors.New("no bound VM")
+	}
+	vm, err := a.Books.Get(ctx, st.Pool, st.VM)
+	if err != nil {
+		return nil, err
+	}
+	return a.Agents.Client(vm)
+}
+
+// getStep handles GET /v1/stages/{id}/steps/{step}: the recorded result, or
+// the agent's word while it runs. With ?wait= it answers when the step ends
+// or wait has passed.
+func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	q, err := parseQuery(r, "wait")
+	if err != nil {
+		return err
+	}
+	until := time.Now().Add(q.wait)
+	for {
+		rec, step, err := a.stepOf(ctx, r)
+		if err != nil {
+			return err
+		}
+		remaining := time.Until(until)
+		if step.State == StateRunning {
+			if c, err := a.agentOf(ctx, rec.Stage); err == nil {
+				if live, err := c.StepStatus(ctx, rec.Stage.ID, step.ID, max(0, remaining)); err == nil && live.BootID == rec.Stage.BootID {
+					writeJSON(w, http.StatusOK, fromAgent(step.ID, step.Group, live))
+					return nil
+				}
+			}
+		}
+		if step.State != StatePending && step.State != StateRunning || remaining <= 0 {
+			writeJSON(w, http.StatusOK, step)
+			return nil
+		}
+		if err := sleep(ctx, min(250*time.Millisecond, remaining)); err != nil {
+			return err
+		}
+	}
+}
+
+// logs handles GET /v1/stages/{id}/steps/{step}/logs: a chunk of the step's
+// masked log, read from its VM's agent while the VM lives.
+func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	q, err := parseQuery(r, "offset", "limit")
+	if err != nil {
+		return err
+	}
+	rec, step, err := a.stepOf(ctx, r)
+	if err != nil {
+		return err
+	}
+	chunk := LogChunk{Offset: q.offset, NextOffset: q.offset, Data: []byte{}}
+	switch {
+	case !rec.Stage.ReleasedAt.IsZero():
+		return fail(http.StatusGone, CodeLogsGone, "stage %s was released and its VM is gone with the logs", rec.Stage.ID)
+	case step.State == StatePending:
+	case step.State == StateSkipped:
+		chunk.Done = true
+	default:
+		c, err := a.agentOf(ctx, rec.Stage)
+		if err != nil {
+			return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage's VM cannot be reached: %v", err)
+		}
+		data, done, err := c.ReadLogs(ctx, rec.Stage.ID, step.ID, q.offset, q.limit)
+		var refused *client.APIError
+		switch {
+		case errors.As(err, &refused) && refused.Code == agentapi.CodeNotFound:
+			chunk.Done = true // the step never started on the agent
+		case err != nil:
+			return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage's agent did not answer: %v", err)
+		default:
+			chunk.Data, chunk.Done, chunk.NextOffset = data, done, q.offset+int64(len(data))
+		}
+	}
+	writeJSON(w, http.StatusOK, chunk)
+	return nil
+}
+
+// cancelStep handles POST /v1/stages/{id}/steps/{step}/cancel.
+func (a *API) cancelStep(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	if _, err := parseQuery(r); err != nil {
+		return err
+	}
+	rec, step, err := a.stepOf(ctx, r)
+	if err != nil {
+		return err
+	}
+	if step.State != StateRunning {
+		return fail(http.StatusConflict, CodeStepNotRunning, "step %s is %s", step.ID, step.State)
+	}
+	c, err := a.agentOf(ctx, rec.Stage)
+	if err != nil {
+		return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage's VM cannot be reached: %v", err)
+	}
+	live, err := c.CancelStep(ctx, rec.Stage.ID, step.ID)
+	if err != nil {
+		return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage's agent did not cancel the step: %v", err)
+	}
+	writeJSON(w, http.StatusAccepted, fromAgent(step.ID, step.Group, live))
+	return nil
+}
+
+// cancel handles DELETE /v1/stages/{id}: the stage's result becomes
+// canceled, its running steps are canceled on the agent, and its release
+// runs at once (asynchronously), whatever its execution is waiting for.
+func (a *API) cancel(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	if _, err := parseQuery(r); err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	if err := agentapi.ValidateID("stage", id); err != nil {
+		return invalid(err)
+	}
+	st, err := a.Books.EndStage(ctx, id, Canceled, "canceled by the delegate")
+	if errors.Is(err, lease.ErrReleased) {
+		return a.writeStatus(ctx, w, http.StatusOK, id)
+	}
+	if err != nil && !errors.Is(err, lease.ErrStageEnded) {
+		return err
+	}
+	a.cancelRunning(ctx, st)
+	payload, _ := json.Marshal(CleanupInput{StageID: id, Reason: "canceled by the delegate"})
+	if _, err := a.Invoker.Invoke(ctx, &lambda.InvokeInput{
+		FunctionName: aws.String(a.CleanupFunction), InvocationType: lambdatypes.InvocationTypeEvent, Payload: payload,
+	}); err != nil {
+		// The stage's execution releases it when it next looks.
+		a.log().Warn("invoke the release", "stage", id, "err", err)
+	}
+	return a.writeStatus(ctx, w, http.StatusAccepted, id)
+}
+
+// cancelRunning cancels the steps of the stage's current group on its agent,
+// bounded and best effort: the release tears the stage down anyway.
+func (a *API) cancelRunning(ctx context.Context, st *lease.Stage) {
+	if st.Cursor >= st.Groups {
+		return
+	}
+	c, err := a.agentOf(ctx, st)
+	if err != nil {
+		return
+	}
+	g, err := a.Books.GetGroup(ctx, st.ID, st.Cursor)
+	if err != nil {
+		return
+	}
+	spec, err := decodeStored[Group](g.Spec, "group")
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, step := range spec.Steps {
+		wg.Go(func() { _, _ = c.CancelStep(ctx, st.ID, step.ID) })
+	}
+	wg.Wait()
+}
+
+// pools handles GET /v1/pools.
+func (a *API) pools(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	if _, err := parseQuery(r); err != nil {
+		return err
+	}
+	out := Pools{Pools: []PoolDepth{}}
+	now := a.now()
+	for _, p := range a.Pools {
+		d, err := a.Books.Depth(ctx, p.Name)
+		if err != nil {
+			return err
+		}
+		out.Pools = append(out.Pools, PoolDepth{
+			Name: p.Name, Idle: d.ByState[lease.Idle], Provisioning: d.ByState[lease.Launching] + d.ByState[lease.Provisioning],
+			Leased: d.ByState[lease.Leased], Releasing: d.ByState[lease.Releasing], Capacity: d.Capacity,
+			Max: p.MaxInstances, WarmTarget: p.WarmTarget(now),
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}

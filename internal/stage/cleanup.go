@@ -1,0 +1,179 @@
+package stage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/metrics"
+	"github.com/slipway-ci/slipway/internal/warm"
+)
+
+// CleanupInput is what the release is invoked with, from three places: the
+// state machine (its state: the stage id, and after a Catch the error), the
+// execution-status rule on an execution that was stopped, timed out or
+// failed (EventBridge's "Step Functions Execution Status Change" event,
+// whose detail names the execution after the stage), and the API's DELETE
+// (the stage id and a reason).
+type CleanupInput struct {
+	StageID string           `json:"stage_id"`
+	Error   *TaskError       `json:"error,omitempty"`
+	Reason  string           `json:"reason,omitempty"`
+	Detail  *ExecutionChange `json:"detail,omitempty"`
+}
+
+// ExecutionChange is the detail of EventBridge's execution status event.
+type ExecutionChange struct {
+	ExecutionARN string `json:"executionArn"`
+	Name         string `json:"name"`
+	Status       string `json:"status"`
+	Error        string `json:"error"`
+	Cause        string `json:"cause"`
+}
+
+// Cleanup releases a stage's VM, always and exactly once: it tears the stage
+// down on the agent (bounded, best effort), releases the lease (the one
+// conditional transaction that decides who terminates), terminates the
+// instance and removes its item, deletes the stage's secrets and triggers a
+// refill of the pool. Invoked again for a released stage, it finishes what a
+// crashed invocation left.
+type Cleanup struct{ *Deps }
+
+// Handle is the cleanup function.
+func (h *Cleanup) Handle(ctx context.Context, in CleanupInput) (Output, error) {
+	out, err := h.handle(ctx, in)
+	if err != nil {
+		h.log().Error("cleanup", "stage", out.StageID, "err", err)
+	}
+	return out, boundary(err)
+}
+
+func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
+	id := in.StageID
+	if id == "" && in.Detail != nil {
+		id = in.Detail.Name
+	}
+	out := Output{StageID: id, Status: StatusReleased}
+	if err := agentapi.ValidateID("stage", id); err != nil {
+		return out, &FaultError{Err: fmt.Errorf("cleanup: %w", err)}
+	}
+	result, reason := in.outcome()
+	st, err := h.Books.GetStage(ctx, id)
+	if errors.Is(err, lease.ErrStageNotFound) {
+		h.log().Warn("cleanup of a stage with no record", "stage", id)
+		return out, nil
+	}
+	if err != nil {
+		return out, err
+	}
+	var vm *lease.VM
+	releasedNow := false
+	if st.ReleasedAt.IsZero() {
+		h.destroy(ctx, st)
+		vm, err = h.Books.ReleaseStage(ctx, id, result, reason)
+		releasedNow = err == nil
+		if err != nil && !errors.Is(err, lease.ErrReleased) {
+			h.emit(st.Pool, metrics.Metric{Name: metrics.ReleaseFailures, Unit: metrics.Count, Value: 1})
+			return out, err
+		}
+	}
+	if vm == nil && st.VM != "" {
+		// Released before: finish what that release may have left.
+		vm, err = h.Books.Get(ctx, st.Pool, st.VM)
+		if errors.Is(err, lease.ErrNotFound) {
+			vm, err = nil, nil
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+	if vm != nil && vm.State == lease.Releasing && vm.Stage == id {
+		if err := h.Keeper.Dispose(ctx, *vm); err != nil {
+			h.emit(st.Pool, metrics.Metric{Name: metrics.ReleaseFailures, Unit: metrics.Count, Value: 1})
+			return out, fmt.Errorf("end vm %s of stage %s: %w", vm.LaunchID, id, err)
+		}
+		h.Agents.Forget(vm.LaunchID)
+	}
+	r, err := h.Books.StageRecords(ctx, id)
+	if err != nil {
+		return out, err
+	}
+	if err := h.Books.ForgetSecrets(ctx, id, r.Groups); err != nil {
+		return out, err
+	}
+	if releasedNow {
+		h.refill(ctx, st.Pool)
+		h.emitBy(st.Pool, metrics.DimResult, r.Stage.Result, metrics.Metric{
+			Name: metrics.StageSeconds, Unit: metrics.Seconds, Value: r.Stage.ReleasedAt.Sub(r.Stage.CreatedAt).Seconds(),
+		})
+		h.log().Info("released", "stage", id, "pool", st.Pool, "result", r.Stage.Result, "reason", r.Stage.Reason, "vm", st.VM)
+	}
+	return out, nil
+}
+
+// outcome is the result the input implies, for a stage that has none yet.
+func (in CleanupInput) outcome() (result, reason string) {
+	switch {
+	case in.Error != nil:
+		return Errored, fmt.Sprintf("a task failed: %s: %s", in.Error.Error, truncate(in.Error.Cause, 1000))
+	case in.Detail != nil && in.Detail.Status == "ABORTED":
+		return Canceled, "the stage's execution was stopped"
+	case in.Detail != nil && in.Detail.Status == "TIMED_OUT":
+		return TimedOut, "the stage's execution timed out"
+	case in.Detail != nil:
+		return Errored, fmt.Sprintf("the stage's execution ended %s: %s", in.Detail.Status, truncate(in.Detail.Error+" "+in.Detail.Cause, 1000))
+	case in.Reason != "":
+		return Canceled, in.Reason
+	default:
+		return Errored, "the stage was released before its result was known"
+	}
+}
+
+// destroy tears the stage down on its VM's agent, bounded: the instance is
+// terminated next whatever happens.
+func (h *Cleanup) destroy(ctx context.Context, st *lease.Stage) {
+	if st.BoundAt.IsZero() || st.VM == "" {
+		return
+	}
+	vm, err := h.Books.Get(ctx, st.Pool, st.VM)
+	if err != nil {
+		return
+	}
+	c, err := h.Agents.Client(vm)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.settings().DestroyTimeout)
+	defer cancel()
+	usage, err := c.DestroyStage(ctx, st.ID)
+	if err != nil {
+		h.log().Warn("destroy the stage on its agent", "stage", st.ID, "launch_id", vm.LaunchID, "err", err)
+		return
+	}
+	h.log().Info("stage destroyed on its agent", "stage", st.ID, "cpu_seconds", usage.CPUSeconds,
+		"peak_memory_bytes", usage.PeakMemoryByte, "disk_bytes", usage.DiskBytes, "steps", usage.Steps)
+}
+
+// refill asks the refill function to refill the pool now, asynchronously: a
+// release freed capacity that a waiting stage or the warm target wants.
+func (h *Cleanup) refill(ctx context.Context, pool string) {
+	if h.Invoker == nil || h.RefillFunction == "" {
+		return
+	}
+	payload, _ := json.Marshal(warm.Request{Pool: pool})
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := h.Invoker.Invoke(ctx, &lambda.InvokeInput{
+		FunctionName: aws.String(h.RefillFunction), InvocationType: lambdatypes.InvocationTypeEvent, Payload: payload,
+	}); err != nil {
+		h.log().Warn("trigger a refill", "pool", pool, "err", err)
+	}
+}

@@ -1,0 +1,228 @@
+package stage
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/sfn"
+
+	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/metrics"
+	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/secret"
+)
+
+// Books is the lease store as the stage logic uses it; *lease.Store
+// satisfies it.
+type Books interface {
+	CreateStage(ctx context.Context, ns lease.NewStage) (*lease.Stage, error)
+	GetStage(ctx context.Context, id string) (*lease.Stage, error)
+	StageRecords(ctx context.Context, id string) (*lease.Records, error)
+	AddGroup(ctx context.Context, stageID string, g lease.NewGroup) (*lease.Group, error)
+	GetGroup(ctx context.Context, stageID string, index int) (*lease.Group, error)
+	FinishGroup(ctx context.Context, st *lease.Stage, index int, end lease.GroupEnd) (*lease.Stage, error)
+	EndStage(ctx context.Context, id, result, reason string) (*lease.Stage, error)
+	SetLaunched(ctx context.Context, id, launchID string) error
+	MarkBound(ctx context.Context, id, launchID, bootID string) (*lease.Stage, error)
+	LeaseForStage(ctx context.Context, stageID string, leaseDeadline time.Time) (*lease.VM, error)
+	DropStageVM(ctx context.Context, stageID, launchID string) (*lease.VM, error)
+	ReleaseStage(ctx context.Context, stageID, result, reason string) (*lease.VM, error)
+	ForgetSecrets(ctx context.Context, stageID string, groups []lease.Group) error
+	Get(ctx context.Context, pool, launchID string) (*lease.VM, error)
+	Depth(ctx context.Context, pool string) (lease.Depth, error)
+}
+
+// Keeper launches and ends VMs for stages; *warm.Keeper satisfies it.
+type Keeper interface {
+	// Launch records and launches one VM of the pool and returns its launch
+	// id; lease.ErrPoolFull when the pool is at its max.
+	Launch(ctx context.Context, pool string) (string, error)
+	// ProbeBooting asks a booting VM's agent for its health and moves it to
+	// idle when it answers.
+	ProbeBooting(ctx context.Context, pool, launchID string) (idle bool, err error)
+	// Dispose terminates a releasing VM's instance and removes its item.
+	Dispose(ctx context.Context, vm lease.VM) error
+}
+
+// Executions starts state machine executions; *sfn.Client satisfies it.
+type Executions interface {
+	StartExecution(ctx context.Context, params *sfn.StartExecutionInput, optFns ...func(*sfn.Options)) (*sfn.StartExecutionOutput, error)
+}
+
+// Invoker invokes Lambda functions; *lambda.Client satisfies it.
+type Invoker interface {
+	Invoke(ctx context.Context, params *lambda.InvokeInput, optFns ...func(*lambda.Options)) (*lambda.InvokeOutput, error)
+}
+
+// Settings tune the orchestration; zero values take the defaults noted.
+type Settings struct {
+	// Poll is how long one RunGroup long-polls the agent (and waits for the
+	// delegate's next group) before it returns (default 60 s).
+	Poll time.Duration
+	// DelayShare and MaxDelay set the wait between two RunGroups while
+	// steps run on: that share of the time the group has run (default
+	// 0.1), at most MaxDelay (default 2 min). Long steps then cost a few
+	// transitions a minute and hold no Lambda while they wait; a step's end
+	// is noticed at most 10% of its time late.
+	DelayShare float64
+	MaxDelay   time.Duration
+	// AcquirePoll is the wait between two leasing attempts while the pool
+	// has no idle VM (default 2 s).
+	AcquirePoll time.Duration
+	// AgentGrace is how long an agent may not answer while its steps run
+	// before they fail (default 30 s).
+	AgentGrace time.Duration
+	// DestroyTimeout bounds the agent's stage teardown at release (default
+	// 10 s): the instance is terminated anyway.
+	DestroyTimeout time.Duration
+	// LeaseMargin extends a lease past its stage's deadline, so the stage's
+	// own release comes before the reaper's (default 5 min).
+	LeaseMargin time.Duration
+	// MaxBadVMs is how many VMs whose agent never answered a stage gives up
+	// on before it fails (default 3).
+	MaxBadVMs int
+}
+
+func (s Settings) withDefaults() Settings {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&s.Poll, 60*time.Second)
+	def(&s.MaxDelay, 2*time.Minute)
+	def(&s.AcquirePoll, 2*time.Second)
+	def(&s.AgentGrace, 30*time.Second)
+	def(&s.DestroyTimeout, 10*time.Second)
+	def(&s.LeaseMargin, 5*time.Minute)
+	if s.DelayShare <= 0 {
+		s.DelayShare = 0.1
+	}
+	if s.MaxBadVMs <= 0 {
+		s.MaxBadVMs = 3
+	}
+	return s
+}
+
+// Deps is what the handlers and the API share: a deployment's parts.
+type Deps struct {
+	Books  Books
+	Keeper Keeper
+	Pools  []pool.Pool
+	Sealer *secret.Sealer
+	Opener *secret.Opener
+	Agents *Agents
+	// Executions and StateMachineARN start a stage's execution (the API).
+	Executions      Executions
+	StateMachineARN string
+	// Invoker, CleanupFunction and RefillFunction run a release at once
+	// (DELETE) and a refill after each release, asynchronously.
+	Invoker         Invoker
+	CleanupFunction string
+	RefillFunction  string
+	Metrics         *metrics.Emitter
+	Logger          *slog.Logger
+	Settings        Settings
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (d *Deps) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+func (d *Deps) log() *slog.Logger {
+	if d.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Logger
+}
+
+func (d *Deps) settings() Settings { return d.Settings.withDefaults() }
+
+func (d *Deps) poolNames() []string {
+	names := make([]string, len(d.Pools))
+	for i, p := range d.Pools {
+		names[i] = p.Name
+	}
+	return names
+}
+
+func (d *Deps) emit(pool string, ms ...metrics.Metric) {
+	if d.Metrics == nil {
+		return
+	}
+	if err := d.Metrics.Pool(pool, ms...); err != nil {
+		d.log().Warn("emit metrics", "pool", pool, "err", err)
+	}
+}
+
+func (d *Deps) emitBy(pool, dim, value string, ms ...metrics.Metric) {
+	if d.Metrics == nil {
+		return
+	}
+	if err := d.Metrics.PoolBy(pool, dim, value, ms...); err != nil {
+		d.log().Warn("emit metrics", "pool", pool, "err", err)
+	}
+}
+
+// Agents makes agent clients with the orchestrator's identity, one per VM,
+// kept while in use so that calls share kept-alive connections.
+type Agents struct {
+	Roots       *x509.CertPool
+	Certificate func() (*tls.Certificate, error)
+
+	mu      sync.Mutex
+	clients map[string]*client.Client // by launch id
+}
+
+// maxAgentClients bounds the clients kept; beyond it one is dropped.
+const maxAgentClients = 256
+
+// Client returns the client of the VM's agent.
+func (a *Agents) Client(vm *lease.VM) (*client.Client, error) {
+	if vm.Address == "" {
+		return nil, fmt.Errorf("vm %s has no address", vm.LaunchID)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.clients[vm.LaunchID]; ok {
+		return c, nil
+	}
+	c, err := client.New(client.Config{Addr: vm.Address, LaunchID: vm.LaunchID, RootCAs: a.Roots, Certificate: a.Certificate})
+	if err != nil {
+		return nil, err
+	}
+	if a.clients == nil {
+		a.clients = map[string]*client.Client{}
+	}
+	if len(a.clients) >= maxAgentClients {
+		for id, old := range a.clients {
+			old.Close()
+			delete(a.clients, id)
+			break
+		}
+	}
+	a.clients[vm.LaunchID] = c
+	return c, nil
+}
+
+// Forget drops the client of a VM that is gone.
+func (a *Agents) Forget(launchID string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.clients[launchID]; ok {
+		c.Close()
+		delete(a.clients, launchID)
+	}
+}

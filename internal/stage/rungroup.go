@@ -1,0 +1,409 @@
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/metrics"
+)
+
+// RunGroup runs a stage's groups on its VM, one after another, each group's
+// steps at once. Within one invocation it goes on from group to group, and
+// waits for the delegate's next group of an open stage, until its time
+// budget ends; then it returns running, with a delay that grows with the
+// time the current group has run, and the state machine calls it again after
+// a Wait. It returns done when the stage is over: its final group ended, a
+// step failed in a stage given all its groups, the deadline or the idle
+// timeout passed, or it was canceled.
+type RunGroup struct{ *Deps }
+
+// Handle is the step function.
+func (h *RunGroup) Handle(ctx context.Context, in Input) (Output, error) {
+	out, err := h.handle(ctx, in)
+	if err != nil {
+		h.log().Error("run group", "stage", in.StageID, "err", err)
+	}
+	return out, boundary(err)
+}
+
+// budgetMargin is kept between the end of the long-polls and the Lambda's
+// deadline, to record what ended.
+const budgetMargin = 15 * time.Second
+
+func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
+	if err := agentapi.ValidateID("stage", in.StageID); err != nil {
+		return Output{}, &FaultError{Err: fmt.Errorf("run group: %w", err)}
+	}
+	set := h.settings()
+	budget := h.now().Add(set.Poll)
+	if dl, ok := ctx.Deadline(); ok {
+		budget = minTime(budget, dl.Add(-min(budgetMargin, time.Until(dl)/4)))
+	}
+	done := Output{StageID: in.StageID, Status: StatusDone}
+	for {
+		st, err := h.Books.GetStage(ctx, in.StageID)
+		if err != nil {
+			return Output{}, err
+		}
+		spec, err := decodeStored[storedStage](st.Spec, "stage")
+		if err != nil {
+			return Output{}, err
+		}
+		switch {
+		case !st.ReleasedAt.IsZero():
+			return done, nil
+		case st.BoundAt.IsZero():
+			return done, h.end(ctx, st.ID, Errored, "run group: the stage has no bound VM")
+		case st.Result != "":
+			if st.Cursor < st.Groups {
+				h.stopGroup(ctx, st)
+			}
+			return done, nil
+		}
+		now := h.now()
+		if now.After(st.Deadline) {
+			if err := h.end(ctx, st.ID, TimedOut, fmt.Sprintf("the stage ran past its timeout (%s)", spec.Timeout)); err != nil {
+				return Output{}, err
+			}
+			continue
+		}
+		if st.Cursor < st.Groups {
+			ended, delay, err := h.runGroup(ctx, st, spec, minTime(budget, st.Deadline))
+			if err != nil {
+				return Output{}, err
+			}
+			if !ended {
+				if h.now().Before(st.Deadline) {
+					return Output{StageID: st.ID, Status: StatusRunning, DelaySeconds: delay}, nil
+				}
+			}
+			continue
+		}
+		// Every group given has run: wait for the delegate's next one.
+		if st.Final {
+			// A final group ends the stage when it ends; reaching here means
+			// that end was recorded without a result.
+			return done, h.end(ctx, st.ID, Succeeded, "")
+		}
+		idleSince := st.GroupEndedAt
+		if idleSince.IsZero() {
+			idleSince = st.BoundAt
+		}
+		idleEnd := idleSince.Add(spec.IdleTimeout)
+		if !now.Before(idleEnd) {
+			if err := h.end(ctx, st.ID, TimedOut, fmt.Sprintf("no group came within the idle timeout (%s)", spec.IdleTimeout)); err != nil {
+				return Output{}, err
+			}
+			continue
+		}
+		until := minTime(budget, minTime(idleEnd, st.Deadline))
+		more, err := h.awaitGroup(ctx, st, until)
+		if err != nil {
+			return Output{}, err
+		}
+		if !more && !h.now().Before(budget) {
+			return Output{StageID: st.ID, Status: StatusRunning, DelaySeconds: h.delay(h.now().Sub(idleSince), st.Deadline)}, nil
+		}
+	}
+}
+
+// runGroup runs the stage's current group until its steps end or until.
+// ended says the group's end was recorded (or someone else's was).
+func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedStage, until time.Time) (ended bool, delay int, err error) {
+	g, gspec, c, err := h.current(ctx, st)
+	if err != nil {
+		return false, 0, err
+	}
+	opened, err := h.Opener.Open(ctx, st.ID, g.Sealed)
+	if err != nil {
+		return false, 0, err
+	}
+	defer clear(opened)
+	picked := h.now()
+	statuses := make([]StepStatus, len(gspec.Steps))
+	allEnded := true
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, step := range gspec.Steps {
+		agentSpec := step.Step
+		agentSpec.Secrets = stepSecrets(opened, step.ID)
+		wg.Go(func() {
+			status, ended := h.follow(ctx, c, st, g.Index, step.ID, &agentSpec, until)
+			mu.Lock()
+			defer mu.Unlock()
+			statuses[i] = status
+			allEnded = allEnded && ended
+		})
+	}
+	wg.Wait()
+	started, endedAt, longest := span(statuses, picked)
+	if !allEnded {
+		return false, h.delay(h.now().Sub(started), st.Deadline), nil
+	}
+	end := lease.GroupEnd{State: Succeeded, StartedAt: started, EndedAt: endedAt}
+	var firstFailed *StepStatus
+	for i := range statuses {
+		end.Steps = append(end.Steps, statuses[i].record())
+		if statuses[i].State != Succeeded && firstFailed == nil {
+			firstFailed = &statuses[i]
+		}
+	}
+	if firstFailed != nil {
+		end.State = Failed
+	}
+	switch {
+	case firstFailed != nil && spec.Closed:
+		end.Result, end.Reason = Failed, describeFailure(firstFailed)
+	case g.Final && firstFailed != nil:
+		end.Result, end.Reason = Failed, describeFailure(firstFailed)
+	case g.Final:
+		end.Result = Succeeded
+		if earlier, err := h.earlierFailure(ctx, st.ID); err != nil {
+			return false, 0, err
+		} else if earlier != "" {
+			end.Result, end.Reason = Failed, earlier
+		}
+	}
+	if _, err := h.Books.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, lease.ErrGroupMoved) {
+		return false, 0, err
+	}
+	if !started.Before(picked) {
+		// The whole group ran in this invocation: what it cost beyond its
+		// longest step is the orchestration's overhead.
+		overhead := h.now().Sub(picked) - longest
+		h.emit(st.Pool, metrics.Metric{Name: metrics.StepOverheadMs, Unit: metrics.Milliseconds, Value: float64(max(0, overhead).Milliseconds())})
+	}
+	return true, 0, nil
+}
+
+// current reads the stage's current group, its steps and its VM's client.
+func (h *RunGroup) current(ctx context.Context, st *lease.Stage) (*lease.Group, *Group, *client.Client, error) {
+	g, err := h.Books.GetGroup(ctx, st.ID, st.Cursor)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	gspec, err := decodeStored[Group](g.Spec, "group")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	vm, err := h.Books.Get(ctx, st.Pool, st.VM)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := h.Agents.Client(vm)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return g, gspec, c, nil
+}
+
+// follow starts a step on the agent (idempotent by step id: a step started
+// by an earlier invocation is not started again) and long-polls it until it
+// ends or until. A step whose agent does not answer for the agent grace, or
+// restarted, or refused it, ends with state error.
+func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage, group int, id string, spec *agentapi.Step, until time.Time) (StepStatus, bool) {
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	running := StepStatus{ID: id, Group: group, State: StateRunning}
+	var status *agentapi.StepStatus
+	var unreachableSince time.Time
+	for {
+		wait := min(time.Until(until), MaxWait)
+		if wait <= 0 {
+			return running, false
+		}
+		var err error
+		if status == nil {
+			status, err = c.StartStepWait(ctx, st.ID, id, spec, wait)
+		} else {
+			status, err = c.StepStatus(ctx, st.ID, id, wait)
+		}
+		if ctx.Err() != nil {
+			return running, false
+		}
+		var refused *client.APIError
+		switch {
+		case errors.As(err, &refused):
+			return h.failed(id, group, fmt.Sprintf("the agent refused the step: %s", refused.Message)), true
+		case err != nil:
+			status = nil
+			if unreachableSince.IsZero() {
+				unreachableSince = h.now()
+			}
+			if grace := h.settings().AgentGrace; h.now().Sub(unreachableSince) >= grace {
+				return h.failed(id, group, fmt.Sprintf("the agent did not answer for %s: %v", grace, err)), true
+			}
+			if sleep(ctx, time.Second) != nil {
+				return running, false
+			}
+			continue
+		}
+		unreachableSince = time.Time{}
+		if status.BootID != st.BootID {
+			return h.failed(id, group, fmt.Sprintf("the agent restarted (boot id %s, was %s): the step was lost", status.BootID, st.BootID)), true
+		}
+		running = fromAgent(id, group, status)
+		if status.State.Ended() {
+			return running, true
+		}
+	}
+}
+
+func (h *RunGroup) failed(id string, group int, why string) StepStatus {
+	now := h.now()
+	return StepStatus{ID: id, Group: group, State: string(agentapi.StepError), Error: why, EndedAt: &now}
+}
+
+// stopGroup ends the current group of a stage that has its result (canceled,
+// timed out): its steps are canceled on the agent and what they ended with
+// is recorded. Best effort: the release destroys the stage on the agent
+// anyway.
+func (h *RunGroup) stopGroup(ctx context.Context, st *lease.Stage) {
+	ctx, cancel := context.WithTimeout(ctx, budgetMargin)
+	defer cancel()
+	g, gspec, c, err := h.current(ctx, st)
+	if err != nil {
+		h.log().Warn("stop group", "stage", st.ID, "err", err)
+		return
+	}
+	statuses := make([]StepStatus, len(gspec.Steps))
+	var wg sync.WaitGroup
+	for i, step := range gspec.Steps {
+		wg.Go(func() {
+			statuses[i] = StepStatus{ID: step.ID, Group: g.Index, State: Canceled, Error: "the stage ended: " + st.Result}
+			if _, err := c.CancelStep(ctx, st.ID, step.ID); err != nil {
+				return // never started, or the agent is gone
+			}
+			if s, err := c.WaitStep(ctx, st.ID, step.ID, st.BootID, 0); err == nil {
+				statuses[i] = fromAgent(step.ID, g.Index, s)
+			}
+		})
+	}
+	wg.Wait()
+	started, ended, _ := span(statuses, h.now())
+	end := lease.GroupEnd{State: Canceled, StartedAt: started, EndedAt: ended}
+	for _, s := range statuses {
+		end.Steps = append(end.Steps, s.record())
+	}
+	if _, err := h.Books.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, lease.ErrGroupMoved) {
+		h.log().Warn("stop group: record", "stage", st.ID, "err", err)
+	}
+}
+
+// awaitGroup waits until the delegate adds a group, the stage ends, or
+// until; it polls the stage's record, quickly at first.
+func (h *RunGroup) awaitGroup(ctx context.Context, st *lease.Stage, until time.Time) (bool, error) {
+	pause := 50 * time.Millisecond
+	for h.now().Before(until) {
+		if err := sleep(ctx, min(pause, time.Until(until))); err != nil {
+			return false, err
+		}
+		pause = min(pause*3/2, time.Second)
+		cur, err := h.Books.GetStage(ctx, st.ID)
+		if err != nil {
+			return false, err
+		}
+		if cur.Groups > st.Cursor || cur.Result != "" || !cur.ReleasedAt.IsZero() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// earlierFailure describes the first failed step of the stage's ended
+// groups, "" when none failed.
+func (h *RunGroup) earlierFailure(ctx context.Context, id string) (string, error) {
+	r, err := h.Books.StageRecords(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	s, err := statusOf(r)
+	if err != nil {
+		return "", err
+	}
+	for _, g := range s.Groups {
+		for i := range g.Steps {
+			if st := g.Steps[i].State; st != Succeeded && st != StateRunning && st != StatePending && st != StateSkipped {
+				return describeFailure(&g.Steps[i]), nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// delay is the wait before the next RunGroup while a group has run for
+// elapsed: a share of elapsed, at most MaxDelay, never past the deadline; 0
+// below a second.
+func (h *RunGroup) delay(elapsed time.Duration, deadline time.Time) int {
+	set := h.settings()
+	d := min(time.Duration(float64(elapsed)*set.DelayShare), set.MaxDelay, time.Until(deadline))
+	return max(0, int(d/time.Second))
+}
+
+func (h *RunGroup) end(ctx context.Context, id, result, reason string) error {
+	_, err := h.Books.EndStage(ctx, id, result, reason)
+	if errors.Is(err, lease.ErrStageEnded) || errors.Is(err, lease.ErrReleased) {
+		return nil
+	}
+	return err
+}
+
+// span is when the earliest step started, the latest ended, and the longest
+// step's run; steps without times count from fallback.
+func span(statuses []StepStatus, fallback time.Time) (started, ended time.Time, longest time.Duration) {
+	started = fallback
+	for _, s := range statuses {
+		if s.StartedAt != nil && s.StartedAt.Before(started) {
+			started = *s.StartedAt
+		}
+		if s.EndedAt != nil && s.EndedAt.After(ended) {
+			ended = *s.EndedAt
+		}
+		if s.StartedAt != nil && s.EndedAt != nil {
+			longest = max(longest, s.EndedAt.Sub(*s.StartedAt))
+		}
+	}
+	if ended.IsZero() {
+		ended = time.Now()
+	}
+	return started, ended, longest
+}
+
+// describeFailure is the stage's reason for a step that did not succeed.
+func describeFailure(s *StepStatus) string {
+	why := fmt.Sprintf("step %s %s", s.ID, s.State)
+	switch {
+	case s.OOMKilled:
+		why += " (out of memory)"
+	case s.ExitCode != nil && s.State == Failed:
+		why += fmt.Sprintf(" (exit code %d)", *s.ExitCode)
+	}
+	if s.Error != "" {
+		why += ": " + truncate(s.Error, 300)
+	}
+	return why
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
