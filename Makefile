@@ -14,7 +14,12 @@ AGENT_PLATFORMS := linux/amd64 linux/arm64 windows/amd64
 # deadline exceeded" when a duration ends on a loaded machine (golang/go#75804).
 FUZZTIME ?= 20000x
 
-.PHONY: all build deps test unit fuzz lint bench demo clean
+# Node 22 from .cache/node where .ci/deps put it, else the machine's.
+NODE := $(firstword $(wildcard $(CACHE)/node/node_modules/node-linux-*/bin/node) node)
+# The functions, each a linux/arm64 bootstrap in bin/lambda/<name>.zip.
+FUNCTIONS := $(notdir $(wildcard functions/*))
+
+.PHONY: all build deps test unit fuzz lint asl bench demo local lambdas clean
 
 all: build
 
@@ -33,6 +38,18 @@ build:
 	@CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/slipway ./cmd/slipway
 	@echo "build bin/slipway"
 
+# lambdas: each function as Lambda's provided.al2023 runtime wants it: a
+# static linux/arm64 binary named bootstrap, alone in a zip.
+lambdas:
+	@mkdir -p bin/lambda
+	@for f in $(FUNCTIONS); do \
+	  echo "build bin/lambda/$$f.zip"; \
+	  mkdir -p bin/lambda/$$f && \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=arm64 go build -trimpath -tags lambda.norpc -ldflags '-s -w' \
+	    -o bin/lambda/$$f/bootstrap ./functions/$$f || exit 1; \
+	  (cd bin/lambda/$$f && rm -f ../$$f.zip && zip -q -X ../$$f.zip bootstrap) || exit 1; \
+	done
+
 $(GOLANGCI_LINT):
 	@mkdir -p $(CACHE)/bin
 	GOBIN=$(CACHE)/bin go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
@@ -47,9 +64,9 @@ lint: $(GOLANGCI_LINT)
 
 # test: every test, with the race detector, against a real Docker engine, then
 # each fuzz target briefly, then the linters.
-test: deps build
+test: deps build lambdas
 	.ci/with-services $(MAKE) --no-print-directory unit fuzz
-	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory asl lint
 
 unit:
 	go test -race -count=1 ./...
@@ -60,6 +77,13 @@ fuzz:
 	  echo "fuzz $$target in $$pkg for $(FUZZTIME)"; \
 	  go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
+
+# asl: the state machine file, its placeholders filled, checked by
+# asl-validator (pinned in package-lock.json).
+asl:
+	@sed -E 's/\$$\{([A-Za-z]+)FunctionArn\}/arn:aws:lambda:us-east-1:000000000000:function:slipway-\1/g' \
+	  statemachine/stage.asl.json > $(CACHE)/stage.asl.json
+	$(NODE) node_modules/.bin/asl-validator --json-path $(CACHE)/stage.asl.json
 
 # bench: every benchmark once; each prints `BENCH <name> <value> <unit>`.
 bench: deps build

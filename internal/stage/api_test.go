@@ -1,0 +1,272 @@
+package stage_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/internal/stage"
+)
+
+func script(s string) agentapi.Step { return agentapi.Step{Script: s} }
+
+func TestCreateIsIdempotent(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	spec := stage.Spec{
+		ID: "s1", Pool: "p", Env: map[string]string{"A": "1"}, Secrets: map[string]string{"TOKEN": "t0ps3cret"},
+		Groups: []stage.Group{{Steps: []stage.Step{{ID: "build", Step: script("make")}}, Final: true}},
+	}
+	first := e.do(t, "POST", "/v1/stages", spec, true)
+	if first.status != http.StatusCreated {
+		t.Fatalf("create: %d %s", first.status, first.body)
+	}
+	var st stage.Status
+	first.decode(t, &st)
+	if st.ID != "s1" || st.Phase != stage.PhaseQueued || !st.Closed || len(st.Groups) != 1 || st.Groups[0].Steps[0].State != stage.StatePending {
+		t.Fatalf("status %+v", st)
+	}
+	// A retry of the same request (secret values are not compared: nothing
+	// derived from them is stored) is the same stage.
+	spec.Secrets["TOKEN"] = "another value"
+	if again := e.do(t, "POST", "/v1/stages", spec, true); again.status != http.StatusOK {
+		t.Fatalf("repeat: %d %s", again.status, again.body)
+	}
+	spec.Env["A"] = "2"
+	if clash := e.do(t, "POST", "/v1/stages", spec, true); clash.status != http.StatusConflict || !strings.Contains(clash.errorMessage(), "another body") {
+		t.Fatalf("another body: %d %s", clash.status, clash.body)
+	}
+	// Each create starts the execution (Step Functions keeps one per name),
+	// with the stage id as its only input.
+	calls := e.execs.started()
+	if len(calls) != 2 || aws.ToString(calls[0].Name) != "s1" || aws.ToString(calls[0].Input) != `{"stage_id":"s1"}` {
+		t.Fatalf("executions %+v", calls)
+	}
+}
+
+func TestRequestsAreValidated(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	huge := strings.Repeat("x", stage.MaxBodyBytes)
+	for _, tc := range []struct {
+		name, method, path string
+		body               any
+		status             int
+		want               []string // in the error message
+	}{
+		{"every problem at once", "POST", "/v1/stages", map[string]any{
+			"id": "bad id!", "pool": "nope", "timeout_seconds": 999999,
+			"groups": []any{
+				map[string]any{"final": true, "steps": []any{map[string]any{"id": "a", "command": []string{}}}},
+				map[string]any{"steps": []any{map[string]any{"id": "a", "script": "x", "shell": "zsh"}}},
+			},
+		}, 400, []string{"stage id \"bad id!\"", "pool: unknown pool \"nope\" (known: p)", "timeout_seconds: 999999", "groups[0]: final, but groups follow it", "groups[0].steps[0]: empty step", "groups[1].steps[0].id: \"a\" is also the id of groups[0].steps[0]", "groups[1].steps[0]: shell \"zsh\""}},
+		{"unknown field", "POST", "/v1/stages", `{"id":"s","pool":"p","colour":"red"}`, 400, []string{`unknown field "colour"`}},
+		{"not JSON", "POST", "/v1/stages", `{"id":`, 400, []string{"decode body"}},
+		{"trailing data", "POST", "/v1/stages", `{"id":"s","pool":"p"} {}`, 400, []string{"trailing data"}},
+		{"too large", "POST", "/v1/stages", `{"id":"s","pool":"p","env":{"X":"` + huge + `"}}`, 413, []string{"over 1048576 bytes"}},
+		{"no steps", "POST", "/v1/stages/s/groups", `{"steps":[]}`, 400, []string{"steps: 0 steps, want 1 to 50"}},
+		{"bad wait", "GET", "/v1/stages/s?wait=forever", nil, 400, []string{`wait "forever"`}},
+		{"wait too long", "GET", "/v1/stages/s?wait=2m", nil, 400, []string{"from 0s to 25s"}},
+		{"unknown parameter", "GET", "/v1/stages/s?colour=red", nil, 400, []string{`query parameter "colour"`}},
+		{"bad offset", "GET", "/v1/stages/s/steps/a/logs?offset=-1", nil, 400, []string{`offset "-1"`}},
+		{"bad stage id", "GET", "/v1/stages/no%20spaces", nil, 400, []string{"stage id"}},
+		{"no such stage", "GET", "/v1/stages/nope", nil, 404, []string{`no stage "nope"`}},
+		{"no such path", "GET", "/v2/things", nil, 404, []string{"no such path"}},
+		{"wrong method", "PUT", "/v1/stages/s", nil, 405, []string{"does not take PUT"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := e.do(t, tc.method, tc.path, tc.body, false)
+			if a.status != tc.status {
+				t.Fatalf("status %d, want %d: %s", a.status, tc.status, a.body)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(a.errorMessage(), w) {
+					t.Errorf("the message lacks %q:\n%s", w, a.errorMessage())
+				}
+			}
+		})
+	}
+}
+
+func TestOpenStageGroups(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	if a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "open", Pool: "p"}, true); a.status != 201 {
+		t.Fatalf("create: %d %s", a.status, a.body)
+	}
+	g := stage.Group{Steps: []stage.Step{{ID: "one", Step: agentapi.Step{Command: []string{"true"}, Secrets: map[string]string{"K": "step-secret"}}}}}
+	if a := e.do(t, "POST", "/v1/stages/open/groups", g, true); a.status != 201 {
+		t.Fatalf("group: %d %s", a.status, a.body)
+	}
+	// The same group again (a retry) is the same group; another with a step
+	// id used is refused.
+	if a := e.do(t, "POST", "/v1/stages/open/groups", g, true); a.status != 201 {
+		t.Fatalf("retried group: %d %s", a.status, a.body)
+	}
+	clash := stage.Group{Steps: []stage.Step{{ID: "one", Step: script("echo other")}}}
+	if a := e.do(t, "POST", "/v1/stages/open/groups", clash, true); a.status != 409 || !strings.Contains(a.errorMessage(), "one") {
+		t.Fatalf("step id reused: %d %s", a.status, a.body)
+	}
+	last := stage.Group{Steps: []stage.Step{{ID: "two", Step: script("true")}}, Final: true}
+	a := e.do(t, "POST", "/v1/stages/open/groups", last, true)
+	var st stage.Status
+	a.decode(t, &st)
+	if a.status != 201 || len(st.Groups) != 2 || !st.Closed {
+		t.Fatalf("final group: %d %+v", a.status, st)
+	}
+	if a := e.do(t, "POST", "/v1/stages/open/groups", stage.Group{Steps: []stage.Step{{ID: "three", Step: script("true")}}}, true); a.status != 409 || !strings.Contains(a.errorMessage(), "stage_closed") {
+		t.Fatalf("after the final group: %d %s", a.status, a.body)
+	}
+	if a := e.do(t, "POST", "/v1/stages/nope/groups", g, true); a.status != 404 {
+		t.Fatalf("group of no stage: %d %s", a.status, a.body)
+	}
+	// A pending step: its status, an empty log, and no cancel.
+	step := e.do(t, "GET", "/v1/stages/open/steps/two", nil, true)
+	var ss stage.StepStatus
+	step.decode(t, &ss)
+	if step.status != 200 || ss.State != stage.StatePending || ss.Group != 1 {
+		t.Fatalf("pending step: %d %s", step.status, step.body)
+	}
+	logs := e.do(t, "GET", "/v1/stages/open/steps/two/logs?offset=0", nil, true)
+	var chunk stage.LogChunk
+	logs.decode(t, &chunk)
+	if logs.status != 200 || chunk.Done || len(chunk.Data) != 0 {
+		t.Fatalf("logs of a pending step: %d %s", logs.status, logs.body)
+	}
+	if a := e.do(t, "POST", "/v1/stages/open/steps/two/cancel", nil, true); a.status != 409 || !strings.Contains(a.errorMessage(), "step_not_running") {
+		t.Fatalf("cancel a pending step: %d %s", a.status, a.body)
+	}
+	if a := e.do(t, "GET", "/v1/stages/open/steps/zzz", nil, true); a.status != 404 {
+		t.Fatalf("no such step: %d %s", a.status, a.body)
+	}
+}
+
+func TestLongPollAndCancel(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "lp", Pool: "p"}, true)
+	var st stage.Status
+	a.decode(t, &st)
+	// Nothing changes: the long-poll answers when its wait has passed.
+	start := time.Now()
+	if a := e.do(t, "GET", "/v1/stages/lp?wait=1s&version="+itoa(st.Version), nil, true); a.status != 200 || time.Since(start) < time.Second {
+		t.Fatalf("long-poll: %d after %s", a.status, time.Since(start))
+	}
+	// A change ends it early.
+	done := make(chan answer)
+	go func() { done <- e.do(t, "GET", "/v1/stages/lp?wait=20s&version="+itoa(st.Version), nil, true) }()
+	time.Sleep(200 * time.Millisecond)
+	start = time.Now()
+	if a := e.do(t, "DELETE", "/v1/stages/lp", nil, true); a.status != http.StatusAccepted {
+		t.Fatalf("cancel: %d %s", a.status, a.body)
+	}
+	changed := <-done
+	var after stage.Status
+	changed.decode(t, &after)
+	if time.Since(start) > 5*time.Second || after.Result != stage.Canceled || after.Version == st.Version {
+		t.Fatalf("the long-poll after the cancel: %+v after %s", after, time.Since(start))
+	}
+	// The release runs at once, asynchronously: the cleanup function is
+	// invoked with the stage's id.
+	calls := e.invoker.invoked()
+	if len(calls) != 1 || aws.ToString(calls[0].FunctionName) != "cleanup" || calls[0].InvocationType != "Event" || !strings.Contains(string(calls[0].Payload), `"stage_id":"lp"`) {
+		t.Fatalf("invocations %+v", calls)
+	}
+	if a := e.do(t, "DELETE", "/v1/stages/lp", nil, true); a.status != http.StatusAccepted {
+		t.Fatalf("cancel again: %d %s", a.status, a.body)
+	}
+}
+
+func TestPoolsAndDocument(t *testing.T) {
+	e := newEnv(t, testPool("p", 1, 3))
+	e.warmUp(t, "p", 1)
+	a := e.do(t, "GET", "/v1/pools", nil, true)
+	var pools stage.Pools
+	a.decode(t, &pools)
+	if a.status != 200 || len(pools.Pools) != 1 || pools.Pools[0].Idle != 1 || pools.Pools[0].Max != 3 || pools.Pools[0].WarmTarget != 1 {
+		t.Fatalf("pools: %d %s", a.status, a.body)
+	}
+	if a := e.do(t, "GET", "/v1/openapi.yaml", nil, true); a.status != 200 || !strings.HasPrefix(string(a.body), "openapi: 3.1") {
+		t.Fatalf("document: %d", a.status)
+	}
+}
+
+// TestLiveStep: a step running on a real agent, watched through the API:
+// its status and log come from the agent, cancel reaches it, and once the
+// stage is released its log is gone with the VM.
+func TestLiveStep(t *testing.T) {
+	e := newEnv(t, testPool("p", 1, 2))
+	e.warmUp(t, "p", 1)
+	ctx := agenttest.Context(t)
+	spec := stage.Spec{ID: "live", Pool: "p", Secrets: map[string]string{"TOKEN": "hunter2-live"}, Groups: []stage.Group{
+		{Steps: []stage.Step{{ID: "slow", Step: script(`echo "token is $TOKEN"; echo started; sleep 60`)}}, Final: true},
+	}}
+	if a := e.do(t, "POST", "/v1/stages", spec, true); a.status != 201 {
+		t.Fatalf("create: %d %s", a.status, a.body)
+	}
+	init := &stage.Init{Deps: e.deps}
+	if out, err := init.Handle(ctx, stage.Input{StageID: "live"}); err != nil || out.Status != stage.StatusLeased {
+		t.Fatalf("init: %+v %v", out, err)
+	}
+	run := make(chan stage.Output, 1)
+	go func() {
+		out, err := (&stage.RunGroup{Deps: e.deps}).Handle(ctx, stage.Input{StageID: "live"})
+		if err != nil {
+			t.Error(err)
+		}
+		run <- out
+	}()
+	var chunk stage.LogChunk
+	for !strings.Contains(string(chunk.Data), "started") {
+		a := e.do(t, "GET", "/v1/stages/live/steps/slow/logs", nil, true)
+		if a.status != 200 {
+			t.Fatalf("logs: %d %s", a.status, a.body)
+		}
+		a.decode(t, &chunk)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(string(chunk.Data), "token is ******") || strings.Contains(string(chunk.Data), "hunter2") {
+		t.Fatalf("the log is not masked: %q", chunk.Data)
+	}
+	if chunk.NextOffset != int64(len(chunk.Data)) || chunk.Done {
+		t.Fatalf("chunk %+v", chunk)
+	}
+	a := e.do(t, "GET", "/v1/stages/live/steps/slow?wait=1s", nil, true)
+	var ss stage.StepStatus
+	a.decode(t, &ss)
+	if ss.State != stage.StateRunning || ss.StartedAt == nil {
+		t.Fatalf("running step: %s", a.body)
+	}
+	if a := e.do(t, "POST", "/v1/stages/live/steps/slow/cancel", nil, true); a.status != http.StatusAccepted {
+		t.Fatalf("cancel: %d %s", a.status, a.body)
+	}
+	out := <-run
+	if out.Status != stage.StatusDone {
+		t.Fatalf("run group: %+v", out)
+	}
+	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(ctx, stage.CleanupInput{StageID: "live"}); err != nil {
+		t.Fatal(err)
+	}
+	final := e.do(t, "GET", "/v1/stages/live", nil, true)
+	var st stage.Status
+	final.decode(t, &st)
+	if st.Phase != stage.PhaseReleased || st.Result != stage.Failed || !strings.Contains(st.Reason, "step slow canceled") || st.Groups[0].Steps[0].State != "canceled" {
+		t.Fatalf("after the release: %s", final.body)
+	}
+	if a := e.do(t, "GET", "/v1/stages/live/steps/slow/logs", nil, true); a.status != http.StatusGone {
+		t.Fatalf("logs after the release: %d %s", a.status, a.body)
+	}
+	for _, raw := range [][]byte{final.body, e.metrics.Bytes()} {
+		if strings.Contains(string(raw), "hunter2") {
+			t.Fatalf("a secret in plain text: %s", raw)
+		}
+	}
+}
+
+func itoa(n int64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}

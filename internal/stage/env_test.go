@@ -1,0 +1,245 @@
+package stage_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/sfn"
+	"github.com/pb33f/libopenapi"
+	validator "github.com/pb33f/libopenapi-validator"
+	verrors "github.com/pb33f/libopenapi-validator/errors"
+	"github.com/pb33f/libopenapi-validator/helpers"
+
+	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/internal/awstest"
+	"github.com/slipway-ci/slipway/internal/fleet"
+	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/metrics"
+	"github.com/slipway-ci/slipway/internal/pki"
+	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/secret"
+	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/warm"
+)
+
+// executions records StartExecution calls: Step Functions' part is tested
+// end to end on the real ASL engine (internal/local); here it is the API's
+// request that matters.
+type executions struct {
+	mu    sync.Mutex
+	calls []sfn.StartExecutionInput
+}
+
+func (e *executions) StartExecution(_ context.Context, in *sfn.StartExecutionInput, _ ...func(*sfn.Options)) (*sfn.StartExecutionOutput, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.calls = append(e.calls, *in)
+	return &sfn.StartExecutionOutput{ExecutionArn: aws.String("arn:aws:states:us-east-1:000000000000:execution:s:" + aws.ToString(in.Name))}, nil
+}
+
+func (e *executions) started() []sfn.StartExecutionInput {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]sfn.StartExecutionInput(nil), e.calls...)
+}
+
+// invoker records asynchronous invocations.
+type invoker struct {
+	mu    sync.Mutex
+	calls []lambda.InvokeInput
+}
+
+func (i *invoker) Invoke(_ context.Context, in *lambda.InvokeInput, _ ...func(*lambda.Options)) (*lambda.InvokeOutput, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.calls = append(i.calls, *in)
+	return &lambda.InvokeOutput{StatusCode: 202}, nil
+}
+
+func (i *invoker) invoked() []lambda.InvokeInput {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return append([]lambda.InvokeInput(nil), i.calls...)
+}
+
+type env struct {
+	deps    *stage.Deps
+	api     *stage.API
+	store   *lease.Store
+	keeper  *warm.Keeper
+	execs   *executions
+	invoker *invoker
+	metrics *bytes.Buffer
+	spec    validator.Validator
+}
+
+// newEnv is a deployment on DynamoDB Local and local-kms, its VMs agent
+// processes (fleet.Local).
+func newEnv(t *testing.T, pools ...pool.Pool) *env {
+	t.Helper()
+	db := awstest.Client(t)
+	kms := awstest.KMS(t)
+	table := awstest.TableName(t)
+	ctx := agenttest.Context(t)
+	if err := lease.CreateTable(ctx, db, table); err != nil {
+		t.Fatal(err)
+	}
+	awstest.DropAtCleanup(t, db, table)
+	store := &lease.Store{DB: db, Table: table}
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.NewCA(key, "stage test CA", 24*time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	identity := &pki.Identity{CA: ca}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	vms := &fleet.Local{Dir: t.TempDir(), AgentPath: agenttest.BuildAgent(t)}
+	t.Cleanup(func() { _ = vms.Close() })
+	out := &bytes.Buffer{}
+	emitter := &metrics.Emitter{W: out, Deployment: "test"}
+	keeper := &warm.Keeper{
+		Books: store, Fleet: vms, Pools: pools, CA: ca,
+		Prober: &warm.AgentProber{RootCAs: roots, Certificate: identity.Certificate}, Metrics: emitter,
+	}
+	secretsKey := awstest.SymmetricKey(t, kms)
+	e := &env{store: store, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out}
+	e.deps = &stage.Deps{
+		Books: store, Keeper: keeper, Pools: pools,
+		Sealer: &secret.Sealer{KMS: kms, KeyID: secretsKey}, Opener: &secret.Opener{KMS: kms},
+		Agents:     &stage.Agents{Roots: roots, Certificate: identity.Certificate},
+		Executions: e.execs, StateMachineARN: "arn:aws:states:us-east-1:000000000000:stateMachine:s",
+		Invoker: e.invoker, CleanupFunction: "cleanup", RefillFunction: "refill",
+		Metrics: emitter, Settings: stage.Settings{AcquirePoll: time.Second, AgentGrace: 2 * time.Second},
+	}
+	e.api = &stage.API{Deps: e.deps}
+	doc, err := libopenapi.NewDocument(stage.OpenAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, errs := validator.NewValidator(doc)
+	if len(errs) > 0 {
+		t.Fatalf("the OpenAPI document: %v", errs)
+	}
+	if ok, verrs := v.ValidateDocument(); !ok {
+		t.Fatalf("the OpenAPI document does not validate: %v", verrs)
+	}
+	e.spec = v
+	return e
+}
+
+// warmUp refills until the pool has n idle VMs.
+func (e *env) warmUp(t *testing.T, name string, n int) {
+	t.Helper()
+	ctx := agenttest.Context(t)
+	for {
+		r, err := e.keeper.Handle(ctx, warm.Request{Pool: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Idle >= n {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// answer is one call's outcome.
+type answer struct {
+	status int
+	body   []byte
+}
+
+func (a answer) decode(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(a.body, v); err != nil {
+		t.Fatalf("decode %s: %v", a.body, err)
+	}
+}
+
+// errorMessage is the answer's error message ("" for none).
+func (a answer) errorMessage() string {
+	var eb stage.ErrorBody
+	_ = json.Unmarshal(a.body, &eb)
+	return eb.Error.Code + ": " + eb.Error.Message
+}
+
+// do calls the API. Every answer is checked against the OpenAPI document;
+// the request too when valid says it should be one the document allows.
+func (e *env) do(t *testing.T, method, path string, body any, valid bool) answer {
+	t.Helper()
+	var data []byte
+	switch b := body.(type) {
+	case nil:
+	case string:
+		data = []byte(b)
+	default:
+		var err error
+		if data, err = json.Marshal(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newReq := func() *http.Request {
+		req := httptest.NewRequest(method, "http://127.0.0.1:8079"+path, bytes.NewReader(data))
+		if data != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		return req
+	}
+	if valid {
+		if ok, errs := e.spec.ValidateHttpRequest(newReq()); !ok {
+			t.Errorf("%s %s: the request does not fit the OpenAPI document: %v", method, path, errs)
+		}
+	}
+	rec := httptest.NewRecorder()
+	e.api.ServeHTTP(rec, newReq())
+	resp := rec.Result()
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body = io.NopCloser(bytes.NewReader(got))
+	if ok, errs := e.spec.ValidateHttpResponse(newReq(), resp); !ok && !undocumented(errs, resp.StatusCode, got) {
+		var msgs []string
+		for _, err := range errs {
+			msgs = append(msgs, err.Error())
+		}
+		t.Errorf("%s %s: answer %d %s does not fit the OpenAPI document:\n%s", method, path, resp.StatusCode, got, strings.Join(msgs, "\n"))
+	}
+	return answer{status: resp.StatusCode, body: got}
+}
+
+func testPool(name string, minIdle, maxInstances int) pool.Pool {
+	return pool.Pool{
+		Name: name, OS: "linux", Arch: "amd64", InstanceTypes: []string{"local.agent"},
+		AMI: "ami-00000000000000000", Subnets: []string{"subnet-00000000"}, SecurityGroups: []string{"sg-00000000"},
+		MinIdle: minIdle, MaxInstances: maxInstances,
+		MaxVMLifetime: pool.Duration{Duration: time.Hour}, BootBudget: pool.Duration{Duration: time.Minute},
+	}
+}
+
+// undocumented tells the answer to a path or method the document does not
+// have (which it cannot check): a 404 or 405 with an error body.
+func undocumented(errs []*verrors.ValidationError, status int, body []byte) bool {
+	var eb stage.ErrorBody
+	if (status != http.StatusNotFound && status != http.StatusMethodNotAllowed) || json.Unmarshal(body, &eb) != nil || eb.Error.Code == "" {
+		return false
+	}
+	for _, err := range errs {
+		if err.ValidationType != helpers.PathValidation {
+			return false
+		}
+	}
+	return true
+}
