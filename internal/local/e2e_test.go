@@ -10,25 +10,36 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sfn"
+
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/local"
 	"github.com/slipway-ci/slipway/internal/localaws"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
 
-// One runtime serves every end-to-end test of the package: its pools are
-// the tests' own, so each test judges only its pool.
+// One runtime serves every end-to-end test of the package, as `slipway
+// local` serves many delegates: each test has a pool of its own, so it
+// judges only its pool, and stage ids of its own.
 var shared struct {
 	once    sync.Once
 	rt      *local.Runtime
 	err     error
 	metrics *syncBuffer
 	logs    *syncBuffer
+	// faults are the functions to fail, by "function/stage id".
+	faults sync.Map
+	// answers keeps every body the API answered, to search for secrets.
+	answers syncBuffer
 }
 
 // syncBuffer is a bytes.Buffer for many writers.
@@ -52,24 +63,40 @@ func (b *syncBuffer) Bytes() []byte {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if shared.rt != nil {
+		dir := shared.rt.Dir
 		shared.rt.Close()
+		// Ctrl-C and the tests' end alike: nothing the runtime started lives on.
+		if left := processesUnder(dir); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "processes left after Close: %v\n", left)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }
 
-// testPools are every pool the tests use, each for one test (or a few that
-// do not judge its depth).
+// testPools: one per test that judges its pool's depth.
 var testPools = []pool.Pool{
 	local.LocalPool("warm", 2, 4),
 	local.LocalPool("cold", 0, 2),
 	local.LocalPool("full", 0, 1),
 	local.LocalPool("many", 5, 8),
+	local.LocalPool("fail", 1, 3),
+	local.LocalPool("time", 1, 3),
+	local.LocalPool("cancel", 1, 3),
+	local.LocalPool("kill", 1, 3),
+	local.LocalPool("open", 1, 3),
+	local.LocalPool("idle", 0, 2),
+	local.LocalPool("dup", 1, 2),
+	local.LocalPool("stop", 1, 2),
+	local.LocalPool("fault", 1, 2),
+	local.LocalPool("secret", 1, 2),
+	local.LocalPool("metrics", 0, 1),
 	local.LocalPool("misc", 1, 6),
 }
 
 // runtime starts the shared runtime once. It needs DynamoDB Local and
-// local-kms (`make test` starts them); without them the test fails in CI and
-// is skipped elsewhere.
+// local-kms (`make test` starts them): without them the test fails in CI
+// and is skipped elsewhere.
 func runtime(t *testing.T) *local.Runtime {
 	t.Helper()
 	ddb, kms := os.Getenv(localaws.DynamoDBEndpointEnv), os.Getenv(localaws.KMSEndpointEnv)
@@ -96,6 +123,16 @@ func runtime(t *testing.T) *local.Runtime {
 			Listen: "127.0.0.1:0", AgentPath: agent, DynamoDBEndpoint: ddb, KMSEndpoint: kms,
 			Pools: testPools, Tick: time.Second, Metrics: shared.metrics, Logs: shared.logs,
 			Settings: stage.Settings{AgentGrace: 2 * time.Second, AcquirePoll: time.Second},
+			Inject: func(function string, payload []byte) *local.Fault {
+				var in struct {
+					StageID string `json:"stage_id"`
+				}
+				_ = json.Unmarshal(payload, &in)
+				if _, ok := shared.faults.LoadAndDelete(function + "/" + in.StageID); ok {
+					return &local.Fault{Type: "FaultError", Message: "injected: the " + function + " function failed"}
+				}
+				return nil
+			},
 		}
 		o.FromRepo(root)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -149,12 +186,30 @@ func call(t *testing.T, rt *local.Runtime, method, path string, body, out any) i
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
+	_, _ = shared.answers.Write(data)
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
 			t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, data, err)
 		}
 	}
 	return resp.StatusCode
+}
+
+func create(t *testing.T, rt *local.Runtime, spec stage.Spec) {
+	t.Helper()
+	var st stage.Status
+	if code := call(t, rt, "POST", "/v1/stages", spec, &st); code != http.StatusCreated {
+		t.Fatalf("create %s: %d %+v", spec.ID, code, st)
+	}
+}
+
+func get(t *testing.T, rt *local.Runtime, id string) *stage.Status {
+	t.Helper()
+	var st stage.Status
+	if code := call(t, rt, "GET", "/v1/stages/"+id, nil, &st); code != 200 {
+		t.Fatalf("get stage %s: %d", id, code)
+	}
+	return &st
 }
 
 // released waits for the stage to be released and returns its status.
@@ -175,28 +230,143 @@ func released(t *testing.T, rt *local.Runtime, id string, within time.Duration) 
 	}
 }
 
-func TestWarmStage(t *testing.T) {
-	rt := runtime(t)
-	spec := stage.Spec{
-		ID: "warm-1", Pool: "warm",
-		Env: map[string]string{"GREETING": "hello"},
-		Groups: []stage.Group{
-			{Steps: []stage.Step{
-				{ID: "a", Step: step(`echo "$GREETING from a"; echo "A=1" >> "$SLIPWAY_OUTPUT"`)},
-				{ID: "b", Step: step(`echo b`)},
-			}},
-			{Steps: []stage.Step{{ID: "c", Step: step(`test -n "$SLIPWAY_WORKSPACE"`)}}, Final: true},
-		},
+// until polls cond every 50 ms for at most within.
+func until(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	var st stage.Status
-	if code := call(t, rt, "POST", "/v1/stages", spec, &st); code != http.StatusCreated {
-		t.Fatalf("create: %d %+v", code, st)
+}
+
+// warm waits until the pool has n idle VMs.
+func warm(t *testing.T, rt *local.Runtime, name string, n int) {
+	t.Helper()
+	until(t, time.Minute, "pool "+name+" warm", func() bool {
+		d, err := rt.Deployment.Store.Depth(context.Background(), name)
+		return err == nil && d.ByState[lease.Idle] >= n
+	})
+}
+
+// settled checks what every test must leave: no lease held or being
+// released in its pool, capacity equal to the VM items, an agent process
+// for exactly the VMs that are not gone, and no process of its stages.
+func settled(t *testing.T, rt *local.Runtime, name string, stages ...string) {
+	t.Helper()
+	ctx := context.Background()
+	until(t, time.Minute, "pool "+name+" without leases", func() bool {
+		d, err := rt.Deployment.Store.Depth(ctx, name)
+		return err == nil && d.ByState[lease.Leased] == 0 && d.ByState[lease.Releasing] == 0 && d.ByState[lease.Launching] == 0
+	})
+	vms, err := rt.Deployment.Store.List(ctx, name)
+	if err != nil {
+		t.Fatal(err)
 	}
-	final := released(t, rt, "warm-1", time.Minute)
-	if final.Result != stage.Succeeded || len(final.Groups) != 2 || final.Groups[0].Steps[0].Outputs["A"] != "1" {
-		t.Fatalf("stage: %+v", final)
+	items := map[string]bool{}
+	for _, vm := range vms {
+		items[vm.LaunchID] = true
 	}
-	t.Logf("lease wait %d ms", *final.Timings.LeaseWaitMs)
+	if c, _ := rt.Deployment.Store.Capacity(ctx, name); c != len(vms) {
+		t.Errorf("pool %s: capacity %d, %d VM items", name, c, len(vms))
+	}
+	instances, err := rt.Fleet.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range instances {
+		if in.Pool != name {
+			continue
+		}
+		running := !in.State.Gone()
+		if running != items[in.LaunchID] {
+			t.Errorf("pool %s: instance %s is %s, VM item: %v", name, in.LaunchID, in.State, items[in.LaunchID])
+		}
+		if alive := len(processesUnder(filepath.Join(rt.Dir, "vms", in.LaunchID))) > 0; alive != running {
+			t.Errorf("pool %s: agent process of %s alive: %v, instance %s", name, in.LaunchID, alive, in.State)
+		}
+	}
+	for _, id := range stages {
+		if left := processesOfStage(id); len(left) > 0 {
+			t.Errorf("stage %s: processes left: %v", id, left)
+		}
+	}
+}
+
+// processesOfStage lists the processes whose environment names the stage:
+// the agent sets SLIPWAY_STAGE for every step.
+func processesOfStage(id string) []string {
+	var found []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		environ, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err == nil && slices.Contains(strings.Split(string(environ), "\x00"), "SLIPWAY_STAGE="+id) {
+			cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+	return found
+}
+
+// processesUnder lists the processes whose command line names a path under
+// dir: the runtime's agents and whatever their steps left.
+func processesUnder(dir string) []string {
+	var found []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte(dir+string(filepath.Separator))) {
+			continue
+		}
+		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if fields := strings.Fields(string(stat)); len(fields) > 2 && fields[2] == "Z" {
+			continue // exited, not yet reaped
+		}
+		found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+	}
+	return found
 }
 
 func step(script string) agentapi.Step { return agentapi.Step{Script: script} }
+
+func group(final bool, steps ...stage.Step) stage.Group {
+	return stage.Group{Steps: steps, Final: final}
+}
+
+func s(id, script string) stage.Step { return stage.Step{ID: id, Step: step(script)} }
+
+// history is the execution's Step Functions history.
+func history(t *testing.T, rt *local.Runtime, id string) []string {
+	t.Helper()
+	arn := strings.Replace(rt.StateMachineARN, ":stateMachine:", ":execution:", 1) + ":" + id
+	var types []string
+	p := sfn.NewGetExecutionHistoryPaginator(rt.StepFunctions, &sfn.GetExecutionHistoryInput{ExecutionArn: aws.String(arn)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page.Events {
+			types = append(types, string(e.Type))
+		}
+	}
+	return types
+}
+
+// executionStatus is the execution's status once it has ended.
+func executionStatus(t *testing.T, rt *local.Runtime, id string) string {
+	t.Helper()
+	arn := strings.Replace(rt.StateMachineARN, ":stateMachine:", ":execution:", 1) + ":" + id
+	var status string
+	until(t, time.Minute, "execution "+id+" ended", func() bool {
+		out, err := rt.StepFunctions.DescribeExecution(context.Background(), &sfn.DescribeExecutionInput{ExecutionArn: aws.String(arn)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		status = string(out.Status)
+		return status != "RUNNING"
+	})
+	return status
+}

@@ -65,7 +65,7 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 	if err := agentapi.ValidateID("stage", id); err != nil {
 		return out, &FaultError{Err: fmt.Errorf("cleanup: %w", err)}
 	}
-	result, reason := in.outcome()
+	result, reason, implied := in.outcome()
 	st, err := h.Books.GetStage(ctx, id)
 	if errors.Is(err, lease.ErrStageNotFound) {
 		h.log().Warn("cleanup of a stage with no record", "stage", id)
@@ -77,6 +77,15 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 	var vm *lease.VM
 	releasedNow := false
 	if st.ReleasedAt.IsZero() {
+		if implied && st.Result == "" {
+			// The result first: tearing the stage down on the agent ends its
+			// steps, and a RunGroup still following them must not record
+			// that as the steps failing.
+			if _, err := h.Books.EndStage(ctx, id, result, reason); err != nil &&
+				!errors.Is(err, lease.ErrStageEnded) && !errors.Is(err, lease.ErrReleased) {
+				return out, err
+			}
+		}
 		h.destroy(ctx, st)
 		vm, err = h.Books.ReleaseStage(ctx, id, result, reason)
 		releasedNow = err == nil
@@ -119,21 +128,23 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 	return out, nil
 }
 
-// outcome is the result the input implies, for a stage that has none yet.
-func (in CleanupInput) outcome() (result, reason string) {
+// outcome is the result the input implies, for a stage that has none yet;
+// implied is false for the state machine's own, normal path, where the
+// stage's result was set by the task that ended it.
+func (in CleanupInput) outcome() (result, reason string, implied bool) {
 	switch {
 	case in.Error != nil:
-		return Errored, fmt.Sprintf("a task failed: %s: %s", in.Error.Error, truncate(in.Error.Cause, 1000))
+		return Errored, fmt.Sprintf("a task failed: %s: %s", in.Error.Error, truncate(in.Error.Cause, 1000)), true
 	case in.Detail != nil && in.Detail.Status == "ABORTED":
-		return Canceled, "the stage's execution was stopped"
+		return Canceled, "the stage's execution was stopped", true
 	case in.Detail != nil && in.Detail.Status == "TIMED_OUT":
-		return TimedOut, "the stage's execution timed out"
+		return TimedOut, "the stage's execution timed out", true
 	case in.Detail != nil:
-		return Errored, fmt.Sprintf("the stage's execution ended %s: %s", in.Detail.Status, truncate(in.Detail.Error+" "+in.Detail.Cause, 1000))
+		return Errored, fmt.Sprintf("the stage's execution ended %s: %s", in.Detail.Status, truncate(in.Detail.Error+" "+in.Detail.Cause, 1000)), true
 	case in.Reason != "":
-		return Canceled, in.Reason
+		return Canceled, in.Reason, true
 	default:
-		return Errored, "the stage was released before its result was known"
+		return Errored, "the stage was released before its result was known", false
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
@@ -273,11 +274,20 @@ func (h *RunGroup) stopGroup(ctx context.Context, st *lease.Stage) {
 		return
 	}
 	statuses := make([]StepStatus, len(gspec.Steps))
+	var mu sync.Mutex
+	unknown := 0
 	var wg sync.WaitGroup
 	for i, step := range gspec.Steps {
 		wg.Go(func() {
 			statuses[i] = StepStatus{ID: step.ID, Group: g.Index, State: Canceled, Error: "the stage ended: " + st.Result}
-			if _, err := c.CancelStep(ctx, st.ID, step.ID); err != nil {
+			_, err := c.CancelStep(ctx, st.ID, step.ID)
+			var refused *client.APIError
+			if errors.As(err, &refused) && refused.Status == http.StatusNotFound {
+				mu.Lock()
+				unknown++
+				mu.Unlock()
+			}
+			if err != nil {
 				return // never started, or the agent is gone
 			}
 			if s, err := c.WaitStep(ctx, st.ID, step.ID, st.BootID, 0); err == nil {
@@ -286,6 +296,11 @@ func (h *RunGroup) stopGroup(ctx context.Context, st *lease.Stage) {
 		})
 	}
 	wg.Wait()
+	if unknown == len(statuses) {
+		// No step of the group ever reached the agent: the group was not
+		// run, and its status says skipped.
+		return
+	}
 	started, ended, _ := span(statuses, h.now())
 	end := lease.GroupEnd{State: Canceled, StartedAt: started, EndedAt: ended}
 	for _, s := range statuses {
