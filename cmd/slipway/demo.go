@@ -148,7 +148,10 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintln(out, "\n(no DynamoDB Local: the warm pool part is left out; `make demo` starts one)")
 		return nil
 	}
-	return demoPool(ctx, out, *agentPath, say)
+	if err := demoPool(ctx, out, *agentPath, say); err != nil {
+		return err
+	}
+	return demoStages(ctx, out, *agentPath, say)
 }
 
 // runAndShow runs a step and prints its log and result.

@@ -1,5 +1,5 @@
-// Command slipway is Slipway's command line: the PKI helper and the demo of
-// the agent (later: the delegate client, operator views and `slipway local`).
+// Command slipway is Slipway's command line: the PKI helper and the demo, and
+// `slipway local`, a whole deployment on this machine.
 package main
 
 import (
@@ -21,7 +21,11 @@ commands:
   pki issue client --dir DIR             issue client.crt/client.key: an orchestrator client certificate
   pools check FILE                       check a pools file and list its pools
   pools import FILE                      convert a drone-runner-aws pool file; notes on stderr
-  demo [--agent PATH]                    start a local agent and run a few steps through it
+  local [--listen ADDR] [--pool N=MIN/MAX]
+                                         run a whole deployment on this machine: the delegate API, the
+                                         functions, the state machine on a local ASL engine, local VMs
+  demo [--agent PATH]                    start a local agent and run a few steps through it, then
+                                         stages through slipway local
 `
 
 func main() {
@@ -47,6 +51,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return runPKI(args[1:], out)
 	case "pools":
 		return runPools(args[1:], out)
+	case "local":
+		return runLocal(ctx, args[1:], out)
 	case "demo":
 		return runDemo(ctx, args[1:], out)
 	case "help", "-h", "--help":

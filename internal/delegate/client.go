@@ -1,0 +1,206 @@
+// Package delegate is the delegate's side of the stage API: a client of
+// every route internal/stage serves, for the CLI, the demo and whatever
+// drives Slipway from Go.
+package delegate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/slipway-ci/slipway/internal/stage"
+)
+
+// Client calls one deployment's delegate API.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New is a client of the API at endpoint (its base URL, without /v1). A nil
+// httpClient is one without a timeout of its own: long-polls end on the
+// server's side, at stage.MaxWait.
+func New(endpoint string, httpClient *http.Client) (*Client, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("endpoint %q: want an http or https URL", endpoint)
+	}
+	if httpClient == nil {
+		httpClient = &http.Client{}
+	}
+	return &Client{base: strings.TrimRight(endpoint, "/"), http: httpClient}, nil
+}
+
+// Error is an answer other than 2xx.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("stage API: %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+// IsCode says whether err is the API's answer with code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Create creates a stage (idempotent by its id).
+func (c *Client) Create(ctx context.Context, spec *stage.Spec) (*stage.Status, error) {
+	var st stage.Status
+	return &st, c.do(ctx, http.MethodPost, "/v1/stages", nil, spec, &st)
+}
+
+// Status is the stage's status; with wait > 0 the API answers when the
+// stage's version is no longer version (a negative version: when the stage
+// is released), or when wait has passed.
+func (c *Client) Status(ctx context.Context, id string, version int64, wait time.Duration) (*stage.Status, error) {
+	q := url.Values{}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+		if version >= 0 {
+			q.Set("version", strconv.FormatInt(version, 10))
+		}
+	}
+	var st stage.Status
+	return &st, c.do(ctx, http.MethodGet, "/v1/stages/"+url.PathEscape(id), q, nil, &st)
+}
+
+// AddGroup gives an open stage its next group.
+func (c *Client) AddGroup(ctx context.Context, id string, g *stage.Group) (*stage.Status, error) {
+	var st stage.Status
+	return &st, c.do(ctx, http.MethodPost, "/v1/stages/"+url.PathEscape(id)+"/groups", nil, g, &st)
+}
+
+// Step is one step's status; with wait > 0 the API answers when it ends or
+// when wait has passed.
+func (c *Client) Step(ctx context.Context, id, step string, wait time.Duration) (*stage.StepStatus, error) {
+	q := url.Values{}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	var st stage.StepStatus
+	return &st, c.do(ctx, http.MethodGet, stepPath(id, step), q, nil, &st)
+}
+
+// Logs is the step's log from offset.
+func (c *Client) Logs(ctx context.Context, id, step string, offset int64) (*stage.LogChunk, error) {
+	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}}
+	var chunk stage.LogChunk
+	return &chunk, c.do(ctx, http.MethodGet, stepPath(id, step)+"/logs", q, nil, &chunk)
+}
+
+// CancelStep cancels one running step.
+func (c *Client) CancelStep(ctx context.Context, id, step string) (*stage.StepStatus, error) {
+	var st stage.StepStatus
+	return &st, c.do(ctx, http.MethodPost, stepPath(id, step)+"/cancel", nil, nil, &st)
+}
+
+// Delete cancels the stage and releases its VM.
+func (c *Client) Delete(ctx context.Context, id string) (*stage.Status, error) {
+	var st stage.Status
+	return &st, c.do(ctx, http.MethodDelete, "/v1/stages/"+url.PathEscape(id), nil, nil, &st)
+}
+
+// Pools is every pool's depth.
+func (c *Client) Pools(ctx context.Context) (*stage.Pools, error) {
+	var p stage.Pools
+	return &p, c.do(ctx, http.MethodGet, "/v1/pools", nil, nil, &p)
+}
+
+// Follow long-polls the stage, calling seen with every new version, until
+// the stage is released (then its last status) or ctx ends.
+func (c *Client) Follow(ctx context.Context, id string, seen func(*stage.Status)) (*stage.Status, error) {
+	var version int64 = -1
+	for {
+		wait := stage.MaxWait
+		if version < 0 {
+			wait = 0
+		}
+		st, err := c.Status(ctx, id, version, wait)
+		if err != nil {
+			return nil, err
+		}
+		if st.Version != version {
+			version = st.Version
+			if seen != nil {
+				seen(st)
+			}
+		}
+		if st.Phase == stage.PhaseReleased {
+			return st, nil
+		}
+	}
+}
+
+func stepPath(id, step string) string {
+	return "/v1/stages/" + url.PathEscape(id) + "/steps/" + url.PathEscape(step)
+}
+
+// maxAnswer bounds what one answer may hold: a log chunk is at most 1 MiB,
+// four thirds of that in base64.
+const maxAnswer = 4 << 20
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	u := c.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if len(b) > maxAnswer {
+		return fmt.Errorf("%s %s: the answer is over %d bytes", method, path, maxAnswer)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e stage.ErrorBody
+		if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
+			return &Error{Status: resp.StatusCode, Code: http.StatusText(resp.StatusCode), Message: truncate(string(b), 300)}
+		}
+		return &Error{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("%s %s: the answer is not the API's JSON: %w", method, path, err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,121 @@
+package delegate_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/slipway-ci/slipway/internal/delegate"
+	"github.com/slipway-ci/slipway/internal/stage"
+)
+
+// The client against the real API runs in cmd/slipway's and
+// internal/local's tests; these pin what a server's odd answers do.
+
+func TestRequestsAndErrors(t *testing.T) {
+	var seen []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen = append(seen, r.Method+" "+r.URL.RequestURI())
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/v1/pools"):
+			w.WriteHeader(http.StatusBadGateway)
+			_, _ = w.Write([]byte("<html>bad gateway</html>"))
+		case r.Method == http.MethodPost && r.URL.Path == "/v1/stages":
+			w.WriteHeader(http.StatusConflict)
+			_ = json.NewEncoder(w).Encode(stage.ErrorBody{Error: stage.ErrorDetail{Code: stage.CodeConflict, Message: "stage s1 exists with another body"}})
+		case strings.HasSuffix(r.URL.Path, "/logs"):
+			_, _ = w.Write([]byte(`{"offset":5,"next_offset":9,"data":"aGkK"}`))
+		default:
+			_, _ = w.Write([]byte(`{"id":"s1","phase":"released","version":3}`))
+		}
+	}))
+	defer srv.Close()
+	c, err := delegate.New(srv.URL+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	_, err = c.Create(ctx, &stage.Spec{ID: "s1", Pool: "p"})
+	if !delegate.IsCode(err, stage.CodeConflict) || !strings.Contains(err.Error(), "another body") {
+		t.Errorf("create: %v", err)
+	}
+	_, err = c.Pools(ctx)
+	if !delegate.IsCode(err, "Bad Gateway") || !strings.Contains(err.Error(), "<html>") {
+		t.Errorf("a non-API error answer: %v", err)
+	}
+	chunk, err := c.Logs(ctx, "s1", "a/b", 5)
+	if err != nil || string(chunk.Data) != "hi\n" || chunk.NextOffset != 9 {
+		t.Errorf("logs: %+v %v", chunk, err)
+	}
+	st, err := c.Follow(ctx, "s1", nil)
+	if err != nil || st.Phase != stage.PhaseReleased {
+		t.Errorf("follow: %+v %v", st, err)
+	}
+	want := []string{
+		"POST /v1/stages",
+		"GET /v1/pools",
+		"GET /v1/stages/s1/steps/a%2Fb/logs?offset=5",
+		"GET /v1/stages/s1",
+	}
+	if strings.Join(seen, "\n") != strings.Join(want, "\n") {
+		t.Errorf("requests:\n%s\nwant:\n%s", strings.Join(seen, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestFollowWaitsOnVersions(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		q := r.URL.Query()
+		switch n {
+		case 1:
+			if q.Has("wait") {
+				t.Errorf("the first read waits: %s", r.URL)
+			}
+			_, _ = w.Write([]byte(`{"phase":"queued","version":1}`))
+		case 2:
+			if q.Get("version") != "1" || q.Get("wait") != "25s" {
+				t.Errorf("the second read: %s", r.URL)
+			}
+			_, _ = w.Write([]byte(`{"phase":"running","version":2}`))
+		default:
+			_, _ = w.Write([]byte(`{"phase":"released","version":5}`))
+		}
+	}))
+	defer srv.Close()
+	c, err := delegate.New(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var phases []string
+	if _, err := c.Follow(context.Background(), "s1", func(st *stage.Status) { phases = append(phases, st.Phase) }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(phases, ",") != "queued,running,released" {
+		t.Errorf("phases %v", phases)
+	}
+}
+
+func TestBadEndpoints(t *testing.T) {
+	for _, bad := range []string{"", "localhost:8079", "ftp://x", "http://"} {
+		if _, err := delegate.New(bad, nil); err == nil {
+			t.Errorf("endpoint %q was accepted", bad)
+		}
+	}
+}
+
+func TestHugeAnswerRefused(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(`{"id":"` + strings.Repeat("x", 5<<20) + `"}`))
+	}))
+	defer srv.Close()
+	c, _ := delegate.New(srv.URL, nil)
+	if _, err := c.Status(context.Background(), "s1", -1, 0); err == nil || !strings.Contains(err.Error(), "over") {
+		t.Errorf("a 5 MiB answer: %v", err)
+	}
+}
