@@ -63,9 +63,14 @@ type Invoker interface {
 
 // Settings tune the orchestration; zero values take the defaults noted.
 type Settings struct {
-	// Poll is how long one RunGroup long-polls the agent (and waits for the
-	// delegate's next group) before it returns (default 60 s).
+	// Poll is how long RunGroup long-polls a group it starts (and waits for
+	// the delegate's next group) before it returns (default 60 s): a group
+	// of short steps costs one RunGroup.
 	Poll time.Duration
+	// Recheck is how long a RunGroup called again for a group still
+	// running long-polls it (default 10 s): a long step then holds a
+	// Lambda for a small share of its time.
+	Recheck time.Duration
 	// DelayShare and MaxDelay set the wait between two RunGroups while
 	// steps run on: that share of the time the group has run (default
 	// 0.1), at most MaxDelay (default 2 min). Long steps then cost a few
@@ -97,6 +102,7 @@ func (s Settings) withDefaults() Settings {
 		}
 	}
 	def(&s.Poll, 60*time.Second)
+	def(&s.Recheck, 10*time.Second)
 	def(&s.MaxDelay, 2*time.Minute)
 	def(&s.AcquirePoll, 2*time.Second)
 	def(&s.AgentGrace, 30*time.Second)

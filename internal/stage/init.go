@@ -15,8 +15,11 @@ import (
 // Input is what the state machine hands each Task: the stage id, and after a
 // Catch the error that sent it to Cleanup. Payloads carry ids only.
 type Input struct {
-	StageID string     `json:"stage_id"`
-	Error   *TaskError `json:"error,omitempty"`
+	StageID string `json:"stage_id"`
+	// Status is the previous task's: RunGroup called again after its own
+	// running only rechecks the group it left (Settings.Recheck).
+	Status string     `json:"status,omitempty"`
+	Error  *TaskError `json:"error,omitempty"`
 }
 
 // TaskError is what a Catch records (ResultPath $.error).

@@ -42,9 +42,21 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 		return Output{}, &FaultError{Err: fmt.Errorf("run group: %w", err)}
 	}
 	set := h.settings()
-	budget := h.now().Add(set.Poll)
+	// The Lambda's own end, less a margin to record what ended.
+	latest := h.now().Add(24 * time.Hour)
 	if dl, ok := ctx.Deadline(); ok {
-		budget = minTime(budget, dl.Add(-min(budgetMargin, time.Until(dl)/4)))
+		latest = dl.Add(-min(budgetMargin, time.Until(dl)/4))
+	}
+	// window is how long this invocation waits on: a recheck of the group
+	// the last one left running is short; a group started here, or the
+	// wait for the delegate's next one, is long.
+	recheck := in.Status == StatusRunning
+	window := func() time.Time {
+		w := set.Poll
+		if recheck {
+			w = set.Recheck
+		}
+		return minTime(h.now().Add(w), latest)
 	}
 	done := Output{StageID: in.StageID, Status: StatusDone}
 	for {
@@ -75,10 +87,11 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 			continue
 		}
 		if st.Cursor < st.Groups {
-			ended, delay, err := h.runGroup(ctx, st, spec, minTime(budget, st.Deadline))
+			ended, delay, err := h.runGroup(ctx, st, spec, minTime(window(), st.Deadline), latest)
 			if err != nil {
 				return Output{}, err
 			}
+			recheck = false
 			if !ended {
 				if h.now().Before(st.Deadline) {
 					return Output{StageID: st.ID, Status: StatusRunning, DelaySeconds: delay}, nil
@@ -103,11 +116,12 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 			}
 			continue
 		}
-		until := minTime(budget, minTime(idleEnd, st.Deadline))
-		more, err := h.awaitGroup(ctx, st, until)
+		budget := window()
+		more, err := h.awaitGroup(ctx, st, minTime(budget, minTime(idleEnd, st.Deadline)))
 		if err != nil {
 			return Output{}, err
 		}
+		recheck = false
 		if !more && !h.now().Before(budget) {
 			return Output{StageID: st.ID, Status: StatusRunning, DelaySeconds: h.delay(h.now().Sub(idleSince), st.Deadline)}, nil
 		}
@@ -116,7 +130,7 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 
 // runGroup runs the stage's current group until its steps end or until.
 // ended says the group's end was recorded (or someone else's was).
-func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedStage, until time.Time) (ended bool, delay int, err error) {
+func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedStage, until, latest time.Time) (ended bool, delay int, err error) {
 	g, gspec, c, err := h.current(ctx, st)
 	if err != nil {
 		return false, 0, err
@@ -135,7 +149,7 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 		agentSpec := step.Step
 		agentSpec.Secrets = stepSecrets(opened, step.ID)
 		wg.Go(func() {
-			status, ended := h.follow(ctx, c, st, g.Index, step.ID, &agentSpec, until)
+			status, ended := h.follow(ctx, c, st, g.Index, step.ID, &agentSpec, until, latest)
 			mu.Lock()
 			defer mu.Unlock()
 			statuses[i] = status
@@ -207,15 +221,22 @@ func (h *RunGroup) current(ctx context.Context, st *lease.Stage) (*lease.Group, 
 // follow starts a step on the agent (idempotent by step id: a step started
 // by an earlier invocation is not started again) and long-polls it until it
 // ends or until. A step whose agent does not answer for the agent grace, or
-// restarted, or refused it, ends with state error.
-func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage, group int, id string, spec *agentapi.Step, until time.Time) (StepStatus, bool) {
-	ctx, cancel := context.WithDeadline(ctx, until)
+// restarted, or refused it, ends with state error. An agent that stops
+// answering keeps follow on past until, to the grace's end if latest allows:
+// a short recheck must not leave the question open forever.
+func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage, group int, id string, spec *agentapi.Step, until, latest time.Time) (StepStatus, bool) {
+	ctx, cancel := context.WithDeadline(ctx, latest)
 	defer cancel()
 	running := StepStatus{ID: id, Group: group, State: StateRunning}
 	var status *agentapi.StepStatus
 	var unreachableSince time.Time
+	grace := h.settings().AgentGrace
 	for {
-		wait := min(time.Until(until), MaxWait)
+		end := until
+		if !unreachableSince.IsZero() {
+			end = minTime(maxTime(until, unreachableSince.Add(grace)), latest)
+		}
+		wait := min(time.Until(end), MaxWait)
 		if wait <= 0 {
 			return running, false
 		}
@@ -237,7 +258,7 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage
 			if unreachableSince.IsZero() {
 				unreachableSince = h.now()
 			}
-			if grace := h.settings().AgentGrace; h.now().Sub(unreachableSince) >= grace {
+			if h.now().Sub(unreachableSince) >= grace {
 				return h.failed(id, group, fmt.Sprintf("the agent did not answer for %s: %v", grace, err)), true
 			}
 			if sleep(ctx, time.Second) != nil {
@@ -403,6 +424,13 @@ func describeFailure(s *StepStatus) string {
 		why += ": " + truncate(s.Error, 300)
 	}
 	return why
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func minTime(a, b time.Time) time.Time {
