@@ -30,6 +30,9 @@ type Function struct {
 	// Timeout is the function's own timeout. A Task's TimeoutSeconds is
 	// longer, because a Step Functions timeout never stops a running Lambda.
 	Timeout time.Duration
+	// MemoryMB is the function's memory size, which Lambda bills by: the
+	// handlers mostly wait on the network, and 128 MB holds them.
+	MemoryMB int
 }
 
 // The functions, by name.
@@ -43,13 +46,14 @@ const (
 
 // Functions lists every function of a deployment.
 var Functions = []Function{
-	{Name: Init, Placeholder: "InitFunctionArn", Timeout: 60 * time.Second},
+	{Name: Init, Placeholder: "InitFunctionArn", Timeout: 60 * time.Second, MemoryMB: 128},
 	// RunGroup long-polls the agent for up to a minute, then records results.
-	{Name: Step, Placeholder: "StepFunctionArn", Timeout: 90 * time.Second},
-	{Name: Cleanup, Placeholder: "CleanupFunctionArn", Timeout: 60 * time.Second},
+	{Name: Step, Placeholder: "StepFunctionArn", Timeout: 90 * time.Second, MemoryMB: 128},
+	{Name: Cleanup, Placeholder: "CleanupFunctionArn", Timeout: 60 * time.Second, MemoryMB: 128},
 	// API Gateway gives up on an integration after 29 s.
-	{Name: API, Timeout: 29 * time.Second},
-	{Name: Refill, Timeout: 5 * time.Minute},
+	{Name: API, Timeout: 29 * time.Second, MemoryMB: 128},
+	// Refill launches and probes many VMs at once, and reads every pool.
+	{Name: Refill, Timeout: 5 * time.Minute, MemoryMB: 256},
 }
 
 // Lookup returns the function named name.

@@ -62,9 +62,12 @@ func (b *syncBuffer) Bytes() []byte {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if shared.rt != nil {
-		dir := shared.rt.Dir
-		shared.rt.Close()
+	for _, rt := range []*local.Runtime{shared.rt, benched.rt} {
+		if rt == nil {
+			continue
+		}
+		dir := rt.Dir
+		rt.Close()
 		// Ctrl-C and the tests' end alike: nothing the runtime started lives on.
 		if left := processesUnder(dir); len(left) > 0 {
 			fmt.Fprintf(os.Stderr, "processes left after Close: %v\n", left)
@@ -99,28 +102,10 @@ var testPools = []pool.Pool{
 // and is skipped elsewhere.
 func runtime(t *testing.T) *local.Runtime {
 	t.Helper()
-	ddb, kms := os.Getenv(localaws.DynamoDBEndpointEnv), os.Getenv(localaws.KMSEndpointEnv)
-	if ddb == "" || kms == "" {
-		msg := "no DynamoDB Local or local-kms: run `make test`, or run the test under `.ci/with-services`"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	needServices(t)
 	shared.once.Do(func() {
-		root, err := local.RepoRoot(".")
-		if err != nil {
-			shared.err = err
-			return
-		}
-		agent, err := buildAgent()
-		if err != nil {
-			shared.err = err
-			return
-		}
 		shared.metrics, shared.logs = &syncBuffer{}, &syncBuffer{}
-		o := local.Options{
-			Listen: "127.0.0.1:0", AgentPath: agent, DynamoDBEndpoint: ddb, KMSEndpoint: kms,
+		shared.rt, shared.err = startRuntime(local.Options{
 			Pools: testPools, Tick: time.Second, Metrics: shared.metrics, Logs: shared.logs,
 			Settings: stage.Settings{AgentGrace: 2 * time.Second, AcquirePoll: time.Second},
 			Inject: func(function string, payload []byte) *local.Fault {
@@ -133,11 +118,7 @@ func runtime(t *testing.T) *local.Runtime {
 				}
 				return nil
 			},
-		}
-		o.FromRepo(root)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		shared.rt, shared.err = local.Start(ctx, o)
+		})
 	})
 	if shared.err != nil {
 		t.Fatal(shared.err)
@@ -148,6 +129,35 @@ func runtime(t *testing.T) *local.Runtime {
 		}
 	})
 	return shared.rt
+}
+
+func needServices(tb testing.TB) {
+	if os.Getenv(localaws.DynamoDBEndpointEnv) == "" || os.Getenv(localaws.KMSEndpointEnv) == "" {
+		msg := "no DynamoDB Local or local-kms: run `make test`, or run the test under `.ci/with-services`"
+		if os.Getenv("CI") != "" {
+			tb.Fatal(msg)
+		}
+		tb.Skip(msg)
+	}
+}
+
+// startRuntime starts a runtime on the running DynamoDB Local and
+// local-kms, with a freshly built agent.
+func startRuntime(o local.Options) (*local.Runtime, error) {
+	root, err := local.RepoRoot(".")
+	if err != nil {
+		return nil, err
+	}
+	agent, err := buildAgent()
+	if err != nil {
+		return nil, err
+	}
+	o.Listen, o.AgentPath = "127.0.0.1:0", agent
+	o.DynamoDBEndpoint, o.KMSEndpoint = os.Getenv(localaws.DynamoDBEndpointEnv), os.Getenv(localaws.KMSEndpointEnv)
+	o.FromRepo(root)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return local.Start(ctx, o)
 }
 
 func buildAgent() (string, error) {
@@ -231,7 +241,7 @@ func released(t *testing.T, rt *local.Runtime, id string, within time.Duration) 
 }
 
 // until polls cond every 50 ms for at most within.
-func until(t *testing.T, within time.Duration, what string, cond func() bool) {
+func until(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
@@ -243,7 +253,7 @@ func until(t *testing.T, within time.Duration, what string, cond func() bool) {
 }
 
 // warm waits until the pool has n idle VMs.
-func warm(t *testing.T, rt *local.Runtime, name string, n int) {
+func warm(t testing.TB, rt *local.Runtime, name string, n int) {
 	t.Helper()
 	until(t, time.Minute, "pool "+name+" warm", func() bool {
 		d, err := rt.Deployment.Store.Depth(context.Background(), name)
@@ -338,7 +348,7 @@ func group(final bool, steps ...stage.Step) stage.Group {
 func s(id, script string) stage.Step { return stage.Step{ID: id, Step: step(script)} }
 
 // history is the execution's Step Functions history.
-func history(t *testing.T, rt *local.Runtime, id string) []string {
+func history(t testing.TB, rt *local.Runtime, id string) []string {
 	t.Helper()
 	arn := strings.Replace(rt.StateMachineARN, ":stateMachine:", ":execution:", 1) + ":" + id
 	var types []string
@@ -356,7 +366,7 @@ func history(t *testing.T, rt *local.Runtime, id string) []string {
 }
 
 // executionStatus is the execution's status once it has ended.
-func executionStatus(t *testing.T, rt *local.Runtime, id string) string {
+func executionStatus(t testing.TB, rt *local.Runtime, id string) string {
 	t.Helper()
 	arn := strings.Replace(rt.StateMachineARN, ":stateMachine:", ":execution:", 1) + ":" + id
 	var status string

@@ -45,7 +45,39 @@ type LambdaEndpoint struct {
 	// is the invocation's answer.
 	Inject func(function string, payload []byte) *Fault
 
-	wg sync.WaitGroup // asynchronous invocations in flight
+	wg    sync.WaitGroup // asynchronous invocations in flight
+	mu    sync.Mutex
+	usage map[string]Usage
+}
+
+// Usage is what a function's invocations would be billed for: their count
+// and their duration, each rounded up to the millisecond as Lambda does.
+type Usage struct {
+	Invocations int
+	Billed      time.Duration
+}
+
+// Usage is every function's so far, by short name.
+func (e *LambdaEndpoint) Usage() map[string]Usage {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]Usage, len(e.usage))
+	for k, v := range e.usage {
+		out[k] = v
+	}
+	return out
+}
+
+func (e *LambdaEndpoint) bill(function string, took time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.usage == nil {
+		e.usage = map[string]Usage{}
+	}
+	u := e.usage[function]
+	u.Invocations++
+	u.Billed += (took + time.Millisecond - 1).Truncate(time.Millisecond)
+	e.usage[function] = u
 }
 
 // maxPayload is Lambda's limit on a synchronous invocation's payload.
@@ -111,6 +143,8 @@ func (e *LambdaEndpoint) invoke(parent context.Context, fn Function, arn string,
 		}
 	}
 	requestID := newRequestID()
+	start := time.Now()
+	defer func() { e.bill(fn.Name, time.Since(start)) }()
 	// The invocation does not end when the caller hangs up (an ASL engine's
 	// Task timeout does not stop a Lambda either), only at its own timeout.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), fn.Timeout)

@@ -154,6 +154,9 @@ type Runtime struct {
 	StepFunctions               *sfn.Client
 	Lambda                      *lambdasdk.Client
 	Dir                         string
+	// Capacity counts the request units of every DynamoDB call the
+	// deployment makes.
+	Capacity localaws.Capacity
 
 	opts                 Options
 	logger               *slog.Logger
@@ -277,7 +280,7 @@ func (rt *Runtime) services(ctx context.Context) error {
 // local Lambda endpoint and wires the deployment.
 func (rt *Runtime) deployment(ctx context.Context) error {
 	o := &rt.opts
-	rt.DynamoDB = localaws.DynamoDB(o.DynamoDBEndpoint)
+	rt.DynamoDB = localaws.DynamoDB(o.DynamoDBEndpoint, rt.Capacity.Option)
 	kmsClient := localaws.KMS(o.KMSEndpoint)
 	table := fmt.Sprintf("slipway-local-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
 	if err := lease.CreateTable(ctx, rt.DynamoDB, table); err != nil {
@@ -382,7 +385,14 @@ func (rt *Runtime) serveAPI() error {
 		return fmt.Errorf("delegate API on %s: %w", rt.opts.Listen, err)
 	}
 	rt.APIURL = "http://" + ln.Addr().String()
-	rt.serveOn(ln, &stage.API{Deps: rt.Deployment.Deps})
+	api := &stage.API{Deps: rt.Deployment.Deps}
+	// Served here directly, not through the Lambda endpoint: billed as the
+	// api function all the same, for the cost figures.
+	rt.serveOn(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		defer func() { rt.endpoint.bill(statemachine.API, time.Since(start)) }()
+		api.ServeHTTP(w, r)
+	}))
 	return nil
 }
 
@@ -448,6 +458,9 @@ func (rt *Runtime) Invoke(ctx context.Context, function string, in, out any) err
 	}
 	return json.Unmarshal(resp.Payload, out)
 }
+
+// Usage is what each function's invocations would be billed for so far.
+func (rt *Runtime) Usage() map[string]Usage { return rt.endpoint.Usage() }
 
 // Close stops everything the runtime started, in order: no new work, the
 // state machine's engine, the functions in flight, the agents, the

@@ -24,12 +24,12 @@ func config() aws.Config {
 }
 
 // DynamoDB returns a client of the DynamoDB at endpoint.
-func DynamoDB(endpoint string) *dynamodb.Client {
-	return dynamodb.NewFromConfig(config(), func(o *dynamodb.Options) {
+func DynamoDB(endpoint string, opts ...func(*dynamodb.Options)) *dynamodb.Client {
+	return dynamodb.NewFromConfig(config(), append([]func(*dynamodb.Options){func(o *dynamodb.Options) {
 		o.BaseEndpoint = aws.String(endpoint)
 		// DynamoDB Local's error responses carry a wrong CRC32.
 		o.DisableValidateResponseChecksum = true
-	})
+	}}, opts...)...)
 }
 
 // KMS returns a client of the KMS at endpoint.
