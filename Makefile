@@ -85,12 +85,18 @@ asl:
 	  statemachine/stage.asl.json > $(CACHE)/stage.asl.json
 	$(NODE) node_modules/.bin/asl-validator --json-path $(CACHE)/stage.asl.json
 
-# bench: every benchmark once; each prints `BENCH <name> <value> <unit>`.
+# bench: every benchmark once, one package at a time (so none measures on a
+# machine loaded by another); each prints `BENCH <name> <value> <unit>`.
 bench: deps build
-	.ci/with-services go test -run '^$$' -bench . -benchtime 1x -count 1 ./... | tee $(CACHE)/bench.txt | grep -E '^(BENCH|FAIL|ok|---)'
+	.ci/with-services go test -p 1 -run '^$$' -bench . -benchtime 1x -count 1 ./... | tee $(CACHE)/bench.txt | grep -E '^(BENCH|FAIL|ok|---)'
 
 demo: deps build
 	.ci/with-services ./bin/slipway demo --agent ./bin/slipway-agent-$$(go env GOOS)-$$(go env GOARCH)
+
+# local: slipway local with its defaults until Ctrl-C (it starts DynamoDB
+# Local and local-kms itself).
+local: deps build
+	./bin/slipway local
 
 clean:
 	rm -rf bin
