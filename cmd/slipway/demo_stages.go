@@ -18,8 +18,9 @@ import (
 
 // demoStages starts slipway local and runs two stages through the real
 // state machine file: one the delegate gives group by group, reading its
-// steps' logs live, that succeeds; one given whole whose first group fails,
-// so its last group is skipped. Both end with their VM released.
+// steps' logs live and its logs again from the archive after the release,
+// that succeeds; one given whole whose first group fails, so its last group
+// is skipped. Both end with their VM released.
 func demoStages(ctx context.Context, out io.Writer, agentPath string, say func(string, ...any)) error {
 	say("slipway local: the delegate API, the functions and the state machine on a local ASL engine")
 	o := local.Options{
@@ -70,11 +71,16 @@ func demoStages(ctx context.Context, out io.Writer, agentPath string, say func(s
 	}}); err != nil {
 		return err
 	}
-	// The final group's end releases the VM, and its logs go with it until
-	// they are archived: its step shows in the stage's summary.
 	fmt.Fprintln(out, "added the final group: the stage ends with it")
 	if err := showStage(ctx, out, api, "demo-pass"); err != nil {
 		return err
+	}
+	// The VM is gone: the logs come from the archive, the same bytes.
+	fmt.Fprintln(out, "after the release, from the log archive:")
+	for _, step := range []string{"lint", "test"} {
+		if err := showLog(ctx, out, api, "demo-pass", step); err != nil {
+			return err
+		}
 	}
 
 	say("stage demo-fail: all groups given at once; a step fails, so the later group is skipped")
@@ -121,6 +127,15 @@ func showStep(ctx context.Context, out io.Writer, api *delegate.Client, id, step
 			return err
 		}
 	}
+	if err := showLog(ctx, out, api, id, step); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  => %s\n", describeStep(s))
+	return nil
+}
+
+// showLog prints a step's log.
+func showLog(ctx context.Context, out io.Writer, api *delegate.Client, id, step string) error {
 	chunk, err := api.Logs(ctx, id, step, 0)
 	if err != nil {
 		return err
@@ -129,8 +144,6 @@ func showStep(ctx context.Context, out io.Writer, api *delegate.Client, id, step
 	for line := range strings.Lines(string(chunk.Data)) {
 		fmt.Fprintf(out, "  | %s", strings.TrimSuffix(line, "\n")+"\n")
 	}
-	fmt.Fprintf(out, "  => %s", describeStep(s))
-	fmt.Fprintln(out)
 	return nil
 }
 

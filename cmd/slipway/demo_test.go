@@ -46,6 +46,7 @@ func TestDemo(t *testing.T) {
 			"leased vm-", "a second release is refused", "idle=2 leased=0 releasing=0",
 			"key: ******", "result succeeded on vm-", "group 1 succeeded: test succeeded, exit code 0",
 			"result failed (step unit failed (exit code 2))", "group 1 skipped: publish skipped",
+			"from the log archive:\nstep lint:\n  | lint: 0 problems\n  | key: ******\nstep test:\n  | testing build 42\n",
 		} {
 			if strings.Count(got, want) == 0 {
 				t.Errorf("the warm pool part lacks %q", want)

@@ -11,10 +11,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/slipway-ci/slipway/internal/fleet"
+	"github.com/slipway-ci/slipway/internal/logarchive"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
@@ -29,6 +31,7 @@ const (
 	EnvCleanupFunction = "SLIPWAY_CLEANUP_FUNCTION"
 	EnvRefillFunction  = "SLIPWAY_REFILL_FUNCTION"
 	EnvAgentURL        = "SLIPWAY_AGENT_URL"
+	EnvLogBucket       = "SLIPWAY_LOG_BUCKET"
 	// EnvPoolsFile names the pools file; by default pools.yaml beside the
 	// function's bootstrap (in LAMBDA_TASK_ROOT), where the CDK app puts it.
 	EnvPoolsFile = "SLIPWAY_POOLS_FILE"
@@ -41,7 +44,7 @@ func FromEnv(getenv func(string) string) Settings {
 		CAKeyID: getenv(EnvCAKeyID), SecretsKeyID: getenv(EnvSecretsKeyID),
 		StateMachineARN: getenv(EnvStateMachineARN),
 		CleanupFunction: getenv(EnvCleanupFunction), RefillFunction: getenv(EnvRefillFunction),
-		AgentURL: getenv(EnvAgentURL),
+		AgentURL: getenv(EnvAgentURL), LogBucket: getenv(EnvLogBucket),
 	}
 }
 
@@ -59,6 +62,9 @@ func PoolsFile(getenv func(string) string) string {
 // to stdout: CloudWatch takes both.
 func AWS(ctx context.Context) (*Deployment, error) {
 	s := FromEnv(os.Getenv)
+	if s.LogBucket == "" {
+		return nil, fmt.Errorf("deployment: %s is not set", EnvLogBucket)
+	}
 	pools, err := pool.Load(PoolsFile(os.Getenv))
 	if err != nil {
 		return nil, err
@@ -73,6 +79,7 @@ func AWS(ctx context.Context) (*Deployment, error) {
 		Executions: sfn.NewFromConfig(cfg),
 		Invoker:    lambda.NewFromConfig(cfg),
 		Fleet:      &fleet.EC2{EC2: ec2.NewFromConfig(cfg), SSM: ssm.NewFromConfig(cfg), Deployment: s.Deployment},
+		Logs:       &logarchive.S3{Client: s3.NewFromConfig(cfg), Bucket: s.LogBucket},
 	}
 	return Build(ctx, s, clients, pools.Pools, stage.Settings{}, os.Stderr, os.Stdout)
 }

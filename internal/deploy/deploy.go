@@ -18,6 +18,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/kmssigner"
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/logarchive"
 	"github.com/slipway-ci/slipway/internal/metrics"
 	"github.com/slipway-ci/slipway/internal/pki"
 	"github.com/slipway-ci/slipway/internal/pool"
@@ -41,6 +42,8 @@ type Settings struct {
 	CleanupFunction, RefillFunction string
 	// AgentURL is where VMs download the agent ("" when images have it).
 	AgentURL string
+	// LogBucket is the S3 bucket of the step log archive.
+	LogBucket string
 }
 
 // check reports every missing setting.
@@ -72,6 +75,8 @@ type Clients struct {
 	Executions stage.Executions
 	Invoker    stage.Invoker
 	Fleet      fleet.Provider
+	// Logs is the step log archive.
+	Logs logarchive.Archive
 }
 
 // Deployment is the wired deployment.
@@ -94,6 +99,9 @@ const caLifetime = 10 * 365 * 24 * time.Hour
 func Build(ctx context.Context, s Settings, c Clients, pools []pool.Pool, tuning stage.Settings, logs, metricsOut io.Writer) (*Deployment, error) {
 	if err := s.check(); err != nil {
 		return nil, err
+	}
+	if c.Logs == nil {
+		return nil, errors.New("deployment: no step log archive")
 	}
 	logger := slog.New(slog.NewJSONHandler(logs, nil)).With("deployment", s.Deployment)
 	store := &lease.Store{DB: c.DynamoDB, Table: s.Table}
@@ -123,7 +131,7 @@ func Build(ctx context.Context, s Settings, c Clients, pools []pool.Pool, tuning
 		Agents:     &stage.Agents{Roots: roots, Certificate: identity.Certificate},
 		Executions: c.Executions, StateMachineARN: s.StateMachineARN,
 		Invoker: c.Invoker, CleanupFunction: s.CleanupFunction, RefillFunction: s.RefillFunction,
-		Metrics: emitter, Logger: logger, Settings: tuning,
+		Logs: c.Logs, Metrics: emitter, Logger: logger, Settings: tuning,
 	}
 	return &Deployment{Settings: s, Store: store, CA: ca, Identity: identity, Keeper: keeper, Deps: deps}, nil
 }

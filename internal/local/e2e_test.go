@@ -380,3 +380,25 @@ func executionStatus(t testing.TB, rt *local.Runtime, id string) string {
 	})
 	return status
 }
+
+// archivedLog reads a released stage's step log whole, a chunk of 5 bytes
+// at a time, so offsets are exercised too.
+func archivedLog(t *testing.T, rt *local.Runtime, id, step string) string {
+	t.Helper()
+	var got []byte
+	for offset := int64(0); ; {
+		var chunk stage.LogChunk
+		path := fmt.Sprintf("/v1/stages/%s/steps/%s/logs?offset=%d&limit=5", id, step, offset)
+		if code := call(t, rt, "GET", path, nil, &chunk); code != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, code)
+		}
+		got = append(got, chunk.Data...)
+		if chunk.Done {
+			return string(got)
+		}
+		if chunk.NextOffset == offset {
+			t.Fatalf("GET %s: no progress and not done", path)
+		}
+		offset = chunk.NextOffset
+	}
+}

@@ -36,6 +36,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/localaws"
+	"github.com/slipway-ci/slipway/internal/logarchive"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/statemachine"
@@ -316,6 +317,7 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 	executions := &lazyExecutions{rt: rt}
 	d, err := deploy.Build(ctx, settings, deploy.Clients{
 		DynamoDB: rt.DynamoDB, KMS: kmsClient, Executions: executions, Invoker: rt.Lambda, Fleet: rt.Fleet,
+		Logs: &logarchive.Dir{Root: filepath.Join(o.Dir, "logs")},
 	}, o.Pools, o.Settings, o.Logs, o.Metrics)
 	if err != nil {
 		return err

@@ -46,6 +46,13 @@ func TestWarmHit(t *testing.T) {
 	if status := executionStatus(t, rt, "warm-hit"); status != "SUCCEEDED" {
 		t.Fatalf("execution %s", status)
 	}
+	// The VM is gone; the logs are archived.
+	if got := archivedLog(t, rt, "warm-hit", "a"); got != "hello from a\n" {
+		t.Errorf("step a's log after the release: %q", got)
+	}
+	if got := archivedLog(t, rt, "warm-hit", "c"); got != "" {
+		t.Errorf("step c's log after the release: %q", got)
+	}
 	settled(t, rt, "warm", "warm-hit")
 }
 
@@ -154,6 +161,9 @@ func TestCancelMidStep(t *testing.T) {
 	}
 	if status := executionStatus(t, rt, "cancel-me"); status != "SUCCEEDED" {
 		t.Fatalf("execution %s", status)
+	}
+	if got := archivedLog(t, rt, "cancel-me", "long"); got != "started\n" {
+		t.Errorf("the canceled step's log after the release: %q", got)
 	}
 	settled(t, rt, "cancel", "cancel-me")
 }

@@ -516,31 +516,43 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	chunk := LogChunk{Offset: q.offset, NextOffset: q.offset, Data: []byte{}}
-	switch {
-	case !rec.Stage.ReleasedAt.IsZero():
-		return fail(http.StatusGone, CodeLogsGone, "stage %s was released and its VM is gone with the logs", rec.Stage.ID)
-	case step.State == StatePending:
-	case step.State == StateSkipped:
-		chunk.Done = true
-	default:
-		c, err := a.agentOf(ctx, rec.Stage)
-		if err != nil {
-			return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage's VM cannot be reached: %v", err)
-		}
-		data, done, err := c.ReadLogs(ctx, rec.Stage.ID, step.ID, q.offset, q.limit)
-		var refused *client.APIError
-		switch {
-		case errors.As(err, &refused) && refused.Code == agentapi.CodeNotFound:
-			chunk.Done = true // the step never started on the agent
-		case err != nil:
-			return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage's agent did not answer: %v", err)
-		default:
-			chunk.Data, chunk.Done, chunk.NextOffset = data, done, q.offset+int64(len(data))
-		}
+	empty := LogChunk{Offset: q.offset, NextOffset: q.offset, Data: []byte{}}
+	switch step.State {
+	case StatePending:
+		writeJSON(w, http.StatusOK, empty)
+		return nil
+	case StateSkipped:
+		empty.Done = true
+		writeJSON(w, http.StatusOK, empty)
+		return nil
 	}
-	writeJSON(w, http.StatusOK, chunk)
-	return nil
+	// Live from the agent while the VM lives; from the archive once the
+	// step's log is there and the agent is gone. The bytes are the same.
+	var liveErr error
+	if rec.Stage.ReleasedAt.IsZero() {
+		chunk, ok, err := a.liveLog(ctx, rec.Stage, step.ID, q.offset, q.limit)
+		if ok {
+			writeJSON(w, http.StatusOK, chunk)
+			return nil
+		}
+		liveErr = err
+	}
+	chunk, ok, err := a.archivedLog(ctx, rec.Stage.ID, step.ID, q.offset, q.limit)
+	switch {
+	case err != nil:
+		return err
+	case ok:
+		writeJSON(w, http.StatusOK, chunk)
+		return nil
+	case liveErr != nil:
+		return fail(http.StatusServiceUnavailable, CodeUnavailable, "%v", liveErr)
+	case rec.Stage.ReleasedAt.IsZero():
+		empty.Done = true // the step never started on the agent
+		writeJSON(w, http.StatusOK, empty)
+		return nil
+	default:
+		return fail(http.StatusGone, CodeLogsGone, "the log of step %s was not archived, and stage %s's VM is gone", step.ID, rec.Stage.ID)
+	}
 }
 
 // cancelStep handles POST /v1/stages/{id}/steps/{step}/cancel.

@@ -256,8 +256,18 @@ func TestLiveStep(t *testing.T) {
 	if st.Phase != stage.PhaseReleased || st.Result != stage.Failed || !strings.Contains(st.Reason, "step slow canceled") || st.Groups[0].Steps[0].State != "canceled" {
 		t.Fatalf("after the release: %s", final.body)
 	}
-	if a := e.do(t, "GET", "/v1/stages/live/steps/slow/logs", nil, true); a.status != http.StatusGone {
-		t.Fatalf("logs after the release: %d %s", a.status, a.body)
+	// After the release the log comes from the archive: the same bytes at
+	// the same offsets.
+	for _, offset := range []int{0, 5, len(chunk.Data)} {
+		a := e.do(t, "GET", "/v1/stages/live/steps/slow/logs?offset="+itoa(int64(offset)), nil, true)
+		var archived stage.LogChunk
+		a.decode(t, &archived)
+		if a.status != 200 || string(archived.Data) != string(chunk.Data[offset:]) || !archived.Done || archived.NextOffset != int64(len(chunk.Data)) {
+			t.Fatalf("logs at %d after the release: %d %s, live %q", offset, a.status, a.body, chunk.Data)
+		}
+	}
+	if a := e.do(t, "GET", "/v1/stages/live/steps/nope/logs", nil, true); a.status != http.StatusNotFound {
+		t.Fatalf("logs of no such step: %d %s", a.status, a.body)
 	}
 	for _, raw := range [][]byte{final.body, e.metrics.Bytes()} {
 		if strings.Contains(string(raw), "hunter2") {

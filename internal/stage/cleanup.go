@@ -148,8 +148,13 @@ func (in CleanupInput) outcome() (result, reason string, implied bool) {
 	}
 }
 
-// destroy tears the stage down on its VM's agent, bounded: the instance is
-// terminated next whatever happens.
+// releaseArchiveTimeout bounds the archiving of the logs a release cuts
+// short, within the cleanup function's minute.
+const releaseArchiveTimeout = 20 * time.Second
+
+// destroy archives the logs of the steps the release ends and tears the
+// stage down on its VM's agent, bounded: the instance is terminated next
+// whatever happens.
 func (h *Cleanup) destroy(ctx context.Context, st *lease.Stage) {
 	if st.BoundAt.IsZero() || st.VM == "" {
 		return
@@ -162,6 +167,9 @@ func (h *Cleanup) destroy(ctx context.Context, st *lease.Stage) {
 	if err != nil {
 		return
 	}
+	archiveCtx, cancelArchive := context.WithTimeout(ctx, releaseArchiveTimeout)
+	h.archiveCurrent(archiveCtx, st, c)
+	cancelArchive()
 	ctx, cancel := context.WithTimeout(ctx, h.settings().DestroyTimeout)
 	defer cancel()
 	usage, err := c.DestroyStage(ctx, st.ID)

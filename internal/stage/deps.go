@@ -14,6 +14,7 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/logarchive"
 	"github.com/slipway-ci/slipway/internal/metrics"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/secret"
@@ -133,9 +134,12 @@ type Deps struct {
 	Invoker         Invoker
 	CleanupFunction string
 	RefillFunction  string
-	Metrics         *metrics.Emitter
-	Logger          *slog.Logger
-	Settings        Settings
+	// Logs archives each step's log when it ends, for reading after the
+	// VM is gone.
+	Logs     logarchive.Archive
+	Metrics  *metrics.Emitter
+	Logger   *slog.Logger
+	Settings Settings
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/logarchive"
 	"github.com/slipway-ci/slipway/internal/metrics"
 	"github.com/slipway-ci/slipway/internal/pki"
 	"github.com/slipway-ci/slipway/internal/pool"
@@ -123,7 +124,7 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 		Sealer: &secret.Sealer{KMS: kms, KeyID: secretsKey}, Opener: &secret.Opener{KMS: kms},
 		Agents:     &stage.Agents{Roots: roots, Certificate: identity.Certificate},
 		Executions: e.execs, StateMachineARN: "arn:aws:states:us-east-1:000000000000:stateMachine:s",
-		Invoker: e.invoker, CleanupFunction: "cleanup", RefillFunction: "refill",
+		Invoker: e.invoker, CleanupFunction: "cleanup", RefillFunction: "refill", Logs: &logarchive.Dir{Root: t.TempDir()},
 		Metrics: emitter, Settings: stage.Settings{AcquirePoll: time.Second, AgentGrace: 2 * time.Second},
 	}
 	e.api = &stage.API{Deps: e.deps}

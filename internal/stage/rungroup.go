@@ -272,6 +272,10 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage
 		}
 		running = fromAgent(id, group, status)
 		if status.State.Ended() {
+			if err := h.archiveLog(ctx, c, st.ID, id); err != nil {
+				running.LogError = truncate(err.Error(), 500)
+				h.log().Warn("archive a step's log", "stage", st.ID, "step", id, "err", err)
+			}
 			return running, true
 		}
 	}

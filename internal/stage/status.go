@@ -86,6 +86,9 @@ type StepStatus struct {
 	StartedAt *time.Time        `json:"started_at,omitempty"`
 	EndedAt   *time.Time        `json:"ended_at,omitempty"`
 	LogBytes  int64             `json:"log_bytes"`
+	// LogError says why the step's log could not be archived: it is then
+	// readable only while the VM lives.
+	LogError string `json:"log_error,omitempty"`
 }
 
 // stepResult is a step's result as its record keeps it.
@@ -97,6 +100,7 @@ type stepResult struct {
 	StartedAt time.Time         `json:"started_at"`
 	EndedAt   time.Time         `json:"ended_at"`
 	LogBytes  int64             `json:"log_bytes"`
+	LogError  string            `json:"log_error,omitempty"`
 }
 
 // maxResultBytes keeps a group's end, one step result per item, far below
@@ -118,7 +122,7 @@ func fromAgent(id string, group int, st *agentapi.StepStatus) StepStatus {
 // record encodes a step's end for its record; outputs that would make the
 // record too large are dropped, and the error says so.
 func (s StepStatus) record() lease.StepRecord {
-	r := stepResult{ExitCode: s.ExitCode, OOMKilled: s.OOMKilled, Outputs: s.Outputs, Error: s.Error, LogBytes: s.LogBytes}
+	r := stepResult{ExitCode: s.ExitCode, OOMKilled: s.OOMKilled, Outputs: s.Outputs, Error: s.Error, LogBytes: s.LogBytes, LogError: s.LogError}
 	if s.StartedAt != nil {
 		r.StartedAt = *s.StartedAt
 	}
@@ -223,7 +227,7 @@ func stepStatus(r *lease.Records, id string, group int, groupState string) (Step
 	}
 	return StepStatus{
 		ID: id, Group: group, State: rec.State, ExitCode: res.ExitCode, OOMKilled: res.OOMKilled, Outputs: res.Outputs,
-		Error: res.Error, StartedAt: timePtr(res.StartedAt), EndedAt: timePtr(res.EndedAt), LogBytes: res.LogBytes,
+		Error: res.Error, StartedAt: timePtr(res.StartedAt), EndedAt: timePtr(res.EndedAt), LogBytes: res.LogBytes, LogError: res.LogError,
 	}, nil
 }
 

@@ -1,0 +1,106 @@
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/logarchive"
+)
+
+// archiveLog copies an ended step's whole log from its agent into the
+// archive, streaming: the agent's file is the archive's bytes.
+func (d *Deps) archiveLog(ctx context.Context, c *client.Client, stageID, stepID string) error {
+	if d.Logs == nil {
+		return nil
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := c.StreamLogs(ctx, stageID, stepID, 0, pw)
+		pw.CloseWithError(err)
+	}()
+	err := d.Logs.Put(ctx, stageID, stepID, pr)
+	pr.CloseWithError(err) // a Put that gave up must not leave the stream blocked
+	return err
+}
+
+// archiveCurrent archives the logs of the current group's steps that the
+// agent knows, for a stage ended before RunGroup recorded that group (a
+// cancel, a deadline, a stopped execution). Their steps are canceled first,
+// so the logs are whole. Best effort, within ctx.
+func (h *Cleanup) archiveCurrent(ctx context.Context, st *lease.Stage, c *client.Client) {
+	if st.Cursor >= st.Groups || h.Logs == nil {
+		return
+	}
+	g, err := h.Books.GetGroup(ctx, st.ID, st.Cursor)
+	if err != nil {
+		return
+	}
+	gspec, err := decodeStored[Group](g.Spec, "group")
+	if err != nil {
+		return
+	}
+	done := make(chan struct{}, len(gspec.Steps))
+	for _, step := range gspec.Steps {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			_, err := c.CancelStep(ctx, st.ID, step.ID)
+			var refused *client.APIError
+			if errors.As(err, &refused) && refused.Status == http.StatusNotFound {
+				return // never started: no log
+			}
+			if _, err := c.WaitStep(ctx, st.ID, step.ID, st.BootID, 0); err != nil {
+				return
+			}
+			if err := h.archiveLog(ctx, c, st.ID, step.ID); err != nil {
+				h.log().Warn("archive the log of a step the release ends", "stage", st.ID, "step", step.ID, "err", err)
+			}
+		}()
+	}
+	for range gspec.Steps {
+		<-done
+	}
+}
+
+// archivedLog answers a log read from the archive; ok is false when the
+// step's log was not archived.
+func (a *API) archivedLog(ctx context.Context, stageID, stepID string, offset, limit int64) (LogChunk, bool, error) {
+	if a.Logs == nil {
+		return LogChunk{}, false, nil
+	}
+	data, size, err := a.Logs.Read(ctx, stageID, stepID, offset, limit)
+	if errors.Is(err, logarchive.ErrNotFound) {
+		return LogChunk{}, false, nil
+	}
+	if err != nil {
+		return LogChunk{}, false, fail(http.StatusServiceUnavailable, CodeUnavailable, "the log archive did not answer: %v", err)
+	}
+	if data == nil {
+		data = []byte{}
+	}
+	next := offset + int64(len(data))
+	return LogChunk{Offset: offset, NextOffset: next, Data: data, Done: next >= size}, true, nil
+}
+
+// liveLog answers a log read from the stage's agent; ok is false when the
+// agent does not hold the step's log (it never started, or the VM is gone).
+func (a *API) liveLog(ctx context.Context, st *lease.Stage, stepID string, offset, limit int64) (LogChunk, bool, error) {
+	c, err := a.agentOf(ctx, st)
+	if err != nil {
+		return LogChunk{}, false, err
+	}
+	data, done, err := c.ReadLogs(ctx, st.ID, stepID, offset, limit)
+	var refused *client.APIError
+	switch {
+	case errors.As(err, &refused) && refused.Code == agentapi.CodeNotFound:
+		return LogChunk{}, false, nil
+	case err != nil:
+		return LogChunk{}, false, fmt.Errorf("the stage's agent did not answer: %w", err)
+	}
+	return LogChunk{Offset: offset, NextOffset: offset + int64(len(data)), Data: data, Done: done}, true, nil
+}
