@@ -39,7 +39,7 @@ func demoStages(ctx context.Context, out io.Writer, agentPath string, say func(s
 	}
 	defer rt.Close()
 	fmt.Fprintf(out, "delegate API on %s, state machine %s\n", rt.APIURL, rt.StateMachineARN)
-	api, err := delegate.New(rt.APIURL, nil)
+	api, err := delegate.New(rt.APIURL, delegate.Options{})
 	if err != nil {
 		return err
 	}

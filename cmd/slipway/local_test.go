@@ -61,7 +61,7 @@ func testLocalCommand(t *testing.T, bin string, flags ...string) {
 	if !strings.Contains(out.String(), "pools: cli (min idle 1, max 2)") {
 		t.Errorf("the pools line is missing:\n%s", out.String())
 	}
-	api, err := delegate.New(apiURL, nil)
+	api, err := delegate.New(apiURL, delegate.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

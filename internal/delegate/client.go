@@ -16,27 +16,65 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
 	"github.com/slipway-ci/slipway/internal/stage"
 )
 
 // Client calls one deployment's delegate API.
 type Client struct {
-	base string
-	http *http.Client
+	base   string
+	http   *http.Client
+	signer *signer // nil for a loopback endpoint
 }
 
-// New is a client of the API at endpoint (its base URL, without /v1). A nil
-// httpClient is one without a timeout of its own: long-polls end on the
-// server's side, at stage.MaxWait.
-func New(endpoint string, httpClient *http.Client) (*Client, error) {
+// Options say how to reach the API.
+type Options struct {
+	// HTTP is the HTTP client (default: one without a timeout of its own;
+	// long-polls end on the server's side, at stage.MaxWait).
+	HTTP *http.Client
+	// Credentials sign every request to an endpoint that is not loopback
+	// (API Gateway with IAM auth), with SigV4 for execute-api.
+	Credentials aws.CredentialsProvider
+	// Region is the endpoint's region (default: read from an
+	// execute-api host name).
+	Region string
+	// Now is the signing clock (default time.Now).
+	Now func() time.Time
+}
+
+// New is a client of the API at endpoint (its base URL, without /v1). A
+// loopback endpoint (slipway local) gets plain HTTP; any other is signed,
+// so it needs credentials and a region.
+func New(endpoint string, o Options) (*Client, error) {
 	u, err := url.Parse(endpoint)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("endpoint %q: want an http or https URL", endpoint)
 	}
-	if httpClient == nil {
-		httpClient = &http.Client{}
+	c := &Client{base: strings.TrimRight(endpoint, "/"), http: o.HTTP}
+	if c.http == nil {
+		c.http = &http.Client{}
 	}
-	return &Client{base: strings.TrimRight(endpoint, "/"), http: httpClient}, nil
+	if isLoopback(u.Hostname()) {
+		return c, nil
+	}
+	if o.Credentials == nil {
+		return nil, fmt.Errorf("endpoint %s is not loopback: its requests are signed, and no AWS credentials were given", u.Host)
+	}
+	region := o.Region
+	if region == "" {
+		region = regionOf(u.Hostname())
+	}
+	if region == "" {
+		return nil, fmt.Errorf("endpoint %s: no region in the host name (not <api>.execute-api.<region>.amazonaws.com): give one", u.Host)
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	c.signer = &signer{credentials: o.Credentials, region: region, now: now, v4: v4.NewSigner()}
+	return c, nil
 }
 
 // Error is an answer other than 2xx.
@@ -154,12 +192,13 @@ const maxAnswer = 4 << 20
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
 	var body io.Reader
+	var payload []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body, payload = bytes.NewReader(b), b
 	}
 	u := c.base + path
 	if len(q) > 0 {
@@ -173,6 +212,11 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.signer != nil {
+		if err := c.signer.sign(ctx, req, payload); err != nil {
+			return err
+		}
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return err

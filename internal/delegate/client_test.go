@@ -34,7 +34,7 @@ func TestRequestsAndErrors(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	c, err := delegate.New(srv.URL+"/", nil)
+	c, err := delegate.New(srv.URL+"/", delegate.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestFollowWaitsOnVersions(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	c, err := delegate.New(srv.URL, nil)
+	c, err := delegate.New(srv.URL, delegate.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestFollowWaitsOnVersions(t *testing.T) {
 
 func TestBadEndpoints(t *testing.T) {
 	for _, bad := range []string{"", "localhost:8079", "ftp://x", "http://"} {
-		if _, err := delegate.New(bad, nil); err == nil {
+		if _, err := delegate.New(bad, delegate.Options{}); err == nil {
 			t.Errorf("endpoint %q was accepted", bad)
 		}
 	}
@@ -114,7 +114,7 @@ func TestHugeAnswerRefused(t *testing.T) {
 		_, _ = w.Write([]byte(`{"id":"` + strings.Repeat("x", 5<<20) + `"}`))
 	}))
 	defer srv.Close()
-	c, _ := delegate.New(srv.URL, nil)
+	c, _ := delegate.New(srv.URL, delegate.Options{})
 	if _, err := c.Status(context.Background(), "s1", -1, 0); err == nil || !strings.Contains(err.Error(), "over") {
 		t.Errorf("a 5 MiB answer: %v", err)
 	}

@@ -63,7 +63,7 @@ func benchRuntime(b *testing.B) (*local.Runtime, *delegate.Client) {
 			b.Logf("the runtime's log:\n%s", benched.logs.Bytes())
 		}
 	})
-	api, err := delegate.New(benched.rt.APIURL, nil)
+	api, err := delegate.New(benched.rt.APIURL, delegate.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
