@@ -63,8 +63,11 @@ func TestSigV4(t *testing.T) {
 			_, err := c.Create(ctx, &stage.Spec{ID: "s1", Pool: "p", Groups: []stage.Group{{Final: true, Steps: []stage.Step{{ID: "a", Step: agentapi.Step{Script: "true"}}}}}})
 			return err
 		},
-		"status":      func() error { _, err := c.Status(ctx, "s1", 3, 20*time.Second); return err },
-		"add group":   func() error { _, err := c.AddGroup(ctx, "s1", &stage.Group{Steps: []stage.Step{{ID: "b"}}}); return err },
+		"status": func() error { _, err := c.Status(ctx, "s1", 3, 20*time.Second); return err },
+		"add group": func() error {
+			_, err := c.AddGroup(ctx, "s1", &stage.Group{Steps: []stage.Step{{ID: "b"}}})
+			return err
+		},
 		"step":        func() error { _, err := c.Step(ctx, "s1", "a", time.Second); return err },
 		"logs":        func() error { _, err := c.Logs(ctx, "s1", "a", 7); return err },
 		"cancel step": func() error { _, err := c.CancelStep(ctx, "s1", "a"); return err },
