@@ -19,6 +19,8 @@ commands:
   pki init --dir DIR                     create a CA in DIR (ca.crt, ca.key)
   pki issue server --dir DIR --name ID   issue ID.crt/ID.key: the server certificate of the VM with launch id ID
   pki issue client --dir DIR             issue client.crt/client.key: an orchestrator client certificate
+  stage run|status|logs|cancel           run and watch stages through the delegate API (slipway stage for more)
+  pools [--endpoint URL]                 every pool's depth: idle, provisioning, leased, max, warm target
   pools check FILE                       check a pools file and list its pools
   pools import FILE                      convert a drone-runner-aws pool file; notes on stderr
   local [--listen ADDR] [--pool N=MIN/MAX]
@@ -35,6 +37,13 @@ func main() {
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(2)
 	}
+	var exit *exitError
+	if errors.As(err, &exit) {
+		if exit.err != nil {
+			fmt.Fprintln(os.Stderr, "slipway:", exit.err)
+		}
+		os.Exit(exit.code)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "slipway:", err)
 		os.Exit(1)
@@ -50,7 +59,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	case "pki":
 		return runPKI(args[1:], out)
 	case "pools":
-		return runPools(args[1:], out)
+		if len(args) > 1 && (args[1] == "check" || args[1] == "import") {
+			return runPools(args[1:], out)
+		}
+		return runPoolsTable(ctx, args[1:], out)
+	case "stage":
+		return runStage(ctx, args[1:], out)
 	case "local":
 		return runLocal(ctx, args[1:], out)
 	case "demo":

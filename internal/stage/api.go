@@ -547,7 +547,9 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
 	case liveErr != nil:
 		return fail(http.StatusServiceUnavailable, CodeUnavailable, "%v", liveErr)
 	case rec.Stage.ReleasedAt.IsZero():
-		empty.Done = true // the step never started on the agent
+		// Not on the agent yet (RunGroup is about to start it), or never
+		// to be: done only once the step has an end.
+		empty.Done = step.State != StateRunning
 		writeJSON(w, http.StatusOK, empty)
 		return nil
 	default:

@@ -230,16 +230,23 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage
 	running := StepStatus{ID: id, Group: group, State: StateRunning}
 	var status *agentapi.StepStatus
 	var unreachableSince time.Time
+	var lastErr error
 	grace := h.settings().AgentGrace
 	for {
 		end := until
 		if !unreachableSince.IsZero() {
+			if h.now().Sub(unreachableSince) >= grace {
+				return h.failed(id, group, fmt.Sprintf("the agent did not answer for %s: %v", grace, lastErr)), true
+			}
 			end = minTime(maxTime(until, unreachableSince.Add(grace)), latest)
 		}
 		wait := min(time.Until(end), MaxWait)
 		if wait <= 0 {
 			return running, false
 		}
+		// The agent is unreachable from the first failing call's start: the
+		// client's own retries count towards the grace.
+		callStart := h.now()
 		var err error
 		if status == nil {
 			status, err = c.StartStepWait(ctx, st.ID, id, spec, wait)
@@ -254,14 +261,12 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage
 		case errors.As(err, &refused):
 			return h.failed(id, group, fmt.Sprintf("the agent refused the step: %s", refused.Message)), true
 		case err != nil:
-			status = nil
+			status, lastErr = nil, err
 			if unreachableSince.IsZero() {
-				unreachableSince = h.now()
+				unreachableSince = callStart
 			}
-			if h.now().Sub(unreachableSince) >= grace {
-				return h.failed(id, group, fmt.Sprintf("the agent did not answer for %s: %v", grace, err)), true
-			}
-			if sleep(ctx, time.Second) != nil {
+			// Not past the grace's end: the loop's top decides there.
+			if sleep(ctx, min(time.Second, time.Until(unreachableSince.Add(grace)))) != nil {
 				return running, false
 			}
 			continue

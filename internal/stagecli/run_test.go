@@ -1,0 +1,190 @@
+package stagecli_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/internal/delegate"
+	"github.com/slipway-ci/slipway/internal/local"
+	"github.com/slipway-ci/slipway/internal/localaws"
+	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/stagecli"
+)
+
+// lockedBuffer collects output from the log followers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// deployment is one slipway local runtime for the package's tests.
+func deployment(t *testing.T) *delegate.Client {
+	t.Helper()
+	ddb, kms := os.Getenv(localaws.DynamoDBEndpointEnv), os.Getenv(localaws.KMSEndpointEnv)
+	if ddb == "" || kms == "" {
+		msg := "no DynamoDB Local or local-kms: run `make test`, or the test under .ci/with-services"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	root, err := local.RepoRoot(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := local.Options{
+		Listen: "127.0.0.1:0", AgentPath: agenttest.BuildAgent(t), DynamoDBEndpoint: ddb, KMSEndpoint: kms,
+		Pools: []pool.Pool{local.LocalPool("cli", 2, 3)}, Tick: time.Second,
+	}
+	o.FromRepo(root)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rt, err := local.Start(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.Close)
+	api, err := delegate.New(rt.APIURL, delegate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api
+}
+
+func TestCommands(t *testing.T) {
+	api := deployment(t)
+	env := func(json bool) (*stagecli.Env, *lockedBuffer) {
+		out := &lockedBuffer{}
+		return &stagecli.Env{API: api, Out: out, JSON: json, LogPoll: 50 * time.Millisecond,
+			Getenv: func(name string) string { return map[string]string{"TOKEN": "tok-9f8e7d6c"}[name] }}, out
+	}
+	ctx := context.Background()
+	run := func(t *testing.T, e *stagecli.Env, o stagecli.RunOptions) int {
+		t.Helper()
+		spec, err := o.Spec(e.Getenv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, err := stagecli.Run(ctx, e, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code
+	}
+
+	t.Run("passing, with a secret", func(t *testing.T) {
+		e, out := env(false)
+		code := run(t, e, stagecli.RunOptions{ID: "cli-pass", Pool: "cli", Env: []string{"WHO=world"}, Secrets: []string{"TOK=env:TOKEN"},
+			Steps: []string{`echo "hello $WHO"; echo "token $TOK"`, `echo "V=7" >> "$SLIPWAY_OUTPUT"; printf 'no newline'`}})
+		got := out.String()
+		for _, want := range []string{"[step-1] hello world\n", "[step-1] token ******\n", "[step-2] no newline\n",
+			"stage cli-pass: succeeded\n", "step-2               succeeded, exit code 0", "timings: queued 0s, leased "} {
+			if !strings.Contains(got, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+		if code != stagecli.ExitSucceeded || strings.Contains(got, "tok-9f8e7d6c") {
+			t.Errorf("exit %d, output:\n%s", code, got)
+		}
+		// The released stage's log, read back whole.
+		e, out = env(false)
+		if code, err := stagecli.Logs(ctx, e, "cli-pass", "step-1", false); err != nil || code != 0 || out.String() != "hello world\ntoken ******\n" {
+			t.Errorf("logs after the release: %d %v %q", code, err, out.String())
+		}
+		e, out = env(false)
+		if code, err := stagecli.Status(ctx, e, "cli-pass"); err != nil || code != 0 || !strings.Contains(out.String(), "cli-pass: succeeded") {
+			t.Errorf("status: %d %v %q", code, err, out.String())
+		}
+	})
+
+	t.Run("failing, as JSON", func(t *testing.T) {
+		e, out := env(true)
+		code := run(t, e, stagecli.RunOptions{ID: "cli-fail", Pool: "cli", Steps: []string{"exit 3", "echo never"}})
+		var st stage.Status
+		if err := json.Unmarshal([]byte(out.String()), &st); err != nil {
+			t.Fatalf("--output json is not one JSON document: %v\n%s", err, out.String())
+		}
+		if code != stagecli.ExitFailed || st.Result != stage.Failed || st.Groups[1].Steps[0].State != stage.StateSkipped {
+			t.Errorf("exit %d, %+v", code, st)
+		}
+	})
+
+	t.Run("Ctrl-C cancels and waits for the release", func(t *testing.T) {
+		e, out := env(false)
+		ctx, cancel := context.WithCancel(ctx)
+		go func() {
+			for deadline := time.Now().Add(30 * time.Second); !strings.Contains(out.String(), "[step-1] started"); {
+				if time.Now().After(deadline) {
+					t.Error("the step's log did not show within 30 s")
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			cancel()
+		}()
+		spec, _ := (&stagecli.RunOptions{ID: "cli-interrupt", Pool: "cli", Steps: []string{"echo started; sleep 60"}}).Spec(e.Getenv)
+		code, err := stagecli.Run(ctx, e, spec)
+		if err != nil || code != stagecli.ExitStopped {
+			t.Fatalf("exit %d, %v\n%s", code, err, out.String())
+		}
+		st, err := api.Status(context.Background(), "cli-interrupt", -1, 0)
+		if err != nil || st.Phase != stage.PhaseReleased || st.Result != stage.Canceled {
+			t.Fatalf("after Ctrl-C: %+v %v", st, err)
+		}
+	})
+
+	t.Run("cancel and pools", func(t *testing.T) {
+		if _, err := api.Create(ctx, &stage.Spec{ID: "cli-cancel", Pool: "cli"}); err != nil {
+			t.Fatal(err)
+		}
+		e, out := env(false)
+		if code, err := stagecli.Cancel(ctx, e, "cli-cancel", true); err != nil || code != 0 || out.String() != "stage cli-cancel: released, canceled\n" {
+			t.Errorf("cancel: %d %v %q", code, err, out.String())
+		}
+		e, out = env(false)
+		if code, err := stagecli.Pools(ctx, e); err != nil || code != 0 || !strings.Contains(out.String(), "POOL  IDLE") || !strings.Contains(out.String(), "cli") {
+			t.Errorf("pools: %d %v\n%s", code, err, out.String())
+		}
+	})
+}
+
+func TestRunOptions(t *testing.T) {
+	getenv := func(name string) string { return map[string]string{"SET": "v"}[name] }
+	_, err := (&stagecli.RunOptions{Env: []string{"novalue"}, Secrets: []string{"A=plain", "B=env:UNSET", "C=env:SET"}}).Spec(getenv)
+	for _, want := range []string{"--pool: required", "--step: give at least one", `--env "novalue"`, `--secret "A": want NAME=env:VARIABLE`, "--secret B: the variable UNSET"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "plain") {
+		t.Error("the error echoes a secret's value")
+	}
+	spec, err := (&stagecli.RunOptions{Pool: "p", Steps: []string{"a", "b"}, Secrets: []string{"C=env:SET"}}).Spec(getenv)
+	if err != nil || len(spec.Groups) != 2 || !spec.Groups[1].Final || spec.Groups[0].Final || spec.Secrets["C"] != "v" || !strings.HasPrefix(spec.ID, "run-") {
+		t.Errorf("spec %+v %v", spec, err)
+	}
+	for result, code := range map[string]int{stage.Succeeded: 0, stage.Failed: 1, stage.Canceled: 2, stage.TimedOut: 2, stage.Errored: 3} {
+		if stagecli.ExitCode(result) != code {
+			t.Errorf("exit code of %s: %d", result, stagecli.ExitCode(result))
+		}
+	}
+}
