@@ -83,7 +83,7 @@ func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
 
 const stageUsage = `usage: slipway stage <command> [flags]
 
-  run --pool P --step 'cmd' [--step 'cmd' ...] [--env K=V] [--secret NAME=env:VAR] [--id ID] [--timeout 1h]
+  run --pool P --step 'cmd' [--step 'cmd' ...] | --file stage.yaml  [--env K=V] [--secret NAME=env:VAR] [--id ID] [--timeout 1h]
         run a stage, following its logs; exit code 0 succeeded, 1 failed, 2 canceled or timed out, 3 error
   status ID            a stage's phase, result, steps and timings
   logs ID STEP [-f]    a step's log (-f: until the step ends)
@@ -105,7 +105,8 @@ func runStage(ctx context.Context, args []string, out io.Writer) error {
 		var steps, envs, secrets repeated
 		timeout := fs.Duration("timeout", 0, "the stage's timeout (default the API's, 1h)")
 		fs.StringVar(&o.ID, "id", "", "the stage's id (default: run-<time>-<random>)")
-		fs.StringVar(&o.Pool, "pool", "", "the pool to run on")
+		fs.StringVar(&o.Pool, "pool", "", "the pool to run on (overrides the file's)")
+		fs.StringVar(&o.File, "file", "", "a stage file (stage.yaml: the API's stage in YAML) instead of --step")
 		fs.Var(&steps, "step", "a shell command, run as a step of its own; repeatable, in order")
 		fs.Var(&envs, "env", "NAME=value for every step; repeatable")
 		fs.Var(&secrets, "secret", "NAME=env:VARIABLE: a secret from the environment, masked in logs; repeatable")

@@ -71,6 +71,8 @@ type RunOptions struct {
 	Pool string
 	// Steps are shell commands, each a group of its own, in order.
 	Steps []string
+	// File is a stage file (instead of Steps); Pool and ID override its.
+	File string
 	// Env and Secrets are NAME=value and NAME=env:VAR.
 	Env, Secrets []string
 	// TimeoutSeconds bounds the stage (0: the API's default).
@@ -87,15 +89,33 @@ func (e *UsageError) Unwrap() error { return e.Err }
 // Spec builds the stage the options describe.
 func (o *RunOptions) Spec(getenv func(string) string) (*stage.Spec, error) {
 	var errs []error
-	spec := &stage.Spec{ID: o.ID, Pool: o.Pool, TimeoutSeconds: o.TimeoutSeconds}
+	spec := &stage.Spec{}
+	if o.File != "" {
+		if len(o.Steps) > 0 {
+			return nil, &UsageError{errors.New("--file and --step: give one or the other")}
+		}
+		var err error
+		if spec, err = LoadStageFile(o.File); err != nil {
+			return nil, err
+		}
+	}
+	if o.ID != "" {
+		spec.ID = o.ID
+	}
 	if spec.ID == "" {
 		spec.ID = newID()
 	}
-	if o.Pool == "" {
+	if o.Pool != "" {
+		spec.Pool = o.Pool
+	}
+	if o.TimeoutSeconds != 0 {
+		spec.TimeoutSeconds = o.TimeoutSeconds
+	}
+	if spec.Pool == "" {
 		errs = append(errs, errors.New("--pool: required"))
 	}
-	if len(o.Steps) == 0 {
-		errs = append(errs, errors.New("--step: give at least one"))
+	if len(o.Steps) == 0 && o.File == "" {
+		errs = append(errs, errors.New("--step or --file: give the stage's steps"))
 	}
 	for i, cmd := range o.Steps {
 		spec.Groups = append(spec.Groups, stage.Group{

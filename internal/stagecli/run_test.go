@@ -170,7 +170,7 @@ func TestCommands(t *testing.T) {
 func TestRunOptions(t *testing.T) {
 	getenv := func(name string) string { return map[string]string{"SET": "v"}[name] }
 	_, err := (&stagecli.RunOptions{Env: []string{"novalue"}, Secrets: []string{"A=plain", "B=env:UNSET", "C=env:SET"}}).Spec(getenv)
-	for _, want := range []string{"--pool: required", "--step: give at least one", `--env "novalue"`, `--secret "A": want NAME=env:VARIABLE`, "--secret B: the variable UNSET"} {
+	for _, want := range []string{"--pool: required", "--step or --file: give the stage's steps", `--env "novalue"`, `--secret "A": want NAME=env:VARIABLE`, "--secret B: the variable UNSET"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
@@ -181,6 +181,13 @@ func TestRunOptions(t *testing.T) {
 	spec, err := (&stagecli.RunOptions{Pool: "p", Steps: []string{"a", "b"}, Secrets: []string{"C=env:SET"}}).Spec(getenv)
 	if err != nil || len(spec.Groups) != 2 || !spec.Groups[1].Final || spec.Groups[0].Final || spec.Secrets["C"] != "v" || !strings.HasPrefix(spec.ID, "run-") {
 		t.Errorf("spec %+v %v", spec, err)
+	}
+	spec, err = (&stagecli.RunOptions{File: "testdata/stage.yaml", Pool: "other", ID: "from-file"}).Spec(getenv)
+	if err != nil || spec.Pool != "other" || spec.ID != "from-file" || len(spec.Groups) != 2 {
+		t.Errorf("from a file: %+v %v", spec, err)
+	}
+	if _, err := (&stagecli.RunOptions{File: "testdata/stage.yaml", Steps: []string{"x"}}).Spec(getenv); err == nil {
+		t.Error("--file and --step were taken together")
 	}
 	for result, code := range map[string]int{stage.Succeeded: 0, stage.Failed: 1, stage.Canceled: 2, stage.TimedOut: 2, stage.Errored: 3} {
 		if stagecli.ExitCode(result) != code {

@@ -1,0 +1,67 @@
+package stagecli_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/slipway-ci/slipway/internal/stagecli"
+)
+
+func TestStageFile(t *testing.T) {
+	spec, err := stagecli.LoadStageFile("testdata/stage.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Pool != "linux" || len(spec.Groups) != 2 || !spec.Groups[1].Final || spec.Groups[0].Steps[1].Image != "golangci/golangci-lint:v2" ||
+		spec.Groups[1].Steps[0].TimeoutSeconds != 600 || spec.Groups[1].Steps[0].Env["CGO_ENABLED"] != "0" || spec.TimeoutSeconds != 1800 ||
+		spec.Groups[0].Steps[0].Outputs[0] != "VERSION" || spec.Groups[0].Steps[0].Script != "go build ./...\n" {
+		t.Fatalf("spec %+v", spec)
+	}
+}
+
+// TestStageFileErrors: every problem at once, each with its line.
+func TestStageFileErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name, file string
+		want       []string
+	}{
+		{"unknown fields and secrets", `pool: p
+timeout: 10
+secrets:
+  TOKEN: abc
+groups:
+  - steps:
+      - id: a
+        run_script: make
+`, []string{`line 2: timeout: unknown field (known here: acquire_timeout_seconds, env, files, groups, id, idle_timeout_seconds, pool, timeout_seconds)`,
+			"line 3: secrets: secrets do not belong in a file", "line 8: groups[0].steps[0].run_script: unknown field"}},
+		{"shapes", `pool: [a]
+groups:
+  steps: []
+`, []string{"line 1: pool: want a single value", "line 3: groups: want a list"}},
+		{"validation", `pool: p
+groups:
+  - final: true
+    steps:
+      - id: a
+        script: x
+  - steps:
+      - id: "bad id"
+        script: y
+`, []string{"line 3: groups[0]: final, but groups follow it", "line 8: groups[1].steps[0].id:"}},
+		{"not YAML", "pool: [", []string{"yaml:"}},
+		{"empty", "", []string{"line 1: the file is empty"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := stagecli.ParseStageFile([]byte(tt.file))
+			for _, want := range tt.want {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("error %v\nlacks %q", err, want)
+				}
+			}
+			if err != nil && strings.Contains(err.Error(), "abc") {
+				t.Error("the error echoes a secret")
+			}
+		})
+	}
+}
