@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/config"
+	"golang.org/x/term"
 
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/stagecli"
@@ -68,7 +69,11 @@ func (f *apiFlags) env(ctx context.Context, out io.Writer) (*stagecli.Env, error
 	if err != nil {
 		return nil, &stagecli.UsageError{Err: err}
 	}
-	return &stagecli.Env{API: api, Out: out, JSON: f.output == "json", Getenv: os.Getenv}, nil
+	live := false
+	if f, ok := out.(*os.File); ok {
+		live = term.IsTerminal(int(f.Fd()))
+	}
+	return &stagecli.Env{API: api, Out: out, JSON: f.output == "json", Live: live, Getenv: os.Getenv}, nil
 }
 
 func isLoopbackHost(h string) bool {

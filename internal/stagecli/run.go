@@ -49,6 +49,8 @@ type Env struct {
 	Out io.Writer
 	// JSON prints one JSON document instead of text (--output json).
 	JSON bool
+	// Live shows a live view instead of timestamped lines (a terminal).
+	Live bool
 	// Getenv resolves --secret NAME=env:VAR.
 	Getenv func(string) string
 	// LogPoll is the pause between two log reads of a running step
@@ -56,6 +58,8 @@ type Env struct {
 	LogPoll time.Duration
 	// Now is the clock for timestamps (default time.Now).
 	Now func() time.Time
+
+	view *liveView // while a live view runs
 }
 
 func (e *Env) now() time.Time {
@@ -204,8 +208,18 @@ func (e *Env) follow(ctx context.Context, id, phase string) (*stage.Status, erro
 	var wg sync.WaitGroup
 	logCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if e.Live && !e.JSON {
+		e.view = startLive(e.Out, e.now, nil)
+		defer func() {
+			e.view.close()
+			e.view = nil
+		}()
+	}
 	following := map[string]bool{}
 	st, err := e.API.Follow(ctx, id, func(st *stage.Status) {
+		if e.view != nil {
+			e.view.update(st)
+		}
 		if st.Phase != phase {
 			phase = st.Phase
 			if phase == stage.PhaseRunning && st.Timings.BoundAt != nil {
@@ -283,6 +297,10 @@ var outMu sync.Mutex
 // linef prints one timestamped line (text mode only).
 func (e *Env) linef(format string, a ...any) {
 	if e.JSON {
+		return
+	}
+	if e.view != nil {
+		e.view.println(fmt.Sprintf(format, a...))
 		return
 	}
 	outMu.Lock()

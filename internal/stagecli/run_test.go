@@ -152,6 +152,21 @@ func TestCommands(t *testing.T) {
 		}
 	})
 
+	t.Run("live view", func(t *testing.T) {
+		e, out := env(false)
+		e.Live = true
+		code := run(t, e, stagecli.RunOptions{ID: "cli-live", Pool: "cli", Steps: []string{"echo live one; sleep 1; echo live two"}})
+		got := out.String()
+		for _, want := range []string{"[step-1] live one", "[step-1] live two", "stage cli-live on vm-", ": running step-1", "stage cli-live: succeeded\n"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("the live view lacks %q:\n%q", want, got)
+			}
+		}
+		if code != 0 {
+			t.Errorf("exit %d", code)
+		}
+	})
+
 	t.Run("cancel and pools", func(t *testing.T) {
 		if _, err := api.Create(ctx, &stage.Spec{ID: "cli-cancel", Pool: "cli"}); err != nil {
 			t.Fatal(err)
