@@ -93,6 +93,8 @@ const stageUsage = `usage: slipway stage <command> [flags]
   status ID            a stage's phase, result, steps and timings
   logs ID STEP [-f]    a step's log (-f: until the step ends)
   cancel ID [--wait]   cancel a stage (--wait: until its VM is released)
+  list [--since 24h] [--pool P] [--limit 20]
+                       the recent stages, newest first
 
 every command: --endpoint URL (default $SLIPWAY_ENDPOINT), --output text|json, --region R
 `
@@ -128,6 +130,18 @@ func runStage(ctx context.Context, args []string, out io.Writer) error {
 			return &exitError{stagecli.ExitError, err}
 		}
 		return exit(stagecli.Run(ctx, e, spec))
+	case "list":
+		since := fs.Duration("since", 0, "how far back (default 24h)")
+		pool := fs.String("pool", "", "only this pool's stages")
+		limit := fs.Int("limit", 0, "at most this many (default 20)")
+		if err := parse(fs, args[1:], 0); err != nil {
+			return err
+		}
+		e, err := api.env(ctx, out)
+		if err != nil {
+			return &exitError{stagecli.ExitError, err}
+		}
+		return exit(stagecli.List(ctx, e, *since, *pool, *limit))
 	case "status", "logs", "cancel":
 		follow := fs.Bool("f", false, "logs: follow until the step ends")
 		wait := fs.Bool("wait", false, "cancel: wait for the release")

@@ -151,6 +151,23 @@ func (c *Client) Delete(ctx context.Context, id string) (*stage.Status, error) {
 	return &st, c.do(ctx, http.MethodDelete, "/v1/stages/"+url.PathEscape(id), nil, nil, &st)
 }
 
+// List lists the stages created within since (0: the API's default, a
+// day), newest first, of pool only if given, at most limit (0: 20).
+func (c *Client) List(ctx context.Context, since time.Duration, pool string, limit int) (*stage.StageList, error) {
+	q := url.Values{}
+	if since > 0 {
+		q.Set("since", since.String())
+	}
+	if pool != "" {
+		q.Set("pool", pool)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var l stage.StageList
+	return &l, c.do(ctx, http.MethodGet, "/v1/stages", q, nil, &l)
+}
+
 // Pools is every pool's depth.
 func (c *Client) Pools(ctx context.Context) (*stage.Pools, error) {
 	var p stage.Pools

@@ -19,32 +19,33 @@ import (
 // one, and only one release ever frees it. Every change of the META item
 // bumps its version, which long-polls watch.
 const (
-	stageMetaSK       = "META"
-	attrStageID       = "stage_id"
-	attrVM            = "vm"
-	attrDeadline      = "deadline"
-	attrReleasedAt    = "released_at"
-	attrExpiresAt     = "expires_at" // the table's TTL attribute, epoch seconds
-	attrSpec          = "spec"
-	attrSpecHash      = "spec_hash"
-	attrSealed        = "sealed"
-	attrGroups        = "groups"
-	attrFinal         = "final"
-	attrCursor        = "cursor"
-	attrStepIDs       = "step_ids"
-	attrLeasedAt      = "leased_at"
-	attrBoundAt       = "bound_at"
-	attrBootID        = "boot_id"
-	attrLaunched      = "launched"
-	attrDropped       = "dropped"
-	attrResult        = "result"
-	attrReason        = "reason"
-	attrEndedAt       = "ended_at"
-	attrGroupEndedAt  = "group_ended_at"
-	recordRetention   = 7 * 24 * time.Hour
-	stageKeyPrefix    = "STAGE#"
-	maxTransactItems  = 100
-	maxGroupsAtCreate = maxTransactItems - 1
+	stageMetaSK      = "META"
+	attrStageID      = "stage_id"
+	attrVM           = "vm"
+	attrDeadline     = "deadline"
+	attrReleasedAt   = "released_at"
+	attrExpiresAt    = "expires_at" // the table's TTL attribute, epoch seconds
+	attrSpec         = "spec"
+	attrSpecHash     = "spec_hash"
+	attrSealed       = "sealed"
+	attrGroups       = "groups"
+	attrFinal        = "final"
+	attrCursor       = "cursor"
+	attrStepIDs      = "step_ids"
+	attrLeasedAt     = "leased_at"
+	attrBoundAt      = "bound_at"
+	attrBootID       = "boot_id"
+	attrLaunched     = "launched"
+	attrDropped      = "dropped"
+	attrResult       = "result"
+	attrReason       = "reason"
+	attrEndedAt      = "ended_at"
+	attrGroupEndedAt = "group_ended_at"
+	recordRetention  = 7 * 24 * time.Hour
+	stageKeyPrefix   = "STAGE#"
+	maxTransactItems = 100
+	// The stage's META item, its groups, and its entry in the index.
+	maxGroupsAtCreate = maxTransactItems - 2
 )
 
 // Errors of stage records.
@@ -181,7 +182,10 @@ func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
 		item[attrFinal] = &types.AttributeValueMemberBOOL{Value: true}
 	}
 	notExists := aws.String("attribute_not_exists(pk)")
-	writes := []types.TransactWriteItem{{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: notExists}}}
+	writes := []types.TransactWriteItem{
+		{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: notExists}},
+		{Put: &types.Put{TableName: aws.String(s.Table), Item: indexItem(ns.ID, ns.Pool, now, expires)}},
+	}
 	for i, g := range ns.Groups {
 		writes = append(writes, types.TransactWriteItem{Put: &types.Put{
 			TableName: aws.String(s.Table), Item: groupItem(ns.ID, i, g, now, expires), ConditionExpression: notExists,

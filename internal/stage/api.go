@@ -108,6 +108,7 @@ type route struct {
 func (a *API) routes() []route {
 	return []route{
 		{"POST /v1/stages", a.create},
+		{"GET /v1/stages", a.list},
 		{"GET /v1/stages/{id}", a.get},
 		{"DELETE /v1/stages/{id}", a.cancel},
 		{"POST /v1/stages/{id}/groups", a.addGroup},

@@ -180,6 +180,30 @@ func TestLongPollAndCancel(t *testing.T) {
 	}
 }
 
+func TestListStages(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 1), testPool("q", 0, 1))
+	for _, st := range []stage.Spec{{ID: "l1", Pool: "p"}, {ID: "l2", Pool: "q"}, {ID: "l3", Pool: "p"}} {
+		if a := e.do(t, "POST", "/v1/stages", st, true); a.status != 201 {
+			t.Fatalf("create: %d %s", a.status, a.body)
+		}
+	}
+	var l stage.StageList
+	e.do(t, "GET", "/v1/stages?pool=p&since=1h", nil, true).decode(t, &l)
+	if len(l.Stages) != 2 || l.Stages[0].ID != "l3" || l.Stages[1].ID != "l1" || l.Stages[0].Phase != stage.PhaseQueued {
+		t.Fatalf("list of pool p: %+v", l)
+	}
+	e.do(t, "GET", "/v1/stages?limit=1", nil, true).decode(t, &l)
+	if len(l.Stages) != 1 || l.Stages[0].ID != "l3" {
+		t.Fatalf("list, limit 1: %+v", l)
+	}
+	a := e.do(t, "GET", "/v1/stages?since=9000h&limit=0&nope=1", nil, false)
+	for _, want := range []string{"since", "limit", `"nope"`} {
+		if a.status != 400 || !strings.Contains(a.errorMessage(), want) {
+			t.Errorf("bad list query: %d %s lacks %s", a.status, a.body, want)
+		}
+	}
+}
+
 func TestPoolsAndDocument(t *testing.T) {
 	e := newEnv(t, testPool("p", 1, 3))
 	e.warmUp(t, "p", 1)

@@ -25,6 +25,7 @@ import (
 type Books interface {
 	CreateStage(ctx context.Context, ns lease.NewStage) (*lease.Stage, error)
 	GetStage(ctx context.Context, id string) (*lease.Stage, error)
+	ListStages(ctx context.Context, since time.Time, pool string, limit int) ([]lease.StageRef, error)
 	StageRecords(ctx context.Context, id string) (*lease.Records, error)
 	AddGroup(ctx context.Context, stageID string, g lease.NewGroup) (*lease.Group, error)
 	GetGroup(ctx context.Context, stageID string, index int) (*lease.Group, error)

@@ -90,3 +90,28 @@ func Pools(ctx context.Context, e *Env) (int, error) {
 	}
 	return ExitSucceeded, w.Flush()
 }
+
+// List prints the recent stages.
+func List(ctx context.Context, e *Env, since time.Duration, pool string, limit int) (int, error) {
+	l, err := e.API.List(ctx, since, pool, limit)
+	if err != nil {
+		return ExitError, err
+	}
+	if e.JSON {
+		return ExitSucceeded, e.printJSON(l)
+	}
+	w := tabwriter.NewWriter(e.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "STAGE\tPOOL\tPHASE\tRESULT\tCREATED\tTOOK\t")
+	for _, s := range l.Stages {
+		took := "-"
+		if s.ReleasedAt != nil {
+			took = s.ReleasedAt.Sub(s.CreatedAt).Round(time.Millisecond).String()
+		}
+		result := s.Result
+		if result == "" {
+			result = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t\n", s.ID, s.Pool, s.Phase, result, s.CreatedAt.Local().Format("2006-01-02 15:04:05"), took)
+	}
+	return ExitSucceeded, w.Flush()
+}

@@ -176,6 +176,15 @@ func TestCommands(t *testing.T) {
 			t.Errorf("cancel: %d %v %q", code, err, out.String())
 		}
 		e, out = env(false)
+		if code, err := stagecli.List(ctx, e, time.Hour, "cli", 100); err != nil || code != 0 ||
+			!strings.Contains(out.String(), "STAGE") || !strings.Contains(out.String(), "cli-pass") || !strings.Contains(out.String(), "canceled") {
+			t.Errorf("list: %d %v\n%s", code, err, out.String())
+		}
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if len(lines) < 2 || !strings.HasPrefix(lines[1], "cli-cancel ") {
+			t.Errorf("list: the newest first:\n%s", out.String())
+		}
+		e, out = env(false)
 		if code, err := stagecli.Pools(ctx, e); err != nil || code != 0 || !strings.Contains(out.String(), "POOL  IDLE") || !strings.Contains(out.String(), "cli") {
 			t.Errorf("pools: %d %v\n%s", code, err, out.String())
 		}

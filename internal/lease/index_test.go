@@ -1,0 +1,62 @@
+package lease_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/slipway-ci/slipway/internal/awstest"
+	"github.com/slipway-ci/slipway/internal/lease"
+)
+
+// TestListStages: stages list newest first across hour partitions, by pool,
+// since a time, at most a limit.
+func TestListStages(t *testing.T) {
+	db := awstest.Client(t)
+	table := awstest.TableName(t)
+	ctx := context.Background()
+	if err := lease.CreateTable(ctx, db, table); err != nil {
+		t.Fatal(err)
+	}
+	awstest.DropAtCleanup(t, db, table)
+	clock := time.Date(2026, 12, 3, 10, 50, 0, 0, time.UTC)
+	store := &lease.Store{DB: db, Table: table, Now: func() time.Time { return clock }}
+	// Seven stages 15 minutes apart: they span three hours.
+	for i := range 7 {
+		pool := "a"
+		if i%2 == 1 {
+			pool = "b"
+		}
+		if _, err := store.CreateStage(ctx, lease.NewStage{ID: fmt.Sprintf("s%d", i), Pool: pool, Deadline: clock.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		clock = clock.Add(15 * time.Minute)
+	}
+	ids := func(refs []lease.StageRef) string {
+		s := ""
+		for _, r := range refs {
+			s += r.ID + " "
+		}
+		return s
+	}
+	for _, tt := range []struct {
+		since time.Duration
+		pool  string
+		limit int
+		want  string
+	}{
+		{3 * time.Hour, "", 100, "s6 s5 s4 s3 s2 s1 s0 "},
+		{3 * time.Hour, "", 3, "s6 s5 s4 "},
+		{3 * time.Hour, "b", 100, "s5 s3 s1 "},
+		{40 * time.Minute, "", 100, "s6 s5 "},
+	} {
+		refs, err := store.ListStages(ctx, clock.Add(-tt.since), tt.pool, tt.limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ids(refs); got != tt.want {
+			t.Errorf("since %s, pool %q, limit %d: %s, want %s", tt.since, tt.pool, tt.limit, got, tt.want)
+		}
+	}
+}
