@@ -81,4 +81,3 @@ func (s *Store) ListStages(ctx context.Context, since time.Time, pool string, li
 	}
 	return refs, nil
 }
-
