@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/bmatcuk/doublestar/v4"
 )
 
 // StageHeader carries the bound stage id on every call after binding.
@@ -133,6 +135,10 @@ type Step struct {
 	User           string   `json:"user,omitempty"`
 	TimeoutSeconds int64    `json:"timeout_seconds,omitempty"`
 	Outputs        []string `json:"outputs,omitempty"`
+	// Reports are globs, relative to the workspace ("**/TEST-*.xml",
+	// "**/*.trx"), of the JUnit XML and TRX files the step writes; after
+	// the step its status carries their totals and failed tests.
+	Reports []string `json:"reports,omitempty"`
 }
 
 var userPattern = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
@@ -186,7 +192,22 @@ func (s *Step) Validate() error {
 			errs = append(errs, fmt.Errorf("output name %q: want [A-Za-z_][A-Za-z0-9_]*", name))
 		}
 	}
+	if len(s.Reports) > MaxReportGlobs {
+		errs = append(errs, fmt.Errorf("reports: %d globs, at most %d", len(s.Reports), MaxReportGlobs))
+	}
+	for i, glob := range s.Reports {
+		if !doublestar.ValidatePattern(glob) || strings.HasPrefix(glob, "/") || slices.Contains(strings.Split(glob, "/"), "..") {
+			errs = append(errs, fmt.Errorf("reports[%d] %q: want a glob relative to the workspace, as **/TEST-*.xml", i, truncateValue(glob)))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+func truncateValue(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "…"
+	}
+	return s
 }
 
 // Timeout is the step's timeout, 0 for none.
@@ -226,7 +247,40 @@ type StepStatus struct {
 	// BootID is the agent's boot id: if it differs from the one the caller
 	// saw when it started the step, the agent restarted and the step is lost.
 	BootID string `json:"boot_id"`
+	// Tests is what the step's reports say, once it has ended.
+	Tests *TestReport `json:"tests,omitempty"`
 }
+
+// TestReport sums the test reports a step wrote.
+type TestReport struct {
+	Files      int   `json:"files"`
+	Tests      int   `json:"tests"`
+	Failed     int   `json:"failed"` // failures and errors
+	Skipped    int   `json:"skipped"`
+	DurationMs int64 `json:"duration_ms"`
+	// Failures are the failed tests, the first MaxReportFailures of them.
+	Failures []TestFailure `json:"failures,omitempty"`
+	// Notes say what could not be read (a malformed or huge file) and
+	// what was left out.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// TestFailure is one failed test.
+type TestFailure struct {
+	Name    string `json:"name"`
+	Class   string `json:"class,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Output is the first lines of the failure's details and output.
+	Output string `json:"output,omitempty"`
+}
+
+// Bounds of test reports.
+const (
+	MaxReportGlobs    = 20
+	MaxReportFiles    = 200
+	MaxReportBytes    = 20 << 20 // one file
+	MaxReportFailures = 50
+)
 
 // Usage is what a stage consumed, returned by DELETE /v1/stage.
 type Usage struct {

@@ -15,6 +15,7 @@ import (
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/executor"
 	"github.com/slipway-ci/slipway/agent/mask"
+	"github.com/slipway-ci/slipway/agent/reports"
 	"github.com/slipway-ci/slipway/agent/steplog"
 )
 
@@ -149,7 +150,7 @@ func (s *Server) run(st *stage, stp *step, id string, spec *agentapi.Step) {
 		h, err = ex.Start(context.Background(), xspec)
 	}
 	if err != nil {
-		s.finish(st, stp, matcher, out, executor.Result{ExitCode: -1, Err: err}, nil)
+		s.finish(st, stp, matcher, out, executor.Result{ExitCode: -1, Err: err}, nil, nil)
 		return
 	}
 	stp.mu.Lock()
@@ -168,15 +169,17 @@ func (s *Server) run(st *stage, stp *step, id string, spec *agentapi.Step) {
 		if timer != nil {
 			timer.Stop()
 		}
-		s.finish(st, stp, matcher, out, res, spec.Outputs)
+		s.finish(st, stp, matcher, out, res, spec.Outputs, spec.Reports)
 	}()
 }
 
-func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.Writer, res executor.Result, wantOutputs []string) {
+func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.Writer, res executor.Result, wantOutputs, reportGlobs []string) {
 	_ = out.Flush()
 	_ = stp.log.Close()
 	size, _ := stp.log.Size()
 	outputs, outErr := readOutputs(stp.outputPath, matcher, wantOutputs)
+	// Before the step reads as ended: whoever waits for it gets its tests.
+	tests := reports.Collect(st.workDir, reportGlobs, matcher.MaskString)
 	st.addUsage(res.CPU, res.PeakMemory)
 
 	stp.mu.Lock()
@@ -186,6 +189,7 @@ func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.W
 	status.LogBytes = size
 	status.OOMKilled = res.OOMKilled
 	status.Outputs = outputs
+	status.Tests = tests
 	switch {
 	case stp.stopReason != "":
 		status.State = stp.stopReason

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
+	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
 
@@ -452,4 +454,37 @@ func TestMetricsOfStages(t *testing.T) {
 	checkMetrics(t, shared.metrics.Bytes(), map[string]string{"metrics-cold": "metrics", "metrics-warm": "misc"})
 	settled(t, rt, "metrics", "metrics-cold")
 	settled(t, rt, "misc", "metrics-warm")
+}
+
+// TestReports: a step's JUnit and TRX reports reach the stage's status,
+// masked, after the release too.
+func TestReports(t *testing.T) {
+	t.Parallel()
+	rt := runtime(t)
+	junit, err := os.ReadFile("../../agent/reports/testdata/ws/target/surefire-reports/TEST-com.example.CalculatorTest.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trx, err := os.ReadFile("../../agent/reports/testdata/ws/TestResults/run.trx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := s("tests", `mkdir -p out && cp reports/TEST-calc.xml out/ && cp reports/run.trx out/ && exit 1`)
+	tests.Reports = []string{"out/TEST-*.xml", "out/*.trx"}
+	create(t, rt, stage.Spec{
+		ID: "with-reports", Pool: "misc", Secrets: map[string]string{"TOKEN": "s3cr3t-report-token"},
+		Files:  []agentapi.File{{Path: "reports/TEST-calc.xml", Data: junit}, {Path: "reports/run.trx", Data: trx}},
+		Groups: []stage.Group{group(true, tests)},
+	})
+	st := released(t, rt, "with-reports", time.Minute)
+	r := st.Groups[0].Steps[0].Tests
+	if st.Result != stage.Failed || r == nil || r.Files != 2 || r.Tests != 6 || r.Failed != 2 || r.Skipped != 2 || len(r.Failures) != 2 {
+		t.Fatalf("stage %+v, tests %+v", st, r)
+	}
+	for _, f := range r.Failures {
+		if strings.Contains(f.Output, "s3cr3t") {
+			t.Errorf("a secret in a failure's output: %+v", f)
+		}
+	}
+	settled(t, rt, "misc", "with-reports")
 }

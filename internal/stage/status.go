@@ -2,6 +2,7 @@ package stage
 
 import (
 	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
@@ -89,18 +90,21 @@ type StepStatus struct {
 	// LogError says why the step's log could not be archived: it is then
 	// readable only while the VM lives.
 	LogError string `json:"log_error,omitempty"`
+	// Tests is what the step's test reports say.
+	Tests *agentapi.TestReport `json:"tests,omitempty"`
 }
 
 // stepResult is a step's result as its record keeps it.
 type stepResult struct {
-	ExitCode  *int              `json:"exit_code,omitempty"`
-	OOMKilled bool              `json:"oom_killed,omitempty"`
-	Outputs   map[string]string `json:"outputs,omitempty"`
-	Error     string            `json:"error,omitempty"`
-	StartedAt time.Time         `json:"started_at"`
-	EndedAt   time.Time         `json:"ended_at"`
-	LogBytes  int64             `json:"log_bytes"`
-	LogError  string            `json:"log_error,omitempty"`
+	ExitCode  *int                 `json:"exit_code,omitempty"`
+	OOMKilled bool                 `json:"oom_killed,omitempty"`
+	Outputs   map[string]string    `json:"outputs,omitempty"`
+	Error     string               `json:"error,omitempty"`
+	StartedAt time.Time            `json:"started_at"`
+	EndedAt   time.Time            `json:"ended_at"`
+	LogBytes  int64                `json:"log_bytes"`
+	LogError  string               `json:"log_error,omitempty"`
+	Tests     *agentapi.TestReport `json:"tests,omitempty"`
 }
 
 // maxResultBytes keeps a group's end, one step result per item, far below
@@ -111,7 +115,7 @@ const maxResultBytes = 128 << 10
 func fromAgent(id string, group int, st *agentapi.StepStatus) StepStatus {
 	s := StepStatus{
 		ID: id, Group: group, State: string(st.State), ExitCode: st.ExitCode, OOMKilled: st.OOMKilled,
-		Outputs: st.Outputs, Error: st.Error, StartedAt: timePtr(st.StartedAt), LogBytes: st.LogBytes,
+		Outputs: st.Outputs, Error: st.Error, StartedAt: timePtr(st.StartedAt), LogBytes: st.LogBytes, Tests: st.Tests,
 	}
 	if st.EndedAt != nil {
 		s.EndedAt = timePtr(*st.EndedAt)
@@ -123,6 +127,11 @@ func fromAgent(id string, group int, st *agentapi.StepStatus) StepStatus {
 // record too large are dropped, and the error says so.
 func (s StepStatus) record() lease.StepRecord {
 	r := stepResult{ExitCode: s.ExitCode, OOMKilled: s.OOMKilled, Outputs: s.Outputs, Error: s.Error, LogBytes: s.LogBytes, LogError: s.LogError}
+	if s.Tests != nil {
+		tests := *s.Tests
+		tests.Failures = slices.Clone(tests.Failures)
+		r.Tests = &tests
+	}
 	if s.StartedAt != nil {
 		r.StartedAt = *s.StartedAt
 	}
@@ -130,6 +139,17 @@ func (s StepStatus) record() lease.StepRecord {
 		r.EndedAt = *s.EndedAt
 	}
 	data, _ := json.Marshal(r)
+	if len(data) > maxResultBytes && r.Tests != nil {
+		// The failures' output first, then the failures: the totals stay.
+		for i := range r.Tests.Failures {
+			r.Tests.Failures[i].Output = ""
+		}
+		if data, _ = json.Marshal(r); len(data) > maxResultBytes {
+			r.Tests.Failures = nil
+		}
+		r.Tests.Notes = append(r.Tests.Notes, "failed tests' details dropped: over 128 KiB")
+		data, _ = json.Marshal(r)
+	}
 	if len(data) > maxResultBytes {
 		r.Outputs = nil
 		r.Error = truncate(r.Error, 4<<10) + " (outputs dropped: over 128 KiB)"
@@ -228,6 +248,7 @@ func stepStatus(r *lease.Records, id string, group int, groupState string) (Step
 	return StepStatus{
 		ID: id, Group: group, State: rec.State, ExitCode: res.ExitCode, OOMKilled: res.OOMKilled, Outputs: res.Outputs,
 		Error: res.Error, StartedAt: timePtr(res.StartedAt), EndedAt: timePtr(res.EndedAt), LogBytes: res.LogBytes, LogError: res.LogError,
+		Tests: res.Tests,
 	}, nil
 }
 

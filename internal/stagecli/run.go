@@ -326,6 +326,7 @@ func (e *Env) summary(st *stage.Status) {
 			fmt.Fprintf(e.Out, "  %-20s %s\n", s.ID, describeStep(&s))
 		}
 	}
+	e.failedTests(st)
 	t := st.Timings
 	since := func(at *time.Time) string {
 		if at == nil {
@@ -367,4 +368,32 @@ func describeStep(s *stage.StepStatus) string {
 		d += ": " + s.Error
 	}
 	return d
+}
+
+// failedTests prints the test totals of the steps that had reports, and
+// their failed tests.
+func (e *Env) failedTests(st *stage.Status) {
+	for _, g := range st.Groups {
+		for _, s := range g.Steps {
+			r := s.Tests
+			if r == nil {
+				continue
+			}
+			fmt.Fprintf(e.Out, "tests of %s: %d, %d failed, %d skipped, in %s (%d files)\n", s.ID, r.Tests, r.Failed, r.Skipped,
+				(time.Duration(r.DurationMs) * time.Millisecond).String(), r.Files)
+			for _, f := range r.Failures {
+				name := f.Name
+				if f.Class != "" {
+					name = f.Class + " > " + f.Name
+				}
+				fmt.Fprintf(e.Out, "  FAIL %s\n", name)
+				if f.Message != "" {
+					fmt.Fprintf(e.Out, "       %s\n", strings.ReplaceAll(f.Message, "\n", "\n       "))
+				}
+			}
+			for _, n := range r.Notes {
+				fmt.Fprintf(e.Out, "  note: %s\n", n)
+			}
+		}
+	}
 }

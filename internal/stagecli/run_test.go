@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/local"
@@ -149,6 +150,23 @@ func TestCommands(t *testing.T) {
 		st, err := api.Status(context.Background(), "cli-interrupt", -1, 0)
 		if err != nil || st.Phase != stage.PhaseReleased || st.Result != stage.Canceled {
 			t.Fatalf("after Ctrl-C: %+v %v", st, err)
+		}
+	})
+
+	t.Run("failed tests", func(t *testing.T) {
+		e, out := env(false)
+		spec := &stage.Spec{ID: "cli-tests", Pool: "cli", Groups: []stage.Group{{Final: true, Steps: []stage.Step{{ID: "unit", Step: agentapi.Step{
+			Script:  `echo '<testsuite name="s"><testcase name="ok" classname="c"/><testcase name="bad" classname="c"><failure message="want 1, got 2"/></testcase></testsuite>' > TEST-s.xml; exit 1`,
+			Reports: []string{"TEST-*.xml"},
+		}}}}}}
+		code, err := stagecli.Run(ctx, e, spec)
+		if err != nil || code != stagecli.ExitFailed {
+			t.Fatalf("exit %d, %v", code, err)
+		}
+		for _, want := range []string{"tests of unit: 2, 1 failed, 0 skipped", "  FAIL c > bad\n       want 1, got 2\n"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("output lacks %q:\n%s", want, out.String())
+			}
 		}
 	})
 

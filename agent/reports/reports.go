@@ -1,0 +1,189 @@
+// Package reports reads the test reports a step wrote: JUnit XML (Maven
+// Surefire, Gradle, go-junit-report and the many tools that write it) with
+// go-junit, and .NET's TRX with encoding/xml. A report that cannot be read
+// becomes a note; it never fails the step.
+package reports
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/bmatcuk/doublestar/v4"
+	"github.com/joshdk/go-junit"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+)
+
+// Bounds of what one failure carries.
+const (
+	maxOutputLines = 20
+	maxOutputBytes = 4 << 10
+	maxMessage     = 1 << 10
+)
+
+// Collect reads the reports under workspace that the globs match. Every
+// string of the result goes through mask, so no secret leaves in a test's
+// output. It returns nil when no glob was given.
+func Collect(workspace string, globs []string, mask func(string) string) *agentapi.TestReport {
+	if len(globs) == 0 {
+		return nil
+	}
+	r := &agentapi.TestReport{}
+	files := match(workspace, globs, r)
+	for _, rel := range files {
+		path := filepath.Join(workspace, filepath.FromSlash(rel))
+		info, err := os.Stat(path)
+		switch {
+		case err != nil:
+			r.Notes = append(r.Notes, fmt.Sprintf("%s: %v", rel, err))
+			continue
+		case info.Size() > agentapi.MaxReportBytes:
+			r.Notes = append(r.Notes, fmt.Sprintf("%s: %d bytes, over %d: not read", rel, info.Size(), agentapi.MaxReportBytes))
+			continue
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			r.Notes = append(r.Notes, fmt.Sprintf("%s: %v", rel, err))
+			continue
+		}
+		if strings.EqualFold(filepath.Ext(rel), ".trx") {
+			err = readTRX(data, r)
+		} else {
+			err = readJUnit(data, r)
+		}
+		if err != nil {
+			r.Notes = append(r.Notes, fmt.Sprintf("%s: not a readable report: %v", rel, truncate(err.Error(), 200)))
+			continue
+		}
+		r.Files++
+	}
+	if len(r.Failures) > agentapi.MaxReportFailures {
+		r.Notes = append(r.Notes, fmt.Sprintf("%d more failed tests left out", len(r.Failures)-agentapi.MaxReportFailures))
+		r.Failures = r.Failures[:agentapi.MaxReportFailures]
+	}
+	for i := range r.Failures {
+		f := &r.Failures[i]
+		f.Name, f.Class, f.Message, f.Output = mask(f.Name), mask(f.Class), mask(f.Message), mask(f.Output)
+	}
+	for i := range r.Notes {
+		r.Notes[i] = mask(r.Notes[i])
+	}
+	return r
+}
+
+// match lists the files the globs match, each once, in order, at most
+// MaxReportFiles.
+func match(workspace string, globs []string, r *agentapi.TestReport) []string {
+	seen := map[string]bool{}
+	var files []string
+	root := os.DirFS(workspace)
+	for _, glob := range globs {
+		matches, err := doublestar.Glob(root, glob, doublestar.WithFilesOnly(), doublestar.WithFailOnIOErrors())
+		if err != nil {
+			r.Notes = append(r.Notes, fmt.Sprintf("reports %q: %v", glob, err))
+		}
+		for _, m := range matches {
+			if !seen[m] {
+				seen[m] = true
+				files = append(files, m)
+			}
+		}
+	}
+	sort.Strings(files)
+	if len(files) > agentapi.MaxReportFiles {
+		r.Notes = append(r.Notes, fmt.Sprintf("%d report files, only the first %d read", len(files), agentapi.MaxReportFiles))
+		files = files[:agentapi.MaxReportFiles]
+	}
+	if len(files) == 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("no file matches %s", strings.Join(globs, ", ")))
+	}
+	return files
+}
+
+func readJUnit(data []byte, r *agentapi.TestReport) error {
+	suites, err := junit.Ingest(data)
+	if err != nil {
+		return err
+	}
+	if len(suites) == 0 {
+		return fmt.Errorf("no <testsuite> in it")
+	}
+	var walk func(s junit.Suite)
+	walk = func(s junit.Suite) {
+		for _, t := range s.Tests {
+			r.Tests++
+			r.DurationMs += t.Duration.Milliseconds()
+			switch t.Status {
+			case junit.StatusSkipped:
+				r.Skipped++
+			case junit.StatusFailed, junit.StatusError:
+				r.Failed++
+				f := agentapi.TestFailure{Name: t.Name, Class: t.Classname, Message: truncate(t.Message, maxMessage)}
+				var details []string
+				if t.Error != nil {
+					var e junit.Error
+					if errors.As(t.Error, &e) {
+						if f.Message == "" {
+							f.Message = truncate(e.Message, maxMessage)
+						}
+						details = append(details, e.Body)
+					} else {
+						details = append(details, t.Error.Error())
+					}
+				}
+				details = append(details, t.SystemOut, t.SystemErr)
+				f.Output = firstLines(details...)
+				r.Failures = append(r.Failures, f)
+			}
+		}
+		for _, child := range s.Suites {
+			walk(child)
+		}
+	}
+	for _, s := range suites {
+		walk(s)
+	}
+	return nil
+}
+
+// firstLines joins the non-empty parts and keeps their first lines.
+func firstLines(parts ...string) string {
+	var kept []string
+	lines := 0
+	for _, p := range parts {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		for line := range strings.Lines(p) {
+			if lines == maxOutputLines {
+				return truncate(strings.Join(kept, "")+"…", maxOutputBytes)
+			}
+			kept = append(kept, strings.TrimRight(line, "\r\n")+"\n")
+			lines++
+		}
+	}
+	return truncate(strings.TrimSuffix(strings.Join(kept, ""), "\n"), maxOutputBytes)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// parseTRXDuration reads TRX's "hh:mm:ss.fffffff".
+func parseTRXDuration(s string) time.Duration {
+	var h, m int
+	var sec float64
+	if _, err := fmt.Sscanf(s, "%d:%d:%f", &h, &m, &sec); err != nil {
+		return 0
+	}
+	return time.Duration(h)*time.Hour + time.Duration(m)*time.Minute + time.Duration(sec*float64(time.Second))
+}
