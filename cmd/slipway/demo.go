@@ -151,7 +151,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	if err := demoPool(ctx, out, *agentPath, say); err != nil {
 		return err
 	}
-	return demoStages(ctx, out, *agentPath, say)
+	return demoStages(ctx, out, *agentPath, health.Docker, say)
 }
 
 // runAndShow runs a step and prints its log and result.

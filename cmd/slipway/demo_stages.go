@@ -5,28 +5,39 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/busyboximage"
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/local"
 	"github.com/slipway-ci/slipway/internal/localaws"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/stagecli"
 )
 
-// demoStages starts slipway local and runs two stages through the real
-// state machine file: one the delegate gives group by group, reading its
-// steps' logs live and its logs again from the archive after the release,
-// that succeeds; one given whole whose first group fails, so its last group
-// is skipped. Both end with their VM released.
-func demoStages(ctx context.Context, out io.Writer, agentPath string, say func(string, ...any)) error {
-	say("slipway local: the delegate API, the functions and the state machine on a local ASL engine")
+// demoJUnit is what a test runner writes: one passing and one failing test.
+const demoJUnit = `<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="com.example.CartTest" tests="2" failures="1" errors="0" skipped="0" time="0.012">
+  <testcase name="addsItem" classname="com.example.CartTest" time="0.002"/>
+  <testcase name="appliesDiscount" classname="com.example.CartTest" time="0.010">
+    <failure message="expected: &lt;90&gt; but was: &lt;100&gt;" type="org.opentest4j.AssertionFailedError">org.opentest4j.AssertionFailedError: expected: &lt;90&gt; but was: &lt;100&gt;
+	at com.example.CartTest.appliesDiscount(CartTest.java:31)</failure>
+  </testcase>
+</testsuite>`
+
+// demoStages is the whole system: slipway local with a pool of two VMs,
+// `slipway stage run` of a passing stage (a host step, a container step, a
+// step printing a secret, a step writing a test report) and of a failing
+// one, a released stage's log read back from the archive, the pool before
+// and after; then everything stops.
+func demoStages(ctx context.Context, out io.Writer, agentPath string, docker bool, say func(string, ...any)) error {
+	say("slipway local: the delegate API, the functions, the state machine on a local ASL engine, a pool of 2 VMs")
 	o := local.Options{
 		Listen: "127.0.0.1:0", AgentPath: agentPath, Tick: 2 * time.Second,
 		DynamoDBEndpoint: os.Getenv(localaws.DynamoDBEndpointEnv), KMSEndpoint: os.Getenv(localaws.KMSEndpointEnv),
-		Pools: []pool.Pool{local.LocalPool("demo", 1, 2)},
+		Pools: []pool.Pool{local.LocalPool("demo", 2, 3)},
 	}
 	root, err := local.RepoRoot(".")
 	if err != nil {
@@ -43,57 +54,70 @@ func demoStages(ctx context.Context, out io.Writer, agentPath string, say func(s
 	if err != nil {
 		return err
 	}
-	if err := waitIdle(ctx, api, "demo", 1); err != nil {
+	cli := &stagecli.Env{API: api, Out: out, Getenv: os.Getenv, LogPoll: 100 * time.Millisecond}
+	if err := waitIdle(ctx, api, "demo", 2); err != nil {
+		return err
+	}
+	say("slipway pools: refill has brought up the warm VMs")
+	if _, err := stagecli.Pools(ctx, cli); err != nil {
 		return err
 	}
 
-	say("stage demo-pass: groups given one at a time, logs read while the VM lives")
-	st, err := api.Create(ctx, &stage.Spec{
-		ID: "demo-pass", Pool: "demo",
-		Env:     map[string]string{"APP": "slipway-demo"},
+	say("slipway stage run: a passing stage; its secret shows masked, its test report is read")
+	steps := []stage.Group{
+		{Steps: []stage.Step{{ID: "host", Step: agentapi.Step{Script: `echo "building $APP on $(uname -s)"`}}}},
+	}
+	if docker {
+		steps = append(steps, stage.Group{Steps: []stage.Step{{ID: "container", Step: agentapi.Step{
+			Image: busyboximage.Tag, Pull: agentapi.PullNever, Script: `echo "in a container: $(ls /bin | wc -l) busybox applets"`,
+		}}}})
+	} else {
+		fmt.Fprintln(out, "(no Docker engine: the container step is left out; `make demo` starts one)")
+	}
+	steps = append(steps,
+		stage.Group{Steps: []stage.Step{{ID: "secret", Step: agentapi.Step{Script: `echo "deploying with key $DEPLOY_KEY"`}}}},
+		stage.Group{Final: true, Steps: []stage.Step{{ID: "tests", Step: agentapi.Step{
+			Script:  `mkdir -p build && cp fixtures/TEST-cart.xml build/ && echo "2 tests run"`,
+			Reports: []string{"build/TEST-*.xml"},
+		}}}},
+	)
+	code, err := stagecli.Run(ctx, cli, &stage.Spec{
+		ID: "demo-pass", Pool: "demo", Env: map[string]string{"APP": "shop"},
 		Secrets: map[string]string{"DEPLOY_KEY": "dk-5ecret-demo"},
-		Groups: []stage.Group{{Steps: []stage.Step{
-			{ID: "compile", Step: agentapi.Step{Script: `echo "compiling $APP"; echo "BUILD=42" >> "$SLIPWAY_OUTPUT"`, Outputs: []string{"BUILD"}}},
-			{ID: "lint", Step: agentapi.Step{Script: `echo "lint: 0 problems"; echo "key: $DEPLOY_KEY"`}},
-		}}},
+		Files:   []agentapi.File{{Path: "fixtures/TEST-cart.xml", Data: []byte(demoJUnit)}},
+		Groups:  steps,
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "created: phase %s\n", st.Phase)
-	for _, step := range []string{"compile", "lint"} {
-		if err := showStep(ctx, out, api, "demo-pass", step); err != nil {
-			return err
-		}
-	}
-	if _, err := api.AddGroup(ctx, "demo-pass", &stage.Group{Final: true, Steps: []stage.Step{
-		{ID: "test", Step: agentapi.Step{Script: `echo "testing build $BUILD_NUMBER"; echo "ok  all 12 tests"`, Env: map[string]string{"BUILD_NUMBER": "42"}}},
-	}}); err != nil {
-		return err
-	}
-	fmt.Fprintln(out, "added the final group: the stage ends with it")
-	if err := showStage(ctx, out, api, "demo-pass"); err != nil {
-		return err
-	}
-	// The VM is gone: the logs come from the archive, the same bytes.
-	fmt.Fprintln(out, "after the release, from the log archive:")
-	for _, step := range []string{"lint", "test"} {
-		if err := showLog(ctx, out, api, "demo-pass", step); err != nil {
-			return err
-		}
-	}
+	fmt.Fprintf(out, "exit code %d: the steps' exit codes decide the result; the report's failed test is shown, not judged\n", code)
 
-	say("stage demo-fail: all groups given at once; a step fails, so the later group is skipped")
-	if err := waitIdle(ctx, api, "demo", 1); err != nil { // refill replaces the VM demo-pass used
+	say("slipway stage run: a failing stage; the step after the failure is skipped")
+	if err := waitIdle(ctx, api, "demo", 2); err != nil { // refill replaces the VM demo-pass used
 		return err
 	}
-	if _, err := api.Create(ctx, &stage.Spec{ID: "demo-fail", Pool: "demo", Groups: []stage.Group{
+	code, err = stagecli.Run(ctx, cli, &stage.Spec{ID: "demo-fail", Pool: "demo", Groups: []stage.Group{
 		{Steps: []stage.Step{{ID: "unit", Step: agentapi.Step{Script: "echo 'FAIL TestParse (0.01s)' >&2; exit 2"}}}},
 		{Final: true, Steps: []stage.Step{{ID: "publish", Step: agentapi.Step{Script: "echo never runs"}}}},
-	}}); err != nil {
+	}})
+	if err != nil {
 		return err
 	}
-	return showStage(ctx, out, api, "demo-fail")
+	fmt.Fprintf(out, "exit code %d\n", code)
+
+	say("slipway stage logs demo-pass secret: its VM is gone; the log comes from the archive")
+	if _, err := stagecli.Logs(ctx, cli, "demo-pass", "secret", false); err != nil {
+		return err
+	}
+	if err := waitIdle(ctx, api, "demo", 2); err != nil {
+		return err
+	}
+	say("slipway pools: both VMs used were terminated and replaced")
+	if _, err := stagecli.Pools(ctx, cli); err != nil {
+		return err
+	}
+	say("stopping slipway local: the functions, the ASL engine, every VM")
+	return nil
 }
 
 // waitIdle waits until refill has brought up n idle VMs in the pool.
@@ -112,89 +136,8 @@ func waitIdle(ctx context.Context, api *delegate.Client, poolName string, n int)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("pool %s: no idle VM within a minute", poolName)
+			return fmt.Errorf("pool %s: no %d idle VMs within a minute", poolName, n)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// showStep waits for the step to end and prints its result and log.
-func showStep(ctx context.Context, out io.Writer, api *delegate.Client, id, step string) error {
-	var s *stage.StepStatus
-	var err error
-	for s == nil || s.State == stage.StatePending || s.State == stage.StateRunning {
-		if s, err = api.Step(ctx, id, step, stage.MaxWait); err != nil {
-			return err
-		}
-	}
-	if err := showLog(ctx, out, api, id, step); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "  => %s\n", describeStep(s))
-	return nil
-}
-
-// showLog prints a step's log.
-func showLog(ctx context.Context, out io.Writer, api *delegate.Client, id, step string) error {
-	chunk, err := api.Logs(ctx, id, step, 0)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "step %s:\n", step)
-	for line := range strings.Lines(string(chunk.Data)) {
-		fmt.Fprintf(out, "  | %s", strings.TrimSuffix(line, "\n")+"\n")
-	}
-	return nil
-}
-
-// showStage follows the stage until its release and prints its timeline.
-func showStage(ctx context.Context, out io.Writer, api *delegate.Client, id string) error {
-	phase := ""
-	st, err := api.Follow(ctx, id, func(st *stage.Status) {
-		if st.Phase != phase {
-			phase = st.Phase
-			fmt.Fprintf(out, "phase %s\n", phase)
-		}
-	})
-	if err != nil {
-		return err
-	}
-	t := st.Timings
-	since := func(at *time.Time) string {
-		if at == nil {
-			return "-"
-		}
-		return "+" + at.Sub(t.QueuedAt).Round(time.Millisecond).String()
-	}
-	fmt.Fprintf(out, "result %s", st.Result)
-	if st.Reason != "" {
-		fmt.Fprintf(out, " (%s)", st.Reason)
-	}
-	fmt.Fprintf(out, " on %s\ntimeline: queued, leased %s, bound %s, ended %s, released %s\n",
-		st.VM, since(t.LeasedAt), since(t.BoundAt), since(t.EndedAt), since(t.ReleasedAt))
-	for _, g := range st.Groups {
-		fmt.Fprintf(out, "  group %d %s:", g.Index, g.State)
-		for i := range g.Steps {
-			fmt.Fprintf(out, " %s %s;", g.Steps[i].ID, describeStep(&g.Steps[i]))
-		}
-		fmt.Fprintln(out)
-	}
-	return nil
-}
-
-func describeStep(s *stage.StepStatus) string {
-	d := s.State
-	if s.ExitCode != nil {
-		d += fmt.Sprintf(", exit code %d", *s.ExitCode)
-	}
-	if s.StartedAt != nil && s.EndedAt != nil {
-		d += ", " + s.EndedAt.Sub(*s.StartedAt).Round(time.Millisecond).String()
-	}
-	if len(s.Outputs) > 0 {
-		d += fmt.Sprintf(", outputs %v", s.Outputs)
-	}
-	if s.Error != "" {
-		d += ", " + s.Error
-	}
-	return d
 }

@@ -38,15 +38,16 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(got, "s3cr3t-demo-token") || strings.Contains(got, "dk-5ecret-demo") {
 		t.Error("the demo printed the secret")
 	}
-	if os.Getenv("DOCKER_HOST") != "" && !strings.Contains(got, "in a container:") {
+	if os.Getenv("DOCKER_HOST") != "" && (!strings.Contains(got, "in a container:") || !strings.Contains(got, "[container] in a container: ")) {
 		t.Error("the demo skipped the container step although Docker is there")
 	}
 	if os.Getenv(localaws.DynamoDBEndpointEnv) != "" {
 		for _, want := range []string{
 			"leased vm-", "a second release is refused", "idle=2 leased=0 releasing=0",
-			"key: ******", "result succeeded on vm-", "group 1 succeeded: test succeeded, exit code 0",
-			"result failed (step unit failed (exit code 2))", "group 1 skipped: publish skipped",
-			"from the log archive:\nstep lint:\n  | lint: 0 problems\n  | key: ******\nstep test:\n  | testing build 42\n",
+			"stage demo-pass: succeeded\n", "[secret] deploying with key ******\n", "tests of tests: 2, 1 failed, 0 skipped",
+			"  FAIL com.example.CartTest > appliesDiscount\n", "stage demo-fail: failed (step unit failed (exit code 2))",
+			"  publish              skipped", "the log comes from the archive\ndeploying with key ******\n",
+			"  demo     2             0       0          0    3            2",
 		} {
 			if strings.Count(got, want) == 0 {
 				t.Errorf("the warm pool part lacks %q", want)
