@@ -278,7 +278,8 @@ type TestFailure struct {
 const (
 	MaxReportGlobs    = 20
 	MaxReportFiles    = 200
-	MaxReportBytes    = 20 << 20 // one file
+	MaxReportBytes    = 20 << 20  // one file
+	MaxReportsBytes   = 100 << 20 // all of a step's
 	MaxReportFailures = 50
 )
 

@@ -35,6 +35,7 @@ func Collect(workspace string, globs []string, mask func(string) string) *agenta
 	}
 	r := &agentapi.TestReport{}
 	files := match(workspace, globs, r)
+	var total int64
 	for _, rel := range files {
 		path := filepath.Join(workspace, filepath.FromSlash(rel))
 		info, err := os.Stat(path)
@@ -45,7 +46,11 @@ func Collect(workspace string, globs []string, mask func(string) string) *agenta
 		case info.Size() > agentapi.MaxReportBytes:
 			r.Notes = append(r.Notes, fmt.Sprintf("%s: %d bytes, over %d: not read", rel, info.Size(), agentapi.MaxReportBytes))
 			continue
+		case total+info.Size() > agentapi.MaxReportsBytes:
+			r.Notes = append(r.Notes, fmt.Sprintf("%s: the reports read come to %d bytes: this one and the rest not read", rel, total))
+			continue
 		}
+		total += info.Size()
 		data, err := os.ReadFile(path)
 		if err != nil {
 			r.Notes = append(r.Notes, fmt.Sprintf("%s: %v", rel, err))

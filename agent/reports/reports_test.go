@@ -106,6 +106,27 @@ func TestMaskedAndBounded(t *testing.T) {
 	}
 }
 
+// TestTotalBytesBounded: past MaxReportsBytes in all, the rest is not read.
+func TestTotalBytesBounded(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 6 {
+		f, err := os.Create(filepath.Join(dir, "TEST-"+string(rune('a'+i))+".xml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Sparse: 19 MiB each without writing them.
+		if err := f.Truncate(19 << 20); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	r := reports.Collect(dir, []string{"*.xml"}, func(s string) string { return s })
+	notes := strings.Join(r.Notes, "\n")
+	if !strings.Contains(notes, "TEST-f.xml: the reports read come to 99614720 bytes: this one and the rest not read") {
+		t.Errorf("notes %q", notes)
+	}
+}
+
 func TestReportGlobsValidated(t *testing.T) {
 	for _, bad := range []string{"/etc/*.xml", "../up/*.xml", "a/[.xml"} {
 		s := agentapi.Step{Script: "true", Reports: []string{bad}}
