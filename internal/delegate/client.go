@@ -132,9 +132,13 @@ func (c *Client) Step(ctx context.Context, id, step string, wait time.Duration) 
 	return &st, c.do(ctx, http.MethodGet, stepPath(id, step), q, nil, &st)
 }
 
-// Logs is the step's log from offset.
-func (c *Client) Logs(ctx context.Context, id, step string, offset int64) (*stage.LogChunk, error) {
+// Logs is the step's log from offset; with wait > 0 the API answers when
+// there are bytes past offset, the log is done, or wait has passed.
+func (c *Client) Logs(ctx context.Context, id, step string, offset int64, wait time.Duration) (*stage.LogChunk, error) {
 	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
 	var chunk stage.LogChunk
 	return &chunk, c.do(ctx, http.MethodGet, stepPath(id, step)+"/logs", q, nil, &chunk)
 }

@@ -48,7 +48,7 @@ func TestRequestsAndErrors(t *testing.T) {
 	if !delegate.IsCode(err, "Bad Gateway") || !strings.Contains(err.Error(), "<html>") {
 		t.Errorf("a non-API error answer: %v", err)
 	}
-	chunk, err := c.Logs(ctx, "s1", "a/b", 5)
+	chunk, err := c.Logs(ctx, "s1", "a/b", 5, 0)
 	if err != nil || string(chunk.Data) != "hi\n" || chunk.NextOffset != 9 {
 		t.Errorf("logs: %+v %v", chunk, err)
 	}

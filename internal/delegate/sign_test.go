@@ -69,7 +69,7 @@ func TestSigV4(t *testing.T) {
 			return err
 		},
 		"step":        func() error { _, err := c.Step(ctx, "s1", "a", time.Second); return err },
-		"logs":        func() error { _, err := c.Logs(ctx, "s1", "a", 7); return err },
+		"logs":        func() error { _, err := c.Logs(ctx, "s1", "a", 7, time.Second); return err },
 		"cancel step": func() error { _, err := c.CancelStep(ctx, "s1", "a"); return err },
 		"delete":      func() error { _, err := c.Delete(ctx, "s1"); return err },
 		"pools":       func() error { _, err := c.Pools(ctx); return err },

@@ -509,23 +509,48 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 // masked log, read from its VM's agent while the VM lives.
 func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	q, err := parseQuery(r, "offset", "limit")
+	q, err := parseQuery(r, "offset", "limit", "wait")
 	if err != nil {
 		return err
 	}
-	rec, step, err := a.stepOf(ctx, r)
-	if err != nil {
-		return err
+	until := time.Now().Add(q.wait)
+	pause := 100 * time.Millisecond
+	var rec *lease.Records
+	var step *StepStatus
+	var readAt time.Time
+	for {
+		// The records say where the log is; while waiting they are read
+		// again every 2 s (a pending step starts), the agent more often.
+		if time.Since(readAt) >= 2*time.Second {
+			if rec, step, err = a.stepOf(ctx, r); err != nil {
+				return err
+			}
+			readAt = time.Now()
+		}
+		chunk, err := a.logChunk(ctx, rec, step, q)
+		if err != nil {
+			return err
+		}
+		if len(chunk.Data) > 0 || chunk.Done || !time.Now().Before(until) {
+			writeJSON(w, http.StatusOK, chunk)
+			return nil
+		}
+		if err := sleep(ctx, min(pause, time.Until(until))); err != nil {
+			return err
+		}
+		pause = min(pause*3/2, 500*time.Millisecond)
 	}
+}
+
+// logChunk reads one chunk of a step's log, live or archived.
+func (a *API) logChunk(ctx context.Context, rec *lease.Records, step *StepStatus, q queryParams) (LogChunk, error) {
 	empty := LogChunk{Offset: q.offset, NextOffset: q.offset, Data: []byte{}}
 	switch step.State {
 	case StatePending:
-		writeJSON(w, http.StatusOK, empty)
-		return nil
+		return empty, nil
 	case StateSkipped:
 		empty.Done = true
-		writeJSON(w, http.StatusOK, empty)
-		return nil
+		return empty, nil
 	}
 	// Live from the agent while the VM lives; from the archive once the
 	// step's log is there and the agent is gone. The bytes are the same.
@@ -533,28 +558,25 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
 	if rec.Stage.ReleasedAt.IsZero() {
 		chunk, ok, err := a.liveLog(ctx, rec.Stage, step.ID, q.offset, q.limit)
 		if ok {
-			writeJSON(w, http.StatusOK, chunk)
-			return nil
+			return chunk, nil
 		}
 		liveErr = err
 	}
 	chunk, ok, err := a.archivedLog(ctx, rec.Stage.ID, step.ID, q.offset, q.limit)
 	switch {
 	case err != nil:
-		return err
+		return LogChunk{}, err
 	case ok:
-		writeJSON(w, http.StatusOK, chunk)
-		return nil
+		return chunk, nil
 	case liveErr != nil:
-		return fail(http.StatusServiceUnavailable, CodeUnavailable, "%v", liveErr)
+		return LogChunk{}, fail(http.StatusServiceUnavailable, CodeUnavailable, "%v", liveErr)
 	case rec.Stage.ReleasedAt.IsZero():
 		// Not on the agent yet (RunGroup is about to start it), or never
 		// to be: done only once the step has an end.
 		empty.Done = step.State != StateRunning
-		writeJSON(w, http.StatusOK, empty)
-		return nil
+		return empty, nil
 	default:
-		return fail(http.StatusGone, CodeLogsGone, "the log of step %s was not archived, and stage %s's VM is gone", step.ID, rec.Stage.ID)
+		return LogChunk{}, fail(http.StatusGone, CodeLogsGone, "the log of step %s was not archived, and stage %s's VM is gone", step.ID, rec.Stage.ID)
 	}
 }
 

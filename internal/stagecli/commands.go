@@ -35,7 +35,11 @@ func Status(ctx context.Context, e *Env, id string) (int, error) {
 func Logs(ctx context.Context, e *Env, id, step string, follow bool) (int, error) {
 	var offset int64
 	for {
-		chunk, err := e.API.Logs(ctx, id, step, offset)
+		wait := time.Duration(0)
+		if follow {
+			wait = stage.MaxWait
+		}
+		chunk, err := e.API.Logs(ctx, id, step, offset, wait)
 		if err != nil {
 			return ExitError, err
 		}

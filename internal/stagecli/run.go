@@ -53,8 +53,8 @@ type Env struct {
 	Live bool
 	// Getenv resolves --secret NAME=env:VAR.
 	Getenv func(string) string
-	// LogPoll is the pause between two log reads of a running step
-	// (default 500 ms).
+	// LogPoll is the pause between two log reads of a running step that
+	// gave nothing, beyond their long-poll (default 500 ms).
 	LogPoll time.Duration
 	// Now is the clock for timestamps (default time.Now).
 	Now func() time.Time
@@ -250,7 +250,7 @@ func (e *Env) follow(ctx context.Context, id, phase string) (*stage.Status, erro
 }
 
 // followLog prints a step's log, a line at a time with the step's id,
-// until it is whole.
+// until it is whole. Each read long-polls for new bytes.
 func (e *Env) followLog(ctx context.Context, id, step string) {
 	pause := e.LogPoll
 	if pause <= 0 {
@@ -259,7 +259,7 @@ func (e *Env) followLog(ctx context.Context, id, step string) {
 	var offset int64
 	var partial []byte
 	for {
-		chunk, err := e.API.Logs(ctx, id, step, offset)
+		chunk, err := e.API.Logs(ctx, id, step, offset, stage.MaxWait)
 		if err != nil {
 			if ctx.Err() == nil {
 				e.linef("[%s] (log: %v)", step, err)
