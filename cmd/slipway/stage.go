@@ -55,7 +55,7 @@ func (f *apiFlags) env(ctx context.Context, out io.Writer) (*stagecli.Env, error
 		return nil, &stagecli.UsageError{Err: fmt.Errorf("--output %q: want text or json", f.output)}
 	}
 	o := delegate.Options{Region: f.region}
-	if u, err := url.Parse(f.endpoint); err == nil && !isLoopbackHost(u.Hostname()) {
+	if u, err := url.Parse(f.endpoint); err == nil && !delegate.IsLoopback(u.Hostname()) {
 		cfg, err := config.LoadDefaultConfig(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("AWS configuration for signing: %w", err)
@@ -74,10 +74,6 @@ func (f *apiFlags) env(ctx context.Context, out io.Writer) (*stagecli.Env, error
 		live = term.IsTerminal(int(f.Fd()))
 	}
 	return &stagecli.Env{API: api, Out: out, JSON: f.output == "json", Live: live, Getenv: os.Getenv}, nil
-}
-
-func isLoopbackHost(h string) bool {
-	return h == "localhost" || strings.HasPrefix(h, "127.") || h == "::1"
 }
 
 // repeated is a flag given any number of times.

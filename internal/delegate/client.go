@@ -56,7 +56,7 @@ func New(endpoint string, o Options) (*Client, error) {
 	if c.http == nil {
 		c.http = &http.Client{}
 	}
-	if isLoopback(u.Hostname()) {
+	if IsLoopback(u.Hostname()) {
 		return c, nil
 	}
 	if o.Credentials == nil {

@@ -186,7 +186,7 @@ func Run(ctx context.Context, e *Env, spec *stage.Spec) (int, error) {
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
 		e.linef("stage %s: interrupted: canceling it and waiting for its release", spec.ID)
-		if _, err := e.API.Delete(bg, spec.ID); err != nil && !delegate.IsCode(err, stage.CodeConflict) {
+		if _, err := e.API.Delete(bg, spec.ID); err != nil {
 			return ExitError, err
 		}
 		if final, err = e.API.Follow(bg, spec.ID, nil); err != nil {
