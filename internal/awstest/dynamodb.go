@@ -22,7 +22,14 @@ import (
 // Client returns a client of DynamoDB Local.
 func Client(t testing.TB) *dynamodb.Client {
 	t.Helper()
-	return localaws.DynamoDB(endpoint(t, localaws.DynamoDBEndpointEnv, "DynamoDB Local"))
+	return localaws.DynamoDB(DynamoDBEndpoint(t))
+}
+
+// DynamoDBEndpoint is DynamoDB Local's URL, for what makes its own clients
+// (a slipway local runtime).
+func DynamoDBEndpoint(t testing.TB) string {
+	t.Helper()
+	return endpoint(t, localaws.DynamoDBEndpointEnv, "DynamoDB Local")
 }
 
 // endpoint reads a stand-in's URL from env, or ends the test.

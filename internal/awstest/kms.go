@@ -14,7 +14,13 @@ import (
 // KMS returns a client of local-kms.
 func KMS(t testing.TB) *kms.Client {
 	t.Helper()
-	return localaws.KMS(endpoint(t, localaws.KMSEndpointEnv, "local-kms"))
+	return localaws.KMS(KMSEndpoint(t))
+}
+
+// KMSEndpoint is local-kms's URL.
+func KMSEndpoint(t testing.TB) string {
+	t.Helper()
+	return endpoint(t, localaws.KMSEndpointEnv, "local-kms")
 }
 
 // SigningKey creates an ECC_NIST_P256 SIGN_VERIFY key, as the deployment's

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/local"
@@ -51,9 +52,11 @@ var benchIDs atomic.Int64
 
 func benchRuntime(b *testing.B) (*local.Runtime, *delegate.Client) {
 	b.Helper()
-	needServices(b)
+	ddb, kms := awstest.DynamoDBEndpoint(b), awstest.KMSEndpoint(b)
 	benched.once.Do(func() {
-		benched.rt, benched.err = startRuntime(local.Options{Pools: benchPools, Tick: time.Hour, Metrics: io.Discard, Logs: &benched.logs})
+		benched.rt, benched.err = startRuntime(local.Options{
+			DynamoDBEndpoint: ddb, KMSEndpoint: kms, Pools: benchPools, Tick: time.Hour, Metrics: io.Discard, Logs: &benched.logs,
+		})
 	})
 	if benched.err != nil {
 		b.Fatal(benched.err)

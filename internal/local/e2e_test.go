@@ -20,9 +20,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/local"
-	"github.com/slipway-ci/slipway/internal/localaws"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
@@ -97,15 +97,15 @@ var testPools = []pool.Pool{
 	local.LocalPool("misc", 1, 6),
 }
 
-// runtime starts the shared runtime once. It needs DynamoDB Local and
-// local-kms (`make test` starts them): without them the test fails in CI
-// and is skipped elsewhere.
+// runtime starts the shared runtime once, on DynamoDB Local and local-kms
+// (awstest: without them the test fails in CI and is skipped elsewhere).
 func runtime(t *testing.T) *local.Runtime {
 	t.Helper()
-	needServices(t)
+	ddb, kms := awstest.DynamoDBEndpoint(t), awstest.KMSEndpoint(t)
 	shared.once.Do(func() {
 		shared.metrics, shared.logs = &syncBuffer{}, &syncBuffer{}
 		shared.rt, shared.err = startRuntime(local.Options{
+			DynamoDBEndpoint: ddb, KMSEndpoint: kms,
 			Pools: testPools, Tick: time.Second, Metrics: shared.metrics, Logs: shared.logs,
 			Settings: stage.Settings{AgentGrace: 2 * time.Second, AcquirePoll: time.Second},
 			Inject: func(function string, payload []byte) *local.Fault {
@@ -131,18 +131,7 @@ func runtime(t *testing.T) *local.Runtime {
 	return shared.rt
 }
 
-func needServices(tb testing.TB) {
-	if os.Getenv(localaws.DynamoDBEndpointEnv) == "" || os.Getenv(localaws.KMSEndpointEnv) == "" {
-		msg := "no DynamoDB Local or local-kms: run `make test`, or run the test under `.ci/with-services`"
-		if os.Getenv("CI") != "" {
-			tb.Fatal(msg)
-		}
-		tb.Skip(msg)
-	}
-}
-
-// startRuntime starts a runtime on the running DynamoDB Local and
-// local-kms, with a freshly built agent.
+// startRuntime starts a runtime with a freshly built agent.
 func startRuntime(o local.Options) (*local.Runtime, error) {
 	root, err := local.RepoRoot(".")
 	if err != nil {
@@ -153,7 +142,6 @@ func startRuntime(o local.Options) (*local.Runtime, error) {
 		return nil, err
 	}
 	o.Listen, o.AgentPath = "127.0.0.1:0", agent
-	o.DynamoDBEndpoint, o.KMSEndpoint = os.Getenv(localaws.DynamoDBEndpointEnv), os.Getenv(localaws.KMSEndpointEnv)
 	o.FromRepo(root)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

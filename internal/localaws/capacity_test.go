@@ -2,26 +2,19 @@ package localaws_test
 
 import (
 	"context"
-	"os"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
+	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/localaws"
 )
 
 func TestCapacityCounts(t *testing.T) {
-	endpoint := os.Getenv(localaws.DynamoDBEndpointEnv)
-	if endpoint == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("no DynamoDB Local: run `make test`")
-		}
-		t.Skip("no DynamoDB Local: run the test under .ci/with-services")
-	}
 	var c localaws.Capacity
-	db := localaws.DynamoDB(endpoint, c.Option)
+	db := localaws.DynamoDB(awstest.DynamoDBEndpoint(t), c.Option)
 	ctx := context.Background()
 	table := "capacity-test"
 	_, err := db.CreateTable(ctx, &dynamodb.CreateTableInput{

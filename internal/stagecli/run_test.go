@@ -3,7 +3,6 @@ package stagecli_test
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -11,9 +10,9 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/local"
-	"github.com/slipway-ci/slipway/internal/localaws"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/internal/stagecli"
@@ -40,14 +39,7 @@ func (l *lockedBuffer) String() string {
 // deployment is one slipway local runtime for the package's tests.
 func deployment(t *testing.T) *delegate.Client {
 	t.Helper()
-	ddb, kms := os.Getenv(localaws.DynamoDBEndpointEnv), os.Getenv(localaws.KMSEndpointEnv)
-	if ddb == "" || kms == "" {
-		msg := "no DynamoDB Local or local-kms: run `make test`, or the test under .ci/with-services"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	ddb, kms := awstest.DynamoDBEndpoint(t), awstest.KMSEndpoint(t)
 	root, err := local.RepoRoot(".")
 	if err != nil {
 		t.Fatal(err)
