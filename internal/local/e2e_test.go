@@ -95,6 +95,7 @@ var testPools = []pool.Pool{
 	local.LocalPool("secret", 1, 2),
 	local.LocalPool("metrics", 0, 1),
 	local.LocalPool("misc", 1, 6),
+	local.LocalPool("reports", 1, 2),
 }
 
 // runtime starts the shared runtime once, on DynamoDB Local and local-kms

@@ -1,6 +1,7 @@
 package local_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -451,6 +452,17 @@ func TestMetricsOfStages(t *testing.T) {
 	if st := released(t, rt, "metrics-warm", time.Minute); st.Result != stage.Failed {
 		t.Fatalf("stage %+v", st)
 	}
+	// The release emits StageSeconds after the stage reads as released.
+	until(t, 10*time.Second, "StageSeconds of both stages", func() bool {
+		n := 0
+		for line := range bytes.Lines(shared.metrics.Bytes()) {
+			if bytes.Contains(line, []byte(`"StageSeconds"`)) &&
+				(bytes.Contains(line, []byte(`"Pool":"metrics"`)) || bytes.Contains(line, []byte(`"Pool":"misc"`))) {
+				n++
+			}
+		}
+		return n >= 2
+	})
 	checkMetrics(t, shared.metrics.Bytes(), map[string]string{"metrics-cold": "metrics", "metrics-warm": "misc"})
 	settled(t, rt, "metrics", "metrics-cold")
 	settled(t, rt, "misc", "metrics-warm")
@@ -472,7 +484,7 @@ func TestReports(t *testing.T) {
 	tests := s("tests", `mkdir -p out && cp reports/TEST-calc.xml out/ && cp reports/run.trx out/ && exit 1`)
 	tests.Reports = []string{"out/TEST-*.xml", "out/*.trx"}
 	create(t, rt, stage.Spec{
-		ID: "with-reports", Pool: "misc", Secrets: map[string]string{"TOKEN": "s3cr3t-report-token"},
+		ID: "with-reports", Pool: "reports", Secrets: map[string]string{"TOKEN": "s3cr3t-report-token"},
 		Files:  []agentapi.File{{Path: "reports/TEST-calc.xml", Data: junit}, {Path: "reports/run.trx", Data: trx}},
 		Groups: []stage.Group{group(true, tests)},
 	})
@@ -486,5 +498,5 @@ func TestReports(t *testing.T) {
 			t.Errorf("a secret in a failure's output: %+v", f)
 		}
 	}
-	settled(t, rt, "misc", "with-reports")
+	settled(t, rt, "reports", "with-reports")
 }
