@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,7 +37,7 @@ func testLocalCommand(t *testing.T, bin string, flags ...string) {
 	dir := filepath.Join(t.TempDir(), "rt")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &lockedBuffer{}
+	out := &agenttest.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		args := []string{"local", "--listen", "127.0.0.1:0", "--agent", bin, "--dir", dir, "--pool", "cli=1/2", "--tick", "1s"}
@@ -96,7 +95,7 @@ func TestLocalFlags(t *testing.T) {
 			t.Errorf("--pool %q was accepted", bad)
 		}
 	}
-	err := run(context.Background(), []string{"local", "--repo", t.TempDir()}, &lockedBuffer{})
+	err := run(context.Background(), []string{"local", "--repo", t.TempDir()}, &agenttest.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "--repo") {
 		t.Errorf("outside a checkout: %v", err)
 	}
@@ -121,21 +120,4 @@ func children() []string {
 		found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
 	}
 	return found
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

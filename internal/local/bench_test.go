@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -29,7 +30,7 @@ var benched struct {
 	once sync.Once
 	rt   *local.Runtime
 	err  error
-	logs syncBuffer
+	logs agenttest.Buffer
 }
 
 var benchPools = []pool.Pool{local.LocalPool("bench", 2, 4), local.LocalPool("long", 1, 2)}

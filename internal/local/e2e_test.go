@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/local"
@@ -34,30 +35,12 @@ var shared struct {
 	once    sync.Once
 	rt      *local.Runtime
 	err     error
-	metrics *syncBuffer
-	logs    *syncBuffer
+	metrics *agenttest.Buffer
+	logs    *agenttest.Buffer
 	// faults are the functions to fail, by "function/stage id".
 	faults sync.Map
 	// answers keeps every body the API answered, to search for secrets.
-	answers syncBuffer
-}
-
-// syncBuffer is a bytes.Buffer for many writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
+	answers agenttest.Buffer
 }
 
 func TestMain(m *testing.M) {
@@ -104,7 +87,7 @@ func runtime(t *testing.T) *local.Runtime {
 	t.Helper()
 	ddb, kms := awstest.DynamoDBEndpoint(t), awstest.KMSEndpoint(t)
 	shared.once.Do(func() {
-		shared.metrics, shared.logs = &syncBuffer{}, &syncBuffer{}
+		shared.metrics, shared.logs = &agenttest.Buffer{}, &agenttest.Buffer{}
 		shared.rt, shared.err = startRuntime(local.Options{
 			DynamoDBEndpoint: ddb, KMSEndpoint: kms,
 			Pools: testPools, Tick: time.Second, Metrics: shared.metrics, Logs: shared.logs,

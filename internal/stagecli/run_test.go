@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,24 +16,6 @@ import (
 	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/internal/stagecli"
 )
-
-// lockedBuffer collects output from the log followers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // deployment is one slipway local runtime for the package's tests.
 func deployment(t *testing.T) *delegate.Client {
@@ -65,8 +46,8 @@ func deployment(t *testing.T) *delegate.Client {
 
 func TestCommands(t *testing.T) {
 	api := deployment(t)
-	env := func(json bool) (*stagecli.Env, *lockedBuffer) {
-		out := &lockedBuffer{}
+	env := func(json bool) (*stagecli.Env, *agenttest.Buffer) {
+		out := &agenttest.Buffer{}
 		return &stagecli.Env{API: api, Out: out, JSON: json, LogPoll: 50 * time.Millisecond,
 			Getenv: func(name string) string { return map[string]string{"TOKEN": "tok-9f8e7d6c"}[name] }}, out
 	}
