@@ -18,7 +18,6 @@ import (
 	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
-	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/lease"
 )
 
@@ -459,18 +458,6 @@ func (a *API) stepOf(ctx context.Context, r *http.Request) (*lease.Records, *Ste
 	return rec, step, nil
 }
 
-// agentOf is the client of the stage's VM's agent while it runs steps.
-func (a *API) agentOf(ctx context.Context, st *lease.Stage) (*client.Client, error) {
-	if st.VM == "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
-		return nil, errors.New("no bound VM")
-	}
-	vm, err := a.Books.Get(ctx, st.Pool, st.VM)
-	if err != nil {
-		return nil, err
-	}
-	return a.Agents.Client(vm)
-}
-
 // getStep handles GET /v1/stages/{id}/steps/{step}: the recorded result, or
 // the agent's word while it runs. With ?wait= it answers when the step ends
 // or wait has passed.
@@ -645,11 +632,7 @@ func (a *API) cancelRunning(ctx context.Context, st *lease.Stage) {
 	if err != nil {
 		return
 	}
-	g, err := a.Books.GetGroup(ctx, st.ID, st.Cursor)
-	if err != nil {
-		return
-	}
-	spec, err := decodeStored[Group](g.Spec, "group")
+	_, spec, err := a.currentGroup(ctx, st)
 	if err != nil {
 		return
 	}

@@ -81,9 +81,12 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 			// The result first: tearing the stage down on the agent ends its
 			// steps, and a RunGroup still following them must not record
 			// that as the steps failing.
-			if _, err := h.Books.EndStage(ctx, id, result, reason); err != nil &&
-				!errors.Is(err, lease.ErrStageEnded) && !errors.Is(err, lease.ErrReleased) {
+			ended, err := h.Books.EndStage(ctx, id, result, reason)
+			if err != nil && !errors.Is(err, lease.ErrStageEnded) && !errors.Is(err, lease.ErrReleased) {
 				return out, err
+			}
+			if ended != nil {
+				st = ended
 			}
 		}
 		h.destroy(ctx, st)
@@ -148,33 +151,26 @@ func (in CleanupInput) outcome() (result, reason string, implied bool) {
 	}
 }
 
-// releaseArchiveTimeout bounds the archiving of the logs a release cuts
-// short, within the cleanup function's minute.
-const releaseArchiveTimeout = 20 * time.Second
+// releaseStopTimeout bounds stopping the steps a release cuts short
+// (their logs archived), within the cleanup function's minute.
+const releaseStopTimeout = 20 * time.Second
 
-// destroy archives the logs of the steps the release ends and tears the
-// stage down on its VM's agent, bounded: the instance is terminated next
-// whatever happens.
+// destroy stops the stage's current group (its steps canceled, their logs
+// archived, their ends recorded) and tears the stage down on its VM's
+// agent, bounded: the instance is terminated next whatever happens.
 func (h *Cleanup) destroy(ctx context.Context, st *lease.Stage) {
-	if st.BoundAt.IsZero() || st.VM == "" {
-		return
-	}
-	vm, err := h.Books.Get(ctx, st.Pool, st.VM)
+	c, err := h.agentOf(ctx, st)
 	if err != nil {
 		return
 	}
-	c, err := h.Agents.Client(vm)
-	if err != nil {
-		return
-	}
-	archiveCtx, cancelArchive := context.WithTimeout(ctx, releaseArchiveTimeout)
-	h.archiveCurrent(archiveCtx, st, c)
-	cancelArchive()
+	stopCtx, cancelStop := context.WithTimeout(ctx, releaseStopTimeout)
+	h.stopGroup(stopCtx, st)
+	cancelStop()
 	ctx, cancel := context.WithTimeout(ctx, h.settings().DestroyTimeout)
 	defer cancel()
 	usage, err := c.DestroyStage(ctx, st.ID)
 	if err != nil {
-		h.log().Warn("destroy the stage on its agent", "stage", st.ID, "launch_id", vm.LaunchID, "err", err)
+		h.log().Warn("destroy the stage on its agent", "stage", st.ID, "launch_id", st.VM, "err", err)
 		return
 	}
 	h.log().Info("stage destroyed on its agent", "stage", st.ID, "cpu_seconds", usage.CPUSeconds,

@@ -29,44 +29,6 @@ func (d *Deps) archiveLog(ctx context.Context, c *client.Client, stageID, stepID
 	return err
 }
 
-// archiveCurrent archives the logs of the current group's steps that the
-// agent knows, for a stage ended before RunGroup recorded that group (a
-// cancel, a deadline, a stopped execution). Their steps are canceled first,
-// so the logs are whole. Best effort, within ctx.
-func (h *Cleanup) archiveCurrent(ctx context.Context, st *lease.Stage, c *client.Client) {
-	if st.Cursor >= st.Groups || h.Logs == nil {
-		return
-	}
-	g, err := h.Books.GetGroup(ctx, st.ID, st.Cursor)
-	if err != nil {
-		return
-	}
-	gspec, err := decodeStored[Group](g.Spec, "group")
-	if err != nil {
-		return
-	}
-	done := make(chan struct{}, len(gspec.Steps))
-	for _, step := range gspec.Steps {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			_, err := c.CancelStep(ctx, st.ID, step.ID)
-			var refused *client.APIError
-			if errors.As(err, &refused) && refused.Status == http.StatusNotFound {
-				return // never started: no log
-			}
-			if _, err := c.WaitStep(ctx, st.ID, step.ID, st.BootID, 0); err != nil {
-				return
-			}
-			if err := h.archiveLog(ctx, c, st.ID, step.ID); err != nil {
-				h.log().Warn("archive the log of a step the release ends", "stage", st.ID, "step", step.ID, "err", err)
-			}
-		}()
-	}
-	for range gspec.Steps {
-		<-done
-	}
-}
-
 // archivedLog answers a log read from the archive; ok is false when the
 // step's log was not archived.
 func (a *API) archivedLog(ctx context.Context, stageID, stepID string, offset, limit int64) (LogChunk, bool, error) {

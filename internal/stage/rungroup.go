@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
@@ -74,9 +75,9 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 		case st.BoundAt.IsZero():
 			return done, h.end(ctx, st.ID, Errored, "run group: the stage has no bound VM")
 		case st.Result != "":
-			if st.Cursor < st.Groups {
-				h.stopGroup(ctx, st)
-			}
+			stopCtx, cancel := context.WithTimeout(ctx, budgetMargin)
+			h.stopGroup(stopCtx, st)
+			cancel()
 			return done, nil
 		}
 		now := h.now()
@@ -131,7 +132,11 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 // runGroup runs the stage's current group until its steps end or until.
 // ended says the group's end was recorded (or someone else's was).
 func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedStage, until, latest time.Time) (ended bool, delay int, err error) {
-	g, gspec, c, err := h.current(ctx, st)
+	g, gspec, err := h.currentGroup(ctx, st)
+	if err != nil {
+		return false, 0, err
+	}
+	c, err := h.agentOf(ctx, st)
 	if err != nil {
 		return false, 0, err
 	}
@@ -197,25 +202,29 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 	return true, 0, nil
 }
 
-// current reads the stage's current group, its steps and its VM's client.
-func (h *RunGroup) current(ctx context.Context, st *lease.Stage) (*lease.Group, *Group, *client.Client, error) {
-	g, err := h.Books.GetGroup(ctx, st.ID, st.Cursor)
+// currentGroup reads the stage's current group and its steps.
+func (d *Deps) currentGroup(ctx context.Context, st *lease.Stage) (*lease.Group, *Group, error) {
+	g, err := d.Books.GetGroup(ctx, st.ID, st.Cursor)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	gspec, err := decodeStored[Group](g.Spec, "group")
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	vm, err := h.Books.Get(ctx, st.Pool, st.VM)
+	return g, gspec, nil
+}
+
+// agentOf is the client of the stage's VM's agent while the stage holds it.
+func (d *Deps) agentOf(ctx context.Context, st *lease.Stage) (*client.Client, error) {
+	if st.VM == "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
+		return nil, errors.New("no bound VM")
+	}
+	vm, err := d.Books.Get(ctx, st.Pool, st.VM)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	c, err := h.Agents.Client(vm)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return g, gspec, c, nil
+	return d.Agents.Client(vm)
 }
 
 // follow starts a step on the agent (idempotent by step id: a step started
@@ -292,20 +301,26 @@ func (h *RunGroup) failed(id string, group int, why string) StepStatus {
 }
 
 // stopGroup ends the current group of a stage that has its result (canceled,
-// timed out): its steps are canceled on the agent and what they ended with
-// is recorded. Best effort: the release destroys the stage on the agent
-// anyway.
-func (h *RunGroup) stopGroup(ctx context.Context, st *lease.Stage) {
-	ctx, cancel := context.WithTimeout(ctx, budgetMargin)
-	defer cancel()
-	g, gspec, c, err := h.current(ctx, st)
+// timed out), from RunGroup, or from the release before it tears the stage
+// down: its steps are canceled on the agent, their logs archived and what
+// they ended with recorded. Best effort: the release destroys the stage on
+// the agent anyway.
+func (d *Deps) stopGroup(ctx context.Context, st *lease.Stage) {
+	if st.Cursor >= st.Groups {
+		return
+	}
+	g, gspec, err := d.currentGroup(ctx, st)
 	if err != nil {
-		h.log().Warn("stop group", "stage", st.ID, "err", err)
+		d.log().Warn("stop group", "stage", st.ID, "err", err)
+		return
+	}
+	c, err := d.agentOf(ctx, st)
+	if err != nil {
+		d.log().Warn("stop group", "stage", st.ID, "err", err)
 		return
 	}
 	statuses := make([]StepStatus, len(gspec.Steps))
-	var mu sync.Mutex
-	unknown := 0
+	var unknown atomic.Int32
 	var wg sync.WaitGroup
 	for i, step := range gspec.Steps {
 		wg.Go(func() {
@@ -313,31 +328,35 @@ func (h *RunGroup) stopGroup(ctx context.Context, st *lease.Stage) {
 			_, err := c.CancelStep(ctx, st.ID, step.ID)
 			var refused *client.APIError
 			if errors.As(err, &refused) && refused.Status == http.StatusNotFound {
-				mu.Lock()
-				unknown++
-				mu.Unlock()
+				unknown.Add(1)
 			}
 			if err != nil {
 				return // never started, or the agent is gone
 			}
-			if s, err := c.WaitStep(ctx, st.ID, step.ID, st.BootID, 0); err == nil {
-				statuses[i] = fromAgent(step.ID, g.Index, s)
+			s, err := c.WaitStep(ctx, st.ID, step.ID, st.BootID, 0)
+			if err != nil {
+				return
+			}
+			statuses[i] = fromAgent(step.ID, g.Index, s)
+			if err := d.archiveLog(ctx, c, st.ID, step.ID); err != nil {
+				statuses[i].LogError = truncate(err.Error(), 500)
+				d.log().Warn("archive the log of a stopped step", "stage", st.ID, "step", step.ID, "err", err)
 			}
 		})
 	}
 	wg.Wait()
-	if unknown == len(statuses) {
+	if int(unknown.Load()) == len(statuses) {
 		// No step of the group ever reached the agent: the group was not
 		// run, and its status says skipped.
 		return
 	}
-	started, ended, _ := span(statuses, h.now())
+	started, ended, _ := span(statuses, d.now())
 	end := lease.GroupEnd{State: Canceled, StartedAt: started, EndedAt: ended}
 	for _, s := range statuses {
 		end.Steps = append(end.Steps, s.record())
 	}
-	if _, err := h.Books.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, lease.ErrGroupMoved) {
-		h.log().Warn("stop group: record", "stage", st.ID, "err", err)
+	if _, err := d.Books.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, lease.ErrGroupMoved) {
+		d.log().Warn("stop group: record", "stage", st.ID, "err", err)
 	}
 }
 
