@@ -36,8 +36,8 @@ type liveModel struct {
 	seen map[string]time.Time
 }
 
-func startLive(out io.Writer, now func() time.Time, st *stage.Status) *liveView {
-	m := liveModel{spin: spinner.New(spinner.WithSpinner(spinner.Dot)), st: st, now: now, seen: map[string]time.Time{}}
+func startLive(out io.Writer, now func() time.Time) *liveView {
+	m := liveModel{spin: spinner.New(spinner.WithSpinner(spinner.Dot)), now: now, seen: map[string]time.Time{}}
 	v := &liveView{
 		program: tea.NewProgram(m, tea.WithOutput(out), tea.WithInput(nil), tea.WithoutSignalHandler()),
 		done:    make(chan struct{}),

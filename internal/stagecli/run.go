@@ -59,7 +59,8 @@ type Env struct {
 	// Now is the clock for timestamps (default time.Now).
 	Now func() time.Time
 
-	view *liveView // while a live view runs
+	view  *liveView  // while a live view runs
+	outMu sync.Mutex // one line at a time from the log followers
 }
 
 func (e *Env) now() time.Time {
@@ -209,7 +210,7 @@ func (e *Env) follow(ctx context.Context, id, phase string) (*stage.Status, erro
 	logCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if e.Live && !e.JSON {
-		e.view = startLive(e.Out, e.now, nil)
+		e.view = startLive(e.Out, e.now)
 		defer func() {
 			e.view.close()
 			e.view = nil
@@ -292,8 +293,6 @@ func (e *Env) followLog(ctx context.Context, id, step string) {
 	}
 }
 
-var outMu sync.Mutex
-
 // linef prints one timestamped line (text mode only).
 func (e *Env) linef(format string, a ...any) {
 	if e.JSON {
@@ -303,8 +302,8 @@ func (e *Env) linef(format string, a ...any) {
 		e.view.println(fmt.Sprintf(format, a...))
 		return
 	}
-	outMu.Lock()
-	defer outMu.Unlock()
+	e.outMu.Lock()
+	defer e.outMu.Unlock()
 	fmt.Fprintf(e.Out, "%s %s\n", e.now().Format("15:04:05.000"), fmt.Sprintf(format, a...))
 }
 
