@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -227,19 +229,21 @@ type queryParams struct {
 	offset, limit int64
 }
 
-func parseQuery(r *http.Request, names ...string) (queryParams, error) {
-	q := queryParams{limit: MaxLogChunk}
+// unknownParams refuses every query parameter not among names.
+func unknownParams(values url.Values, names ...string) []error {
 	var errs []error
-	values := r.URL.Query()
 	for name := range values {
-		known := false
-		for _, n := range names {
-			known = known || n == name
-		}
-		if !known {
+		if !slices.Contains(names, name) {
 			errs = append(errs, fmt.Errorf("query parameter %q: unknown here", name))
 		}
 	}
+	return errs
+}
+
+func parseQuery(r *http.Request, names ...string) (queryParams, error) {
+	q := queryParams{limit: MaxLogChunk}
+	values := r.URL.Query()
+	errs := unknownParams(values, names...)
 	if v := values.Get("wait"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {

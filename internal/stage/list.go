@@ -41,12 +41,7 @@ const (
 func (a *API) list(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	values := r.URL.Query()
-	var errs []error
-	for name := range values {
-		if name != "since" && name != "pool" && name != "limit" {
-			errs = append(errs, fmt.Errorf("query parameter %q: unknown here", name))
-		}
-	}
+	errs := unknownParams(values, "since", "pool", "limit")
 	since, limit := DefaultListSince, DefaultListLimit
 	if v := values.Get("since"); v != "" {
 		d, err := time.ParseDuration(v)
