@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
 	"github.com/joshdk/go-junit"
@@ -181,14 +180,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
-}
-
-// parseTRXDuration reads TRX's "hh:mm:ss.fffffff".
-func parseTRXDuration(s string) time.Duration {
-	var h, m int
-	var sec float64
-	if _, err := fmt.Sscanf(s, "%d:%d:%f", &h, &m, &sec); err != nil {
-		return 0
-	}
-	return time.Duration(h)*time.Hour + time.Duration(m)*time.Minute + time.Duration(sec*float64(time.Second))
 }

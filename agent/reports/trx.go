@@ -4,6 +4,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 )
@@ -67,4 +68,14 @@ func readTRX(data []byte, r *agentapi.TestReport) error {
 		}
 	}
 	return nil
+}
+
+// parseTRXDuration reads TRX's "hh:mm:ss.fffffff".
+func parseTRXDuration(s string) time.Duration {
+	var h, m int
+	var sec float64
+	if _, err := fmt.Sscanf(s, "%d:%d:%f", &h, &m, &sec); err != nil {
+		return 0
+	}
+	return time.Duration(h)*time.Hour + time.Duration(m)*time.Minute + time.Duration(sec*float64(time.Second))
 }
