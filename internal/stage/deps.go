@@ -136,7 +136,7 @@ type Deps struct {
 	CleanupFunction string
 	RefillFunction  string
 	// Logs archives each step's log when it ends, for reading after the
-	// VM is gone.
+	// VM is gone (required: deploy.Build refuses a deployment without).
 	Logs     logarchive.Archive
 	Metrics  *metrics.Emitter
 	Logger   *slog.Logger

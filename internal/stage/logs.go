@@ -16,9 +16,6 @@ import (
 // archiveLog copies an ended step's whole log from its agent into the
 // archive, streaming: the agent's file is the archive's bytes.
 func (d *Deps) archiveLog(ctx context.Context, c *client.Client, stageID, stepID string) error {
-	if d.Logs == nil {
-		return nil
-	}
 	pr, pw := io.Pipe()
 	go func() {
 		_, err := c.StreamLogs(ctx, stageID, stepID, 0, pw)
@@ -32,9 +29,6 @@ func (d *Deps) archiveLog(ctx context.Context, c *client.Client, stageID, stepID
 // archivedLog answers a log read from the archive; ok is false when the
 // step's log was not archived.
 func (a *API) archivedLog(ctx context.Context, stageID, stepID string, offset, limit int64) (LogChunk, bool, error) {
-	if a.Logs == nil {
-		return LogChunk{}, false, nil
-	}
 	data, size, err := a.Logs.Read(ctx, stageID, stepID, offset, limit)
 	if errors.Is(err, logarchive.ErrNotFound) {
 		return LogChunk{}, false, nil
