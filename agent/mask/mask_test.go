@@ -81,7 +81,9 @@ func TestOverlappingPatternsMerge(t *testing.T) {
 // then replace each maximal run of marked bytes.
 func reference(in string, patterns []string) string {
 	covered := make([]bool, len(in))
-	for i := range in {
+	// Byte offsets, not runes: a secret may be any bytes, even half of a
+	// multi-byte character.
+	for i := 0; i < len(in); i++ {
 		for _, p := range patterns {
 			if p != "" && strings.HasPrefix(in[i:], p) {
 				for j := i; j < i+len(p); j++ {
