@@ -26,6 +26,9 @@ commands:
   local [--listen ADDR] [--pool N=MIN/MAX]
                                          run a whole deployment on this machine: the delegate API, the
                                          functions, the state machine on a local ASL engine, local VMs
+  harness-runner [--listen ADDR] [--endpoint URL]
+                                         the Harness delegate's VM runner API (drone-runner-aws) in
+                                         front of Slipway: point the delegate's runner URL at it
   demo [--agent PATH]                    start a local agent and run a few steps through it, then
                                          stages through slipway local
 `
@@ -69,6 +72,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return runLocal(ctx, args[1:], out)
 	case "demo":
 		return runDemo(ctx, args[1:], out)
+	case "harness-runner":
+		return runHarnessRunner(ctx, args[1:], out)
 	case "help", "-h", "--help":
 		fmt.Fprint(out, usage)
 		return nil

@@ -9,10 +9,9 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
-	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/local"
-	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/local/localtest"
 	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/internal/stagecli"
 )
@@ -20,27 +19,7 @@ import (
 // deployment is one slipway local runtime for the package's tests.
 func deployment(t *testing.T) *delegate.Client {
 	t.Helper()
-	ddb, kms := awstest.DynamoDBEndpoint(t), awstest.KMSEndpoint(t)
-	root, err := local.RepoRoot(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := local.Options{
-		Listen: "127.0.0.1:0", AgentPath: agenttest.BuildAgent(t), DynamoDBEndpoint: ddb, KMSEndpoint: kms,
-		Pools: []pool.Pool{local.LocalPool("cli", 2, 3)}, Tick: time.Second,
-	}
-	o.FromRepo(root)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	rt, err := local.Start(ctx, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rt.Close)
-	api, err := delegate.New(rt.APIURL, delegate.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, api := localtest.Deployment(t, local.LocalPool("cli", 2, 3))
 	return api
 }
 

@@ -1,0 +1,394 @@
+// Package harness is a drop-in for the Harness delegate's VM runner
+// (drone-runner-aws in delegate mode): the same HTTP API on port 3000, its
+// setup, step and destroy mapped onto a Slipway deployment's delegate API.
+// What a request asks that Slipway cannot do is refused with the runner's own
+// 400 shape, each field by its JSON path, never dropped.
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/delegate"
+	"github.com/slipway-ci/slipway/internal/stage"
+)
+
+// maxBody bounds a request: setup carries the stage's files.
+const maxBody = 8 << 20
+
+// logDrain bounds the wait, after a step ended, for its log to reach the
+// log service.
+const logDrain = 30 * time.Second
+
+// Runner answers the VM runner's API in front of a Slipway deployment.
+type Runner struct {
+	API *delegate.Client
+	Log *slog.Logger
+	// LogPoll is the pause between log reads that brought nothing.
+	LogPoll time.Duration
+
+	mu     sync.Mutex
+	stages map[string]*stageOf // by Slipway stage id
+}
+
+// Handler is the runner's routes.
+func (r *Runner) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /pool_owner", r.poolOwner)
+	mux.HandleFunc("POST /setup", r.setup)
+	mux.HandleFunc("POST /step", r.step)
+	mux.HandleFunc("POST /destroy", r.destroy)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "OK") })
+	return mux
+}
+
+// httpError is an answer other than 200, in the runner's shape.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func badRequest(err error) error { return &httpError{http.StatusBadRequest, err.Error()} }
+
+// writeError answers as drone-runner-aws does: {"error_msg", "code"}.
+func writeError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	var he *httpError
+	if errors.As(err, &he) {
+		status = he.status
+	}
+	writeJSON(w, status, struct {
+		Message string `json:"error_msg"`
+		Status  int    `json:"code"`
+	}{err.Error(), status})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// fromSlipway maps the delegate API's refusals to the runner's: what Slipway
+// finds wrong with a request is the delegate's to fix (400), the rest 500.
+func fromSlipway(err error) error {
+	var de *delegate.Error
+	if errors.As(err, &de) {
+		status := http.StatusInternalServerError
+		switch {
+		case de.Status == http.StatusNotFound:
+			status = http.StatusNotFound
+		case de.Status/100 == 4:
+			status = http.StatusBadRequest
+		}
+		return &httpError{status, "slipway: " + de.Message}
+	}
+	return fmt.Errorf("slipway: %w", err)
+}
+
+func readBody(w http.ResponseWriter, req *http.Request, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, maxBody))
+	if err != nil {
+		return badRequest(fmt.Errorf("request body: %w", err))
+	}
+	if err := decodeStrict(body, v); err != nil {
+		return badRequest(err)
+	}
+	return nil
+}
+
+func (r *Runner) log() *slog.Logger {
+	if r.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Log
+}
+
+func (r *Runner) poolNames(ctx context.Context) ([]string, error) {
+	pools, err := r.API.Pools(ctx)
+	if err != nil {
+		return nil, fromSlipway(err)
+	}
+	var names []string
+	for _, p := range pools.Pools {
+		names = append(names, p.Name)
+	}
+	return names, nil
+}
+
+func (r *Runner) poolOwner(w http.ResponseWriter, req *http.Request) {
+	pool := req.URL.Query().Get("pool")
+	if pool == "" {
+		writeError(w, badRequest(errors.New("mandatory URL parameter 'pool' is missing")))
+		return
+	}
+	names, err := r.poolNames(req.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	owner := slices.Contains(names, pool)
+	if id := req.URL.Query().Get("stageId"); owner && id != "" {
+		st, err := r.API.Status(req.Context(), stageID(id), 0, 0)
+		owner = err == nil && st.Pool == pool
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Owner bool `json:"owner"`
+	}{owner})
+}
+
+func (r *Runner) setup(w http.ResponseWriter, req *http.Request) {
+	var in SetupRequest
+	if err := readBody(w, req, &in); err != nil {
+		writeError(w, err)
+		return
+	}
+	resp, err := r.openStage(req.Context(), &in)
+	if err != nil {
+		r.log().Warn("setup", "stage_runtime_id", in.ID, "pool", in.PoolID, "correlation_id", in.CorrelationID,
+			"account", in.Context.AccountID, "pipeline", in.Context.PipelineID, "err", err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// openStage creates the stage and answers once its VM is bound.
+func (r *Runner) openStage(ctx context.Context, in *SetupRequest) (*SetupResponse, error) {
+	pools, err := r.poolNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	spec, st, err := toSpec(in, pools)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	r.log().Info("setup", "stage_runtime_id", in.ID, "stage", spec.ID, "pool", spec.Pool, "correlation_id", in.CorrelationID,
+		"account", in.Context.AccountID, "pipeline", in.Context.PipelineID, "execution", in.Context.PipelineExecutionID, "tags", in.Tags)
+	status, err := r.API.Create(ctx, spec)
+	if err != nil {
+		return nil, fromSlipway(err)
+	}
+	r.mu.Lock()
+	if r.stages == nil {
+		r.stages = map[string]*stageOf{}
+	}
+	r.stages[spec.ID] = st
+	r.mu.Unlock()
+	for status.Timings.BoundAt == nil {
+		if status.Phase == stage.PhaseReleasing || status.Phase == stage.PhaseReleased {
+			return nil, fmt.Errorf("stage %s ended before its VM was bound: %s %s", spec.ID, status.Result, status.Reason)
+		}
+		if status, err = r.API.Status(ctx, spec.ID, status.Version, stage.MaxWait); err != nil {
+			return nil, fromSlipway(err)
+		}
+	}
+	return &SetupResponse{
+		InstanceID: status.VM,
+		InstanceInfo: InstanceInfo{
+			ID: status.VM, Name: status.VM, PoolName: status.Pool, Provider: "slipway",
+		},
+	}, nil
+}
+
+func (r *Runner) stageOf(id string) (*stageOf, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.stages[id]
+	if !ok {
+		return nil, &httpError{http.StatusNotFound, fmt.Sprintf(
+			"stage %s was not set up by this drop-in process (what setup gave, the log service's token among it, lives in its memory only)", id)}
+	}
+	return st, nil
+}
+
+func (r *Runner) step(w http.ResponseWriter, req *http.Request) {
+	var in StepRequest
+	if err := readBody(w, req, &in); err != nil {
+		writeError(w, err)
+		return
+	}
+	resp, err := r.runStep(req.Context(), &in)
+	if err != nil {
+		r.log().Warn("step", "stage_runtime_id", in.StageRuntimeID, "step", in.Step.ID, "err", err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// runStep adds the step as a one-step group and answers when it has ended.
+func (r *Runner) runStep(ctx context.Context, in *StepRequest) (*PollStepResponse, error) {
+	runtimeID := in.StageRuntimeID
+	if runtimeID == "" {
+		runtimeID = in.Step.StageRuntimeID
+	}
+	if runtimeID == "" {
+		return nil, badRequest(errors.New("stage_runtime_id: required"))
+	}
+	id := stageID(runtimeID)
+	st, err := r.stageOf(id)
+	if err != nil {
+		return nil, err
+	}
+	step, err := toStep(&in.Step, st)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	_, err = r.API.AddGroup(ctx, id, &stage.Group{Steps: []stage.Step{step}})
+	// The delegate retries a step whose answer it lost: the same id is then
+	// the step already running, to be awaited again.
+	if err != nil && !delegate.IsCode(err, stage.CodeConflict) {
+		return nil, fromSlipway(err)
+	}
+	r.log().Info("step", "stage", id, "step", step.ID, "name", in.Step.Name, "correlation_id", in.CorrelationID)
+
+	logs := in.Step.LogConfig
+	if logs.URL == "" {
+		logs = st.logs
+	}
+	var live *liveLog
+	var followed chan error
+	if logs.URL != "" && in.Step.LogKey != "" {
+		svc, err := newLogService(logs, st.mtls)
+		if err != nil {
+			return nil, badRequest(err)
+		}
+		live = &liveLog{svc: svc, key: in.Step.LogKey, trim: logs.TrimNewLineSuffix, now: time.Now}
+		if !logs.SkipOpeningStream {
+			if err := svc.open(ctx, live.key); err != nil {
+				r.log().Warn("log service", "stage", id, "step", step.ID, "err", err)
+			}
+		}
+		followed = make(chan error, 1)
+		go func() { followed <- r.followLog(ctx, id, step.ID, live) }()
+	}
+
+	status, err := r.awaitStep(ctx, id, step.ID)
+	if err != nil {
+		return nil, err
+	}
+	if live != nil {
+		select {
+		case err = <-followed:
+		case <-time.After(logDrain):
+			err = fmt.Errorf("the log did not end within %s of the step", logDrain)
+		}
+		if ferr := live.finish(ctx, testSummary(status.Tests)...); err == nil {
+			err = ferr
+		}
+		if err != nil {
+			r.log().Warn("log service", "stage", id, "step", step.ID, "err", err)
+		}
+	}
+	return toPoll(status, &in.Step), nil
+}
+
+func (r *Runner) awaitStep(ctx context.Context, id, step string) (*stage.StepStatus, error) {
+	for {
+		status, err := r.API.Step(ctx, id, step, stage.MaxWait)
+		if err != nil {
+			return nil, fromSlipway(err)
+		}
+		if status.State != stage.StatePending && status.State != stage.StateRunning {
+			return status, nil
+		}
+	}
+}
+
+// followLog streams the step's log to the log service until it is done.
+func (r *Runner) followLog(ctx context.Context, id, step string, live *liveLog) error {
+	pause := r.LogPoll
+	if pause <= 0 {
+		pause = 500 * time.Millisecond
+	}
+	var offset int64
+	for {
+		chunk, err := r.API.Logs(ctx, id, step, offset, stage.MaxWait)
+		if err != nil {
+			return fromSlipway(err)
+		}
+		if err := live.add(ctx, chunk.Data); err != nil {
+			return err
+		}
+		offset = chunk.NextOffset
+		if chunk.Done {
+			return nil
+		}
+		if len(chunk.Data) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause):
+			}
+		}
+	}
+}
+
+// testSummary is what the step's reports say, as log lines: Harness's own
+// test tab needs its Test Intelligence service, which the drop-in does not
+// feed.
+func testSummary(t *agentapi.TestReport) []string {
+	if t == nil {
+		return nil
+	}
+	lines := []string{fmt.Sprintf("Slipway: tests %d, failed %d, skipped %d, %.1fs", t.Tests, t.Failed, t.Skipped, float64(t.DurationMs)/1000)}
+	for _, f := range t.Failures {
+		lines = append(lines, fmt.Sprintf("  FAILED %s.%s: %s", f.Class, f.Name, f.Message))
+	}
+	for _, n := range t.Notes {
+		lines = append(lines, "  note: "+n)
+	}
+	return lines
+}
+
+func (r *Runner) destroy(w http.ResponseWriter, req *http.Request) {
+	var in DestroyRequest
+	if err := readBody(w, req, &in); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := r.closeStage(req.Context(), &in); err != nil {
+		r.log().Warn("destroy", "stage_runtime_id", in.ID, "err", err)
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// closeStage deletes the stage and answers once its VM is released.
+func (r *Runner) closeStage(ctx context.Context, in *DestroyRequest) error {
+	errs := refusals(unsupportedFields(in))
+	if in.ID == "" {
+		errs = append(errs, errors.New("id: the stage runtime id is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return badRequest(err)
+	}
+	id := stageID(in.ID)
+	status, err := r.API.Delete(ctx, id)
+	if err != nil {
+		return fromSlipway(err)
+	}
+	for status.Phase != stage.PhaseReleased {
+		if status, err = r.API.Status(ctx, id, status.Version, stage.MaxWait); err != nil {
+			return fromSlipway(err)
+		}
+	}
+	r.mu.Lock()
+	delete(r.stages, id)
+	r.mu.Unlock()
+	r.log().Info("destroy", "stage", id, "result", status.Result, "correlation_id", in.CorrelationID)
+	return nil
+}
