@@ -105,6 +105,13 @@ func demoStages(ctx context.Context, out io.Writer, agentPath string, docker boo
 	}
 	fmt.Fprintf(out, "exit code %d\n", code)
 
+	if err := waitIdle(ctx, api, "demo", 2); err != nil {
+		return err
+	}
+	if err := demoHarness(ctx, out, api, say); err != nil {
+		return err
+	}
+
 	say("slipway stage logs demo-pass secret: its VM is gone; the log comes from the archive")
 	if _, err := stagecli.Logs(ctx, cli, "demo-pass", "secret", false); err != nil {
 		return err

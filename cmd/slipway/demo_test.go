@@ -35,7 +35,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("demo output lacks %q", want)
 		}
 	}
-	if strings.Contains(got, "s3cr3t-demo-token") || strings.Contains(got, "dk-5ecret-demo") {
+	if strings.Contains(got, "s3cr3t-demo-token") || strings.Contains(got, "dk-5ecret-demo") || strings.Contains(got, "hx-5ecret-demo") {
 		t.Error("the demo printed the secret")
 	}
 	if os.Getenv("DOCKER_HOST") != "" && (!strings.Contains(got, "in a container:") || !strings.Contains(got, "[container] in a container: ")) {
@@ -48,6 +48,10 @@ func TestDemo(t *testing.T) {
 			"  FAIL com.example.CartTest > appliesDiscount\n", "stage demo-fail: failed (step unit failed (exit code 2))",
 			"  publish              skipped", "the log comes from the archive\ndeploying with key ******\n",
 			"  demo     2             0       0          0    3            2",
+			`POST /step    → 200 {"exited":true,"outputs":{"VERSION":"2.0.1"}}`,
+			`POST /step    → 200 {"exited":true,"exit_code":4}`,
+			`POST /step    → 400 {"error_msg":"start_step_request.privileged: not supported by Slipway's drop-in","code":400}`,
+			"POST /destroy → 200 \n", "[harness build] token ******\n",
 		} {
 			if strings.Count(got, want) == 0 {
 				t.Errorf("the warm pool part lacks %q", want)

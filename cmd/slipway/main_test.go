@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
 
@@ -79,5 +81,26 @@ func TestPoolsCommands(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"pools", "check", "../../internal/pool/testdata/drone-pool.yml"}, &out); err == nil {
 		t.Error("a drone file passed the check")
+	}
+}
+
+// TestHarnessRunnerCommand starts `slipway harness-runner` and stops it as
+// Ctrl-C does; the drop-in itself is tested in internal/harness.
+func TestHarnessRunnerCommand(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &agenttest.Buffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"harness-runner", "--listen", "127.0.0.1:0", "--endpoint", "http://127.0.0.1:9"}, out)
+	}()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "serving") && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil || !strings.Contains(out.String(), "serving the VM runner API") {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if err := run(context.Background(), []string{"harness-runner", "--listen", "nowhere"}, out); err == nil {
+		t.Error("a bad --listen was taken")
 	}
 }
