@@ -126,9 +126,13 @@ type Step struct {
 	Network string `json:"network,omitempty"`
 	// MemoryBytes limits a container step's memory; past it the kernel's
 	// OOM killer ends the step and the status says so. 0: no limit.
-	MemoryBytes int64             `json:"memory_bytes,omitempty"`
-	Env         map[string]string `json:"env,omitempty"`
-	Secrets     map[string]string `json:"secrets,omitempty"`
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// WorkspaceMount also mounts the stage's workspace at this absolute path
+	// of a container step, whose work_dir is then relative to it (images
+	// and CI systems that expect the sources at /harness, /workspace…).
+	WorkspaceMount string            `json:"workspace_mount,omitempty"`
+	Env            map[string]string `json:"env,omitempty"`
+	Secrets        map[string]string `json:"secrets,omitempty"`
 	// WorkDir is relative to the stage work dir.
 	WorkDir string `json:"work_dir,omitempty"`
 	// User is uid or uid:gid.
@@ -166,8 +170,11 @@ func (s *Step) Validate() error {
 	if s.Network != "" && s.Network != "host" && s.Network != "none" {
 		errs = append(errs, fmt.Errorf("network %q: want host or none", s.Network))
 	}
-	if s.Image == "" && (s.Pull != "" || s.Network != "" || s.MemoryBytes != 0) {
-		errs = append(errs, errors.New("pull, network and memory_bytes apply to container steps only: give image"))
+	if s.Image == "" && (s.Pull != "" || s.Network != "" || s.MemoryBytes != 0 || s.WorkspaceMount != "") {
+		errs = append(errs, errors.New("pull, network, memory_bytes and workspace_mount apply to container steps only: give image"))
+	}
+	if m := s.WorkspaceMount; m != "" && (!path.IsAbs(m) || path.Clean(m) != m || m == "/" || strings.ContainsAny(m, ":\x00") || len(m) > 1024) {
+		errs = append(errs, fmt.Errorf("workspace_mount %q: want a clean absolute path in the container other than /, without ':'", truncateValue(m)))
 	}
 	if s.MemoryBytes != 0 && (s.MemoryBytes < MinMemoryBytes || s.MemoryBytes > MaxMemoryBytes) {
 		errs = append(errs, fmt.Errorf("memory_bytes %d: want %d to %d", s.MemoryBytes, MinMemoryBytes, MaxMemoryBytes))

@@ -29,6 +29,11 @@ func TestDecodeStepRejectsBadInput(t *testing.T) {
 		{name: "pull without image", body: `{"script":"x","pull":"never"}`, want: []string{"give image"}},
 		{name: "memory without image", body: `{"script":"x","memory_bytes":100000000}`, want: []string{"give image"}},
 		{name: "memory too small", body: `{"image":"x","memory_bytes":1024}`, want: []string{"memory_bytes 1024"}},
+		{name: "workspace mount without image", body: `{"script":"x","workspace_mount":"/w"}`, want: []string{"give image"}},
+		{name: "workspace mount relative", body: `{"image":"x","workspace_mount":"w"}`, want: []string{`workspace_mount "w"`}},
+		{name: "workspace mount root", body: `{"image":"x","workspace_mount":"/"}`, want: []string{`workspace_mount "/"`}},
+		{name: "workspace mount unclean", body: `{"image":"x","workspace_mount":"/a/../b"}`, want: []string{`workspace_mount "/a/../b"`}},
+		{name: "workspace mount with a colon", body: `{"image":"x","workspace_mount":"/a:ro"}`, want: []string{`workspace_mount "/a:ro"`}},
 		{name: "bad network", body: `{"image":"x","network":"bridge"}`, want: []string{`network "bridge"`}},
 		{name: "bad output name", body: `{"script":"x","outputs":["a b"]}`, want: []string{`output name "a b"`}},
 		{

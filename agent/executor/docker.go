@@ -244,6 +244,9 @@ func (h *dockerHandle) create(ctx context.Context) (string, error) {
 	for _, m := range spec.Mounts {
 		hostCfg.Binds = append(hostCfg.Binds, m+":"+m)
 	}
+	for host, inContainer := range spec.Aliases {
+		hostCfg.Binds = append(hostCfg.Binds, host+":"+inContainer)
+	}
 	name := "slipway-" + spec.Name
 	created, err := api.ContainerCreate(ctx, cfg, hostCfg, nil, nil, name)
 	if cerrdefs.IsConflict(err) {

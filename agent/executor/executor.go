@@ -35,6 +35,9 @@ type Spec struct {
 	Pull    string   // agentapi.PullIfMissing, PullNever or PullAlways
 	Network string   // "host" or "none"
 	Mounts  []string // host folders mounted read-write at the same path
+	// Aliases mount host folders read-write at other paths: container path
+	// by host folder.
+	Aliases map[string]string
 	// MemoryBytes limits the container's memory (0: none).
 	MemoryBytes int64
 

@@ -66,6 +66,17 @@ func TestContainerSteps(t *testing.T) {
 			wantState: agentapi.StepSucceeded, wantLog: "lo\n",
 		},
 		{name: "image entrypoint", spec: agentapi.Step{Image: busyboximage.Tag, Pull: agentapi.PullNever}, wantState: agentapi.StepSucceeded},
+		{
+			// The file the "workspace mounted at the same path" step made is
+			// there, and the work dir is relative to the mount.
+			name: "workspace mounted at another path too",
+			spec: func() agentapi.Step {
+				s := box(`pwd; cat ../file.txt; [ "$(cat "$SLIPWAY_WORKSPACE/file.txt")" = made-in-container ] && echo same`)
+				s.WorkspaceMount, s.WorkDir = "/harness", "sub"
+				return s
+			}(),
+			wantState: agentapi.StepSucceeded, wantLog: "/harness/sub\nmade-in-container\nsame\n",
+		},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

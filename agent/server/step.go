@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -268,6 +269,11 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 	case spec.Script != "":
 		argv = executor.ScriptArgv(spec.Shell, spec.Script)
 	}
+	var aliases map[string]string
+	if spec.WorkspaceMount != "" {
+		aliases = map[string]string{st.workDir: spec.WorkspaceMount}
+		workDir = path.Join(spec.WorkspaceMount, filepath.ToSlash(spec.WorkDir))
+	}
 	return executor.Spec{
 		Name: st.spec.ID + "-" + id,
 		Argv: argv,
@@ -281,6 +287,7 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		Network:     spec.Network,
 		MemoryBytes: spec.MemoryBytes,
 		Mounts:      []string{st.workDir, st.stepsDir},
+		Aliases:     aliases,
 		Output:      out,
 	}, nil
 }

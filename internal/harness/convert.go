@@ -29,7 +29,8 @@ const scriptVar = "SLIPWAY_HARNESS_SCRIPT"
 type stageOf struct {
 	logs       LogConfig
 	mtls       MtlsConfig
-	workspace  []string // host-path volumes: the stage's workspace
+	workspace  []string          // host-path volumes: the stage's workspace
+	volumes    map[string]string // their paths by name, for container steps to mount
 	network    string
 	dockerSock bool
 }
@@ -57,9 +58,11 @@ func toSpec(r *SetupRequest, pools []string) (*stage.Spec, *stageOf, error) {
 	}
 	s := r.Setup
 	st := &stageOf{logs: s.LogConfig, mtls: s.MtlsConfig, network: s.Network.ID, dockerSock: s.MountDockerSocket != nil && *s.MountDockerSocket}
+	st.volumes = map[string]string{}
 	for _, v := range s.Volumes {
 		if v.HostPath != nil && v.HostPath.Path != "" {
 			st.workspace = append(st.workspace, v.HostPath.Path)
+			st.volumes[v.HostPath.Name] = v.HostPath.Path
 		}
 	}
 	env, secrets := splitSecrets(s.Envs, s.Secrets)
@@ -177,16 +180,33 @@ func toStep(r *StartStep, st *stageOf) (stage.Step, error) {
 	step.Env, step.Secrets = splitSecrets(r.Envs, r.Secrets)
 	step.TimeoutSeconds = r.Timeout
 	step.Image, step.User, step.MemoryBytes = r.Image, r.User, r.MemLimit
+	// A container step mounting the workspace volume gets the workspace at
+	// that path too; its work dir may then be given there.
+	dirs := st
+	for i, m := range r.Volumes {
+		_, known := st.volumes[m.Name]
+		switch {
+		case !known:
+			errs = append(errs, fmt.Errorf("start_step_request.volumes[%d] (%s at %s): only the setup's host-path volumes (the stage's workspace) can be mounted", i, m.Name, m.Path))
+		case r.Image == "":
+			// A host step sees the workspace where Slipway made it.
+		case step.WorkspaceMount != "" && step.WorkspaceMount != m.Path:
+			errs = append(errs, fmt.Errorf("start_step_request.volumes[%d] (%s at %s): the workspace is mounted at %s already; Slipway mounts it at one path in a container", i, m.Name, m.Path, step.WorkspaceMount))
+		default:
+			step.WorkspaceMount = m.Path
+			dirs = &stageOf{workspace: append(slices.Clone(st.workspace), m.Path)}
+		}
+	}
 	var err error
 	for i, glob := range r.TestReport.Junit.Paths {
-		rel, err := st.relative(fmt.Sprintf("start_step_request.test_report.junit.paths[%d]", i), glob)
+		rel, err := dirs.relative(fmt.Sprintf("start_step_request.test_report.junit.paths[%d]", i), glob)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		step.Reports = append(step.Reports, rel)
 	}
-	if step.WorkDir, err = st.relative("start_step_request.working_dir", r.WorkingDir); err != nil {
+	if step.WorkDir, err = dirs.relative("start_step_request.working_dir", r.WorkingDir); err != nil {
 		errs = append(errs, err)
 	}
 	if step.Pull, err = pullPolicy(r.Pull); err != nil {
@@ -204,9 +224,6 @@ func toStep(r *StartStep, st *stageOf) (stage.Step, error) {
 		if (r.MountDockerSocket != nil && *r.MountDockerSocket) || (r.MountDockerSocket == nil && st.dockerSock) {
 			errs = append(errs, errors.New("start_step_request.mount_docker_socket: a container step cannot be given the VM's docker socket; run docker commands in a host step"))
 		}
-	}
-	for i, m := range r.Volumes {
-		errs = append(errs, fmt.Errorf("start_step_request.volumes[%d] (%s at %s): a container step gets the stage's workspace at its own path ($SLIPWAY_WORKSPACE), no other volumes", i, m.Name, m.Path))
 	}
 	outputs := slices.Clone(r.OutputVars)
 	for i, o := range r.Outputs {

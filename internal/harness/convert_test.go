@@ -215,7 +215,7 @@ func TestStepRefusals(t *testing.T) {
 	r.Step.Kind = "RunTestsV2"
 	r.Step.WorkingDir = "/opt/elsewhere"
 	r.Step.Image = "busybox"
-	r.Step.Volumes = []VolumeMount{{Name: "harness", Path: "/harness"}}
+	r.Step.Volumes = []VolumeMount{{Name: "docker", Path: "/var/run/docker.sock"}}
 	r.Step.Network = "bridge"
 	r.Step.Detach = Unsupported(`true`)
 	r.Step.Privileged = Unsupported(`true`)
@@ -226,11 +226,30 @@ func TestStepRefusals(t *testing.T) {
 		t.Fatal("refused nothing")
 	}
 	for _, want := range []string{`start_step_request.kind "RunTestsV2"`, `start_step_request.working_dir "/opt/elsewhere"`,
-		"start_step_request.volumes[0] (harness at /harness)", `start_step_request.network "bridge"`, "start_step_request.detach:",
+		"start_step_request.volumes[0] (docker at /var/run/docker.sock): only the setup's host-path volumes", `start_step_request.network "bridge"`, "start_step_request.detach:",
 		"start_step_request.privileged:", "start_step_request.outputs[0] (K)", `start_step_request.pull "Sometimes"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
+	}
+}
+
+func TestContainerStepMountsTheWorkspace(t *testing.T) {
+	_, st, _ := toSpec(setupFixture(t), []string{"linux"})
+	r := stepFixture(t, "c", "make")
+	r.Step.Image, r.Step.WorkingDir = "golang", "/harness/src"
+	r.Step.Volumes = []VolumeMount{{Name: "harness", Path: "/harness"}}
+	r.Step.TestReport.Junit.Paths = []string{"/harness/out/*.xml", "/tmp/harness/more/*.xml"}
+	step, err := toStep(&r.Step, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if step.WorkspaceMount != "/harness" || step.WorkDir != "src" || !slices.Equal(step.Reports, []string{"out/*.xml", "more/*.xml"}) {
+		t.Errorf("step %+v", step.Step)
+	}
+	r.Step.Volumes = append(r.Step.Volumes, VolumeMount{Name: "harness", Path: "/workspace"})
+	if _, err := toStep(&r.Step, st); err == nil || !strings.Contains(err.Error(), "mounted at /harness already") {
+		t.Errorf("two mount paths: %v", err)
 	}
 }
 

@@ -208,14 +208,16 @@ func TestDropIn(t *testing.T) {
 	})
 
 	t.Run("a container step", func(t *testing.T) {
-		code, poll, e := step(t, "container", "echo in a container; VERSION=c1", func(r *StepRequest) {
+		code, poll, e := step(t, "container", "echo in a container at $(pwd); head -c 7 .netrc; echo; VERSION=c1", func(r *StepRequest) {
 			r.Step.Image, r.Step.Pull, r.Step.Network = busyboximage.Tag, "Never", "drone"
 			r.Step.Run.Entrypoint = []string{"sh", "-c"}
+			r.Step.Volumes = []VolumeMount{{Name: "harness", Path: "/harness"}}
+			r.Step.WorkingDir = "/harness"
 		})
 		if code != 200 || poll.ExitCode != 0 || poll.Outputs["VERSION"] != "c1" {
 			t.Fatalf("%d %+v %+v", code, poll, e)
 		}
-		if got := logs.streamed("kmpySmUISimoRrJL6NL73w/container"); !strings.HasPrefix(got, "in a container\nSlipway: tests ") {
+		if got := logs.streamed("kmpySmUISimoRrJL6NL73w/container"); !strings.HasPrefix(got, "in a container at /harness\nmachine\nSlipway: tests ") {
 			t.Errorf("log %q", got)
 		}
 	})
