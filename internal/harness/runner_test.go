@@ -96,7 +96,7 @@ type runnerError struct {
 // slipway local, with a stand-in for the Harness log service.
 func TestDropIn(t *testing.T) {
 	agenttest.Docker(t) // the busybox image, for the container step
-	_, api := localtest.Deployment(t, local.LocalPool("linux", 1, 2))
+	rt, api := localtest.Deployment(t, local.LocalPool("linux", 1, 2))
 	ctx := context.Background()
 	logs := &fakeLogService{token: "log-token-5d1c", lines: map[string][]Line{}, blobs: map[string][]string{}}
 	logSrv := httptest.NewServer(logs)
@@ -245,6 +245,15 @@ func TestDropIn(t *testing.T) {
 	}
 	if code, _, e := step(t, "late", "true", func(r *StepRequest) { r.Step.OutputVars = nil }); code != 404 || !strings.Contains(e.Message, "was not set up by this drop-in") {
 		t.Errorf("a step after destroy: %d %+v", code, e)
+	}
+
+	// The secret came in envs, a bare value to mask and a script: Slipway's
+	// records hold it in no form (sealed values are encrypted).
+	table := localtest.ScanTable(t, rt)
+	for _, form := range localtest.Encodings(testSecret) {
+		if bytes.Contains(table, []byte(form)) {
+			t.Errorf("DynamoDB holds the secret as %q", form)
+		}
 	}
 
 	logs.mu.Lock()

@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/local/localtest"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
 
@@ -417,10 +418,10 @@ func TestSecretsNeverInPlaintext(t *testing.T) {
 		t.Fatal("the histories do not hold the stage's execution")
 	}
 	places["execution histories"] = histories
-	places["DynamoDB items"] = scanTable(t, rt)
+	places["DynamoDB items"] = localtest.ScanTable(t, rt)
 	for _, secret := range []string{stageSecret, stepSecret} {
 		for where, data := range places {
-			for _, form := range encodings(secret) {
+			for _, form := range localtest.Encodings(secret) {
 				if strings.Contains(string(data), form) {
 					t.Errorf("the secret %q is in the %s as %q", secret, where, form)
 				}
