@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -70,8 +71,9 @@ func (f *fakeLogService) streamed(key string) string {
 	return b.String()
 }
 
-// post sends body to the runner and decodes its answer into out.
-func post(t *testing.T, url string, body []byte, out any) int {
+// post sends body to the runner and decodes its answer into out; the
+// answer must have the shape of the testdata file shape, when given.
+func post(t *testing.T, url string, body []byte, out any, shape string) int {
 	t.Helper()
 	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -79,12 +81,63 @@ func post(t *testing.T, url string, body []byte, out any) int {
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
+	if shape != "" {
+		checkShape(t, data, shape)
+	}
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
 			t.Fatalf("%s: %v: %s", url, err, data)
 		}
 	}
 	return resp.StatusCode
+}
+
+// checkShape fails the test unless every field of the answer is one the
+// runner's own answer (the testdata file) has, with the same JSON type.
+func checkShape(t *testing.T, answer []byte, fixtureName string) {
+	t.Helper()
+	var got, want any
+	if err := json.Unmarshal(answer, &got); err != nil {
+		t.Fatalf("the answer is not JSON: %v: %s", err, answer)
+	}
+	if err := json.Unmarshal(fixture(t, fixtureName, nil), &want); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(path string, got, want any)
+	walk = func(path string, got, want any) {
+		switch g := got.(type) {
+		case nil:
+			return // null stands for any absent value
+		case map[string]any:
+			w, ok := want.(map[string]any)
+			if !ok {
+				t.Errorf("%s %s: an object, the runner's is %T", fixtureName, path, want)
+				return
+			}
+			for k, v := range g {
+				wv, ok := w[k]
+				if !ok {
+					t.Errorf("%s: the runner's answer has no %s.%s", fixtureName, path, k)
+					continue
+				}
+				walk(path+"."+k, v, wv)
+			}
+		case []any:
+			w, ok := want.([]any)
+			if !ok || len(w) == 0 {
+				t.Errorf("%s %s: an array, the runner's is %T", fixtureName, path, want)
+				return
+			}
+			for i, v := range g {
+				walk(fmt.Sprintf("%s[%d]", path, i), v, w[0])
+			}
+		default:
+			if fmt.Sprintf("%T", got) != fmt.Sprintf("%T", want) {
+				t.Errorf("%s %s: %T, the runner's is %T", fixtureName, path, got, want)
+			}
+		}
+	}
+	walk("", got, want)
 }
 
 type runnerError struct {
@@ -116,21 +169,21 @@ func TestDropIn(t *testing.T) {
 			t.Errorf("healthz: %q", body)
 		}
 		var owner struct{ Owner bool }
-		if code := post(t, srv.URL+"/pool_owner?pool=linux", nil, &owner); code != 200 || !owner.Owner {
+		if code := post(t, srv.URL+"/pool_owner?pool=linux", nil, &owner, ""); code != 200 || !owner.Owner {
 			t.Errorf("pool_owner linux: %d %+v", code, owner)
 		}
-		if code := post(t, srv.URL+"/pool_owner?pool=windows", nil, &owner); code != 200 || owner.Owner {
+		if code := post(t, srv.URL+"/pool_owner?pool=windows", nil, &owner, ""); code != 200 || owner.Owner {
 			t.Errorf("pool_owner windows: %d %+v", code, owner)
 		}
 		var e runnerError
-		if code := post(t, srv.URL+"/pool_owner", nil, &e); code != 400 || e.Code != 400 || e.Message != "mandatory URL parameter 'pool' is missing" {
+		if code := post(t, srv.URL+"/pool_owner", nil, &e, "error_response.json"); code != 400 || e.Code != 400 || e.Message != "mandatory URL parameter 'pool' is missing" {
 			t.Errorf("pool_owner without pool: %d %+v", code, e)
 		}
 	})
 
 	fill := map[string]string{"pool": "linux", "secret": testSecret, "log_url": logSrv.URL, "log_token": logs.token}
 	var setup SetupResponse
-	if code := post(t, srv.URL+"/setup", fixture(t, "setup.json", fill), &setup); code != 200 || setup.InstanceID == "" {
+	if code := post(t, srv.URL+"/setup", fixture(t, "setup.json", fill), &setup, "setup_response.json"); code != 200 || setup.InstanceID == "" {
 		t.Fatalf("setup: %d %+v\n%s", code, setup, runnerLog)
 	}
 	st, err := api.Status(ctx, "pZs1Hw3tTc2Qx9Lk0aB7_w", 0, 0)
@@ -155,8 +208,10 @@ func TestDropIn(t *testing.T) {
 		var poll PollStepResponse
 		var e runnerError
 		if resp.StatusCode == 200 {
+			checkShape(t, data, "step_response.json")
 			_ = json.Unmarshal(data, &poll)
 		} else {
+			checkShape(t, data, "error_response.json")
 			_ = json.Unmarshal(data, &e)
 		}
 		return resp.StatusCode, &poll, e
@@ -236,7 +291,7 @@ func TestDropIn(t *testing.T) {
 		}
 	})
 
-	if code := post(t, srv.URL+"/destroy", fixture(t, "destroy.json", map[string]string{"pool": "linux", "instance": setup.InstanceID}), nil); code != 200 {
+	if code := post(t, srv.URL+"/destroy", fixture(t, "destroy.json", map[string]string{"pool": "linux", "instance": setup.InstanceID}), nil, ""); code != 200 {
 		t.Fatalf("destroy: %d\n%s", code, runnerLog)
 	}
 	st, err = api.Status(ctx, "pZs1Hw3tTc2Qx9Lk0aB7_w", 0, 0)
