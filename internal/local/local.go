@@ -175,10 +175,13 @@ type Runtime struct {
 // Start starts every part and returns when the delegate API answers. On an
 // error, whatever it started is stopped.
 func Start(ctx context.Context, o Options) (rt *Runtime, err error) {
-	rt = &Runtime{opts: o}
+	// The returns below set rt to nil on an error: close what was started
+	// through its own pointer.
+	started := &Runtime{opts: o}
+	rt = started
 	defer func() {
 		if err != nil {
-			rt.Close()
+			started.Close()
 			rt = nil
 		}
 	}()
@@ -475,7 +478,9 @@ func (rt *Runtime) Close() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		rt.shim.stop(5 * time.Second)
+		if rt.shim != nil { // nil when Start failed before the engine
+			rt.shim.stop(5 * time.Second)
+		}
 		for _, srv := range rt.servers {
 			_ = srv.Shutdown(ctx)
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/local"
 	"github.com/slipway-ci/slipway/internal/local/localtest"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
@@ -500,4 +501,21 @@ func TestReports(t *testing.T) {
 		}
 	}
 	settled(t, rt, "reports", "with-reports")
+}
+
+// A deployment that cannot start says why and stops what it started, even
+// when it fails before the state machine's engine runs.
+func TestStartFailsCleanly(t *testing.T) {
+	root, err := local.RepoRoot(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := local.Options{Listen: "127.0.0.1:0", AgentPath: "/nonexistent/agent", DynamoDBEndpoint: "http://127.0.0.1:1", KMSEndpoint: "http://127.0.0.1:1"}
+	o.FromRepo(root)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rt, err := local.Start(ctx, o)
+	if err == nil || rt != nil {
+		t.Fatalf("started on endpoints nothing listens on: %v", err)
+	}
 }

@@ -25,7 +25,7 @@ import (
 // Deployment starts slipway local with the given pools on DynamoDB Local and
 // local-kms (without them the test fails in CI and is skipped elsewhere),
 // closed when the test ends, and a client of its delegate API.
-func Deployment(t *testing.T, pools ...pool.Pool) (*local.Runtime, *delegate.Client) {
+func Deployment(t testing.TB, pools ...pool.Pool) (*local.Runtime, *delegate.Client) {
 	t.Helper()
 	ddb, kms := awstest.DynamoDBEndpoint(t), awstest.KMSEndpoint(t)
 	root, err := local.RepoRoot(".")
@@ -53,7 +53,7 @@ func Deployment(t *testing.T, pools ...pool.Pool) (*local.Runtime, *delegate.Cli
 
 // ScanTable returns every attribute value of every item of the runtime's
 // table, strings, numbers and binaries alike, as bytes to search.
-func ScanTable(t *testing.T, rt *local.Runtime) []byte {
+func ScanTable(t testing.TB, rt *local.Runtime) []byte {
 	t.Helper()
 	var out []byte
 	var add func(types.AttributeValue)
