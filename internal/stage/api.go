@@ -472,6 +472,10 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	until := time.Now().Add(q.wait)
+	// A pending step starts as soon as RunGroup sees its group: the records
+	// are read quickly at first (a delegate that adds a group and waits for
+	// its step is waiting on this), then every 250 ms.
+	pause := 25 * time.Millisecond
 	for {
 		rec, step, err := a.stepOf(ctx, r)
 		if err != nil {
@@ -490,9 +494,10 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 			writeJSON(w, http.StatusOK, step)
 			return nil
 		}
-		if err := sleep(ctx, min(250*time.Millisecond, remaining)); err != nil {
+		if err := sleep(ctx, min(pause, remaining)); err != nil {
 			return err
 		}
+		pause = min(pause*3/2, 250*time.Millisecond)
 	}
 }
 

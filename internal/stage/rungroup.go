@@ -363,7 +363,7 @@ func (d *Deps) stopGroup(ctx context.Context, st *lease.Stage) {
 // awaitGroup waits until the delegate adds a group, the stage ends, or
 // until; it polls the stage's record, quickly at first.
 func (h *RunGroup) awaitGroup(ctx context.Context, st *lease.Stage, until time.Time) (bool, error) {
-	pause := 50 * time.Millisecond
+	pause := 20 * time.Millisecond
 	for h.now().Before(until) {
 		if err := sleep(ctx, min(pause, time.Until(until))); err != nil {
 			return false, err
