@@ -203,6 +203,33 @@ func (c *Client) Follow(ctx context.Context, id string, seen func(*stage.Status)
 	}
 }
 
+// FollowLog reads a step's log from the start until it is done, handing
+// each chunk's bytes to seen as they come; pause is the wait between reads
+// that brought nothing (each read is also a long-poll of the API).
+func (c *Client) FollowLog(ctx context.Context, id, step string, pause time.Duration, seen func([]byte) error) error {
+	var offset int64
+	for {
+		chunk, err := c.Logs(ctx, id, step, offset, stage.MaxWait)
+		if err != nil {
+			return err
+		}
+		if err := seen(chunk.Data); err != nil {
+			return err
+		}
+		offset = chunk.NextOffset
+		if chunk.Done {
+			return nil
+		}
+		if len(chunk.Data) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause):
+			}
+		}
+	}
+}
+
 func stepPath(id, step string) string {
 	return "/v1/stages/" + url.PathEscape(id) + "/steps/" + url.PathEscape(step)
 }

@@ -257,39 +257,23 @@ func (e *Env) followLog(ctx context.Context, id, step string) {
 	if pause <= 0 {
 		pause = 500 * time.Millisecond
 	}
-	var offset int64
 	var partial []byte
-	for {
-		chunk, err := e.API.Logs(ctx, id, step, offset, stage.MaxWait)
-		if err != nil {
-			if ctx.Err() == nil {
-				e.linef("[%s] (log: %v)", step, err)
-			}
-			return
-		}
-		partial = append(partial, chunk.Data...)
+	err := e.API.FollowLog(ctx, id, step, pause, func(data []byte) error {
+		partial = append(partial, data...)
 		for {
 			i := bytes.IndexByte(partial, '\n')
 			if i < 0 {
-				break
+				return nil
 			}
 			e.linef("[%s] %s", step, partial[:i])
 			partial = partial[i+1:]
 		}
-		offset = chunk.NextOffset
-		if chunk.Done {
-			if len(partial) > 0 {
-				e.linef("[%s] %s", step, partial)
-			}
-			return
-		}
-		if len(chunk.Data) == 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(pause):
-			}
-		}
+	})
+	if len(partial) > 0 {
+		e.linef("[%s] %s", step, partial)
+	}
+	if err != nil && ctx.Err() == nil {
+		e.linef("[%s] (log: %v)", step, err)
 	}
 }
 
