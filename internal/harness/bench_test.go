@@ -1,11 +1,8 @@
 package harness
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"slices"
 	"testing"
@@ -28,14 +25,14 @@ func BenchmarkDropInStep(b *testing.B) {
 	for b.Loop() {
 		runtimeID := fmt.Sprintf("bench-%d", time.Now().UnixNano())
 		setup := fmt.Sprintf(`{"id": %q, "pool_id": "bench", "setup_request": {}}`, runtimeID)
-		if code := postBench(b, srv.URL+"/setup", setup); code != 200 {
+		if code := post(b, srv.URL+"/setup", []byte(setup), nil, ""); code != 200 {
 			b.Fatalf("setup: %d", code)
 		}
 		var roundTrip, overhead []float64
 		for i := range steps {
 			body := fmt.Sprintf(`{"stage_runtime_id": %q, "start_step_request": {"id": "s%d", "run": {"entrypoint": ["sh", "-c"], "commands": ["true"]}}}`, runtimeID, i)
 			start := time.Now()
-			if code := postBench(b, srv.URL+"/step", body); code != 200 {
+			if code := post(b, srv.URL+"/step", []byte(body), nil, ""); code != 200 {
 				b.Fatalf("step: %d", code)
 			}
 			wall := time.Since(start)
@@ -46,7 +43,7 @@ func BenchmarkDropInStep(b *testing.B) {
 			roundTrip = append(roundTrip, ms(wall))
 			overhead = append(overhead, ms(wall-st.EndedAt.Sub(*st.StartedAt)))
 		}
-		if code := postBench(b, srv.URL+"/destroy", fmt.Sprintf(`{"id": %q}`, runtimeID)); code != 200 {
+		if code := post(b, srv.URL+"/destroy", []byte(fmt.Sprintf(`{"id": %q}`, runtimeID)), nil, ""); code != 200 {
 			b.Fatalf("destroy: %d", code)
 		}
 		slices.Sort(roundTrip)
@@ -54,17 +51,6 @@ func BenchmarkDropInStep(b *testing.B) {
 		fmt.Printf("BENCH harness_step_roundtrip_p50 %.1f ms max=%.1f overhead_p50=%.1f steps=%d\n",
 			roundTrip[steps/2], roundTrip[steps-1], overhead[steps/2], steps)
 	}
-}
-
-func postBench(b *testing.B, url, body string) int {
-	resp, err := http.Post(url, "application/json", bytes.NewReader([]byte(body)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var discard json.RawMessage
-	_ = json.NewDecoder(resp.Body).Decode(&discard)
-	return resp.StatusCode
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

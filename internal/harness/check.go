@@ -8,21 +8,6 @@ import (
 	"strings"
 )
 
-// decodeStrict decodes one JSON document into v, refusing fields v does not
-// declare: a field added upstream after the commits wire.go names must be
-// looked at, not dropped.
-func decodeStrict(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("invalid request body: %w", err)
-	}
-	if dec.More() {
-		return fmt.Errorf("invalid request body: more than one JSON document")
-	}
-	return nil
-}
-
 // unsupportedFields lists, by JSON path, every Unsupported field of v that
 // holds something other than zero.
 func unsupportedFields(v any) []string {

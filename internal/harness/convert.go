@@ -9,6 +9,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/internal/stage"
@@ -27,8 +28,9 @@ const scriptVar = "SLIPWAY_HARNESS_SCRIPT"
 // stageOf is what setup leaves for the stage's steps: it lives in this
 // process only (the log service token never reaches Slipway).
 type stageOf struct {
-	logs       LogConfig
-	mtls       MtlsConfig
+	logs       *logService // nil without a log service
+	mtls       MtlsConfig  // for a step that names its own log service
+	created    time.Time
 	workspace  []string          // host-path volumes: the stage's workspace
 	volumes    map[string]string // their paths by name, for container steps to mount
 	network    string
@@ -57,7 +59,13 @@ func toSpec(r *SetupRequest, pools []string) (*stage.Spec, *stageOf, error) {
 		errs = append(errs, errors.New("pool_id: required"))
 	}
 	s := r.Setup
-	st := &stageOf{logs: s.LogConfig, mtls: s.MtlsConfig, network: s.Network.ID, dockerSock: s.MountDockerSocket != nil && *s.MountDockerSocket}
+	st := &stageOf{mtls: s.MtlsConfig, network: s.Network.ID, dockerSock: s.MountDockerSocket != nil && *s.MountDockerSocket}
+	if s.LogConfig.URL != "" {
+		var err error
+		if st.logs, err = newLogService(s.LogConfig, s.MtlsConfig); err != nil {
+			errs = append(errs, fmt.Errorf("setup_request.%w", err))
+		}
+	}
 	st.volumes = map[string]string{}
 	for _, v := range s.Volumes {
 		if v.HostPath != nil && v.HostPath.Path != "" {

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -39,7 +40,7 @@ func setupFixture(t testing.TB) *SetupRequest {
 	t.Helper()
 	var r SetupRequest
 	body := fixture(t, "setup.json", map[string]string{"pool": "linux", "secret": testSecret, "log_url": "http://127.0.0.1:1", "log_token": "tok"})
-	if err := decodeStrict(body, &r); err != nil {
+	if err := agentapi.DecodeStrict(bytes.NewReader(body), &r); err != nil {
 		t.Fatal(err)
 	}
 	return &r
@@ -49,7 +50,7 @@ func stepFixture(t testing.TB, step, script string) *StepRequest {
 	t.Helper()
 	var r StepRequest
 	body := fixture(t, "step.json", map[string]string{"pool": "linux", "secret": testSecret, "instance": "i-1", "step": step, "script": script})
-	if err := decodeStrict(body, &r); err != nil {
+	if err := agentapi.DecodeStrict(bytes.NewReader(body), &r); err != nil {
 		t.Fatal(err)
 	}
 	return &r
@@ -75,7 +76,7 @@ func TestSetupMapsToAStage(t *testing.T) {
 	if len(spec.Files) != 1 || spec.Files[0].Path != ".netrc" || spec.Files[0].Mode != 0o600 {
 		t.Errorf("files %+v", spec.Files)
 	}
-	if !slices.Equal(st.workspace, []string{"/tmp/harness"}) || st.logs.Token != "tok" || st.network != "drone" {
+	if !slices.Equal(st.workspace, []string{"/tmp/harness"}) || st.logs == nil || st.logs.cfg.Token != "tok" || st.network != "drone" {
 		t.Errorf("kept %+v", st)
 	}
 	if err := spec.Validate([]string{"linux"}); err != nil {
@@ -100,11 +101,12 @@ func TestRefusesWhatDoesNotMapByPath(t *testing.T) {
 	m["vm_image_config"] = map[string]any{"image_name": "ubuntu"}
 	setup := m["setup_request"].(map[string]any)
 	setup["tty"] = true
+	setup["mtls_config"] = map[string]any{"client_cert": "%not base64%"}
 	setup["volumes"] = []any{map[string]any{"temp": map[string]any{"id": "cache"}}}
 	setup["files"] = []any{map[string]any{"path": "/etc/passwd", "data": "x"}, map[string]any{"path": "d", "is_dir": true}}
 	body, _ = json.Marshal(m)
 	var in SetupRequest
-	if err := decodeStrict(body, &in); err != nil {
+	if err := agentapi.DecodeStrict(bytes.NewReader(body), &in); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err := toSpec(&in, []string{"linux"})
@@ -112,7 +114,7 @@ func TestRefusesWhatDoesNotMapByPath(t *testing.T) {
 		t.Fatal("refused nothing")
 	}
 	for _, want := range []string{"resource_class:", "gitspace_agent_config:", "vm_image_config:", "setup_request.tty:",
-		"setup_request.volumes[0].temp:", `setup_request.files[0].path "/etc/passwd": outside the stage's workspace`, "setup_request.files[1].is_dir:"} {
+		"setup_request.volumes[0].temp:", `setup_request.files[0].path "/etc/passwd": outside the stage's workspace`, "setup_request.files[1].is_dir:", "setup_request.mtls_config.client_cert: illegal base64"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
@@ -121,7 +123,7 @@ func TestRefusesWhatDoesNotMapByPath(t *testing.T) {
 
 func TestUnknownFieldsAreRefused(t *testing.T) {
 	var r SetupRequest
-	err := decodeStrict([]byte(`{"id":"a","pool_id":"p","setup_request":{"envs":{},"gpu":"a100"}}`), &r)
+	err := agentapi.DecodeStrict(strings.NewReader(`{"id":"a","pool_id":"p","setup_request":{"envs":{},"gpu":"a100"}}`), &r)
 	if err == nil || !strings.Contains(err.Error(), `unknown field "gpu"`) {
 		t.Fatalf("got %v", err)
 	}
@@ -160,9 +162,6 @@ func TestStepMapsToAStep(t *testing.T) {
 // The output epilogue, run by a real shell: the outputs file it writes is
 // what the agent parses, and the script's exit status survives it.
 func TestOutputEpilogueInAShell(t *testing.T) {
-	if _, err := exec.LookPath("bash"); err != nil {
-		t.Skip("no bash")
-	}
 	out := filepath.Join(t.TempDir(), "outputs")
 	script := "A='one line'\nB=$'two\\nlines'\nfalse" + outputEpilogue([]string{"A", "B", "UNSET"})
 	cmd := exec.Command("bash", "-c", script)

@@ -77,7 +77,7 @@ func (l *logService) call(ctx context.Context, method, target string, body []byt
 	req.Header.Set("X-Harness-Token", l.cfg.Token)
 	resp, err := l.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("log service: %s: %w", method, redact(err, l.cfg.Token))
+		return fmt.Errorf("log service: %w", err) // the token is in a header, not in the URL the error quotes
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
@@ -88,14 +88,6 @@ func (l *logService) call(ctx context.Context, method, target string, body []byt
 		return json.Unmarshal(data, out)
 	}
 	return nil
-}
-
-// redact keeps the token out of an error that quotes the request.
-func redact(err error, token string) error {
-	if token == "" || !strings.Contains(err.Error(), token) {
-		return err
-	}
-	return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), token, "******"))
 }
 
 func (l *logService) open(ctx context.Context, key string) error {
@@ -142,7 +134,6 @@ func (l *logService) upload(ctx context.Context, key string, lines []Line) error
 type liveLog struct {
 	svc     *logService
 	key     string
-	trim    bool
 	now     func() time.Time
 	partial []byte
 	history []Line
@@ -168,7 +159,7 @@ func (l *liveLog) add(ctx context.Context, data []byte) error {
 
 func (l *liveLog) line(b []byte) Line {
 	msg := string(b)
-	if l.trim {
+	if l.svc.cfg.TrimNewLineSuffix {
 		msg = strings.TrimSuffix(msg, "\n")
 	}
 	if len(msg) > maxLineBytes {

@@ -97,12 +97,10 @@ func fromSlipway(err error) error {
 	return fmt.Errorf("slipway: %w", err)
 }
 
+// readBody decodes the body strictly: a field added upstream after the
+// commits wire.go names must be looked at, not dropped.
 func readBody(w http.ResponseWriter, req *http.Request, v any) error {
-	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, maxBody))
-	if err != nil {
-		return badRequest(fmt.Errorf("request body: %w", err))
-	}
-	if err := decodeStrict(body, v); err != nil {
+	if err := agentapi.DecodeStrict(http.MaxBytesReader(w, req.Body, maxBody), v); err != nil {
 		return badRequest(err)
 	}
 	return nil
@@ -184,6 +182,14 @@ func (r *Runner) openStage(ctx context.Context, in *SetupRequest) (*SetupRespons
 	if r.stages == nil {
 		r.stages = map[string]*stageOf{}
 	}
+	// A stage whose destroy never came (the delegate died) has ended on
+	// Slipway's side by now: no stage outlives its timeout and acquire wait.
+	for old, kept := range r.stages {
+		if time.Since(kept.created) > 2*stage.MaxStageTimeout {
+			delete(r.stages, old)
+		}
+	}
+	st.created = time.Now()
 	r.stages[spec.ID] = st
 	r.mu.Unlock()
 	for status.Timings.BoundAt == nil {
@@ -254,25 +260,29 @@ func (r *Runner) runStep(ctx context.Context, in *StepRequest) (*PollStepRespons
 	}
 	r.log().Info("step", "stage", id, "step", step.ID, "name", in.Step.Name, "correlation_id", in.CorrelationID)
 
-	logs := in.Step.LogConfig
-	if logs.URL == "" {
-		logs = st.logs
+	svc := st.logs
+	if in.Step.LogConfig.URL != "" { // the step names its own log service
+		mtls := in.Step.MtlsConfig
+		if mtls.ClientCert == "" && mtls.ClientCertKey == "" {
+			mtls = st.mtls
+		}
+		if svc, err = newLogService(in.Step.LogConfig, mtls); err != nil {
+			return nil, badRequest(fmt.Errorf("start_step_request.%w", err))
+		}
 	}
 	var live *liveLog
 	var followed chan error
-	if logs.URL != "" && in.Step.LogKey != "" {
-		svc, err := newLogService(logs, st.mtls)
-		if err != nil {
-			return nil, badRequest(err)
-		}
-		live = &liveLog{svc: svc, key: in.Step.LogKey, trim: logs.TrimNewLineSuffix, now: time.Now}
-		if !logs.SkipOpeningStream {
+	if svc != nil && in.Step.LogKey != "" {
+		live = &liveLog{svc: svc, key: in.Step.LogKey, now: time.Now}
+		if !svc.cfg.SkipOpeningStream {
 			if err := svc.open(ctx, live.key); err != nil {
 				r.log().Warn("log service", "stage", id, "step", step.ID, "err", err)
 			}
 		}
 		followed = make(chan error, 1)
-		go func() { followed <- r.followLog(ctx, id, step.ID, live) }()
+		go func() {
+			followed <- r.API.FollowLog(ctx, id, step.ID, r.logPoll(), func(data []byte) error { return live.add(ctx, data) })
+		}()
 	}
 
 	status, err := r.awaitStep(ctx, id, step.ID)
@@ -307,33 +317,11 @@ func (r *Runner) awaitStep(ctx context.Context, id, step string) (*stage.StepSta
 	}
 }
 
-// followLog streams the step's log to the log service until it is done.
-func (r *Runner) followLog(ctx context.Context, id, step string, live *liveLog) error {
-	pause := r.LogPoll
-	if pause <= 0 {
-		pause = 500 * time.Millisecond
+func (r *Runner) logPoll() time.Duration {
+	if r.LogPoll <= 0 {
+		return 500 * time.Millisecond
 	}
-	var offset int64
-	for {
-		chunk, err := r.API.Logs(ctx, id, step, offset, stage.MaxWait)
-		if err != nil {
-			return fromSlipway(err)
-		}
-		if err := live.add(ctx, chunk.Data); err != nil {
-			return err
-		}
-		offset = chunk.NextOffset
-		if chunk.Done {
-			return nil
-		}
-		if len(chunk.Data) == 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(pause):
-			}
-		}
-	}
+	return r.LogPoll
 }
 
 // testSummary is what the step's reports say, as log lines: Harness's own
@@ -377,14 +365,12 @@ func (r *Runner) closeStage(ctx context.Context, in *DestroyRequest) error {
 		return badRequest(err)
 	}
 	id := stageID(in.ID)
-	status, err := r.API.Delete(ctx, id)
-	if err != nil {
+	if _, err := r.API.Delete(ctx, id); err != nil {
 		return fromSlipway(err)
 	}
-	for status.Phase != stage.PhaseReleased {
-		if status, err = r.API.Status(ctx, id, status.Version, stage.MaxWait); err != nil {
-			return fromSlipway(err)
-		}
+	status, err := r.API.Follow(ctx, id, nil)
+	if err != nil {
+		return fromSlipway(err)
 	}
 	r.mu.Lock()
 	delete(r.stages, id)

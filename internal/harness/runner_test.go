@@ -73,7 +73,7 @@ func (f *fakeLogService) streamed(key string) string {
 
 // post sends body to the runner and decodes its answer into out; the
 // answer must have the shape of the testdata file shape, when given.
-func post(t *testing.T, url string, body []byte, out any, shape string) int {
+func post(t testing.TB, url string, body []byte, out any, shape string) int {
 	t.Helper()
 	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -94,7 +94,7 @@ func post(t *testing.T, url string, body []byte, out any, shape string) int {
 
 // checkShape fails the test unless every field of the answer is one the
 // runner's own answer (the testdata file) has, with the same JSON type.
-func checkShape(t *testing.T, answer []byte, fixtureName string) {
+func checkShape(t testing.TB, answer []byte, fixtureName string) {
 	t.Helper()
 	var got, want any
 	if err := json.Unmarshal(answer, &got); err != nil {
