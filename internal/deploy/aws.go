@@ -2,9 +2,12 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -33,9 +36,64 @@ const (
 	EnvAgentURL        = "SLIPWAY_AGENT_URL"
 	EnvLogBucket       = "SLIPWAY_LOG_BUCKET"
 	// EnvPoolsFile names the pools file; by default pools.yaml beside the
-	// function's bootstrap (in LAMBDA_TASK_ROOT), where the CDK app puts it.
+	// function's bootstrap (in LAMBDA_TASK_ROOT). The CDK app ships it in a
+	// layer (/opt/pools.yaml).
 	EnvPoolsFile = "SLIPWAY_POOLS_FILE"
+	// EnvSubnets (comma-separated) are the subnets of the pools that name
+	// none; EnvVMSecurityGroups (comma-separated) are added to every pool's.
+	EnvSubnets          = "SLIPWAY_SUBNETS"
+	EnvVMSecurityGroups = "SLIPWAY_VM_SECURITY_GROUPS"
+	// EnvLaunchTemplates is a JSON object: pool name to launch template name.
+	EnvLaunchTemplates = "SLIPWAY_LAUNCH_TEMPLATES"
+	// EnvAgentObjects is a JSON object: platform ("linux/arm64") to the
+	// agent binary's S3 object, {"bucket": ..., "key": ...}.
+	EnvAgentObjects = "SLIPWAY_AGENT_OBJECTS"
 )
+
+// Fleet is what the functions' environment says about the EC2 fleet: the
+// network every pool completes its own with, the pools' launch templates
+// and the agent binaries.
+type Fleet struct {
+	Network         pool.Network
+	LaunchTemplates map[string]string
+	Agents          map[string]fleet.Object
+}
+
+// FleetFromEnv reads the fleet's settings, naming the variable that is
+// malformed.
+func FleetFromEnv(getenv func(string) string) (Fleet, error) {
+	f := Fleet{Network: pool.Network{Subnets: list(getenv(EnvSubnets)), SecurityGroups: list(getenv(EnvVMSecurityGroups))}}
+	var errs []error
+	if v := getenv(EnvLaunchTemplates); v != "" {
+		if err := json.Unmarshal([]byte(v), &f.LaunchTemplates); err != nil {
+			errs = append(errs, fmt.Errorf("%s: want a JSON object of pool names to launch template names: %w", EnvLaunchTemplates, err))
+		}
+	}
+	if v := getenv(EnvAgentObjects); v != "" {
+		var objects map[string]struct{ Bucket, Key string }
+		if err := json.Unmarshal([]byte(v), &objects); err != nil {
+			errs = append(errs, fmt.Errorf("%s: want a JSON object of platforms to {\"bucket\", \"key\"}: %w", EnvAgentObjects, err))
+		}
+		f.Agents = map[string]fleet.Object{}
+		for platform, o := range objects {
+			if o.Bucket == "" || o.Key == "" {
+				errs = append(errs, fmt.Errorf("%s: %s: want a bucket and a key", EnvAgentObjects, platform))
+			}
+			f.Agents[platform] = fleet.Object{Bucket: o.Bucket, Key: o.Key}
+		}
+	}
+	return f, errors.Join(errs...)
+}
+
+func list(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
 
 // FromEnv reads the settings from the environment.
 func FromEnv(getenv func(string) string) Settings {
@@ -65,7 +123,11 @@ func AWS(ctx context.Context) (*Deployment, error) {
 	if s.LogBucket == "" {
 		return nil, fmt.Errorf("deployment: %s is not set", EnvLogBucket)
 	}
-	pools, err := pool.Load(PoolsFile(os.Getenv))
+	fl, err := FleetFromEnv(os.Getenv)
+	if err != nil {
+		return nil, fmt.Errorf("deployment: %w", err)
+	}
+	pools, err := pool.LoadFor(PoolsFile(os.Getenv), fl.Network)
 	if err != nil {
 		return nil, err
 	}
@@ -73,13 +135,17 @@ func AWS(ctx context.Context) (*Deployment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aws configuration: %w", err)
 	}
+	s3Client := s3.NewFromConfig(cfg)
 	clients := Clients{
 		DynamoDB:   dynamodb.NewFromConfig(cfg),
 		KMS:        kms.NewFromConfig(cfg),
 		Executions: sfn.NewFromConfig(cfg),
 		Invoker:    lambda.NewFromConfig(cfg),
-		Fleet:      &fleet.EC2{EC2: ec2.NewFromConfig(cfg), SSM: ssm.NewFromConfig(cfg), Deployment: s.Deployment},
-		Logs:       &logarchive.S3{Client: s3.NewFromConfig(cfg), Bucket: s.LogBucket},
+		Fleet: &fleet.EC2{
+			EC2: ec2.NewFromConfig(cfg), SSM: ssm.NewFromConfig(cfg), Deployment: s.Deployment,
+			LaunchTemplates: fl.LaunchTemplates, Agents: fl.Agents, Presign: s3.NewPresignClient(s3Client),
+		},
+		Logs: &logarchive.S3{Client: s3Client, Bucket: s.LogBucket},
 	}
 	return Build(ctx, s, clients, pools.Pools, stage.Settings{}, os.Stderr, os.Stdout)
 }

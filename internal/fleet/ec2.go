@@ -16,8 +16,10 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/smithy-go"
 
@@ -38,6 +40,15 @@ type SSMAPI interface {
 	GetParameter(ctx context.Context, params *ssm.GetParameterInput, optFns ...func(*ssm.Options)) (*ssm.GetParameterOutput, error)
 }
 
+// Presigner makes the download URL of an agent binary in S3;
+// *s3.PresignClient satisfies it.
+type Presigner interface {
+	PresignGetObject(ctx context.Context, params *s3.GetObjectInput, optFns ...func(*s3.PresignOptions)) (*v4.PresignedHTTPRequest, error)
+}
+
+// Object is an S3 object.
+type Object struct{ Bucket, Key string }
+
 // EC2 launches build VMs on EC2.
 type EC2 struct {
 	EC2 EC2API
@@ -47,6 +58,12 @@ type EC2 struct {
 	// LaunchTemplates optionally names a launch template per pool (by
 	// name); the pool's settings override what it holds.
 	LaunchTemplates map[string]string
+	// Agents optionally holds the agent binary per platform ("linux/arm64")
+	// in S3: a VM whose boot names no agent URL downloads its platform's
+	// through a URL presigned for its boot budget, so the bucket stays
+	// private and the VM's instance profile needs no S3 access.
+	Agents  map[string]Object
+	Presign Presigner
 
 	mu     sync.Mutex
 	images map[string]imageInfo // by the pool's AMI setting
@@ -100,6 +117,13 @@ func withoutCapacityRetries(o *ec2.Options) {
 // after the first), so a retried Launch never starts a second instance.
 func (e *EC2) Launch(ctx context.Context, req LaunchRequest) (*Instance, error) {
 	p := req.Pool
+	if req.Boot.AgentURL == "" && len(e.Agents) > 0 {
+		url, err := e.agentURL(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("launch %s: %w", req.Boot.LaunchID, err)
+		}
+		req.Boot.AgentURL = url
+	}
 	userData, err := e.userData(p, req.Boot)
 	if err != nil {
 		return nil, err
@@ -144,6 +168,29 @@ func (e *EC2) Launch(ctx context.Context, req LaunchRequest) (*Instance, error) 
 		}
 	}
 	return nil, fmt.Errorf("launch %s: %w (tried %s)", req.Boot.LaunchID, ErrNoCapacity, strings.Join(tried, ", "))
+}
+
+// agentURL presigns the download of the pool's platform's agent binary,
+// valid for the pool's boot budget: the VM fetches it while it boots.
+func (e *EC2) agentURL(ctx context.Context, p *pool.Pool) (string, error) {
+	platform := p.OS + "/" + p.Arch
+	obj, ok := e.Agents[platform]
+	if !ok {
+		return "", fmt.Errorf("pool %s: the deployment has no agent binary for %s", p.Name, platform)
+	}
+	if e.Presign == nil {
+		return "", errors.New("no S3 presigner for the agent's download URL")
+	}
+	budget := p.BootBudget.Duration
+	if budget <= 0 {
+		budget = pool.DefaultBootBudget
+	}
+	req, err := e.Presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(obj.Bucket), Key: aws.String(obj.Key)},
+		s3.WithPresignExpires(budget))
+	if err != nil {
+		return "", fmt.Errorf("presign the agent download s3://%s/%s: %w", obj.Bucket, obj.Key, err)
+	}
+	return req.URL, nil
 }
 
 func marketName(m types.MarketType) string {

@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/fleet/ec2fake"
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -248,5 +252,56 @@ func TestTerminateAndList(t *testing.T) {
 		if gone != (in.State == "shutting-down") {
 			t.Errorf("%s is %s", in.ID, in.State)
 		}
+	}
+}
+
+// The CDK stack's way: each pool has a launch template and the agent
+// binaries are S3 objects, downloaded through a URL presigned per launch.
+func TestLaunchWithTheStacksTemplatesAndAgentObjects(t *testing.T) {
+	e, fake := newEC2(t)
+	e.LaunchTemplates = map[string]string{"linux": "slipway-test-linux", "windows": "slipway-test-windows"}
+	e.Agents = map[string]fleet.Object{
+		"linux/amd64":   {Bucket: "assets", Key: "0a1b.agent-linux-amd64"},
+		"windows/amd64": {Bucket: "assets", Key: "2c3d.agent-windows-amd64"},
+	}
+	e.Presign = s3.NewPresignClient(s3.NewFromConfig(aws.Config{
+		Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "session+token/="),
+	}))
+	ctx := context.Background()
+	windows := testPool(func(p *pool.Pool) {
+		p.Name, p.OS = "windows", "windows"
+		p.BootBudget = pool.Duration{Duration: 20 * time.Minute}
+	})
+	for _, p := range []*pool.Pool{testPool(nil), windows} {
+		b := boot(t, lease.NewLaunchID())
+		b.AgentURL = ""
+		if _, err := e.Launch(ctx, fleet.LaunchRequest{Pool: p, Boot: b}); err != nil {
+			t.Fatalf("%s: %v", p.Name, err)
+		}
+	}
+	byPool := map[string]ec2fake.Instance{}
+	for _, in := range fake.Instances() {
+		byPool[in.Tags[fleet.TagPool]] = in
+	}
+	for name, want := range map[string]struct{ key, script, expires string }{
+		"linux":   {"0a1b.agent-linux-amd64", "systemctl enable --now slipway-agent", "X-Amz-Expires=600"},
+		"windows": {"2c3d.agent-windows-amd64", "New-Service -Name 'slipway-agent'", "X-Amz-Expires=1200"},
+	} {
+		in := byPool[name]
+		if in.LaunchTemplate != "slipway-test-"+name {
+			t.Errorf("%s: launch template %q", name, in.LaunchTemplate)
+		}
+		ud := string(in.UserData)
+		if !strings.Contains(ud, want.script) || !strings.Contains(ud, want.key+"?") ||
+			!strings.Contains(ud, "X-Amz-Signature=") || !strings.Contains(ud, want.expires) {
+			t.Errorf("%s: the user data does not download its platform's agent through a presigned URL (%s):\n%s", name, want.expires, ud)
+		}
+	}
+
+	arm := testPool(func(p *pool.Pool) { p.Name, p.Arch = "arm", "arm64" })
+	b := boot(t, lease.NewLaunchID())
+	b.AgentURL = ""
+	if _, err := e.Launch(ctx, fleet.LaunchRequest{Pool: arm, Boot: b}); err == nil || !strings.Contains(err.Error(), "no agent binary for linux/arm64") {
+		t.Errorf("a platform without an agent binary: err = %v", err)
 	}
 }

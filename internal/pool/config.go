@@ -131,13 +131,40 @@ var (
 	volumeTypes         = []string{"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
 )
 
+// Network is what a deployment gives every pool: the subnets a pool that
+// names none launches in, and the security groups every pool's VMs get (the
+// CDK stack's, which admits the agent's port from the functions). A stack
+// that creates its VPC knows its subnets only once deployed, so the
+// functions read them from their environment, not from the pools file.
+type Network struct {
+	Subnets        []string
+	SecurityGroups []string
+}
+
+func (n Network) apply(c *Config) {
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		if len(p.Subnets) == 0 {
+			p.Subnets = slices.Clone(n.Subnets)
+		}
+		for _, sg := range n.SecurityGroups {
+			if !slices.Contains(p.SecurityGroups, sg) {
+				p.SecurityGroups = append(p.SecurityGroups, sg)
+			}
+		}
+	}
+}
+
 // Load reads and checks a pools file.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return LoadFor(path, Network{}) }
+
+// LoadFor reads and checks a pools file deployed into the network n.
+func LoadFor(path string, n Network) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read pools file: %w", err)
 	}
-	cfg, err := Parse(data)
+	cfg, err := ParseFor(data, n)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -147,7 +174,11 @@ func Load(path string) (*Config, error) {
 // Parse reads and checks a pools file's content. The error lists every
 // problem found, each with the pool and key it concerns; unknown keys are
 // problems too.
-func Parse(data []byte) (*Config, error) {
+func Parse(data []byte) (*Config, error) { return ParseFor(data, Network{}) }
+
+// ParseFor is Parse for a pools file deployed into the network n: its
+// subnets and security groups complete each pool's before the checks.
+func ParseFor(data []byte, n Network) (*Config, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil {
@@ -163,6 +194,7 @@ func Parse(data []byte) (*Config, error) {
 		problems = append(problems, err)
 		return nil, errors.Join(problems...)
 	}
+	n.apply(&cfg)
 	problems = append(problems, cfg.validate()...)
 	if len(problems) > 0 {
 		return nil, errors.Join(problems...)

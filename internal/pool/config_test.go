@@ -2,6 +2,7 @@ package pool
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -187,4 +188,30 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("accepted a file without pools")
 		}
 	})
+}
+
+func TestADeploymentCompletesEveryPoolsNetwork(t *testing.T) {
+	file := []byte(`pools:
+  - {name: own, os: linux, arch: arm64, instance_types: [c7g.large], ami: ami-0123456789abcdef0,
+     subnets: [subnet-0a1b2c3d4e5f60001], security_groups: [sg-0a1b2c3d4e5f60009], max_instances: 2}
+  - {name: bare, os: windows, arch: amd64, instance_types: [m6i.large], ami: ami-0123456789abcdef0, max_instances: 2}
+`)
+	if _, err := Parse(file); err == nil || !strings.Contains(err.Error(), "pool bare: subnets") {
+		t.Fatalf("a pool without subnets outside a deployment: err = %v", err)
+	}
+	net := Network{Subnets: []string{"subnet-0f0f0f0f0f0f0f0f1", "subnet-0f0f0f0f0f0f0f0f2"}, SecurityGroups: []string{"sg-0f0f0f0f0f0f0f0f3", "sg-0a1b2c3d4e5f60009"}}
+	cfg, err := ParseFor(file, net)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, bare := cfg.Pools[0], cfg.Pools[1]
+	if !slices.Equal(own.Subnets, []string{"subnet-0a1b2c3d4e5f60001"}) || !slices.Equal(bare.Subnets, net.Subnets) {
+		t.Errorf("subnets: own %v, bare %v: a pool's own subnets win, the deployment's fill in", own.Subnets, bare.Subnets)
+	}
+	if want := []string{"sg-0a1b2c3d4e5f60009", "sg-0f0f0f0f0f0f0f0f3"}; !slices.Equal(own.SecurityGroups, want) {
+		t.Errorf("own security groups = %v, want %v (the deployment's added once)", own.SecurityGroups, want)
+	}
+	if !slices.Equal(bare.SecurityGroups, net.SecurityGroups) {
+		t.Errorf("bare security groups = %v, want %v", bare.SecurityGroups, net.SecurityGroups)
+	}
 }
