@@ -112,6 +112,8 @@ func LoadConfig(get func(key string) any, root string) (*Config, error) {
 			return strconv.FormatBool(v)
 		case float64:
 			return strconv.FormatFloat(v, 'f', -1, 64)
+		case int:
+			return strconv.Itoa(v)
 		case []any:
 			parts := make([]string, len(v))
 			for i, p := range v {

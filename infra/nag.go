@@ -21,7 +21,7 @@ func (s *Stack) suppressions() {
 	}
 	stack("AwsSolutions-IAM5",
 		"Lambda attaches VPC functions through ENIs it creates with the function's role and checks the ENI actions on '*'; "+
-			"ec2:DescribeInstances and ec2:DescribeImages have no resource-level permissions",
+			"ec2:DescribeInstances, ec2:DescribeImages and Step Functions' log delivery and X-Ray actions have no resource-level permissions",
 		`/^Resource::\*$/`)
 	stack("AwsSolutions-IAM5",
 		"Instance, volume, network-interface, subnet and security-group ids are not known before launch; each statement is bound "+
@@ -37,9 +37,6 @@ func (s *Stack) suppressions() {
 	stack("AwsSolutions-IAM5",
 		"The state machine may invoke any version or alias of its three functions (what Function.grantInvoke grants)",
 		`/^Resource::<Function.*\.Arn>:\*$/`)
-	stack("AwsSolutions-IAM5",
-		"Step Functions' log delivery and X-Ray actions have no resource-level permissions (what StateMachine grants for logging ALL and tracing)",
-		`/^Resource::\*$/`)
 	stack("AwsSolutions-IAM5",
 		"The delegate policy is for the CI system's role: it calls every method and path of the API (internal/stage/openapi.yaml) on its one stage",
 		`/^Resource::arn:<AWS::Partition>:execute-api:[a-z0-9-]+:[0-9]{12}:<API[0-9A-F]+>\/v1\/\*\/\*$/`)

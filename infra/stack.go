@@ -211,13 +211,13 @@ func (s *Stack) data() {
 	}
 	gsi := def.GlobalSecondaryIndexes[0]
 	s.table = awsdynamodb.NewTable(s.Stack, jsii.String("Table"), &awsdynamodb.TableProps{
-		PartitionKey: attr(*def.KeySchema[0].AttributeName),
-		SortKey:      attr(*def.KeySchema[1].AttributeName),
-		BillingMode:  awsdynamodb.BillingMode_PAY_PER_REQUEST,
+		PartitionKey:                     attr(*def.KeySchema[0].AttributeName),
+		SortKey:                          attr(*def.KeySchema[1].AttributeName),
+		BillingMode:                      awsdynamodb.BillingMode_PAY_PER_REQUEST,
 		PointInTimeRecoverySpecification: &awsdynamodb.PointInTimeRecoverySpecification{PointInTimeRecoveryEnabled: jsii.Bool(true)},
-		Encryption:          awsdynamodb.TableEncryption_AWS_MANAGED,
-		TimeToLiveAttribute: jsii.String(lease.TTLAttribute),
-		RemovalPolicy:       awscdk.RemovalPolicy_RETAIN,
+		Encryption:                       awsdynamodb.TableEncryption_AWS_MANAGED,
+		TimeToLiveAttribute:              jsii.String(lease.TTLAttribute),
+		RemovalPolicy:                    awscdk.RemovalPolicy_RETAIN,
 	})
 	s.table.AddGlobalSecondaryIndex(&awsdynamodb.GlobalSecondaryIndexProps{
 		IndexName:      gsi.IndexName,
@@ -634,8 +634,8 @@ func (s *Stack) delegateAPI() {
 		DefaultMethodOptions: &awsapigateway.MethodOptions{
 			AuthorizationType: awsapigateway.AuthorizationType_IAM,
 		},
-		EndpointTypes:  &[]awsapigateway.EndpointType{awsapigateway.EndpointType_REGIONAL},
-		CloudWatchRole: jsii.Bool(true),
+		EndpointTypes:               &[]awsapigateway.EndpointType{awsapigateway.EndpointType_REGIONAL},
+		CloudWatchRole:              jsii.Bool(true),
 		CloudWatchRoleRemovalPolicy: awscdk.RemovalPolicy_DESTROY,
 		DeployOptions: &awsapigateway.StageOptions{
 			StageName:            jsii.String("v1"),

@@ -1,0 +1,911 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"maps"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-cdk-go/awscdk/v2"
+	"github.com/aws/aws-cdk-go/awscdk/v2/assertions"
+	"github.com/aws/constructs-go/constructs/v10"
+	"github.com/aws/jsii-runtime-go"
+
+	"github.com/slipway-ci/slipway/internal/deploy"
+	"github.com/slipway-ci/slipway/internal/fleet"
+	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/metrics"
+	"github.com/slipway-ci/slipway/internal/secret"
+	"github.com/slipway-ci/slipway/statemachine"
+)
+
+// The tests run in infra/; the assets (make build lambdas) are at the root.
+const root = ".."
+
+// cdkContext is cdk.json's context, the defaults a user starts from.
+func cdkContext(t *testing.T) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, "cdk.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		App     string         `json:"app"`
+		Context map[string]any `json:"context"`
+	}
+	if err := json.Unmarshal(data, &file); err != nil {
+		t.Fatalf("cdk.json: %v", err)
+	}
+	if file.App != "go run ./infra" {
+		t.Errorf("cdk.json app %q", file.App)
+	}
+	return file.Context
+}
+
+// synth is one deployment's template, with cdk-nag's findings.
+type synth struct {
+	stack     *Stack
+	resources map[string]resource
+	metadata  map[string]any
+	errors    []string
+}
+
+type resource struct {
+	Type       string         `json:"Type"`
+	Properties map[string]any `json:"Properties"`
+	Metadata   map[string]any `json:"Metadata"`
+}
+
+// synthesize declares the stack with cdk.json's context and the overrides,
+// as `cdk synth` would.
+func synthesize(t *testing.T, overrides map[string]any) *synth {
+	t.Helper()
+	for _, f := range []string{"bin/lambda/api.zip", "bin/" + agentBinary("linux/arm64")} {
+		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+			t.Fatalf("%v: run make build lambdas first", err)
+		}
+	}
+	ctx := cdkContext(t)
+	maps.Copy(ctx, overrides)
+	app := awscdk.NewApp(&awscdk.AppProps{Context: &ctx, Outdir: jsii.String(t.TempDir())})
+	stack, err := Synth(app, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := assertions.Template_FromStack(stack.Stack, nil)
+	data, err := json.Marshal(tmpl.ToJSON())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Resources map[string]resource `json:"Resources"`
+		Metadata  map[string]any      `json:"Metadata"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	s := &synth{stack: stack, resources: doc.Resources, metadata: doc.Metadata}
+	for _, m := range *assertions.Annotations_FromStack(stack.Stack).FindError(jsii.String("*"), assertions.Match_StringLikeRegexp(jsii.String(".*"))) {
+		s.errors = append(s.errors, fmt.Sprintf("%s: %v", *m.Id, m.Entry.Data))
+	}
+	return s
+}
+
+func (s *synth) ofType(typ string) map[string]resource {
+	out := map[string]resource{}
+	for id, r := range s.resources {
+		if r.Type == typ {
+			out[id] = r
+		}
+	}
+	return out
+}
+
+// flatten writes a CloudFormation value as one string: Refs and GetAtts as
+// <Ref X> and <X.Attr>, joins joined.
+func flatten(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case map[string]any:
+		if ref, ok := v["Ref"].(string); ok {
+			return "<Ref " + ref + ">"
+		}
+		if att, ok := v["Fn::GetAtt"].([]any); ok && len(att) == 2 {
+			return fmt.Sprintf("<%v.%v>", att[0], att[1])
+		}
+		if join, ok := v["Fn::Join"].([]any); ok && len(join) == 2 {
+			parts, _ := join[1].([]any)
+			s := make([]string, len(parts))
+			for i, p := range parts {
+				s[i] = flatten(p)
+			}
+			return strings.Join(s, join[0].(string))
+		}
+	}
+	data, _ := json.Marshal(v)
+	return "<?" + string(data) + ">"
+}
+
+func strs(v any) []string {
+	switch v := v.(type) {
+	case []any:
+		var out []string
+		for _, x := range v {
+			out = append(out, flatten(x))
+		}
+		return out
+	case nil:
+		return nil
+	default:
+		return []string{flatten(v)}
+	}
+}
+
+type statement struct {
+	Sid       string
+	Actions   []string
+	Resources []string
+	Condition map[string]any
+}
+
+// functionsByName maps each function's short name to its logical id.
+func (s *synth) functionsByName(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for id, r := range s.ofType("AWS::Lambda::Function") {
+		name, _ := r.Properties["FunctionName"].(string)
+		short := strings.TrimPrefix(name, s.stack.name(""))
+		out[short] = id
+	}
+	for _, f := range statemachine.Functions {
+		if out[f.Name] == "" {
+			t.Fatalf("no function %s in %v", f.Name, out)
+		}
+	}
+	return out
+}
+
+// statements are the policy statements of each function's role.
+func (s *synth) statements(t *testing.T) map[string][]statement {
+	t.Helper()
+	roleOf := map[string]string{}
+	for name, id := range s.functionsByName(t) {
+		roleOf[strings.Trim(strings.Split(flatten(s.resources[id].Properties["Role"]), ".")[0], "<")] = name
+	}
+	out := map[string][]statement{}
+	for _, p := range s.ofType("AWS::IAM::Policy") {
+		for _, role := range strs(p.Properties["Roles"]) {
+			name, ok := roleOf[strings.TrimSuffix(strings.TrimPrefix(role, "<Ref "), ">")]
+			if !ok {
+				continue
+			}
+			doc := p.Properties["PolicyDocument"].(map[string]any)
+			for _, st := range doc["Statement"].([]any) {
+				m := st.(map[string]any)
+				if m["Effect"] != "Allow" {
+					t.Errorf("%s: statement %v is not an Allow", name, m)
+				}
+				sid, _ := m["Sid"].(string)
+				cond, _ := m["Condition"].(map[string]any)
+				out[name] = append(out[name], statement{Sid: sid, Actions: strs(m["Action"]), Resources: strs(m["Resource"]), Condition: cond})
+			}
+		}
+	}
+	return out
+}
+
+func TestDefaultDeployment(t *testing.T) {
+	s := synthesize(t, nil)
+
+	t.Run("cdk-nag AwsSolutions finds nothing unsuppressed", func(t *testing.T) {
+		if len(s.errors) > 0 {
+			t.Errorf("%d errors:\n%s", len(s.errors), strings.Join(s.errors, "\n"))
+		}
+	})
+
+	t.Run("every suppression has its own written reason", func(t *testing.T) {
+		seen := map[string]string{}
+		n := 0
+		metadata := []map[string]any{s.metadata}
+		for _, r := range s.resources {
+			metadata = append(metadata, r.Metadata)
+		}
+		for _, md := range metadata {
+			nag, _ := md["cdk_nag"].(map[string]any)
+			rules, _ := nag["rules_to_suppress"].([]any)
+			for _, rule := range rules {
+				m := rule.(map[string]any)
+				id, reason := m["id"].(string), m["reason"].(string)
+				n++
+				if len(reason) < 60 {
+					t.Errorf("%s: reason %q says too little", id, reason)
+				}
+				if other, dup := seen[reason]; dup && other != id {
+					t.Errorf("%s and %s share the reason %q", id, other, reason)
+				}
+				seen[reason] = id
+			}
+		}
+		if n == 0 {
+			t.Error("no suppression found in the template's metadata: the test looks in the wrong place")
+		}
+	})
+
+	t.Run("each function may do exactly what its handler does", func(t *testing.T) {
+		byFunction := s.statements(t)
+		common := []string{"logs:CreateLogStream", "logs:PutLogEvents",
+			"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
+			"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses",
+			"kms:Sign", "kms:GetPublicKey"}
+		common = append(common, tableActions...)
+		launch := []string{"ec2:RunInstances", "ec2:CreateTags", "iam:PassRole", "ec2:DescribeImages", "ssm:GetParameter", "s3:GetObject", "ec2:TerminateInstances"}
+		want := map[string][]string{
+			statemachine.API:     {"kms:GenerateDataKey", "states:StartExecution", "lambda:InvokeFunction", "s3:GetObject"},
+			statemachine.Init:    append([]string{"kms:Decrypt"}, launch...),
+			statemachine.Step:    {"kms:Decrypt", "s3:PutObject", "s3:AbortMultipartUpload"},
+			statemachine.Cleanup: {"ec2:TerminateInstances", "lambda:InvokeFunction", "s3:PutObject", "s3:AbortMultipartUpload"},
+			statemachine.Refill:  append([]string{"ec2:DescribeInstances"}, launch...),
+		}
+		unscopable := []string{"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
+			"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses", "ec2:DescribeInstances", "ec2:DescribeImages"}
+		for name, sts := range byFunction {
+			var got []string
+			for _, st := range sts {
+				for _, a := range st.Actions {
+					if strings.HasSuffix(a, "*") {
+						t.Errorf("%s: wildcard action %s", name, a)
+					}
+					got = append(got, a)
+					for _, r := range st.Resources {
+						if r == "*" && !slices.Contains(unscopable, a) {
+							t.Errorf("%s: %s on every resource", name, a)
+						}
+					}
+				}
+			}
+			slices.Sort(got)
+			got = slices.Compact(got)
+			w := slices.Sorted(slices.Values(append(want[name], common...)))
+			w = slices.Compact(w)
+			if !slices.Equal(got, w) {
+				t.Errorf("%s may do\n  %v\nwant\n  %v", name, got, w)
+			}
+		}
+	})
+
+	t.Run("the lease store's calls are all granted", func(t *testing.T) {
+		for m := range reflect.TypeFor[lease.DB]().Methods() {
+			action := "dynamodb:" + m.Name
+			if m.Name == "TransactWriteItems" {
+				continue // authorized by the actions it holds
+			}
+			if !slices.Contains(tableActions, action) {
+				t.Errorf("lease.DB calls %s, which no function may", m.Name)
+			}
+		}
+	})
+
+	t.Run("keys: secrets only under a stage's encryption context, by the functions that need them", func(t *testing.T) {
+		byFunction := s.statements(t)
+		keys := s.ofType("AWS::KMS::Key")
+		var caKey, secretsKey string
+		for id, k := range keys {
+			switch k.Properties["KeySpec"] {
+			case "ECC_NIST_P256":
+				caKey = id
+				if k.Properties["KeyUsage"] != "SIGN_VERIFY" {
+					t.Errorf("CA key usage %v", k.Properties["KeyUsage"])
+				}
+			default:
+				secretsKey = id
+				if k.Properties["EnableKeyRotation"] != true {
+					t.Error("the secrets key does not rotate")
+				}
+			}
+		}
+		if caKey == "" || secretsKey == "" || len(keys) != 2 {
+			t.Fatalf("keys %v", slices.Collect(maps.Keys(keys)))
+		}
+		for name, sts := range byFunction {
+			for _, st := range sts {
+				for _, a := range st.Actions {
+					switch a {
+					case "kms:GenerateDataKey", "kms:Decrypt":
+						if !slices.Equal(st.Resources, []string{"<" + secretsKey + ".Arn>"}) {
+							t.Errorf("%s: %s on %v", name, a, st.Resources)
+						}
+						null, _ := st.Condition["Null"].(map[string]any)
+						if null["kms:EncryptionContext:"+secret.ContextKey] != "false" {
+							t.Errorf("%s: %s without the stage's encryption context: %v", name, a, st.Condition)
+						}
+					case "kms:Sign", "kms:GetPublicKey":
+						if !slices.Equal(st.Resources, []string{"<" + caKey + ".Arn>"}) {
+							t.Errorf("%s: %s on %v", name, a, st.Resources)
+						}
+					}
+				}
+			}
+		}
+	})
+
+	t.Run("instances: launched only from the deployment's templates, tagged, IMDSv2, encrypted; terminated only if tagged", func(t *testing.T) {
+		for name, sts := range s.statements(t) {
+			for _, st := range sts {
+				if !slices.Contains(st.Actions, "ec2:RunInstances") && !slices.Contains(st.Actions, "ec2:TerminateInstances") && !slices.Contains(st.Actions, "ec2:CreateTags") {
+					continue
+				}
+				cond, _ := json.Marshal(st.Condition)
+				c := string(cond)
+				for _, r := range st.Resources {
+					switch {
+					case strings.HasSuffix(r, ":instance/*") && slices.Contains(st.Actions, "ec2:TerminateInstances"):
+						if !strings.Contains(c, `"aws:ResourceTag/`+fleet.TagDeployment+`":"`+s.stack.cfg.Deployment+`"`) {
+							t.Errorf("%s: terminates untagged instances: %s", name, c)
+						}
+					case strings.HasSuffix(r, ":instance/*") && slices.Contains(st.Actions, "ec2:RunInstances"):
+						for _, want := range []string{`"aws:RequestTag/` + fleet.TagDeployment + `":"` + s.stack.cfg.Deployment + `"`, `"ec2:MetadataHttpTokens":"required"`, `"ec2:LaunchTemplate"`} {
+							if !strings.Contains(c, want) {
+								t.Errorf("%s: launches instances without %s: %s", name, want, c)
+							}
+						}
+					case strings.HasSuffix(r, ":volume/*") && slices.Contains(st.Actions, "ec2:RunInstances"):
+						if !strings.Contains(c, `"ec2:Encrypted":"true"`) {
+							t.Errorf("%s: launches unencrypted volumes: %s", name, c)
+						}
+					case slices.Contains(st.Actions, "ec2:CreateTags"):
+						if !strings.Contains(c, `"ec2:CreateAction":"RunInstances"`) {
+							t.Errorf("%s: tags outside a launch: %s", name, c)
+						}
+					}
+				}
+			}
+		}
+	})
+
+	t.Run("security groups: the agent's port from the functions only, nothing from anywhere", func(t *testing.T) {
+		var ingress []map[string]any
+		for _, sg := range s.ofType("AWS::EC2::SecurityGroup") {
+			rules, _ := sg.Properties["SecurityGroupIngress"].([]any)
+			for _, r := range rules {
+				ingress = append(ingress, r.(map[string]any))
+			}
+		}
+		for _, r := range s.ofType("AWS::EC2::SecurityGroupIngress") {
+			ingress = append(ingress, r.Properties)
+		}
+		for _, r := range ingress {
+			if r["CidrIp"] != nil || r["CidrIpv6"] != nil {
+				t.Errorf("ingress from an address range: %v", r)
+			}
+		}
+		vm := s.logicalIDOf(t, s.stack.vmSG)
+		functions := s.logicalIDOf(t, s.stack.functionsSG)
+		var toVM []string
+		for _, r := range ingress {
+			if flatten(r["GroupId"]) == "<"+vm+".GroupId>" {
+				toVM = append(toVM, fmt.Sprintf("%v %v-%v from %s", r["IpProtocol"], r["FromPort"], r["ToPort"], flatten(r["SourceSecurityGroupId"])))
+			}
+		}
+		if want := fmt.Sprintf("tcp %d-%d from <%s.GroupId>", agentPort, agentPort, functions); !slices.Equal(toVM, []string{want}) {
+			t.Errorf("the VMs admit %v, want only %s", toVM, want)
+		}
+	})
+
+	t.Run("launch templates of both platforms", func(t *testing.T) {
+		templates := s.ofType("AWS::EC2::LaunchTemplate")
+		vmRole := s.logicalIDOf(t, s.stack.vmRole)
+		byName := map[string]map[string]any{}
+		for _, lt := range templates {
+			byName[lt.Properties["LaunchTemplateName"].(string)] = lt.Properties["LaunchTemplateData"].(map[string]any)
+		}
+		for _, p := range s.stack.cfg.pools() {
+			data, ok := byName[s.stack.name(p.Name)]
+			if !ok {
+				t.Errorf("pool %s (%s) has no launch template", p.Name, p.OS)
+				continue
+			}
+			md, _ := data["MetadataOptions"].(map[string]any)
+			if md["HttpTokens"] != "required" {
+				t.Errorf("pool %s: IMDSv2 not required: %v", p.Name, md)
+			}
+			if data["InstanceInitiatedShutdownBehavior"] != "terminate" {
+				t.Errorf("pool %s: shutdown %v", p.Name, data["InstanceInitiatedShutdownBehavior"])
+			}
+			if _, ok := data["BlockDeviceMappings"]; ok {
+				t.Errorf("pool %s: block devices in the template would be merged with the image's root by name", p.Name)
+			}
+			if sgs := strs(data["SecurityGroupIds"]); !slices.Equal(sgs, []string{"<" + s.logicalIDOf(t, s.stack.vmSG) + ".GroupId>"}) {
+				t.Errorf("pool %s: security groups %v", p.Name, sgs)
+			}
+			ip, _ := data["IamInstanceProfile"].(map[string]any)
+			if got := flatten(ip["Arn"]); !strings.Contains(got, "VMInstanceProfile") {
+				t.Errorf("pool %s: instance profile %s", p.Name, got)
+			}
+		}
+		if len(byName) != len(s.stack.cfg.pools()) {
+			t.Errorf("%d templates for %d pools", len(byName), len(s.stack.cfg.pools()))
+		}
+		oses := map[string]bool{}
+		for _, p := range s.stack.cfg.pools() {
+			oses[p.OS] = true
+		}
+		if !oses["linux"] || !oses["windows"] {
+			t.Errorf("the example pools cover %v: want both platforms", oses)
+		}
+		// The VMs' role may do nothing.
+		for _, p := range s.ofType("AWS::IAM::Policy") {
+			for _, r := range strs(p.Properties["Roles"]) {
+				if r == "<Ref "+vmRole+">" {
+					t.Errorf("the VM role has a policy: %v", p.Properties)
+				}
+			}
+		}
+		if arns := s.resources[vmRole].Properties["ManagedPolicyArns"]; arns != nil {
+			t.Errorf("the VM role has managed policies %v", arns)
+		}
+	})
+
+	t.Run("data: encrypted, point-in-time recovery, TLS only", func(t *testing.T) {
+		for _, tbl := range s.ofType("AWS::DynamoDB::Table") {
+			sse, _ := tbl.Properties["SSESpecification"].(map[string]any)
+			pitr, _ := tbl.Properties["PointInTimeRecoverySpecification"].(map[string]any)
+			if sse["SSEEnabled"] != true || pitr["PointInTimeRecoveryEnabled"] != true {
+				t.Errorf("table: sse %v, pitr %v", sse, pitr)
+			}
+			ttl, _ := tbl.Properties["TimeToLiveSpecification"].(map[string]any)
+			if ttl["AttributeName"] != lease.TTLAttribute {
+				t.Errorf("table TTL %v", ttl)
+			}
+			gsis, _ := json.Marshal(tbl.Properties["GlobalSecondaryIndexes"])
+			if !strings.Contains(string(gsis), `"IndexName":"`+lease.IdleIndex+`"`) {
+				t.Errorf("no idle index: %s", gsis)
+			}
+		}
+		for _, b := range s.ofType("AWS::S3::Bucket") {
+			enc, _ := json.Marshal(b.Properties["BucketEncryption"])
+			life, _ := json.Marshal(b.Properties["LifecycleConfiguration"])
+			if !strings.Contains(string(enc), "AES256") || !strings.Contains(string(life), `"ExpirationInDays":30`) {
+				t.Errorf("bucket: encryption %s, lifecycle %s", enc, life)
+			}
+		}
+		var tlsOnly bool
+		for _, p := range s.ofType("AWS::S3::BucketPolicy") {
+			doc, _ := json.Marshal(p.Properties["PolicyDocument"])
+			tlsOnly = tlsOnly || strings.Contains(string(doc), `"aws:SecureTransport":"false"`) && strings.Contains(string(doc), `"Effect":"Deny"`)
+		}
+		if !tlsOnly {
+			t.Error("the step log bucket admits plain HTTP")
+		}
+	})
+
+	t.Run("the state machine file, every placeholder resolved to its function", func(t *testing.T) {
+		fns := s.functionsByName(t)
+		for _, sm := range s.ofType("AWS::StepFunctions::StateMachine") {
+			def := flatten(sm.Properties["DefinitionString"])
+			if strings.Contains(def, "${") {
+				t.Errorf("unresolved placeholders in %s", def)
+			}
+			var asl struct {
+				States map[string]struct {
+					Type     string `json:"Type"`
+					Resource string `json:"Resource"`
+				} `json:"States"`
+			}
+			if err := json.Unmarshal([]byte(def), &asl); err != nil {
+				t.Fatalf("definition: %v", err)
+			}
+			tasks := 0
+			for name, st := range asl.States {
+				if st.Type != "Task" {
+					continue
+				}
+				tasks++
+				fn := strings.ToLower(strings.TrimSuffix(name, "Group"))
+				if name == "RunGroup" {
+					fn = statemachine.Step
+				}
+				if want := "<" + fns[fn] + ".Arn>"; st.Resource != want {
+					t.Errorf("task %s invokes %s, want %s", name, st.Resource, want)
+				}
+			}
+			if tasks != 3 {
+				t.Errorf("%d tasks", tasks)
+			}
+			logs, _ := sm.Properties["LoggingConfiguration"].(map[string]any)
+			tracing, _ := sm.Properties["TracingConfiguration"].(map[string]any)
+			if logs["Level"] != "ALL" || tracing["Enabled"] != true {
+				t.Errorf("logging %v, tracing %v", logs, tracing)
+			}
+			if sm.Properties["StateMachineName"] != s.stack.name("stage") {
+				t.Errorf("state machine name %v", sm.Properties["StateMachineName"])
+			}
+		}
+	})
+
+	t.Run("every function: al2023 on arm64 in the VPC, its environment pointing at real resources", func(t *testing.T) {
+		fns := s.functionsByName(t)
+		sm := ""
+		for id := range s.ofType("AWS::StepFunctions::StateMachine") {
+			sm = id
+		}
+		smName := s.resources[sm].Properties["StateMachineName"].(string)
+		table := s.logicalIDOf(t, s.stack.table)
+		bucket := s.logicalIDOf(t, s.stack.logBucket)
+		vmSG := s.logicalIDOf(t, s.stack.vmSG)
+		fnSG := s.logicalIDOf(t, s.stack.functionsSG)
+		var subnets []string
+		for id, r := range s.ofType("AWS::EC2::Subnet") {
+			if r.Properties["MapPublicIpOnLaunch"] != true {
+				subnets = append(subnets, "<Ref "+id+">")
+			}
+		}
+		slices.Sort(subnets)
+		for _, f := range statemachine.Functions {
+			r := s.resources[fns[f.Name]]
+			p := r.Properties
+			if p["Runtime"] != "provided.al2023" || !slices.Equal(strs(p["Architectures"]), []string{"arm64"}) || p["Handler"] != "bootstrap" {
+				t.Errorf("%s: runtime %v %v", f.Name, p["Runtime"], p["Architectures"])
+			}
+			if p["Timeout"] != f.Timeout.Seconds() || p["MemorySize"] != float64(f.MemoryMB) {
+				t.Errorf("%s: timeout %v, memory %v; want statemachine.Functions' %v, %d", f.Name, p["Timeout"], p["MemorySize"], f.Timeout, f.MemoryMB)
+			}
+			vpc, _ := p["VpcConfig"].(map[string]any)
+			got := strs(vpc["SubnetIds"])
+			slices.Sort(got)
+			if !slices.Equal(got, subnets) || !slices.Equal(strs(vpc["SecurityGroupIds"]), []string{"<" + fnSG + ".GroupId>"}) {
+				t.Errorf("%s: vpc %v, want subnets %v", f.Name, vpc, subnets)
+			}
+			env := map[string]string{}
+			vars, _ := p["Environment"].(map[string]any)["Variables"].(map[string]any)
+			for k, v := range vars {
+				env[k] = flatten(v)
+			}
+			want := map[string]string{
+				deploy.EnvDeployment:       s.stack.cfg.Deployment,
+				deploy.EnvTable:            "<Ref " + table + ">",
+				deploy.EnvCAKeyID:          "<" + s.logicalIDOf(t, s.stack.caKey) + ".Arn>",
+				deploy.EnvSecretsKeyID:     "<" + s.logicalIDOf(t, s.stack.secretsKey) + ".Arn>",
+				deploy.EnvStateMachineARN:  "arn:<Ref AWS::Partition>:states:eu-central-1:123456789012:stateMachine:" + smName,
+				deploy.EnvCleanupFunction:  s.resources[fns[statemachine.Cleanup]].Properties["FunctionName"].(string),
+				deploy.EnvRefillFunction:   s.resources[fns[statemachine.Refill]].Properties["FunctionName"].(string),
+				deploy.EnvLogBucket:        "<Ref " + bucket + ">",
+				deploy.EnvPoolsFile:        "/opt/pools.yaml",
+				deploy.EnvSubnets:          strings.Join(strs(vpc["SubnetIds"]), ","),
+				deploy.EnvVMSecurityGroups: "<" + vmSG + ".GroupId>",
+			}
+			for k, v := range want {
+				if env[k] != v {
+					t.Errorf("%s: %s = %q, want %q", f.Name, k, env[k], v)
+				}
+			}
+			// What the function reads of the rest parses, and names the
+			// deployment's launch templates and agents.
+			fl, err := deploy.FleetFromEnv(func(k string) string { return env[k] })
+			if err != nil {
+				t.Errorf("%s: %v", f.Name, err)
+			}
+			for _, p := range s.stack.cfg.pools() {
+				if fl.LaunchTemplates[p.Name] != s.stack.name(p.Name) {
+					t.Errorf("%s: pool %s's launch template %q", f.Name, p.Name, fl.LaunchTemplates[p.Name])
+				}
+				if a := fl.Agents[p.OS+"/"+p.Arch]; !strings.HasPrefix(a.Bucket, "cdk-") || a.Key == "" {
+					t.Errorf("%s: pool %s's agent %+v", f.Name, p.Name, a)
+				}
+			}
+			if len(p["Layers"].([]any)) != 1 {
+				t.Errorf("%s: layers %v (want the pools file's)", f.Name, p["Layers"])
+			}
+		}
+	})
+
+	t.Run("the API: IAM on every method, validated, logged", func(t *testing.T) {
+		methods := s.ofType("AWS::ApiGateway::Method")
+		if len(methods) == 0 {
+			t.Fatal("no methods")
+		}
+		for id, m := range methods {
+			if m.Properties["AuthorizationType"] != "AWS_IAM" || m.Properties["RequestValidatorId"] == nil {
+				t.Errorf("method %s: authorization %v, validator %v", id, m.Properties["AuthorizationType"], m.Properties["RequestValidatorId"])
+			}
+		}
+		for _, st := range s.ofType("AWS::ApiGateway::Stage") {
+			if st.Properties["AccessLogSetting"] == nil || st.Properties["TracingEnabled"] != true {
+				t.Errorf("stage: access logs %v, tracing %v", st.Properties["AccessLogSetting"], st.Properties["TracingEnabled"])
+			}
+			settings, _ := json.Marshal(st.Properties["MethodSettings"])
+			if strings.Contains(string(settings), `"DataTraceEnabled":true`) {
+				t.Error("the API logs request bodies, which carry secrets")
+			}
+		}
+	})
+
+	t.Run("the schedule refills every minute; failed executions are released", func(t *testing.T) {
+		fns := s.functionsByName(t)
+		for _, sch := range s.ofType("AWS::Scheduler::Schedule") {
+			target, _ := sch.Properties["Target"].(map[string]any)
+			if sch.Properties["ScheduleExpression"] != "rate(1 minute)" || flatten(target["Arn"]) != "<"+fns[statemachine.Refill]+".Arn>" || target["Input"] != "{}" {
+				t.Errorf("schedule %v", sch.Properties)
+			}
+		}
+		rules := s.ofType("AWS::Events::Rule")
+		if len(rules) != 1 {
+			t.Fatalf("%d rules", len(rules))
+		}
+		for _, r := range rules {
+			pattern, _ := json.Marshal(r.Properties["EventPattern"])
+			for _, want := range []string{`"FAILED"`, `"TIMED_OUT"`, `"ABORTED"`, `"aws.states"`, `"Step Functions Execution Status Change"`} {
+				if !strings.Contains(string(pattern), want) {
+					t.Errorf("rule pattern %s lacks %s", pattern, want)
+				}
+			}
+			targets, _ := r.Properties["Targets"].([]any)
+			if len(targets) != 1 || flatten(targets[0].(map[string]any)["Arn"]) != "<"+fns[statemachine.Cleanup]+".Arn>" {
+				t.Errorf("rule targets %v", targets)
+			}
+		}
+	})
+
+	t.Run("alarms watch exactly what the functions emit", func(t *testing.T) {
+		emitted := emittedMetrics(t)
+		topic := ""
+		for id := range s.ofType("AWS::SNS::Topic") {
+			topic = "<Ref " + id + ">"
+		}
+		type key struct{ metric, pool string }
+		got := map[key]resource{}
+		var other []string
+		for _, a := range s.ofType("AWS::CloudWatch::Alarm") {
+			p := a.Properties
+			if !slices.Equal(strs(p["AlarmActions"]), []string{topic}) {
+				t.Errorf("alarm %v notifies %v", p["AlarmName"], p["AlarmActions"])
+			}
+			if p["Namespace"] != metrics.Namespace {
+				other = append(other, fmt.Sprintf("%v/%v", p["Namespace"], p["MetricName"]))
+				continue
+			}
+			name := p["MetricName"].(string)
+			if !emitted[name] {
+				t.Errorf("alarm on %s, which no function emits", name)
+			}
+			dims := map[string]string{}
+			for _, d := range p["Dimensions"].([]any) {
+				m := d.(map[string]any)
+				dims[m["Name"].(string)] = m["Value"].(string)
+			}
+			if len(dims) != 2 || dims[metrics.DimDeployment] != s.stack.cfg.Deployment || dims[metrics.DimPool] == "" {
+				t.Errorf("alarm on %s: dimensions %v", name, dims)
+			}
+			got[key{name, dims[metrics.DimPool]}] = a
+		}
+		for _, p := range s.stack.cfg.pools() {
+			for metric, missing := range map[string]string{
+				metrics.IdleDeficit: "breaching", metrics.IdleVMs: "breaching", metrics.BootFailures: "notBreaching",
+				metrics.OrphansTerminated: "notBreaching", metrics.ReleaseFailures: "notBreaching", metrics.LeaseWaitMs: "notBreaching",
+			} {
+				a, ok := got[key{metric, p.Name}]
+				if !ok {
+					t.Errorf("pool %s: no alarm on %s", p.Name, metric)
+					continue
+				}
+				if a.Properties["TreatMissingData"] != missing {
+					t.Errorf("pool %s, %s: missing data %v, want %s", p.Name, metric, a.Properties["TreatMissingData"], missing)
+				}
+			}
+			lw := got[key{metrics.LeaseWaitMs, p.Name}].Properties
+			if lw["ExtendedStatistic"] != "p90" || lw["Threshold"] != float64(s.stack.cfg.LeaseWaitTargetMs) {
+				t.Errorf("pool %s: lease wait alarm %v %v", p.Name, lw["ExtendedStatistic"], lw["Threshold"])
+			}
+			if id := got[key{metrics.IdleDeficit, p.Name}].Properties; id["EvaluationPeriods"] != float64(s.stack.cfg.IdleDeficitMinutes) || id["Threshold"] != 0.0 {
+				t.Errorf("pool %s: idle deficit alarm %v", p.Name, id)
+			}
+		}
+		slices.Sort(other)
+		want := []string{"AWS/States/ExecutionsFailed", "AWS/States/ExecutionsTimedOut"}
+		for range statemachine.Functions {
+			want = append(want, "AWS/Lambda/Errors")
+		}
+		slices.Sort(want)
+		if !slices.Equal(other, want) {
+			t.Errorf("other alarms %v, want %v", other, want)
+		}
+		var dashboard string
+		for _, d := range s.ofType("AWS::CloudWatch::Dashboard") {
+			dashboard = flatten(d.Properties["DashboardBody"])
+		}
+		for _, m := range []string{metrics.IdleVMs, metrics.LeasedVMs, metrics.LeaseWaitMs, metrics.WarmHit, metrics.ColdStart} {
+			if !strings.Contains(dashboard, `"`+m+`"`) {
+				t.Errorf("the dashboard does not show %s", m)
+			}
+		}
+	})
+
+	t.Run("network: free gateway endpoints, no interface endpoints behind a NAT", func(t *testing.T) {
+		var gateways, interfaces []string
+		for _, e := range s.ofType("AWS::EC2::VPCEndpoint") {
+			svc := flatten(e.Properties["ServiceName"])
+			if e.Properties["VpcEndpointType"] == "Interface" {
+				interfaces = append(interfaces, svc)
+			} else {
+				gateways = append(gateways, svc)
+			}
+		}
+		if len(gateways) != 2 || len(interfaces) != 0 || len(s.ofType("AWS::EC2::NatGateway")) != 1 {
+			t.Errorf("gateway endpoints %v, interface endpoints %v, %d NAT", gateways, interfaces, len(s.ofType("AWS::EC2::NatGateway")))
+		}
+	})
+}
+
+// logicalIDOf is the template id of a construct's resource.
+func (s *synth) logicalIDOf(t *testing.T, c constructs.IConstruct) string {
+	t.Helper()
+	el, ok := c.Node().DefaultChild().(awscdk.CfnElement)
+	if !ok {
+		t.Fatalf("%s has no resource", *c.Node().Path())
+	}
+	return *s.stack.GetLogicalId(el)
+}
+
+// emittedMetrics are the metric names the functions' packages emit: the
+// constants of internal/metrics that internal/warm and internal/stage use.
+func emittedMetrics(t *testing.T) map[string]bool {
+	t.Helper()
+	fset := token.NewFileSet()
+	values := map[string]string{}
+	f, err := parser.ParseFile(fset, filepath.Join(root, "internal/metrics/metrics.go"), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast.Inspect(f, func(n ast.Node) bool {
+		if v, ok := n.(*ast.ValueSpec); ok && len(v.Values) == 1 {
+			if lit, ok := v.Values[0].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+				values[v.Names[0].Name], _ = strconv.Unquote(lit.Value)
+			}
+		}
+		return true
+	})
+	used := map[string]bool{}
+	for _, dir := range []string{"internal/warm", "internal/stage"} {
+		files, _ := filepath.Glob(filepath.Join(root, dir, "*.go"))
+		for _, file := range files {
+			if strings.HasSuffix(file, "_test.go") {
+				continue
+			}
+			f, err := parser.ParseFile(fset, file, nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ast.Inspect(f, func(n ast.Node) bool {
+				if sel, ok := n.(*ast.SelectorExpr); ok {
+					if x, ok := sel.X.(*ast.Ident); ok && x.Name == "metrics" {
+						if v, ok := values[sel.Sel.Name]; ok {
+							used[v] = true
+						}
+					}
+				}
+				return true
+			})
+		}
+	}
+	if !used[metrics.IdleDeficit] || !used[metrics.LeaseWaitMs] {
+		t.Fatalf("found only %v: the scan is broken", used)
+	}
+	return used
+}
+
+func TestVPCWithoutNAT(t *testing.T) {
+	s := synthesize(t, map[string]any{"natGateways": 0})
+	if len(s.errors) > 0 {
+		t.Errorf("cdk-nag:\n%s", strings.Join(s.errors, "\n"))
+	}
+	var interfaces []string
+	for _, e := range s.ofType("AWS::EC2::VPCEndpoint") {
+		if e.Properties["VpcEndpointType"] == "Interface" {
+			interfaces = append(interfaces, flatten(e.Properties["ServiceName"]))
+			if e.Properties["PrivateDnsEnabled"] != true {
+				t.Errorf("endpoint %v without private DNS: the SDKs would not use it", e.Properties["ServiceName"])
+			}
+		}
+	}
+	slices.Sort(interfaces)
+	var want []string
+	for _, svc := range []string{"ec2", "kms", "lambda", "logs", "ssm", "states"} {
+		want = append(want, "com.amazonaws.eu-central-1."+svc)
+	}
+	if !slices.Equal(interfaces, want) {
+		t.Errorf("interface endpoints %v, want %v", interfaces, want)
+	}
+	if n := len(s.ofType("AWS::EC2::NatGateway")); n != 0 {
+		t.Errorf("%d NAT gateways", n)
+	}
+	if n := len(s.ofType("AWS::EC2::InternetGateway")); n != 0 {
+		t.Errorf("%d internet gateways in a VPC without NAT", n)
+	}
+}
+
+func TestExistingVPC(t *testing.T) {
+	s := synthesize(t, map[string]any{
+		"vpcId":             "vpc-0a1b2c3d4e5f60000",
+		"subnetIds":         "subnet-0a1b2c3d4e5f60001,subnet-0a1b2c3d4e5f60002",
+		"availabilityZones": []any{"eu-central-1a", "eu-central-1b"},
+		"routeTableIds":     "rtb-0a1b2c3d4e5f60003",
+	})
+	if len(s.errors) > 0 {
+		t.Errorf("cdk-nag:\n%s", strings.Join(s.errors, "\n"))
+	}
+	if n := len(s.ofType("AWS::EC2::VPC")) + len(s.ofType("AWS::EC2::Subnet")) + len(s.ofType("AWS::EC2::NatGateway")); n != 0 {
+		t.Errorf("%d VPC resources made in an existing VPC", n)
+	}
+	for _, f := range s.ofType("AWS::Lambda::Function") {
+		vpc, _ := f.Properties["VpcConfig"].(map[string]any)
+		if got := strs(vpc["SubnetIds"]); !slices.Equal(got, []string{"subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"}) {
+			t.Errorf("%v: subnets %v", f.Properties["FunctionName"], got)
+		}
+	}
+	for _, e := range s.ofType("AWS::EC2::VPCEndpoint") {
+		if e.Properties["VpcId"] != "vpc-0a1b2c3d4e5f60000" || !slices.Equal(strs(e.Properties["RouteTableIds"]), []string{"rtb-0a1b2c3d4e5f60003"}) {
+			t.Errorf("endpoint %v", e.Properties)
+		}
+	}
+	for _, sg := range s.ofType("AWS::EC2::SecurityGroup") {
+		if sg.Properties["VpcId"] != "vpc-0a1b2c3d4e5f60000" {
+			t.Errorf("security group in %v", sg.Properties["VpcId"])
+		}
+	}
+}
+
+func TestBadContextNamesEveryProblem(t *testing.T) {
+	pools := filepath.Join(t.TempDir(), "pools.yaml")
+	if err := os.WriteFile(pools, []byte(`pools:
+  - {name: Bad_Name, os: linux, arch: arm64, instance_types: [c7g.large], ami: ami-0123456789abcdef0, max_instances: 2}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := map[string]any{
+		"deployment": "Prod", "account": "12345", "region": "mars", "pools": pools,
+		"subnetIds": "subnet-0a1b2c3d4e5f60001", "natGateways": "four", "interfaceEndpoints": "maybe",
+		"alarmEmail": "ops", "logRetentionDays": 42, "leaseWaitTargetMs": 5,
+	}
+	_, err := LoadConfig(func(k string) any { return ctx[k] }, root)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		"context deployment:", "context account:", "context region:", "context subnetIds: only with vpcId",
+		"context natGateways:", "context interfaceEndpoints:", "context alarmEmail:", "context logRetentionDays: 42",
+		"context leaseWaitTargetMs:", "pool Bad_Name: name",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q:\n%v", want, err)
+		}
+	}
+
+	if err := os.WriteFile(pools, []byte(`pools:
+  - {name: own-profile, os: linux, arch: arm64, instance_types: [c7g.large], ami: ami-0123456789abcdef0,
+     max_instances: 2, iam_instance_profile: my-profile}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx = map[string]any{"account": "123456789012", "region": "eu-central-1", "pools": pools}
+	if _, err := LoadConfig(func(k string) any { return ctx[k] }, root); err == nil || !strings.Contains(err.Error(), "pool own-profile: iam_instance_profile") {
+		t.Errorf("a pool with its own instance profile: err = %v", err)
+	}
+
+	ctx = map[string]any{"account": "123456789012", "region": "eu-central-1", "vpcId": "vpc-0a1b2c3d4e5f60000",
+		"subnetIds": "subnet-0a1b2c3d4e5f60001,subnet-0a1b2c3d4e5f60002", "availabilityZones": "eu-central-1a"}
+	_, err = LoadConfig(func(k string) any { return ctx[k] }, root)
+	for _, want := range []string{"context availabilityZones: 1 zones for 2 subnets", "context routeTableIds:"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("an existing VPC half described: err = %v, want %q", err, want)
+		}
+	}
+}
