@@ -19,7 +19,11 @@ NODE := $(firstword $(wildcard $(CACHE)/node/node_modules/node-linux-*/bin/node)
 # The functions, each a linux/arm64 bootstrap in bin/lambda/<name>.zip.
 FUNCTIONS := $(notdir $(wildcard functions/*))
 
-.PHONY: all build deps test unit fuzz lint asl bench demo local lambdas clean
+# The CDK app's tests and `cdk synth` start jsii's Node process: Node 22.
+# The CDK CLI's telemetry and notices would call out: both are off.
+CDK_ENV := PATH=$(if $(filter node,$(NODE)),,$(dir $(NODE)):)$$PATH CDK_DISABLE_CLI_TELEMETRY=true
+
+.PHONY: all build deps test unit fuzz lint asl bench demo local lambdas synth clean
 
 all: build
 
@@ -66,10 +70,16 @@ lint: $(GOLANGCI_LINT)
 # each fuzz target briefly, then the linters.
 test: deps build lambdas
 	.ci/with-services $(MAKE) --no-print-directory unit fuzz
-	$(MAKE) --no-print-directory asl lint
+	$(MAKE) --no-print-directory asl lint synth
 
+# unit: every package with the race detector but the CDK app's, whose
+# generated bindings take minutes to compile and hold no goroutines of ours;
+# it runs beside them, without it.
 unit:
-	go test -race -count=1 ./...
+	@set -e; \
+	$(CDK_ENV) go test -count=1 ./infra/... > $(CACHE)/infra-test.log 2>&1 & infra=$$!; \
+	go test -race -count=1 $$(go list ./... | grep -v '/infra$$') || { wait $$infra; cat $(CACHE)/infra-test.log; exit 1; }; \
+	if wait $$infra; then cat $(CACHE)/infra-test.log; else cat $(CACHE)/infra-test.log; exit 1; fi
 
 fuzz:
 	@for target in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/^func //' | sort -u); do \
@@ -85,6 +95,11 @@ asl:
 	  statemachine/stage.asl.json > $(CACHE)/stage.asl.json
 	$(NODE) node_modules/.bin/asl-validator --json-path $(CACHE)/stage.asl.json
 
+# synth: the CloudFormation template of cdk.json's deployment, offline (no
+# lookups, no credentials), with cdk-nag's AwsSolutions checks; into cdk.out.
+synth: deps build lambdas
+	$(CDK_ENV) node_modules/.bin/cdk synth --no-lookups --no-notices --quiet
+
 # bench: every benchmark once, one package at a time (so none measures on a
 # machine loaded by another); each prints `BENCH <name> <value> <unit>`.
 bench: deps build
@@ -99,4 +114,4 @@ local: deps build
 	./bin/slipway local
 
 clean:
-	rm -rf bin
+	rm -rf bin cdk.out

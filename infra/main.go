@@ -14,13 +14,20 @@ import (
 )
 
 func main() {
-	defer jsii.Close()
-	app := awscdk.NewApp(nil)
-	if _, err := Synth(app, "."); err != nil {
+	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "slipway infra:", err)
 		os.Exit(1)
 	}
+}
+
+func run() error {
+	defer jsii.Close()
+	app := awscdk.NewApp(nil)
+	if _, err := Synth(app, "."); err != nil {
+		return err
+	}
 	app.Synth(nil)
+	return nil
 }
 
 // Synth declares the deployment the app's context describes, with the

@@ -39,7 +39,7 @@ func (s *Stack) suppressions() {
 		`/^Resource::<Function.*\.Arn>:\*$/`)
 	stack("AwsSolutions-IAM5",
 		"The delegate policy is for the CI system's role: it calls every method and path of the API (internal/stage/openapi.yaml) on its one stage",
-		`/^Resource::arn:<AWS::Partition>:execute-api:[a-z0-9-]+:[0-9]{12}:<API[0-9A-F]+>\/v1\/\*\/\*$/`)
+		`/^Resource::arn:<AWS::Partition>:execute-api:[a-z0-9-]+:[0-9]{12}:<API[0-9A-F]+>\/api\/\*\/\*$/`)
 	stack("AwsSolutions-IAM4",
 		"API Gateway's account-level CloudWatch role (access logs) uses AWS's AmazonAPIGatewayPushToCloudWatchLogs, the documented policy for it",
 		`/^Policy::arn:<AWS::Partition>:iam::aws:policy\/service-role\/AmazonAPIGatewayPushToCloudWatchLogs$/`)

@@ -638,7 +638,7 @@ func (s *Stack) delegateAPI() {
 		CloudWatchRole:              jsii.Bool(true),
 		CloudWatchRoleRemovalPolicy: awscdk.RemovalPolicy_DESTROY,
 		DeployOptions: &awsapigateway.StageOptions{
-			StageName:            jsii.String("v1"),
+			StageName:            jsii.String("api"),
 			AccessLogDestination: awsapigateway.NewLogGroupLogDestination(access),
 			AccessLogFormat:      awsapigateway.AccessLogFormat_JsonWithStandardFields(nil),
 			LoggingLevel:         awsapigateway.MethodLoggingLevel_ERROR,
@@ -660,7 +660,7 @@ func (s *Stack) delegateAPI() {
 		ManagedPolicyName: jsii.String(s.name("delegate")),
 		Description:       jsii.String("Attach to the role a delegate calls the Slipway API with"),
 		Statements: &[]awsiam.PolicyStatement{awsiam.NewPolicyStatement(&awsiam.PolicyStatementProps{
-			Actions: jsii.Strings("execute-api:Invoke"), Resources: jsii.Strings(*s.api.ArnForExecuteApi(jsii.String("*"), jsii.String("/*"), jsii.String("v1"))),
+			Actions: jsii.Strings("execute-api:Invoke"), Resources: jsii.Strings(*s.api.ArnForExecuteApi(jsii.String("*"), jsii.String("/*"), jsii.String("api"))),
 		})},
 	})
 	awscdk.NewCfnOutput(s.Stack, jsii.String("ApiUrl"), &awscdk.CfnOutputProps{Value: s.api.Url(), Description: jsii.String("The delegate API (SigV4, service execute-api)")})

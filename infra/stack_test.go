@@ -95,7 +95,10 @@ func synthesize(t *testing.T, overrides map[string]any) *synth {
 	}
 	s := &synth{stack: stack, resources: doc.Resources, metadata: doc.Metadata}
 	for _, m := range *assertions.Annotations_FromStack(stack.Stack).FindError(jsii.String("*"), assertions.Match_StringLikeRegexp(jsii.String(".*"))) {
-		s.errors = append(s.errors, fmt.Sprintf("%s: %v", *m.Id, m.Entry.Data))
+		// Annotations answers with cxapi's messages, whose replacement
+		// (@aws-cdk/cloud-assembly-api) has no Go binding yet.
+		s.errors = append(s.errors, fmt.Sprint(m.Entry.Data)) //nolint:staticcheck // see above
+
 	}
 	return s
 }
