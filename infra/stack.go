@@ -29,6 +29,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/secret"
+	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/statemachine"
 )
 
@@ -48,7 +49,7 @@ type Stack struct {
 	launchTemplates    map[string]awsec2.LaunchTemplate
 	functions          map[string]awslambda.Function
 	stateMachine       awsstepfunctions.StateMachine
-	api                awsapigateway.LambdaRestApi
+	api                awsapigateway.RestApi
 	definitionTemplate string
 }
 
@@ -74,7 +75,9 @@ func NewStack(scope constructs.Construct, cfg *Config) (*Stack, error) {
 	if err := s.orchestration(); err != nil {
 		return nil, err
 	}
-	s.delegateAPI()
+	if err := s.delegateAPI(); err != nil {
+		return nil, err
+	}
 	s.alarms()
 	s.suppressions()
 	return s, nil
@@ -621,19 +624,19 @@ func (s *Stack) orchestration() error {
 	return nil
 }
 
-// delegateAPI is the delegate API: REST, IAM auth on every method, the
-// handler behind a proxy integration, access logs; and the policy a
+// delegateAPI is the delegate API: REST, a method for each operation of
+// its OpenAPI document (nothing else reaches the handler), IAM auth on
+// every method, the parameters validated, access logs; and the policy a
 // delegate's role needs to call it.
-func (s *Stack) delegateAPI() {
+func (s *Stack) delegateAPI() error {
+	routes, err := apiRoutes(stage.OpenAPI)
+	if err != nil {
+		return err
+	}
 	access := s.logGroup("APIAccessLogs")
-	s.api = awsapigateway.NewLambdaRestApi(s.Stack, jsii.String("API"), &awsapigateway.LambdaRestApiProps{
-		RestApiName: jsii.String(s.name("api")),
-		Description: jsii.String("Slipway delegate API (SigV4)"),
-		Handler:     s.functions[statemachine.API],
-		Proxy:       jsii.Bool(true),
-		DefaultMethodOptions: &awsapigateway.MethodOptions{
-			AuthorizationType: awsapigateway.AuthorizationType_IAM,
-		},
+	s.api = awsapigateway.NewRestApi(s.Stack, jsii.String("API"), &awsapigateway.RestApiProps{
+		RestApiName:                 jsii.String(s.name("api")),
+		Description:                 jsii.String("Slipway delegate API (SigV4)"),
 		EndpointTypes:               &[]awsapigateway.EndpointType{awsapigateway.EndpointType_REGIONAL},
 		CloudWatchRole:              jsii.Bool(true),
 		CloudWatchRoleRemovalPolicy: awscdk.RemovalPolicy_DESTROY,
@@ -649,12 +652,45 @@ func (s *Stack) delegateAPI() {
 		},
 	})
 	validator := s.api.AddRequestValidator(jsii.String("Validator"), &awsapigateway.RequestValidatorOptions{
-		RequestValidatorName: jsii.String(s.name("requests")), ValidateRequestBody: jsii.Bool(true), ValidateRequestParameters: jsii.Bool(true),
+		RequestValidatorName: jsii.String(s.name("requests")), ValidateRequestParameters: jsii.Bool(true), ValidateRequestBody: jsii.Bool(true),
 	})
-	s.api.Methods()
-	for _, m := range *s.api.Methods() {
-		cfn := m.Node().DefaultChild().(awsapigateway.CfnMethod)
-		cfn.SetRequestValidatorId(validator.RequestValidatorId())
+	object := s.api.AddModel(jsii.String("JSONObject"), &awsapigateway.ModelOptions{
+		ModelName: jsii.String("JSONObject"), ContentType: jsii.String("application/json"),
+		Description: jsii.String("A JSON object: the handler validates the rest against the OpenAPI document"),
+		Schema:      &awsapigateway.JsonSchema{Schema: awsapigateway.JsonSchemaVersion_DRAFT4, Type: awsapigateway.JsonSchemaType_OBJECT},
+	})
+	// Refusals in the API's own error shape, as the handler's.
+	for id, r := range map[string]struct {
+		kind    awsapigateway.ResponseType
+		message string
+	}{
+		"BadBody":       {awsapigateway.ResponseType_BAD_REQUEST_BODY(), "the body is not a JSON object"},
+		"BadParameters": {awsapigateway.ResponseType_BAD_REQUEST_PARAMETERS(), "a required parameter is missing"},
+	} {
+		s.api.AddGatewayResponse(jsii.String(id), &awsapigateway.GatewayResponseOptions{
+			Type: r.kind, StatusCode: jsii.String("400"),
+			Templates: &map[string]*string{"application/json": jsii.String(`{"error":{"code":"invalid","message":"` + r.message + `"}}`)},
+		})
+	}
+	integration := awsapigateway.NewLambdaIntegration(s.functions[statemachine.API], &awsapigateway.LambdaIntegrationOptions{
+		Proxy: jsii.Bool(true), AllowTestInvoke: jsii.Bool(false), ScopePermissionToMethod: jsii.Bool(false),
+	})
+	for _, r := range routes {
+		resource := s.api.Root().ResourceForPath(jsii.String(r.path))
+		params := map[string]*bool{}
+		for name, required := range r.parameters {
+			params[name] = jsii.Bool(required)
+		}
+		opts := &awsapigateway.MethodOptions{
+			AuthorizationType: awsapigateway.AuthorizationType_IAM,
+			RequestValidator:  validator,
+			RequestParameters: &params,
+			OperationName:     jsii.String(r.operation),
+		}
+		if r.body {
+			opts.RequestModels = &map[string]awsapigateway.IModel{"application/json": object}
+		}
+		resource.AddMethod(jsii.String(r.method), integration, opts)
 	}
 	delegate := awsiam.NewManagedPolicy(s.Stack, jsii.String("DelegatePolicy"), &awsiam.ManagedPolicyProps{
 		ManagedPolicyName: jsii.String(s.name("delegate")),
@@ -668,4 +704,5 @@ func (s *Stack) delegateAPI() {
 	awscdk.NewCfnOutput(s.Stack, jsii.String("TableName"), &awscdk.CfnOutputProps{Value: s.table.TableName()})
 	awscdk.NewCfnOutput(s.Stack, jsii.String("StepLogBucket"), &awscdk.CfnOutputProps{Value: s.logBucket.BucketName()})
 	awscdk.NewCfnOutput(s.Stack, jsii.String("StateMachineArn"), &awscdk.CfnOutputProps{Value: s.stateMachine.StateMachineArn()})
+	return nil
 }

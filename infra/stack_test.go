@@ -19,12 +19,14 @@ import (
 	"github.com/aws/aws-cdk-go/awscdk/v2/assertions"
 	"github.com/aws/constructs-go/constructs/v10"
 	"github.com/aws/jsii-runtime-go"
+	"github.com/pb33f/libopenapi"
 
 	"github.com/slipway-ci/slipway/internal/deploy"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/metrics"
 	"github.com/slipway-ci/slipway/internal/secret"
+	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/statemachine"
 )
 
@@ -611,23 +613,52 @@ func TestDefaultDeployment(t *testing.T) {
 		}
 	})
 
-	t.Run("the API: IAM on every method, validated, logged", func(t *testing.T) {
+	t.Run("the API: a method per OpenAPI operation, IAM on each, validated, logged", func(t *testing.T) {
+		want := openAPIOperations(t)
 		methods := s.ofType("AWS::ApiGateway::Method")
-		if len(methods) == 0 {
-			t.Fatal("no methods")
-		}
+		got := map[string]string{}
 		for id, m := range methods {
-			if m.Properties["AuthorizationType"] != "AWS_IAM" || m.Properties["RequestValidatorId"] == nil {
-				t.Errorf("method %s: authorization %v, validator %v", id, m.Properties["AuthorizationType"], m.Properties["RequestValidatorId"])
+			p := m.Properties
+			op := fmt.Sprintf("%v %s", p["HttpMethod"], s.resourcePath(t, p["ResourceId"]))
+			got[op], _ = p["OperationName"].(string)
+			if p["AuthorizationType"] != "AWS_IAM" || p["RequestValidatorId"] == nil {
+				t.Errorf("method %s (%s): authorization %v, validator %v", id, op, p["AuthorizationType"], p["RequestValidatorId"])
+			}
+			models, _ := p["RequestModels"].(map[string]any)
+			if takesBody := op == "POST /v1/stages" || op == "POST /v1/stages/{id}/groups"; takesBody != (models["application/json"] != nil) {
+				t.Errorf("%s: request models %v", op, models)
+			}
+			if op == "GET /v1/stages/{id}/steps/{step}" {
+				params, _ := json.Marshal(p["RequestParameters"])
+				if string(params) != `{"method.request.path.id":true,"method.request.path.step":true,"method.request.querystring.wait":false}` {
+					t.Errorf("%s: parameters %s", op, params)
+				}
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("methods %v\nwant the document's operations %v", got, want)
+		}
+		for _, v := range s.ofType("AWS::ApiGateway::RequestValidator") {
+			if v.Properties["ValidateRequestBody"] != true || v.Properties["ValidateRequestParameters"] != true {
+				t.Errorf("validator %v", v.Properties)
 			}
 		}
 		for _, st := range s.ofType("AWS::ApiGateway::Stage") {
-			if st.Properties["AccessLogSetting"] == nil || st.Properties["TracingEnabled"] != true {
-				t.Errorf("stage: access logs %v, tracing %v", st.Properties["AccessLogSetting"], st.Properties["TracingEnabled"])
+			if st.Properties["AccessLogSetting"] == nil || st.Properties["TracingEnabled"] != true || st.Properties["StageName"] != "api" {
+				t.Errorf("stage %v: access logs %v, tracing %v", st.Properties["StageName"], st.Properties["AccessLogSetting"], st.Properties["TracingEnabled"])
 			}
 			settings, _ := json.Marshal(st.Properties["MethodSettings"])
 			if strings.Contains(string(settings), `"DataTraceEnabled":true`) {
 				t.Error("the API logs request bodies, which carry secrets")
+			}
+		}
+		for _, r := range s.ofType("AWS::ApiGateway::GatewayResponse") {
+			tmpl, _ := r.Properties["ResponseTemplates"].(map[string]any)
+			var e struct {
+				Error struct{ Code, Message string } `json:"error"`
+			}
+			if err := json.Unmarshal([]byte(tmpl["application/json"].(string)), &e); err != nil || e.Error.Code != stage.CodeInvalid || e.Error.Message == "" {
+				t.Errorf("gateway response %v: not the API's error shape: %v", r.Properties["ResponseType"], err)
 			}
 		}
 	})
@@ -756,6 +787,44 @@ func (s *synth) logicalIDOf(t *testing.T, c constructs.IConstruct) string {
 		t.Fatalf("%s has no resource", *c.Node().Path())
 	}
 	return *s.stack.GetLogicalId(el)
+}
+
+// resourcePath is the path of an API Gateway resource, from its parents.
+func (s *synth) resourcePath(t *testing.T, ref any) string {
+	t.Helper()
+	id := strings.TrimSuffix(strings.TrimPrefix(flatten(ref), "<Ref "), ">")
+	if strings.HasSuffix(id, ".RootResourceId") {
+		return ""
+	}
+	r, ok := s.resources[id]
+	if !ok || r.Type != "AWS::ApiGateway::Resource" {
+		t.Fatalf("resource %s", flatten(ref))
+	}
+	return s.resourcePath(t, r.Properties["ParentId"]) + "/" + r.Properties["PathPart"].(string)
+}
+
+// openAPIOperations are the API document's operations, "METHOD path" to
+// operationId, as libopenapi reads it.
+func openAPIOperations(t *testing.T) map[string]string {
+	t.Helper()
+	doc, err := libopenapi.NewDocument(stage.OpenAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model, err := doc.BuildV3Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for path, item := range model.Model.Paths.PathItems.FromOldest() {
+		for method, op := range item.GetOperations().FromOldest() {
+			out[strings.ToUpper(method)+" "+path] = op.OperationId
+		}
+	}
+	if len(out) < 9 {
+		t.Fatalf("only %d operations: %v", len(out), out)
+	}
+	return out
 }
 
 // emittedMetrics are the metric names the functions' packages emit: the
