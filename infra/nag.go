@@ -26,7 +26,7 @@ func (s *Stack) suppressions() {
 	stack("AwsSolutions-IAM5",
 		"Instance, volume, network-interface, subnet and security-group ids are not known before launch; each statement is bound "+
 			"by a condition instead (the deployment's tag, IMDSv2, encryption, the deployment's launch templates, CreateAction=RunInstances)",
-		`/^Resource::arn:<AWS::Partition>:ec2:[a-z0-9-]+:[0-9]{12}:(instance|volume|network-interface|subnet|security-group)\/\*$/`)
+		`/^Resource::arn:<AWS::Partition>:ec2:[a-z0-9-]+:[0-9]{12}:(instance|volume|network-interface|subnet|security-group|spot-instances-request)\/\*$/`)
 	stack("AwsSolutions-IAM5",
 		"Pools name their AMIs by id or by AWS's public SSM parameters; the image is chosen per pool at launch",
 		`/^Resource::arn:<AWS::Partition>:ec2:[a-z0-9-]+::image\/\*$/`,

@@ -401,8 +401,8 @@ func (s *Stack) lambdas() error {
 		// Lambda attaches the function to the VPC through ENIs it makes
 		// with the function's role; it checks these actions on "*".
 		role.AddToPolicy(awsiam.NewPolicyStatement(&awsiam.PolicyStatementProps{
-			Actions: jsii.Strings("ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
-				"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"),
+			Actions: jsii.Strings("ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+				"ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"),
 			Resources: jsii.Strings("*"),
 		}))
 		s.functions[f.Name] = awslambda.NewFunction(s.Stack, jsii.String("Function-"+f.Name), &awslambda.FunctionProps{
@@ -515,10 +515,23 @@ func (s *Stack) launcher(fn awslambda.Function) {
 		Resources:  jsii.Strings(*s.ec2ARN("volume/*")),
 		Conditions: &map[string]any{"Bool": map[string]any{"ec2:Encrypted": "true"}},
 	})
+	network := jsii.Strings(*s.ec2ARN("network-interface/*"), *s.ec2ARN("subnet/*"), *s.ec2ARN("security-group/*"),
+		*s.FormatArn(&awscdk.ArnComponents{Service: jsii.String("ec2"), Account: jsii.String(""), Resource: jsii.String("image/*")}))
+	// What the pools ask for beyond that: their key pairs by name, and
+	// spot requests where a pool is spot.
+	keyPairs, spot := map[string]bool{}, false
+	for _, p := range s.cfg.pools() {
+		if p.KeyPair != "" && !keyPairs[p.KeyPair] {
+			keyPairs[p.KeyPair] = true
+			*network = append(*network, s.ec2ARN("key-pair/"+p.KeyPair))
+		}
+		spot = spot || p.Spot.Enabled
+	}
+	if spot {
+		*network = append(*network, s.ec2ARN("spot-instances-request/*"))
+	}
 	s.statement(fn, &awsiam.PolicyStatementProps{
-		Sid: jsii.String("LaunchIntoTheDeploymentsNetwork"), Actions: jsii.Strings("ec2:RunInstances"),
-		Resources: jsii.Strings(*s.ec2ARN("network-interface/*"), *s.ec2ARN("subnet/*"), *s.ec2ARN("security-group/*"),
-			*s.FormatArn(&awscdk.ArnComponents{Service: jsii.String("ec2"), Account: jsii.String(""), Resource: jsii.String("image/*")})),
+		Sid: jsii.String("LaunchIntoTheDeploymentsNetwork"), Actions: jsii.Strings("ec2:RunInstances"), Resources: network,
 	})
 	s.statement(fn, &awsiam.PolicyStatementProps{
 		Sid: jsii.String("TagWhatItLaunches"), Actions: jsii.Strings("ec2:CreateTags"),
@@ -534,12 +547,23 @@ func (s *Stack) launcher(fn awslambda.Function) {
 	s.statement(fn, &awsiam.PolicyStatementProps{
 		Sid: jsii.String("ResolveImages"), Actions: jsii.Strings("ec2:DescribeImages"), Resources: jsii.Strings("*"),
 	})
+	// The AMI parameters the pools name: AWS's public ones (no account in
+	// their ARN), and the account's own exactly.
+	parameters := jsii.Strings(*s.FormatArn(&awscdk.ArnComponents{
+		Service: jsii.String("ssm"), Account: jsii.String(""), Resource: jsii.String("parameter"),
+		ResourceName: jsii.String("aws/service/*"), ArnFormat: awscdk.ArnFormat_SLASH_RESOURCE_NAME,
+	}))
+	for _, p := range s.cfg.pools() {
+		path, ok := strings.CutPrefix(p.AMI, "resolve:ssm:")
+		if ok && !strings.HasPrefix(path, "/aws/service/") {
+			*parameters = append(*parameters, s.FormatArn(&awscdk.ArnComponents{
+				Service: jsii.String("ssm"), Resource: jsii.String("parameter"),
+				ResourceName: jsii.String(strings.TrimPrefix(path, "/")), ArnFormat: awscdk.ArnFormat_SLASH_RESOURCE_NAME,
+			}))
+		}
+	}
 	s.statement(fn, &awsiam.PolicyStatementProps{
-		Sid: jsii.String("ResolvePublicImageParameters"), Actions: jsii.Strings("ssm:GetParameter"),
-		Resources: jsii.Strings(*s.FormatArn(&awscdk.ArnComponents{
-			Service: jsii.String("ssm"), Account: jsii.String(""), Resource: jsii.String("parameter"),
-			ResourceName: jsii.String("aws/service/*"), ArnFormat: awscdk.ArnFormat_SLASH_RESOURCE_NAME,
-		})),
+		Sid: jsii.String("ResolveImageParameters"), Actions: jsii.Strings("ssm:GetParameter"), Resources: parameters,
 	})
 	// Presigning signs with the launcher's role: it may read exactly the
 	// agent binaries, nothing else of the assets bucket.

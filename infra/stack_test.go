@@ -249,7 +249,7 @@ func TestDefaultDeployment(t *testing.T) {
 	t.Run("each function may do exactly what its handler does", func(t *testing.T) {
 		byFunction := s.statements(t)
 		common := []string{"logs:CreateLogStream", "logs:PutLogEvents",
-			"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
+			"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets", "ec2:DeleteNetworkInterface",
 			"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses",
 			"kms:Sign", "kms:GetPublicKey"}
 		common = append(common, tableActions...)
@@ -261,7 +261,7 @@ func TestDefaultDeployment(t *testing.T) {
 			statemachine.Cleanup: {"ec2:TerminateInstances", "lambda:InvokeFunction", "s3:PutObject", "s3:AbortMultipartUpload"},
 			statemachine.Refill:  append([]string{"ec2:DescribeInstances"}, launch...),
 		}
-		unscopable := []string{"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
+		unscopable := []string{"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets", "ec2:DeleteNetworkInterface",
 			"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses", "ec2:DescribeInstances", "ec2:DescribeImages"}
 		for name, sts := range byFunction {
 			var got []string
@@ -979,5 +979,43 @@ func TestBadContextNamesEveryProblem(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("an existing VPC half described: err = %v, want %q", err, want)
 		}
+	}
+}
+
+func TestPoolsShapeTheLaunchPolicy(t *testing.T) {
+	pools := filepath.Join(t.TempDir(), "pools.yaml")
+	if err := os.WriteFile(pools, []byte(`pools:
+  - {name: keyed, os: linux, arch: arm64, instance_types: [c7g.large], ami: /acme/images/ci-arm64,
+     max_instances: 2, key_pair: ops}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := synthesize(t, map[string]any{"pools": pools})
+	if len(s.errors) > 0 {
+		t.Errorf("cdk-nag:\n%s", strings.Join(s.errors, "\n"))
+	}
+	for _, name := range []string{statemachine.Init, statemachine.Refill} {
+		var resources []string
+		for _, st := range s.statements(t)[name] {
+			if slices.Contains(st.Actions, "ec2:RunInstances") || slices.Contains(st.Actions, "ssm:GetParameter") {
+				resources = append(resources, st.Resources...)
+			}
+		}
+		for _, want := range []string{
+			"arn:<Ref AWS::Partition>:ec2:eu-central-1:123456789012:key-pair/ops",
+			"arn:<Ref AWS::Partition>:ssm:eu-central-1:123456789012:parameter/acme/images/ci-arm64",
+		} {
+			if !slices.Contains(resources, want) {
+				t.Errorf("%s may not launch with %s: %v", name, want, resources)
+			}
+		}
+		for _, r := range resources {
+			if strings.Contains(r, "spot-instances-request") || strings.HasSuffix(r, "key-pair/*") {
+				t.Errorf("%s: %s, which no pool needs", name, r)
+			}
+		}
+	}
+	if len(s.ofType("AWS::EC2::LaunchTemplate")) != 1 || len(s.ofType("AWS::S3::Bucket")) != 1 {
+		t.Error("one pool, one launch template, one bucket")
 	}
 }
