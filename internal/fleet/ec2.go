@@ -286,7 +286,9 @@ func (e *EC2) runInput(p *pool.Pool, launchID string, img imageInfo, itype, subn
 		in.KeyName = aws.String(p.KeyPair)
 	}
 	if lt := e.LaunchTemplates[p.Name]; lt != "" {
-		in.LaunchTemplate = &types.LaunchTemplateSpecification{LaunchTemplateName: aws.String(lt)}
+		// $Latest: the deployment updates the template in place, and a
+		// template's default version stays the first unless set.
+		in.LaunchTemplate = &types.LaunchTemplateSpecification{LaunchTemplateName: aws.String(lt), Version: aws.String("$Latest")}
 	}
 	return in
 }

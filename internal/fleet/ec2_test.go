@@ -288,7 +288,7 @@ func TestLaunchWithTheStacksTemplatesAndAgentObjects(t *testing.T) {
 		"windows": {"2c3d.agent-windows-amd64", "New-Service -Name 'slipway-agent'", "X-Amz-Expires=1200"},
 	} {
 		in := byPool[name]
-		if in.LaunchTemplate != "slipway-test-"+name {
+		if in.LaunchTemplate != "slipway-test-"+name+"@$Latest" {
 			t.Errorf("%s: launch template %q", name, in.LaunchTemplate)
 		}
 		ud := string(in.UserData)

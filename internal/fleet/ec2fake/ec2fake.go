@@ -44,7 +44,8 @@ type Instance struct {
 	HTTPTokens                                                  string
 	RootVolumeSize                                              int
 	RootVolumeEncrypted                                         bool
-	// LaunchTemplate and SecurityGroups are as RunInstances named them.
+	// LaunchTemplate (name@version) and SecurityGroups are as RunInstances
+	// named them.
 	LaunchTemplate string
 	SecurityGroups []string
 }
@@ -329,7 +330,8 @@ func (s *Server) runInstances(w http.ResponseWriter, form url.Values) {
 		PrivateIP: fmt.Sprintf("10.0.%d.%d", s.nextID/250, s.nextID%250+1), ClientToken: req.ClientToken, State: "pending",
 		Market: req.Market, Tags: tags, UserData: userData, LaunchTime: time.Now().UTC(), StateTime: time.Now(),
 		HTTPTokens: form.Get("MetadataOptions.HttpTokens"), RootVolumeSize: size, RootVolumeEncrypted: encrypted,
-		LaunchTemplate: form.Get("LaunchTemplate.LaunchTemplateName"), SecurityGroups: list(form, "SecurityGroupId"),
+		LaunchTemplate: strings.TrimSuffix(form.Get("LaunchTemplate.LaunchTemplateName")+"@"+form.Get("LaunchTemplate.Version"), "@"),
+		SecurityGroups: list(form, "SecurityGroupId"),
 	}
 	s.instances[in.ID] = in
 	s.tokens[req.ClientToken] = in.ID
