@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -96,8 +97,22 @@ func (k *Keeper) log() *slog.Logger {
 	return k.Logger
 }
 
+// eventCounts are the metrics that count what a pass did. A pass that did
+// none of it emits none of them: CloudWatch bills every metric that gets
+// data in an hour, and an idle pool would pay for seven zeros a minute
+// (DESIGN's alarms on them treat no data as nothing happened). The depth
+// gauges go out on every pass: no data there means no refill.
+var eventCounts = map[string]bool{
+	metrics.VMsLaunched: true, metrics.LaunchFailures: true, metrics.BootFailures: true,
+	metrics.LeasesExpired: true, metrics.VMsRetired: true, metrics.OrphansTerminated: true, metrics.GhostsRemoved: true,
+}
+
 func (k *Keeper) emit(p string, ms ...metrics.Metric) {
 	if k.Metrics == nil {
+		return
+	}
+	ms = slices.DeleteFunc(ms, func(m metrics.Metric) bool { return eventCounts[m.Name] && m.Value == 0 })
+	if len(ms) == 0 {
 		return
 	}
 	if err := k.Metrics.Pool(p, ms...); err != nil {

@@ -3,8 +3,10 @@ package warm_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -419,4 +421,42 @@ func TestBadPoolsLaunchNothing(t *testing.T) {
 	if n := e.fake.Calls("RunInstances"); n != 0 {
 		t.Fatalf("%d RunInstances calls for a bad pool", n)
 	}
+}
+
+// An idle pool at its target pays CloudWatch for its five depth gauges, not
+// for a zero of every event count.
+func TestAnIdlePassEmitsOnlyTheDepth(t *testing.T) {
+	e := newEnv(t, testPool("p", 2, 5))
+	ctx := context.Background()
+	for range 2 {
+		if _, err := e.keeper.Handle(ctx, warm.Request{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.metrics.Reset()
+	if _, err := e.keeper.Handle(ctx, warm.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for line := range strings.Lines(strings.TrimSpace(e.metrics.String())) {
+		var doc struct {
+			AWS struct {
+				CloudWatchMetrics []struct{ Metrics []struct{ Name string } }
+			} `json:"_aws"`
+		}
+		if err := json.Unmarshal([]byte(line), &doc); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range doc.AWS.CloudWatchMetrics {
+			for _, m := range d.Metrics {
+				names = append(names, m.Name)
+			}
+		}
+	}
+	slices.Sort(names)
+	want := []string{metrics.Capacity, metrics.IdleDeficit, metrics.IdleVMs, metrics.LeasedVMs, metrics.ProvisioningVMs}
+	if !slices.Equal(names, want) {
+		t.Errorf("an idle pass emitted %v, want %v", names, want)
+	}
+	e.checkMetrics(t)
 }
