@@ -38,22 +38,21 @@ type Stack struct {
 	awscdk.Stack
 	cfg *Config
 
-	vpc                awsec2.IVpc
-	subnets            *awsec2.SubnetSelection
-	functionsSG, vmSG  awsec2.SecurityGroup
-	table              awsdynamodb.Table
-	caKey, secretsKey  awskms.Key
-	logBucket          awss3.Bucket
-	agents             map[string]awss3assets.Asset
-	vmRole             awsiam.Role
-	launchTemplates    map[string]awsec2.LaunchTemplate
-	functions          map[string]awslambda.Function
-	stateMachine       awsstepfunctions.StateMachine
-	api                awsapigateway.RestApi
-	definitionTemplate string
+	vpc               awsec2.IVpc
+	subnets           *awsec2.SubnetSelection
+	functionsSG, vmSG awsec2.SecurityGroup
+	table             awsdynamodb.Table
+	caKey, secretsKey awskms.Key
+	logBucket         awss3.Bucket
+	agents            map[string]awss3assets.Asset
+	vmRole            awsiam.Role
+	launchTemplates   map[string]awsec2.LaunchTemplate
+	functions         map[string]awslambda.Function
+	stateMachine      awsstepfunctions.StateMachine
+	api               awsapigateway.RestApi
 }
 
-// agentProvider is the agent's TLS port, the only one the VMs admit.
+// agentPort is the agent's TLS port, the only one the VMs admit.
 const agentPort = fleet.DefaultPort
 
 // NewStack declares a deployment.
@@ -606,7 +605,6 @@ func (s *Stack) orchestration() error {
 	if err != nil {
 		return err
 	}
-	s.definitionTemplate = string(definition)
 	logs := s.logGroup("StateMachineLogs")
 	s.stateMachine = awsstepfunctions.NewStateMachine(s.Stack, jsii.String("Stage"), &awsstepfunctions.StateMachineProps{
 		StateMachineName: jsii.String(s.name("stage")),
@@ -697,7 +695,8 @@ func (s *Stack) delegateAPI() error {
 		})
 	}
 	integration := awsapigateway.NewLambdaIntegration(s.functions[statemachine.API], &awsapigateway.LambdaIntegrationOptions{
-		Proxy: jsii.Bool(true), AllowTestInvoke: jsii.Bool(false), ScopePermissionToMethod: jsii.Bool(false),
+		// One permission for the API, not one per method.
+		Proxy: jsii.Bool(true), ScopePermissionToMethod: jsii.Bool(false),
 	})
 	for _, r := range routes {
 		resource := s.api.Root().ResourceForPath(jsii.String(r.path))
