@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
 	"regexp"
 	"slices"
@@ -36,6 +37,13 @@ const (
 	MaxWait      = 60 * time.Second
 	MaxEnvVars   = 1000
 	MaxOutputs   = 100
+	// MaxSecretBytes bounds one secret's value and MaxSecretsBytes the
+	// secrets a step is masked for (its stage's and its own together): the
+	// masking automaton holds about 600 bytes per byte of secret (every
+	// variant of it), so a step at the limit costs the agent about 80 MB for
+	// as long as it runs. Larger values belong in files, which are not masked.
+	MaxSecretBytes  = 32 << 10
+	MaxSecretsBytes = 128 << 10
 	// MinMemoryBytes is Docker's own floor for a memory limit.
 	MinMemoryBytes = 6 << 20
 	MaxMemoryBytes = 1 << 40
@@ -88,7 +96,7 @@ type Stage struct {
 // Validate reports every problem of a stage spec at once.
 func (s *Stage) Validate() error {
 	errs := []error{ValidateID("stage", s.ID)}
-	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets))
+	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets), validateSecrets(s.Secrets))
 	for i, f := range s.Files {
 		if err := validateRelPath(f.Path); err != nil {
 			errs = append(errs, fmt.Errorf("files[%d]: %w", i, err))
@@ -179,7 +187,7 @@ func (s *Step) Validate() error {
 	if s.MemoryBytes != 0 && (s.MemoryBytes < MinMemoryBytes || s.MemoryBytes > MaxMemoryBytes) {
 		errs = append(errs, fmt.Errorf("memory_bytes %d: want %d to %d", s.MemoryBytes, MinMemoryBytes, MaxMemoryBytes))
 	}
-	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets))
+	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets), validateSecrets(s.Secrets))
 	if s.WorkDir != "" {
 		if err := validateRelPath(s.WorkDir); err != nil {
 			errs = append(errs, fmt.Errorf("work_dir: %w", err))
@@ -362,6 +370,42 @@ func DecodeStage(r io.Reader) (*Stage, error) {
 		return nil, err
 	}
 	return &s, nil
+}
+
+// validateSecrets holds each secret to MaxSecretBytes and all of them to
+// MaxSecretsBytes.
+func validateSecrets(secrets map[string]string) error {
+	var errs []error
+	total := 0
+	for _, name := range slices.Sorted(maps.Keys(secrets)) {
+		n := len(secrets[name])
+		total += n
+		if n > MaxSecretBytes {
+			errs = append(errs, fmt.Errorf("secrets: %s: %d bytes, at most %d (larger values belong in files)", name, n, MaxSecretBytes))
+		}
+	}
+	if total > MaxSecretsBytes {
+		errs = append(errs, fmt.Errorf("secrets: %d bytes in all, at most %d", total, MaxSecretsBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// SecretBytes is the size of a set of secrets' values.
+func SecretBytes(secrets map[string]string) int {
+	n := 0
+	for _, v := range secrets {
+		n += len(v)
+	}
+	return n
+}
+
+// SecretsFit reports whether a step's secrets and its stage's (stageBytes)
+// are within MaxSecretsBytes together: the step's output is masked for both.
+func SecretsFit(stageBytes int, step map[string]string) error {
+	if total := stageBytes + SecretBytes(step); total > MaxSecretsBytes {
+		return fmt.Errorf("secrets: the stage's (%d bytes) and the step's (%d) together are over %d", stageBytes, total-stageBytes, MaxSecretsBytes)
+	}
+	return nil
 }
 
 func validateEnv(field string, env map[string]string) error {

@@ -2,6 +2,7 @@ package agentapi
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -115,4 +116,27 @@ func FuzzDecodeStage(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestSecretsHaveLimits(t *testing.T) {
+	big := strings.Repeat("s", MaxSecretBytes+1)
+	fits := strings.Repeat("s", MaxSecretBytes)
+	st := Stage{ID: "s", Secrets: map[string]string{"BIG": big}}
+	if err := st.Validate(); err == nil || !strings.Contains(err.Error(), "secrets: BIG: 32769 bytes, at most 32768") {
+		t.Errorf("a secret over the limit: %v", err)
+	}
+	many := map[string]string{}
+	for i := range 5 {
+		many[fmt.Sprintf("S%d", i)] = fits
+	}
+	step := Step{Command: []string{"true"}, Secrets: many}
+	if err := step.Validate(); err == nil || !strings.Contains(err.Error(), "secrets: 163840 bytes in all, at most 131072") {
+		t.Errorf("secrets over the total: %v", err)
+	}
+	if err := SecretsFit(100<<10, map[string]string{"A": fits}); err == nil || !strings.Contains(err.Error(), "together are over 131072") {
+		t.Errorf("stage and step together: %v", err)
+	}
+	if err := SecretsFit(96<<10, map[string]string{"A": fits}); err != nil {
+		t.Errorf("exactly at the limit: %v", err)
+	}
 }

@@ -10,11 +10,13 @@ package mask
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/json"
+	"fmt"
 	"io"
 	"net/url"
 	"slices"
 	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // Replacement stands in for every masked run of bytes.
@@ -24,72 +26,212 @@ const Replacement = "******"
 // its own; shorter lines ("-----", "}") would mask ordinary log text.
 const minLineLength = 4
 
-// Variants returns the forms in which a secret commonly reaches a log: as is,
-// JSON-escaped, shell-quoted, base64 and URL-encoded, and each line of a
-// multi-line secret.
+// Variants returns the forms in which a secret commonly reaches a log: as
+// is; JSON-escaped the ways the major languages' encoders write it; quoted
+// for a shell; base64 (standard and URL alphabets, padded or not, and at
+// each of the three alignments it can have inside a longer encoded text,
+// as in base64("user:" + token)); percent-encoded (query and path escaping,
+// every byte, upper- and lower-case hex); and each line of a multi-line
+// secret.
 func Variants(secret string) []string {
 	if secret == "" {
 		return nil
 	}
-	forms := []string{
-		secret,
-		jsonEscaped(secret),
-		"'" + strings.ReplaceAll(secret, "'", `'\''`) + "'",
-		shellEscaped(secret),
-		base64.StdEncoding.EncodeToString([]byte(secret)),
-		// Unpadded forms also match where the encoded secret sits inside a longer
-		// encoded text, aligned.
-		base64.RawStdEncoding.EncodeToString([]byte(secret)),
-		base64.RawURLEncoding.EncodeToString([]byte(secret)),
-		url.QueryEscape(secret),
-		url.PathEscape(secret),
-	}
+	forms := []string{secret}
+	forms = append(forms, jsonForms(secret)...)
+	forms = append(forms, shellForms(secret)...)
+	forms = append(forms, base64Forms([]byte(secret))...)
+	forms = append(forms, percentForms(secret)...)
 	if strings.ContainsAny(secret, "\r\n") {
 		for _, line := range strings.FieldsFunc(secret, func(r rune) bool { return r == '\n' || r == '\r' }) {
 			if line = strings.TrimSpace(line); len(line) >= minLineLength {
-				forms = append(forms, line, jsonEscaped(line))
+				forms = append(forms, line)
+				forms = append(forms, jsonForms(line)...)
+			}
+		}
+	}
+	return dedupe(forms)
+}
+
+// jsonStyle is how one encoder writes a JSON string.
+type jsonStyle struct {
+	html      bool   // <, >, & as \u003c... (Go's default, Gson, .NET)
+	ascii     bool   // every non-ASCII character as \u escapes (Python, PHP, .NET)
+	slash     bool   // / as \/ (PHP)
+	shortBF   bool   // \b and \f rather than \u0008 and \u000c
+	upper     bool   // upper-case hex digits (.NET)
+	alsoQuote string // further characters written as \u escapes (.NET: ' + `)
+}
+
+var jsonStyles = []jsonStyle{
+	{html: true, shortBF: true},  // Go encoding/json (since 1.22), Gson
+	{shortBF: true},              // Go without HTML escaping, JavaScript JSON.stringify, Jackson, serde_json
+	{},                           // Go before 1.22, and encoders that write \b and \f as \u escapes
+	{shortBF: true, ascii: true}, // Python json.dumps, Ruby's ascii_only
+	{shortBF: true, ascii: true, slash: true},                               // PHP json_encode
+	{shortBF: true, ascii: true, html: true, upper: true, alsoQuote: "'+`"}, // .NET System.Text.Json
+}
+
+func jsonForms(s string) []string {
+	forms := make([]string, 0, len(jsonStyles))
+	for _, st := range jsonStyles {
+		forms = append(forms, st.escape(s))
+	}
+	return forms
+}
+
+func (st jsonStyle) escape(s string) string {
+	hex := "0123456789abcdef"
+	if st.upper {
+		hex = "0123456789ABCDEF"
+	}
+	var b strings.Builder
+	u := func(r rune) {
+		b.WriteString(`\u`)
+		for shift := 12; shift >= 0; shift -= 4 {
+			b.WriteByte(hex[r>>uint(shift)&0xf])
+		}
+	}
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			u(0xfffd) // an invalid byte, as Go's encoder writes it
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == '\b' && st.shortBF:
+			b.WriteString(`\b`)
+		case r == '\f' && st.shortBF:
+			b.WriteString(`\f`)
+		case r < 0x20, r == 0x2028 || r == 0x2029,
+			st.html && (r == '<' || r == '>' || r == '&'),
+			strings.ContainsRune(st.alsoQuote, r):
+			u(r)
+		case r == '/' && st.slash:
+			b.WriteString(`\/`)
+		case r >= 0x80 && st.ascii:
+			if r > 0xffff {
+				r1, r2 := utf16.EncodeRune(r)
+				u(r1)
+				u(r2)
+			} else {
+				u(r)
+			}
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// shellForms are the secret single-quoted, double-quoted, and with each
+// metacharacter backslash-escaped (as bash's printf %q and set -x write it).
+func shellForms(s string) []string {
+	var esc, dq strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(" \t\"'\\$`!&|;<>()*?[]{}#~", r) {
+			esc.WriteByte('\\')
+		}
+		esc.WriteRune(r)
+		if strings.ContainsRune("\"\\$`", r) {
+			dq.WriteByte('\\')
+		}
+		dq.WriteRune(r)
+	}
+	return []string{"'" + strings.ReplaceAll(s, "'", `'\''`) + "'", esc.String(), `"` + dq.String() + `"`}
+}
+
+// minBase64Core is the shortest aligned core worth masking: shorter runs of
+// base64 characters occur in ordinary text.
+const minBase64Core = 6
+
+// base64Forms are the secret's base64 encodings, whole, and the part of it
+// that depends on the secret's bytes alone at each alignment k (the secret
+// behind k mod 3 other bytes): the characters fully inside its bits.
+func base64Forms(secret []byte) []string {
+	var forms []string
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+		forms = append(forms, enc.EncodeToString(secret), enc.WithPadding(base64.NoPadding).EncodeToString(secret))
+		for k := range 3 {
+			text := enc.EncodeToString(append(make([]byte, k), secret...))
+			from, to := (8*k+5)/6, 8*(k+len(secret))/6
+			if to-from >= minBase64Core {
+				forms = append(forms, text[from:to])
 			}
 		}
 	}
 	return forms
 }
 
-func jsonEscaped(s string) string {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s) // encoding a string cannot fail
-	out := strings.TrimSuffix(buf.String(), "\n")
-	return out[1 : len(out)-1]
-}
-
-// shellEscaped is the secret with each shell metacharacter backslash-escaped,
-// as bash's printf %q and set -x print it.
-func shellEscaped(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(" \t\"'\\$`!&|;<>()*?[]{}#~", r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
+// percentForms are the secret query- and path-escaped, each also with
+// lower-case hex, and every byte percent-encoded in upper and lower case.
+func percentForms(s string) []string {
+	var upper, lower strings.Builder
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&upper, "%%%02X", s[i])
+		fmt.Fprintf(&lower, "%%%02x", s[i])
 	}
-	return b.String()
+	q, p := url.QueryEscape(s), url.PathEscape(s)
+	return []string{q, p, lowerHex(q), lowerHex(p), upper.String(), lower.String()}
 }
 
-// Matcher is an immutable automaton over a set of patterns; it is safe for
-// concurrent use by any number of Writers.
+// lowerHex lower-cases the hex digits of percent escapes.
+func lowerHex(s string) string {
+	b := []byte(s)
+	for i := 0; i+2 < len(b); i++ {
+		if b[i] == '%' {
+			b[i+1], b[i+2] = lowerByte(b[i+1]), lowerByte(b[i+2])
+			i += 2
+		}
+	}
+	return string(b)
+}
+
+func lowerByte(c byte) byte {
+	if 'A' <= c && c <= 'F' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// Matcher is an immutable Aho-Corasick automaton over a set of patterns; it
+// is safe for concurrent use by any number of Writers.
+//
+// Its shallow states (the first denseStates in breadth-first order, where
+// ordinary text spends its time) have a dense transition table: one lookup
+// per byte. The deeper ones, which a long secret makes by the thousand and
+// which are mostly a chain of one child each, keep only their children and
+// failure link: a dense row is 1 KiB, a deep state about 20 bytes, so the
+// memory and the time to build grow with the patterns' total length by a
+// small constant.
 type Matcher struct {
-	// trans[state][b] is the next state. States are numbered so that every
-	// state at which a pattern ends is >= firstMatch: the hot loop tests one
-	// integer per byte.
-	trans      [][256]int32
-	depth      []int32 // length of the longest pattern prefix that ends at the state
-	matchLen   []int32 // length of the longest pattern that ends at the state
-	firstMatch int32
+	// dense[s][b] is the state after b in shallow state s, complemented
+	// (negative) when that state ends a pattern: the hot loop tests one
+	// sign per byte.
+	dense [][256]int32
+	// The children of every state s, sorted by label:
+	// label[first[s]:first[s+1]] and child[first[s]:first[s+1]].
+	first []int32
+	label []byte
+	child []int32
+	fail  []int32
+	// depth is the length of the pattern prefix a state stands for;
+	// matchLen the length of the longest pattern that ends at it (0: none).
+	depth    []int32
+	matchLen []int32
 	// starts[b] is whether some pattern starts with b: from the root state,
 	// the hot loop skips other bytes without following the automaton.
 	starts [256]bool
 }
+
+// denseStates bounds the shallow states with a dense row (1 KiB each).
+const denseStates = 2048
 
 // New compiles a matcher over the variants of the given secrets. With no
 // secrets it matches nothing.
@@ -102,85 +244,135 @@ func New(secrets ...string) *Matcher {
 }
 
 // Compile builds a matcher over the patterns as given.
-func Compile(patterns []string) *Matcher {
-	patterns = dedupe(patterns)
-	// Build the trie.
-	type node struct {
-		next  map[byte]int32
-		fail  int32
-		depth int32
-		match int32
-	}
-	nodes := []node{{next: map[byte]int32{}}}
+func Compile(patterns []string) *Matcher { return compile(patterns, denseStates) }
+
+func compile(patterns []string, maxDense int) *Matcher {
+	patterns = dedupe(patterns) // sorted: each pattern's new nodes hang off the previous one's path
+	// The trie, as first-child / next-sibling lists in insertion order.
+	total := 1
 	for _, p := range patterns {
+		total += len(p)
+	}
+	var (
+		firstChild = make([]int32, 1, total)
+		lastChild  = make([]int32, 1, total)
+		sibling    = make([]int32, 1, total)
+		labels     = make([]byte, 1, total)
+		ends       = make([]int32, 1, total)
+		path       []int32 // the previous pattern's nodes, path[i] after i+1 bytes
+		prev       string
+	)
+	firstChild[0], lastChild[0], sibling[0] = -1, -1, -1
+	for _, p := range patterns {
+		common := 0
+		for common < len(p) && common < len(prev) && p[common] == prev[common] {
+			common++
+		}
+		path = path[:common]
 		cur := int32(0)
-		for i := 0; i < len(p); i++ {
-			nxt, ok := nodes[cur].next[p[i]]
-			if !ok {
-				nxt = int32(len(nodes))
-				nodes = append(nodes, node{next: map[byte]int32{}, depth: nodes[cur].depth + 1})
-				nodes[cur].next[p[i]] = nxt
-			}
-			cur = nxt
+		if common > 0 {
+			cur = path[common-1]
 		}
-		nodes[cur].match = int32(len(p))
+		for k := common; k < len(p); k++ {
+			n := int32(len(labels))
+			firstChild, lastChild, sibling = append(firstChild, -1), append(lastChild, -1), append(sibling, -1)
+			labels, ends = append(labels, p[k]), append(ends, 0)
+			// Sorted patterns arrive in label order: a new child is the last.
+			if lastChild[cur] < 0 {
+				firstChild[cur] = n
+			} else {
+				sibling[lastChild[cur]] = n
+			}
+			lastChild[cur] = n
+			path = append(path, n)
+			cur = n
+		}
+		ends[cur] = int32(len(p))
+		prev = p
 	}
 
-	// Breadth-first: failure links, inherited matches and the dense transitions.
-	n := len(nodes)
-	trans := make([]int32, n*256)
-	order := make([]int32, 0, n)
-	queue := []int32{0}
-	for len(queue) > 0 {
-		cur := queue[0]
-		queue = queue[1:]
-		order = append(order, cur)
-		if f := nodes[cur].fail; cur != 0 && nodes[f].match > nodes[cur].match {
-			nodes[cur].match = nodes[f].match
+	// Renumber breadth-first, so the shallow states come first, and lay the
+	// children out contiguously.
+	n := len(labels)
+	order := make([]int32, 0, n) // order[new] = old
+	order = append(order, 0)
+	m := &Matcher{first: make([]int32, n+1), label: make([]byte, n-1), child: make([]int32, n-1),
+		fail: make([]int32, n), depth: make([]int32, n), matchLen: make([]int32, n)}
+	newID := make([]int32, n)
+	edges := int32(0)
+	for q := 0; q < len(order); q++ {
+		old := order[q]
+		m.first[q] = edges
+		for c := firstChild[old]; c >= 0; c = sibling[c] {
+			newID[c] = int32(len(order))
+			m.label[edges], m.child[edges] = labels[c], newID[c]
+			m.depth[newID[c]] = m.depth[q] + 1
+			m.matchLen[newID[c]] = ends[c]
+			order = append(order, c)
+			edges++
 		}
-		for b := 0; b < 256; b++ {
-			child, ok := nodes[cur].next[byte(b)]
-			switch {
-			case ok:
-				if cur != 0 {
-					nodes[child].fail = trans[int(nodes[cur].fail)<<8|b]
-				}
-				trans[int(cur)<<8|b] = child
-				queue = append(queue, child)
-			case cur != 0:
-				trans[int(cur)<<8|b] = trans[int(nodes[cur].fail)<<8|b]
+	}
+	m.first[n] = edges
+	for k := m.first[0]; k < m.first[1]; k++ {
+		m.starts[m.label[k]] = true
+	}
+
+	// Failure links and inherited matches, breadth-first; then the dense
+	// rows of the shallow states, each from its failure state's row.
+	nd := min(n, maxDense)
+	m.dense = make([][256]int32, nd)
+	for s := 0; s < n; s++ {
+		for k := m.first[s]; k < m.first[s+1]; k++ {
+			c := m.child[k]
+			if s != 0 {
+				m.fail[c] = m.next(m.fail[s], m.label[k])
+			}
+			if f := m.fail[c]; m.matchLen[f] > m.matchLen[c] {
+				m.matchLen[c] = m.matchLen[f]
+			}
+		}
+		if s < nd {
+			row := &m.dense[s]
+			if s != 0 {
+				*row = m.dense[m.fail[s]] // shallower, so done (and not flagged yet)
+			}
+			for k := m.first[s]; k < m.first[s+1]; k++ {
+				row[m.label[k]] = m.child[k]
 			}
 		}
 	}
-
-	// Renumber: non-matching states first (root stays 0), matching states last.
-	perm := make([]int32, n)
-	next := int32(0)
-	for _, s := range order {
-		if nodes[s].match == 0 {
-			perm[s] = next
-			next++
-		}
-	}
-	m := &Matcher{firstMatch: next, trans: make([][256]int32, n), depth: make([]int32, n), matchLen: make([]int32, n)}
-	for _, s := range order {
-		if nodes[s].match != 0 {
-			perm[s] = next
-			next++
-		}
-	}
-	for b := range nodes[0].next {
-		m.starts[b] = true
-	}
-	for old := range nodes {
-		s := perm[old]
-		m.depth[s] = nodes[old].depth
-		m.matchLen[s] = nodes[old].match
-		for b := 0; b < 256; b++ {
-			m.trans[s][b] = perm[trans[old<<8|b]]
+	// Flag the transitions into states that end a pattern.
+	for s := range m.dense {
+		for b, t := range m.dense[s] {
+			if m.matchLen[t] > 0 {
+				m.dense[s][b] = ^t
+			}
 		}
 	}
 	return m
+}
+
+func unflag(v int32) int32 {
+	if v < 0 {
+		return ^v
+	}
+	return v
+}
+
+// next is the state after b in state s, following failure links from a
+// deep state until a child or a shallow state answers.
+func (m *Matcher) next(s int32, b byte) int32 {
+	for {
+		if int(s) < len(m.dense) {
+			return unflag(m.dense[s][b])
+		}
+		for k := m.first[s]; k < m.first[s+1]; k++ {
+			if m.label[k] == b {
+				return m.child[k]
+			}
+		}
+		s = m.fail[s]
+	}
 }
 
 func dedupe(patterns []string) []string {
@@ -256,21 +448,27 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	m := w.m
-	trans, firstMatch := m.trans, m.firstMatch
+	dense, starts := m.dense, &m.starts
+	shallow := int32(len(dense))
 	s := w.state
 	for i := 0; i < len(p); i++ {
 		if s == 0 {
-			for i < len(p) && !m.starts[p[i]] {
+			for i < len(p) && !starts[p[i]] {
 				i++
 			}
 			if i == len(p) {
 				break
 			}
 		}
-		s = trans[s][p[i]]
-		if s >= firstMatch {
-			end := base + int64(i) + 1
-			w.addRun(end-int64(m.matchLen[s]), end)
+		if s >= shallow {
+			if s = m.next(s, p[i]); m.matchLen[s] > 0 {
+				w.addRun(base+int64(i)+1-int64(m.matchLen[s]), base+int64(i)+1)
+			}
+			continue
+		}
+		if s = dense[s][p[i]]; s < 0 {
+			s = ^s
+			w.addRun(base+int64(i)+1-int64(m.matchLen[s]), base+int64(i)+1)
 		}
 	}
 	w.state = s

@@ -3,12 +3,17 @@ package mask
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/url"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf16"
 )
 
 func TestMaskVariants(t *testing.T) {
@@ -117,7 +122,8 @@ func TestWriterMatchesReferenceUnderAnySplit(t *testing.T) {
 		}
 		in := randString(rng, alphabet, rng.IntN(40))
 		want := reference(in, patterns)
-		m := Compile(patterns)
+		// Every split between shallow (dense) and deep states.
+		m := compile(patterns, []int{denseStates, 1, 2, 5}[round%4])
 		var out bytes.Buffer
 		w := m.Writer(&out)
 		rest := in
@@ -187,7 +193,7 @@ func FuzzWriter(f *testing.F) {
 		if secret == "" {
 			return
 		}
-		m := Compile([]string{secret})
+		m := compile([]string{secret}, 1+int(split)%4)
 		var out bytes.Buffer
 		w := m.Writer(&out)
 		n := int(split) % (len(in) + 1)
@@ -237,4 +243,165 @@ func TestEmptyMatcherPassesThrough(t *testing.T) {
 	if out.String() != "hello world" {
 		t.Fatalf("got %q", out.String())
 	}
+}
+
+// encodings are the ways a secret reaches a log that the masker must catch,
+// each written here from the encoders themselves (or from Go's, changed the
+// way another language's differs), not from the masker's variants. Each
+// returns the text a step prints and the part of it that must not survive.
+var encodings = map[string]func(rng *rand.Rand, secret string) (text, mustGo string){
+	"raw": func(_ *rand.Rand, s string) (string, string) { return s, s },
+	"json go": func(_ *rand.Rand, s string) (string, string) {
+		b, _ := json.Marshal(s)
+		return string(b), string(b[1 : len(b)-1])
+	},
+	"json go no html": func(_ *rand.Rand, s string) (string, string) { e := goJSON(s); return `"` + e + `"`, e },
+	"json javascript": func(_ *rand.Rand, s string) (string, string) { e := jsJSON(s); return `"` + e + `"`, e },
+	"json python":     func(_ *rand.Rand, s string) (string, string) { e := asciiJSON(jsJSON(s), "%04x"); return e, e },
+	"json php": func(_ *rand.Rand, s string) (string, string) {
+		e := strings.ReplaceAll(asciiJSON(jsJSON(s), "%04x"), "/", `\/`)
+		return e, e
+	},
+	"json dotnet": func(_ *rand.Rand, s string) (string, string) {
+		e := asciiJSON(jsJSON(s), "%04X")
+		for _, c := range "<>&'+`" {
+			e = strings.ReplaceAll(e, string(c), fmt.Sprintf(`\u%04X`, c))
+		}
+		return e, e
+	},
+	"single quoted": func(_ *rand.Rand, s string) (string, string) {
+		q := "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		return "echo " + q, q
+	},
+	"double quoted": func(_ *rand.Rand, s string) (string, string) {
+		r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, `$`, `\$`, "`", "\\`")
+		q := `"` + r.Replace(s) + `"`
+		return "export X=" + q, q
+	},
+	"query escaped": func(_ *rand.Rand, s string) (string, string) { q := url.QueryEscape(s); return "?t=" + q + "&x=1", q },
+	"path escaped":  func(_ *rand.Rand, s string) (string, string) { q := url.PathEscape(s); return "/a/" + q + "/b", q },
+	"every byte percent-encoded": func(rng *rand.Rand, s string) (string, string) {
+		format := []string{"%%%02X", "%%%02x"}[rng.IntN(2)]
+		var b strings.Builder
+		for i := 0; i < len(s); i++ {
+			fmt.Fprintf(&b, format, s[i])
+		}
+		return b.String(), b.String()
+	},
+	"base64 inside a longer text": func(rng *rand.Rand, s string) (string, string) {
+		// base64("user:" + token + "@host"): the secret at any alignment,
+		// in either alphabet; what depends on the secret's bytes alone
+		// must go.
+		prefix := randString(rng, "user:abc", rng.IntN(7))
+		suffix := randString(rng, "@host", rng.IntN(5))
+		enc := []*base64.Encoding{base64.StdEncoding, base64.URLEncoding, base64.RawStdEncoding}[rng.IntN(3)]
+		text := enc.EncodeToString([]byte(prefix + s + suffix))
+		from, to := (8*len(prefix)+5)/6, 8*(len(prefix)+len(s))/6
+		return "Authorization: Basic " + text, text[from:to]
+	},
+}
+
+func goJSON(s string) string {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	out := strings.TrimSpace(b.String())
+	return out[1 : len(out)-1]
+}
+
+// jsJSON is Go's encoding as JSON.stringify writes it: \b and \f short.
+func jsJSON(s string) string {
+	return strings.NewReplacer(`\u0008`, `\b`, `\u000c`, `\f`).Replace(goJSON(s))
+}
+
+// asciiJSON writes every non-ASCII character of a JSON text as \u escapes.
+func asciiJSON(s, hex string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r < 0x80:
+			b.WriteRune(r)
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			fmt.Fprintf(&b, `\u`+hex+`\u`+hex, r1, r2)
+		default:
+			fmt.Fprintf(&b, `\u`+hex, r)
+		}
+	}
+	return b.String()
+}
+
+// Random secrets, encoded each way, inside random text, written in random
+// pieces: nothing of an encoded secret survives the masking.
+func TestEncodedSecretsAreMaskedInAnyText(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 9))
+	alphabet := []string{"abcXYZ019", " \"'\\$`&<>/+=?%#", "\t\n\b\f", "é€😀ü"}
+	names := slices.Sorted(maps.Keys(encodings))
+	for round := range 3000 {
+		var sb strings.Builder
+		for range 8 + rng.IntN(24) {
+			set := alphabet[0]
+			if rng.IntN(3) == 0 {
+				set = alphabet[rng.IntN(len(alphabet))]
+			}
+			r := []rune(set)
+			sb.WriteRune(r[rng.IntN(len(r))])
+		}
+		secret := sb.String()
+		if strings.TrimSpace(secret) != secret || len(strings.TrimSpace(secret)) < 8 {
+			continue // secrets are trimmed values; short ones have short encodings that text holds by chance
+		}
+		name := names[round%len(names)]
+		text, mustGo := encodings[name](rng, secret)
+		in := randString(rng, "lorem ipsum=:\n", rng.IntN(30)) + text + randString(rng, "dolor sit\n", rng.IntN(30))
+		m := New(secret)
+		var out bytes.Buffer
+		w := m.Writer(&out)
+		for rest := in; len(rest) > 0; {
+			n := 1 + rng.IntN(len(rest))
+			_, _ = w.Write([]byte(rest[:n]))
+			rest = rest[n:]
+		}
+		_ = w.Flush()
+		if strings.Contains(out.String(), mustGo) || !strings.Contains(out.String(), Replacement) {
+			t.Fatalf("%s of %q: %q survived in %q", name, secret, mustGo, out.String())
+		}
+	}
+}
+
+// BenchmarkMaskLargeSecrets: a matcher over secrets at the agent's limits
+// (agentapi.MaxSecretsBytes in all, each at most MaxSecretBytes: here 4
+// values of 32 KiB of printable text, each in all its variants), its build
+// time and the memory it holds, and its throughput on a log.
+func BenchmarkMaskLargeSecrets(b *testing.B) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var secrets []string
+	total := 0
+	for range 4 {
+		s := randString(rng, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/=:-_. \"'<>&", 32<<10)
+		secrets = append(secrets, s)
+		total += len(s)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	m := New(secrets...)
+	build := time.Since(start)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	held := float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20)
+	line := []byte(strings.Repeat("0123456789abcdef", 4)[:63] + "\n")
+	chunk := bytes.Repeat(line, 4096)
+	const logBytes = 256 << 20
+	start = time.Now()
+	w := m.Writer(discard{})
+	for n := 0; n < logBytes; n += len(chunk) {
+		_, _ = w.Write(chunk)
+	}
+	_ = w.Flush()
+	fmt.Printf("BENCH mask_large_secrets_build %.0f ms secret_bytes=%d states=%d heap_mib=%.1f bytes_per_secret_byte=%.0f throughput_mb_s=%.0f\n",
+		float64(build.Microseconds())/1000, total, len(m.depth), held, held*(1<<20)/float64(total), logBytes/1e6/time.Since(start).Seconds())
+	runtime.KeepAlive(m)
 }

@@ -331,3 +331,35 @@ func TestBinding(t *testing.T) {
 		t.Fatalf("health %+v", h)
 	}
 }
+
+// Secrets at the limits bind, start and are masked, in their encodings too;
+// one byte over is a 400 naming what is too large.
+func TestLargeSecrets(t *testing.T) {
+	stageSecret := strings.Repeat("stage-secret/", agentapi.MaxSecretBytes/13)
+	stepSecret := strings.Repeat("step:secret+", agentapi.MaxSecretBytes/12)
+	a := boundAgent(t, agentapi.Stage{Secrets: map[string]string{"BIG": stageSecret}}, server.Config{})
+	st := run(t, a, "big", agentapi.Step{
+		Script:  `printf '%s\n' "$BIG"; printf '%s' "user:$MINE" | base64 -w0; echo`,
+		Secrets: map[string]string{"MINE": stepSecret},
+	})
+	if st.State != agentapi.StepSucceeded {
+		t.Fatalf("state %s (%s)", st.State, st.Error)
+	}
+	got := logOf(t, a, "big")
+	if strings.Contains(got, "stage-secret/stage-secret/") || len(got) > 100 {
+		t.Errorf("the log holds a secret: %.200q", got)
+	}
+
+	ctx := agenttest.Context(t)
+	var apiErr *client.APIError
+	over := map[string]string{"A": strings.Repeat("a", agentapi.MaxSecretBytes), "B": strings.Repeat("b", agentapi.MaxSecretBytes),
+		"C": strings.Repeat("c", agentapi.MaxSecretBytes), "D": strings.Repeat("d", 100)}
+	_, err := a.Client.StartStep(ctx, stageID, "over", &agentapi.Step{Script: "true", Secrets: over})
+	if !errors.As(err, &apiErr) || apiErr.Status != 400 || !strings.Contains(apiErr.Message, "together are over 131072") {
+		t.Errorf("the stage's and the step's secrets over the limit: %v", err)
+	}
+	_, err = a.Client.StartStep(ctx, stageID, "one", &agentapi.Step{Script: "true", Secrets: map[string]string{"HUGE": strings.Repeat("h", agentapi.MaxSecretBytes+1)}})
+	if !errors.As(err, &apiErr) || apiErr.Status != 400 || !strings.Contains(apiErr.Message, "HUGE: 32769 bytes") {
+		t.Errorf("one secret over the limit: %v", err)
+	}
+}

@@ -86,6 +86,14 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, "container steps need docker, which this agent does not reach")
 		return
 	}
+	stageSecrets := 0
+	for _, v := range st.secrets {
+		stageSecrets += len(v)
+	}
+	if err := agentapi.SecretsFit(stageSecrets, spec.Secrets); err != nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
+		return
+	}
 	key := canonical(spec)
 
 	st.mu.Lock()

@@ -137,6 +137,11 @@ func (s *Spec) Validate(pools []string) error {
 			errs = append(errs, fmt.Errorf("%s: final, but groups follow it", field))
 		}
 		errs = append(errs, g.validate(field, seen))
+		for j, step := range g.Steps {
+			if err := agentapi.SecretsFit(agentapi.SecretBytes(s.Secrets), step.Secrets); err != nil {
+				errs = append(errs, fmt.Errorf("%s.steps[%d]: %w", field, j, err))
+			}
+		}
 		steps += len(g.Steps)
 	}
 	if steps > MaxStepsPerStage {
