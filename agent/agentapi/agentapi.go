@@ -38,10 +38,11 @@ const (
 	MaxEnvVars   = 1000
 	MaxOutputs   = 100
 	// MaxSecretBytes bounds one secret's value and MaxSecretsBytes the
-	// secrets a step is masked for (its stage's and its own together): the
+	// distinct values a stage is masked for (its own secrets and every
+	// step's: a step-scoped secret is masked in the steps after it too): the
 	// masking automaton holds about 600 bytes per byte of secret (every
-	// variant of it), so a step at the limit costs the agent about 80 MB for
-	// as long as it runs. Larger values belong in files, which are not masked.
+	// variant of it), so a stage at the limit costs the agent about 80 MB.
+	// Larger values belong in files, which are not masked.
 	MaxSecretBytes  = 32 << 10
 	MaxSecretsBytes = 128 << 10
 	// MinMemoryBytes is Docker's own floor for a memory limit.
@@ -390,22 +391,20 @@ func validateSecrets(secrets map[string]string) error {
 	return errors.Join(errs...)
 }
 
-// SecretBytes is the size of a set of secrets' values.
-func SecretBytes(secrets map[string]string) int {
+// DistinctSecretBytes is the size of the distinct values of sets of
+// secrets: what masking them costs.
+func DistinctSecretBytes(sets ...map[string]string) int {
+	seen := map[string]bool{}
 	n := 0
-	for _, v := range secrets {
-		n += len(v)
+	for _, set := range sets {
+		for _, v := range set {
+			if !seen[v] {
+				seen[v] = true
+				n += len(v)
+			}
+		}
 	}
 	return n
-}
-
-// SecretsFit reports whether a step's secrets and its stage's (stageBytes)
-// are within MaxSecretsBytes together: the step's output is masked for both.
-func SecretsFit(stageBytes int, step map[string]string) error {
-	if total := stageBytes + SecretBytes(step); total > MaxSecretsBytes {
-		return fmt.Errorf("secrets: the stage's (%d bytes) and the step's (%d) together are over %d", stageBytes, total-stageBytes, MaxSecretsBytes)
-	}
-	return nil
 }
 
 func validateEnv(field string, env map[string]string) error {

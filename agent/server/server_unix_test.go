@@ -197,3 +197,57 @@ func TestEscapedProcessesDie(t *testing.T) {
 	}
 	waitGone(t, other)
 }
+
+// A step's raw outputs are its own: another step, as another user or not,
+// cannot read them, and a later step that prints an earlier step's secret
+// anyway has it masked.
+func TestAStepsSecretsStayItsOwn(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("steps as other users need the agent to run as root, as it does on a VM")
+	}
+	root := t.TempDir()
+	for _, d := range []string{filepath.Dir(root), root} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := boundAgent(t, agentapi.Stage{}, server.Config{WorkRoot: root})
+	ctx := agenttest.Context(t)
+	// The first step writes its secret to its outputs and, while it runs,
+	// lets the others look.
+	first := agentapi.Step{
+		Script:  `echo "TOKEN=$MINE" >> "$SLIPWAY_OUTPUT"; echo "$SLIPWAY_OUTPUT" > ../where; sleep 1`,
+		Secrets: map[string]string{"MINE": "only-for-the-first-step"},
+	}
+	if _, err := a.Client.StartStep(ctx, stageID, "first", &first); err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		if _, err := os.Stat(filepath.Join(a.WorkRoot, stageID, "where")); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	snoop := run(t, a, "snoop", agentapi.Step{
+		Script: `cat "$(cat ../where)" || echo unreadable; ls "$(dirname "$(dirname "$(cat ../where)")")" || echo unlistable`,
+		User:   "65534:65534",
+	})
+	if st, err := a.Client.WaitStep(ctx, stageID, "first", snoop.BootID, 0); err != nil || st.Outputs["TOKEN"] != "******" {
+		t.Fatalf("first step: %+v %v", st, err)
+	}
+	if got := logOf(t, a, "snoop"); strings.Contains(got, "only-for") || !strings.Contains(got, "unreadable") || !strings.Contains(got, "unlistable") {
+		t.Errorf("another user's step read the first step's outputs: %q", got)
+	}
+	// Once the first step ended its raw outputs are gone; and a later step
+	// that learnt the secret some other way prints it masked.
+	later := run(t, a, "later", agentapi.Step{Script: `cat "$(cat ../where)" 2>/dev/null || echo gone; echo only-for-the-first-step`})
+	if got := logOf(t, a, "later"); got != "gone\n******\n" || later.State != agentapi.StepSucceeded {
+		t.Errorf("a later step's log %q", got)
+	}
+	entries, _ := os.ReadDir(filepath.Join(a.WorkRoot, stageID, "steps"))
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".outputs") {
+			t.Errorf("%s is left after its step", e.Name())
+		}
+	}
+}

@@ -32,8 +32,15 @@ type stage struct {
 	// layered on top, KEY=VALUE, computed once at bind; containerEnv is the
 	// same without the agent's environment.
 	hostEnv, containerEnv []string
-	secrets               []string      // secret values, masked in every step
-	matcher               *mask.Matcher // over secrets
+
+	// mu guards secrets and matcher too: every secret value the stage has
+	// seen, its own and its steps' (a step-scoped secret is masked in every
+	// step started after it, in case a later step reads what the first one
+	// left), at most agentapi.MaxSecretsBytes in all; the matcher is over
+	// all of them.
+	secrets     []string
+	secretBytes int
+	matcher     *mask.Matcher
 
 	// mu guards steps, closing and the usage totals. A step's own state has
 	// its own lock.
@@ -94,8 +101,14 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("clear stage folder: %w", err)
 	}
-	for _, d := range []string{st.workDir, st.stepsDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+	// The steps' folder holds their raw outputs and logs: no step may list
+	// it, and each step's outputs folder inside is its own (0700), reached
+	// by its path.
+	for d, mode := range map[string]os.FileMode{st.workDir: 0o755, st.stepsDir: 0o711} {
+		if err := os.MkdirAll(d, mode); err != nil {
+			return nil, fmt.Errorf("create stage folder: %w", err)
+		}
+		if err := os.Chmod(d, mode); err != nil {
 			return nil, fmt.Errorf("create stage folder: %w", err)
 		}
 	}
@@ -112,11 +125,35 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 	}
 	st.hostEnv = mergeEnv(s.cfg.BaseEnv, spec.Env, spec.Secrets)
 	st.containerEnv = mergeEnv(nil, spec.Env, spec.Secrets)
-	for _, name := range slices.Sorted(maps.Keys(spec.Secrets)) {
-		st.secrets = append(st.secrets, spec.Secrets[name])
+	if err := st.addSecrets(spec.Secrets); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
 	}
-	st.matcher = mask.New(st.secrets...)
 	return st, nil
+}
+
+// addSecrets adds the values the stage has not seen to its secrets and
+// rebuilds the matcher if there were any; the caller holds mu (or owns st).
+// It refuses values that would take the stage over MaxSecretsBytes.
+func (st *stage) addSecrets(secrets map[string]string) error {
+	var fresh []string
+	n := 0
+	for _, name := range slices.Sorted(maps.Keys(secrets)) {
+		if v := secrets[name]; v != "" && !slices.Contains(st.secrets, v) && !slices.Contains(fresh, v) {
+			fresh = append(fresh, v)
+			n += len(v)
+		}
+	}
+	if st.secretBytes+n > agentapi.MaxSecretsBytes {
+		return fmt.Errorf("secrets: the stage's so far (%d bytes, its steps' included) and the step's new ones (%d) together are over %d",
+			st.secretBytes, n, agentapi.MaxSecretsBytes)
+	}
+	if len(fresh) > 0 || st.matcher == nil {
+		st.secrets = append(st.secrets, fresh...)
+		st.secretBytes += n
+		st.matcher = mask.New(st.secrets...)
+	}
+	return nil
 }
 
 func writeStageFile(workDir string, f agentapi.File) error {

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net/http"
 	"os"
 	"path"
@@ -26,9 +25,13 @@ import (
 // status reached a final state and the log was closed; stopReason is set by
 // the first stop and decides the final state of a step that was stopped.
 type step struct {
-	specKey    string
-	log        *steplog.Log
-	outputPath string
+	specKey string
+	log     *steplog.Log
+	// outputDir is the step's own folder for $SLIPWAY_OUTPUT; matcher
+	// masks its log and outputs (every secret the stage has seen by its
+	// start).
+	outputDir string
+	matcher   *mask.Matcher
 
 	mu         sync.Mutex
 	status     agentapi.StepStatus
@@ -86,14 +89,6 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, "container steps need docker, which this agent does not reach")
 		return
 	}
-	stageSecrets := 0
-	for _, v := range st.secrets {
-		stageSecrets += len(v)
-	}
-	if err := agentapi.SecretsFit(stageSecrets, spec.Secrets); err != nil {
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
-		return
-	}
 	key := canonical(spec)
 
 	st.mu.Lock()
@@ -112,12 +107,18 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 		writeJSON(w, http.StatusOK, cur.snapshot())
 		return
 	}
+	if err := st.addSecrets(spec.Secrets); err != nil {
+		st.mu.Unlock()
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
+		return
+	}
 	stp := &step{
-		specKey:    key,
-		log:        steplog.New(filepath.Join(st.stepsDir, id+".log"), s.cfg.MaxLogBytes),
-		outputPath: filepath.Join(st.stepsDir, id+".out"),
-		status:     agentapi.StepStatus{ID: id, State: agentapi.StepRunning, StartedAt: time.Now().UTC(), BootID: s.bootID},
-		done:       make(chan struct{}),
+		specKey:   key,
+		matcher:   st.matcher,
+		log:       steplog.New(filepath.Join(st.stepsDir, id+".log"), s.cfg.MaxLogBytes),
+		outputDir: filepath.Join(st.stepsDir, id+".outputs"),
+		status:    agentapi.StepStatus{ID: id, State: agentapi.StepRunning, StartedAt: time.Now().UTC(), BootID: s.bootID},
+		done:      make(chan struct{}),
 	}
 	// Registered before it starts, so a concurrent PUT of the same id finds it.
 	st.steps[id] = stp
@@ -144,10 +145,7 @@ func waitEnd(r *http.Request, stp *step, wait time.Duration) {
 
 // run starts the step and supervises it in the background.
 func (s *Server) run(st *stage, stp *step, id string, spec *agentapi.Step) {
-	matcher := st.matcher
-	if len(spec.Secrets) > 0 {
-		matcher = mask.New(append(slices.Clone(st.secrets), sortedValues(spec.Secrets)...)...)
-	}
+	matcher := stp.matcher
 	out := matcher.Writer(stp.log)
 	xspec, err := s.execSpec(st, stp, id, spec, out)
 	var h executor.Handle
@@ -186,7 +184,10 @@ func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.W
 	_ = out.Flush()
 	_ = stp.log.Close()
 	size, _ := stp.log.Size()
-	outputs, outErr := readOutputs(stp.outputPath, matcher, wantOutputs)
+	outputs, outErr := readOutputs(stp.outputPath(), matcher, wantOutputs)
+	// The raw outputs may hold the step's secrets: gone once read, before
+	// the step reads as ended.
+	_ = os.RemoveAll(stp.outputDir)
 	// Before the step reads as ended: whoever waits for it gets its tests.
 	tests := reports.Collect(st.workDir, reportGlobs, matcher.MaskString)
 	st.addUsage(res.CPU, res.PeakMemory)
@@ -224,14 +225,6 @@ func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.W
 	s.cfg.Logger.Info("step ended", "step", status.ID, "state", state, "log_bytes", size)
 }
 
-func sortedValues(m map[string]string) []string {
-	var out []string
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, m[k])
-	}
-	return out
-}
-
 // execSpec resolves the API's step spec for an executor: command line,
 // layered environment (agent < stage < step; containers get no agent
 // environment), work dir.
@@ -247,7 +240,7 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		"SLIPWAY_STAGE":     st.spec.ID,
 		"SLIPWAY_STEP":      id,
 		"SLIPWAY_WORKSPACE": st.workDir,
-		"SLIPWAY_OUTPUT":    stp.outputPath,
+		"SLIPWAY_OUTPUT":    stp.outputPath(),
 	}
 	var envList []string
 	if spec.Image != "" {
@@ -263,9 +256,13 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		}
 	}
 
+	// The step's own outputs folder, which no other step may enter: one
+	// running as another user owns it.
+	if err := os.Mkdir(stp.outputDir, 0o700); err != nil {
+		return executor.Spec{}, fmt.Errorf("create outputs folder: %w", err)
+	}
 	if spec.User != "" {
-		// A step running as another user must be able to write its outputs.
-		if err := createOwnedFile(stp.outputPath, spec.User); err != nil {
+		if err := chownTo(stp.outputDir, spec.User); err != nil {
 			return executor.Spec{}, err
 		}
 	}
@@ -294,7 +291,7 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		Pull:        spec.Pull,
 		Network:     spec.Network,
 		MemoryBytes: spec.MemoryBytes,
-		Mounts:      []string{st.workDir, st.stepsDir},
+		Mounts:      []string{st.workDir, stp.outputDir},
 		Aliases:     aliases,
 		Output:      out,
 	}, nil
@@ -352,3 +349,6 @@ func (s *Server) cancelStep(w http.ResponseWriter, _ *http.Request, st *stage, i
 	stp.stop(agentapi.StepCanceled, s.cfg.StopGrace)
 	writeJSON(w, http.StatusAccepted, stp.snapshot())
 }
+
+// outputPath is $SLIPWAY_OUTPUT.
+func (stp *step) outputPath() string { return filepath.Join(stp.outputDir, "outputs") }

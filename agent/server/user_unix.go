@@ -10,7 +10,8 @@ import (
 )
 
 // createOwnedFile creates an empty file owned by user ("uid" or "uid:gid").
-func createOwnedFile(path, user string) error {
+// chownTo gives path to the step's user ("uid" or "uid:gid").
+func chownTo(path, user string) error {
 	uidText, gidText, hasGID := strings.Cut(user, ":")
 	uid, err := strconv.Atoi(uidText)
 	if err != nil {
@@ -22,11 +23,8 @@ func createOwnedFile(path, user string) error {
 			return fmt.Errorf("user %q: %w", user, err)
 		}
 	}
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		return fmt.Errorf("create outputs file: %w", err)
-	}
 	if err := os.Chown(path, uid, gid); err != nil {
-		return fmt.Errorf("create outputs file for user %s: %w", user, err)
+		return fmt.Errorf("give the outputs folder to user %s: %w", user, err)
 	}
 	return nil
 }
