@@ -58,7 +58,7 @@ var (
 // ValidateID checks a stage or step id: letters, digits, '_' and '-', at most 64.
 func ValidateID(kind, id string) error {
 	if !idPattern.MatchString(id) {
-		return fmt.Errorf("%s id %q: want 1-%d characters from [A-Za-z0-9_-]", kind, id, MaxIDLength)
+		return fmt.Errorf("%s id %q: want 1-%d characters from [A-Za-z0-9_-]", kind, truncateValue(id), MaxIDLength)
 	}
 	return nil
 }
@@ -168,16 +168,16 @@ func (s *Step) Validate() error {
 		errs = append(errs, errors.New("command[0] is empty"))
 	}
 	if s.Shell != "" && !slices.Contains(Shells, s.Shell) {
-		errs = append(errs, fmt.Errorf("shell %q: want one of %s", s.Shell, strings.Join(Shells, ", ")))
+		errs = append(errs, fmt.Errorf("shell %q: want one of %s", truncateValue(s.Shell), strings.Join(Shells, ", ")))
 	}
 	if s.Shell != "" && s.Script == "" {
 		errs = append(errs, errors.New("shell given without script"))
 	}
 	if s.Pull != "" && !slices.Contains([]string{PullIfMissing, PullNever, PullAlways}, s.Pull) {
-		errs = append(errs, fmt.Errorf("pull %q: want if-missing, never or always", s.Pull))
+		errs = append(errs, fmt.Errorf("pull %q: want if-missing, never or always", truncateValue(s.Pull)))
 	}
 	if s.Network != "" && s.Network != "host" && s.Network != "none" {
-		errs = append(errs, fmt.Errorf("network %q: want host or none", s.Network))
+		errs = append(errs, fmt.Errorf("network %q: want host or none", truncateValue(s.Network)))
 	}
 	if s.Image == "" && (s.Pull != "" || s.Network != "" || s.MemoryBytes != 0 || s.WorkspaceMount != "") {
 		errs = append(errs, errors.New("pull, network, memory_bytes and workspace_mount apply to container steps only: give image"))
@@ -195,7 +195,7 @@ func (s *Step) Validate() error {
 		}
 	}
 	if s.User != "" && !userPattern.MatchString(s.User) {
-		errs = append(errs, fmt.Errorf("user %q: want uid or uid:gid", s.User))
+		errs = append(errs, fmt.Errorf("user %q: want uid or uid:gid", truncateValue(s.User)))
 	}
 	if s.TimeoutSeconds < 0 || s.TimeoutSeconds > int64(MaxTimeout/time.Second) {
 		errs = append(errs, fmt.Errorf("timeout_seconds %d: want 0 (no timeout) to %d", s.TimeoutSeconds, int64(MaxTimeout/time.Second)))
@@ -205,7 +205,7 @@ func (s *Step) Validate() error {
 	}
 	for _, name := range s.Outputs {
 		if !envNamePattern.MatchString(name) {
-			errs = append(errs, fmt.Errorf("output name %q: want [A-Za-z_][A-Za-z0-9_]*", name))
+			errs = append(errs, fmt.Errorf("output name %q: want [A-Za-z_][A-Za-z0-9_]*", truncateValue(name)))
 		}
 	}
 	if len(s.Reports) > MaxReportGlobs {
@@ -219,6 +219,8 @@ func (s *Step) Validate() error {
 	return errors.Join(errs...)
 }
 
+// truncateValue shortens a value quoted in an error message: a message
+// names what was wrong, it does not echo kilobytes of it.
 func truncateValue(s string) string {
 	if len(s) > 100 {
 		return s[:100] + "…"
@@ -414,7 +416,7 @@ func validateEnv(field string, env map[string]string) error {
 	var errs []error
 	for name, value := range env {
 		if !envNamePattern.MatchString(name) {
-			errs = append(errs, fmt.Errorf("%s: name %q: want [A-Za-z_][A-Za-z0-9_]*", field, name))
+			errs = append(errs, fmt.Errorf("%s: name %q: want [A-Za-z_][A-Za-z0-9_]*", field, truncateValue(name)))
 		}
 		if strings.IndexByte(value, 0) >= 0 {
 			errs = append(errs, fmt.Errorf("%s: %s: value contains a NUL byte", field, name))
@@ -428,15 +430,15 @@ func validateRelPath(p string) error {
 		return errors.New("path is empty")
 	}
 	if strings.IndexByte(p, 0) >= 0 {
-		return fmt.Errorf("path %q contains a NUL byte", p)
+		return fmt.Errorf("path %q contains a NUL byte", truncateValue(p))
 	}
 	slashed := strings.ReplaceAll(p, `\`, "/")
 	if path.IsAbs(slashed) || (len(slashed) > 1 && slashed[1] == ':') {
-		return fmt.Errorf("path %q must be relative to the stage work dir", p)
+		return fmt.Errorf("path %q must be relative to the stage work dir", truncateValue(p))
 	}
 	clean := path.Clean(slashed)
 	if clean == ".." || strings.HasPrefix(clean, "../") {
-		return fmt.Errorf("path %q leaves the stage work dir", p)
+		return fmt.Errorf("path %q leaves the stage work dir", truncateValue(p))
 	}
 	return nil
 }

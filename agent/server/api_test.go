@@ -16,6 +16,7 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/agent/mask"
 	"github.com/slipway-ci/slipway/agent/server"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
@@ -197,4 +198,30 @@ func TestCertificatesReloadWhenTheirFilesChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = serial()
+}
+
+// A refusal names what was wrong without echoing a secret, the request's
+// own or the stage's, or kilobytes of a value.
+func TestRefusalsDoNotEchoSecrets(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{Secrets: map[string]string{"STAGE": "stage-secret-value"}}, server.Config{})
+	hc := a.HTTPClient(t)
+	for name, body := range map[string]string{
+		"work_dir with a step secret": `{"script":"x","secrets":{"S":"step-secret-value"},"work_dir":"../step-secret-value"}`,
+		"user with the stage secret":  `{"script":"x","user":"stage-secret-value"}`,
+		"output name, shell":          `{"script":"x","secrets":{"S":"step-secret-value"},"outputs":["step-secret-value"],"shell":"step-secret-value"}`,
+		"a long path":                 `{"script":"x","work_dir":"/` + strings.Repeat("p", 5000) + `"}`,
+	} {
+		req, _ := http.NewRequest("PUT", "https://"+a.Addr+"/v1/steps/s1", strings.NewReader(body))
+		req.Header.Set(agentapi.StageHeader, stageID)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		msg := string(data)
+		if resp.StatusCode != 400 || strings.Contains(msg, "secret-value") || !strings.Contains(msg, mask.Replacement) && !strings.Contains(name, "long") || len(msg) > 600 {
+			t.Errorf("%s: %d %s", name, resp.StatusCode, msg)
+		}
+	}
 }

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/executor"
+	"github.com/slipway-ci/slipway/agent/mask"
 )
 
 // Config is what the server needs; zero values take the defaults noted.
@@ -217,19 +219,46 @@ func writeError(w http.ResponseWriter, code int, errCode, msg string) {
 }
 
 // decodeBody decodes a size-limited JSON body with decode, writing the 4xx.
-func decodeBody[T any](w http.ResponseWriter, r *http.Request, decode func(io.Reader) (*T, error)) (*T, bool) {
-	body := http.MaxBytesReader(w, r.Body, agentapi.MaxBodyBytes)
-	v, err := decode(body)
+// A refusal's message may quote what was wrong, so it is masked with the
+// secrets the request itself carries and those of the stage (known, nil
+// before binding).
+func decodeBody[T any](w http.ResponseWriter, r *http.Request, known *mask.Matcher, decode func(io.Reader) (*T, error)) (*T, bool) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, agentapi.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			writeError(w, http.StatusRequestEntityTooLarge, agentapi.CodeTooLarge, fmt.Sprintf("body over %d bytes", agentapi.MaxBodyBytes))
 			return nil, false
 		}
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, "read body: "+err.Error())
+		return nil, false
+	}
+	v, err := decode(bytes.NewReader(data))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, maskRefusal(err.Error(), data, known))
 		return nil, false
 	}
 	return v, true
+}
+
+// maskRefusal masks a refusal of body with the secrets it carries, read
+// leniently (the body may be what was wrong), and those known.
+func maskRefusal(msg string, body []byte, known *mask.Matcher) string {
+	var carried struct {
+		Secrets map[string]any `json:"secrets"`
+	}
+	_ = json.Unmarshal(body, &carried)
+	var values []string
+	for _, v := range carried.Secrets {
+		if s, ok := v.(string); ok {
+			values = append(values, s)
+		}
+	}
+	msg = mask.New(values...).MaskString(msg)
+	if known != nil {
+		msg = known.MaskString(msg)
+	}
+	return msg
 }
 
 // mergeEnv layers maps of variables over a KEY=VALUE list, later layers

@@ -57,7 +57,7 @@ func canonical(v any) string {
 }
 
 func (s *Server) bindStage(w http.ResponseWriter, r *http.Request) {
-	spec, ok := decodeBody(w, r, agentapi.DecodeStage)
+	spec, ok := decodeBody(w, r, nil, agentapi.DecodeStage)
 	if !ok {
 		return
 	}

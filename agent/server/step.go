@@ -81,7 +81,10 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
 		return
 	}
-	spec, ok := decodeBody(w, r, agentapi.DecodeStep)
+	st.mu.Lock()
+	known := st.matcher
+	st.mu.Unlock()
+	spec, ok := decodeBody(w, r, known, agentapi.DecodeStep)
 	if !ok {
 		return
 	}
