@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -28,7 +27,9 @@ var outputNamePattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 //	DELIMITER
 //
 // Values are masked like logs. When want is not empty only those names are
-// returned. A missing file means no outputs.
+// returned. A missing file means no outputs. Lines that are not outputs, and
+// whatever is past maxOutputBytes, are left out and reported in the error;
+// the good outputs are kept either way.
 func readOutputs(path string, m *mask.Matcher, want []string) (map[string]string, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -42,13 +43,14 @@ func readOutputs(path string, m *mask.Matcher, want []string) (map[string]string
 	if err != nil {
 		return nil, fmt.Errorf("read outputs: %w", err)
 	}
+	var problems []error
 	if len(data) > maxOutputBytes {
-		return nil, fmt.Errorf("outputs file is over %d bytes", maxOutputBytes)
+		// Keep the whole lines within the limit.
+		data = data[:bytes.LastIndexByte(data[:maxOutputBytes], '\n')+1]
+		problems = append(problems, fmt.Errorf("the outputs file is over %d bytes: what follows byte %d is left out", maxOutputBytes, len(data)))
 	}
-	outputs, err := parseOutputs(data)
-	if err != nil {
-		return nil, err
-	}
+	outputs, bad := parseOutputs(data)
+	problems = append(bad, problems...)
 	for name, value := range outputs {
 		if len(want) > 0 && !slices.Contains(want, name) {
 			delete(outputs, name)
@@ -57,52 +59,79 @@ func readOutputs(path string, m *mask.Matcher, want []string) (map[string]string
 		outputs[name] = m.MaskString(value)
 	}
 	if len(outputs) == 0 {
-		return nil, nil
+		outputs = nil
 	}
-	return outputs, nil
+	return outputs, outputProblems(problems)
 }
 
-func parseOutputs(data []byte) (map[string]string, error) {
+// maxOutputProblems is how many bad lines a step's status names.
+const maxOutputProblems = 10
+
+func outputProblems(problems []error) error {
+	if len(problems) == 0 {
+		return nil
+	}
+	msgs := []string{}
+	for i, p := range problems {
+		if i == maxOutputProblems {
+			msgs = append(msgs, fmt.Sprintf("and %d more", len(problems)-i))
+			break
+		}
+		msgs = append(msgs, p.Error())
+	}
+	return fmt.Errorf("outputs: %s", strings.Join(msgs, "; "))
+}
+
+// parseOutputs reads the outputs it can, and a problem for each line that
+// is not one.
+func parseOutputs(data []byte) (map[string]string, []error) {
 	out := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), maxOutputBytes)
-	lineNo := 0
-	for sc.Scan() {
-		lineNo++
-		line := strings.TrimSuffix(sc.Text(), "\r")
+	var problems []error
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	for i := 0; i < len(lines); i++ {
+		lineNo := i + 1
+		line := strings.TrimSuffix(lines[i], "\r")
 		if strings.TrimSpace(line) == "" {
 			continue
 		}
 		if name, delim, ok := strings.Cut(line, "<<"); ok && !strings.Contains(name, "=") {
 			if !outputNamePattern.MatchString(name) || delim == "" {
-				return nil, fmt.Errorf("outputs line %d: bad heredoc %q", lineNo, line)
+				problems = append(problems, fmt.Errorf("line %d: bad heredoc %q", lineNo, quoted(line)))
+				continue
 			}
-			start := lineNo
-			var value []string
-			closed := false
-			for sc.Scan() {
-				lineNo++
-				l := strings.TrimSuffix(sc.Text(), "\r")
-				if l == delim {
-					closed = true
+			end := -1
+			for j := i + 1; j < len(lines); j++ {
+				if strings.TrimSuffix(lines[j], "\r") == delim {
+					end = j
 					break
 				}
-				value = append(value, l)
 			}
-			if !closed {
-				return nil, fmt.Errorf("outputs line %d: %s<<%s is never closed", start, name, delim)
+			if end < 0 {
+				problems = append(problems, fmt.Errorf("line %d: %s<<%s is never closed", lineNo, name, quoted(delim)))
+				continue // the lines after it may still be outputs
+			}
+			value := make([]string, 0, end-i-1)
+			for _, l := range lines[i+1 : end] {
+				value = append(value, strings.TrimSuffix(l, "\r"))
 			}
 			out[name] = strings.Join(value, "\n")
+			i = end
 			continue
 		}
 		name, value, ok := strings.Cut(line, "=")
 		if !ok || !outputNamePattern.MatchString(name) {
-			return nil, fmt.Errorf("outputs line %d: want NAME=value or NAME<<DELIMITER, got %q", lineNo, line)
+			problems = append(problems, fmt.Errorf("line %d: want NAME=value or NAME<<DELIMITER, got %q", lineNo, quoted(line)))
+			continue
 		}
 		out[name] = value
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("outputs: %w", err)
+	return out, problems
+}
+
+// quoted cuts a line quoted in a problem to its first 60 bytes.
+func quoted(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "…"
 	}
-	return out, nil
+	return s
 }

@@ -363,3 +363,17 @@ func TestLargeSecrets(t *testing.T) {
 		t.Errorf("one secret over the limit: %v", err)
 	}
 }
+
+// A bad line or an outputs file over the limit costs only what is wrong:
+// the good outputs are kept, the rest is named in the status.
+func TestOutputsKeepTheGoodLines(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	st := run(t, a, "bad-line", agentapi.Step{Script: `printf 'A=1\nnot an output\nB=2\n' > "$SLIPWAY_OUTPUT"`})
+	if st.State != agentapi.StepSucceeded || st.Outputs["A"] != "1" || st.Outputs["B"] != "2" || !strings.Contains(st.Error, "line 2") {
+		t.Errorf("a malformed line: %s %v %q", st.State, st.Outputs, st.Error)
+	}
+	st = run(t, a, "too-big", agentapi.Step{Script: `{ echo A=1; head -c 1100000 /dev/zero | tr '\0' x | fold -w 1000 | sed 's/^/F=/'; echo Z=9; } > "$SLIPWAY_OUTPUT"`})
+	if st.State != agentapi.StepSucceeded || st.Outputs["A"] != "1" || st.Outputs["Z"] != "" || !strings.Contains(st.Error, "over 1048576 bytes") {
+		t.Errorf("outputs over the limit: %s %d outputs, %q", st.State, len(st.Outputs), st.Error)
+	}
+}
