@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -123,13 +122,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	httpServer := &http.Server{
-		Handler:           srv.Handler(),
-		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	httpServer := server.HTTPServer(srv.Handler(), tlsConfig, slog.NewLogLogger(logger.Handler(), slog.LevelWarn))
 	logger.Info("agent listening", "addr", ln.Addr().String(), "version", version, "boot_id", srv.BootID(), "docker", cfg.Docker != nil)
 	errc := make(chan error, 1)
 	go func() { errc <- httpServer.ServeTLS(ln, "", "") }()

@@ -312,15 +312,17 @@ type Usage struct {
 
 // Error codes of ErrorBody.
 const (
-	CodeInvalid       = "invalid"
-	CodeTooLarge      = "too_large"
-	CodeNotFound      = "not_found"
-	CodeStageConflict = "stage_conflict"
-	CodeStepConflict  = "step_conflict"
-	CodeNotBound      = "not_bound"
-	CodeStageMismatch = "stage_mismatch"
-	CodeMissingStage  = "missing_stage"
-	CodeInternal      = "internal"
+	CodeInvalid = "invalid"
+	// CodeMethodNotAllowed: a known path asked with another method (405, with Allow).
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeTooLarge         = "too_large"
+	CodeNotFound         = "not_found"
+	CodeStageConflict    = "stage_conflict"
+	CodeStepConflict     = "step_conflict"
+	CodeNotBound         = "not_bound"
+	CodeStageMismatch    = "stage_mismatch"
+	CodeMissingStage     = "missing_stage"
+	CodeInternal         = "internal"
 )
 
 // ErrorBody is the body of every 4xx and 5xx answer.

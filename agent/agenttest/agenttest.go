@@ -106,11 +106,8 @@ func Start(t testing.TB, cfg server.Config) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{
-		Handler: srv.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second,
-		// Refused handshakes are what some tests are about: not worth a line each.
-		ErrorLog: log.New(io.Discard, "", 0),
-	}
+	// Refused handshakes are what some tests are about: not worth a line each.
+	hs := server.HTTPServer(srv.Handler(), tlsConfig, log.New(io.Discard, "", 0))
 	go func() {
 		if err := hs.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			t.Errorf("serve: %v", err)

@@ -1,11 +1,13 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -45,6 +47,9 @@ func TestBadRequestsGetClearErrors(t *testing.T) {
 		{name: "unknown endpoint", method: "GET", path: "/v2/anything", wantStatus: 404, wantCode: agentapi.CodeNotFound},
 		{name: "bad stage spec", method: "PUT", path: "/v1/stage", body: `{"id":"a/b"}`, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "stage id"},
 		{name: "destroy another stage", method: "DELETE", path: "/v1/stage", stage: "other", wantStatus: 409, wantCode: agentapi.CodeStageMismatch},
+		{name: "wrong method", method: "POST", path: "/v1/steps/s1", stage: stageID, wantStatus: 405, wantCode: agentapi.CodeMethodNotAllowed, wantMsg: "allowed: GET, HEAD, PUT"},
+		{name: "wrong method on health", method: "DELETE", path: "/v1/health", wantStatus: 405, wantCode: agentapi.CodeMethodNotAllowed, wantMsg: "GET"},
+		{name: "two stage headers", method: "GET", path: "/v1/steps/s1", stage: stageID + "," + stageID, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "more than once"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -52,14 +57,19 @@ func TestBadRequestsGetClearErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tt.stage != "" {
-				req.Header.Set(agentapi.StageHeader, tt.stage)
+			for _, st := range strings.Split(tt.stage, ",") {
+				if st != "" {
+					req.Header.Add(agentapi.StageHeader, st)
+				}
 			}
 			resp, err := hc.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
+			if resp.StatusCode == 405 && resp.Header.Get("Allow") == "" {
+				t.Errorf("405 without Allow")
+			}
 			var body agentapi.ErrorBody
 			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
 				t.Fatalf("status %d, body not an error document: %v", resp.StatusCode, err)
@@ -223,5 +233,31 @@ func TestRefusalsDoNotEchoSecrets(t *testing.T) {
 		if resp.StatusCode != 400 || strings.Contains(msg, "secret-value") || !strings.Contains(msg, mask.Replacement) && !strings.Contains(name, "long") || len(msg) > 600 {
 			t.Errorf("%s: %d %s", name, resp.StatusCode, msg)
 		}
+	}
+}
+
+// A client that sends half a body is answered and let go after the body
+// timeout, not held; the server cuts off half a header and idle
+// connections too, and sets no deadline that would end a long-poll.
+func TestSlowClientsAreLetGo(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{BodyTimeout: 300 * time.Millisecond})
+	conn, err := tls.Dial("tcp", a.Addr, a.HTTPClient(t).Transport.(*http.Transport).TLSClientConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "PUT /v1/steps/slow HTTP/1.1\r\nHost: agent\r\n%s: %s\r\nContent-Length: 100\r\n\r\n{\"script\":", agentapi.StageHeader, stageID)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to half a body: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Errorf("half a body: %d", resp.StatusCode)
+	}
+	hs := server.HTTPServer(nil, nil, nil)
+	if hs.ReadHeaderTimeout <= 0 || hs.IdleTimeout <= 0 || hs.ReadTimeout != 0 || hs.WriteTimeout != 0 {
+		t.Errorf("header %v, idle %v, read %v, write %v: want the first two set, no overall deadline", hs.ReadHeaderTimeout, hs.IdleTimeout, hs.ReadTimeout, hs.WriteTimeout)
 	}
 }

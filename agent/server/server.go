@@ -7,11 +7,13 @@ package server
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -43,6 +45,9 @@ type Config struct {
 	// BaseEnv is the environment host steps start from (the agent's own).
 	BaseEnv []string
 	Logger  *slog.Logger
+	// BodyTimeout bounds reading a request's body (default 30 s): a client
+	// that sends half a body does not hold the connection.
+	BodyTimeout time.Duration
 }
 
 // Server is the agent's state: the bound stage and what it ran.
@@ -87,9 +92,15 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("agent: work dir: %w", err)
 	}
 	cfg.WorkRoot = root
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = defaultBodyTimeout
+	}
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("agent: work dir: %w", err)
 	}
+	// A new agent run has no stage: whatever folders the last one left are
+	// stale.
+	removeStale(root, "", cfg.Logger)
 	var id [16]byte
 	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails
 	return &Server{
@@ -113,10 +124,90 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/steps/{id}", s.withStep(s.stepStatus))
 	mux.HandleFunc("GET /v1/steps/{id}/logs", s.withStep(s.stepLogs))
 	mux.HandleFunc("POST /v1/steps/{id}/cancel", s.withStep(s.cancelStep))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	return s.recoverPanics(oneStageHeader(apiErrors(mux)))
+}
+
+// apiErrors answers what the mux has no route for in the API's error shape
+// (the mux's own answers are plain text): 404 for an unknown path, 405 with
+// Allow for a known path asked with another method.
+func apiErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r) // (it sets the path values; Handler does not)
+			return
+		}
+		probe := &probeWriter{header: http.Header{}}
+		h.ServeHTTP(probe, r)
+		if probe.status == http.StatusMethodNotAllowed {
+			allow := probe.header.Get("Allow")
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, agentapi.CodeMethodNotAllowed, fmt.Sprintf("%s %s: allowed: %s", r.Method, r.URL.Path, allow))
+			return
+		}
 		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
-	return s.recoverPanics(mux)
+}
+
+// probeWriter takes what the mux's own error handlers write.
+type probeWriter struct {
+	header http.Header
+	status int
+}
+
+func (p *probeWriter) Header() http.Header         { return p.header }
+func (p *probeWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (p *probeWriter) WriteHeader(code int)        { p.status = code }
+
+// oneStageHeader refuses a request naming its stage more than once: which
+// one the agent would believe is not for the client to guess.
+func oneStageHeader(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header.Values(agentapi.StageHeader)) > 1 {
+			writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, "the "+agentapi.StageHeader+" header is given more than once")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// HTTPServer is the agent's HTTPS server around its handler: a client that
+// connects and sends nothing, or half a header, is cut off after
+// headerTimeout, and an idle kept-alive connection after idleTimeout. No
+// overall read or write deadline: long-polls and log follows last minutes.
+func HTTPServer(handler http.Handler, tlsConfig *tls.Config, errorLog *log.Logger) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: headerTimeout,
+		IdleTimeout:       idleTimeout,
+		ErrorLog:          errorLog,
+	}
+}
+
+const (
+	headerTimeout      = 10 * time.Second
+	idleTimeout        = 2 * time.Minute
+	defaultBodyTimeout = 30 * time.Second
+)
+
+// removeStale removes the stage folders under root, but keep.
+func removeStale(root, keep string, logger *slog.Logger) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		logger.Warn("list stale stage folders", "err", err)
+		return
+	}
+	for _, e := range entries {
+		if e.Name() == keep {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(root, e.Name())); err != nil {
+			logger.Warn("remove a stale stage folder", "folder", e.Name(), "err", err)
+			continue
+		}
+		logger.Info("removed a stale stage folder", "folder", e.Name())
+	}
 }
 
 // Shutdown stops every running step and waits for them, up to the grace
@@ -222,9 +313,14 @@ func writeError(w http.ResponseWriter, code int, errCode, msg string) {
 // A refusal's message may quote what was wrong, so it is masked with the
 // secrets the request itself carries and those of the stage (known, nil
 // before binding).
-func decodeBody[T any](w http.ResponseWriter, r *http.Request, known *mask.Matcher, decode func(io.Reader) (*T, error)) (*T, bool) {
+func decodeBody[T any](w http.ResponseWriter, r *http.Request, known *mask.Matcher, timeout time.Duration, decode func(io.Reader) (*T, error)) (*T, bool) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(timeout))
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, agentapi.MaxBodyBytes))
 	if err != nil {
+		// The deadline stays: the server's discarding what is left of the
+		// body must not wait either. The connection goes.
+		w.Header().Set("Connection", "close")
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			writeError(w, http.StatusRequestEntityTooLarge, agentapi.CodeTooLarge, fmt.Sprintf("body over %d bytes", agentapi.MaxBodyBytes))
@@ -233,6 +329,7 @@ func decodeBody[T any](w http.ResponseWriter, r *http.Request, known *mask.Match
 		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, "read body: "+err.Error())
 		return nil, false
 	}
+	_ = rc.SetReadDeadline(time.Time{}) // long-polls and follows may take minutes
 	v, err := decode(bytes.NewReader(data))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, maskRefusal(err.Error(), data, known))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -375,5 +376,34 @@ func TestOutputsKeepTheGoodLines(t *testing.T) {
 	st = run(t, a, "too-big", agentapi.Step{Script: `{ echo A=1; head -c 1100000 /dev/zero | tr '\0' x | fold -w 1000 | sed 's/^/F=/'; echo Z=9; } > "$SLIPWAY_OUTPUT"`})
 	if st.State != agentapi.StepSucceeded || st.Outputs["A"] != "1" || st.Outputs["Z"] != "" || !strings.Contains(st.Error, "over 1048576 bytes") {
 		t.Errorf("outputs over the limit: %s %d outputs, %q", st.State, len(st.Outputs), st.Error)
+	}
+}
+
+// Stage folders an earlier agent run left go when an agent starts, and
+// other stages' at the next bind.
+func TestStaleStageFoldersGo(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"left-by-a-crash/work", "another/steps"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := agenttest.Start(t, server.Config{WorkRoot: root})
+	if entries, _ := os.ReadDir(root); len(entries) != 0 {
+		t.Errorf("after the start: %v", entries)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "since", "work"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Client.BindStage(agenttest.Context(t), &agentapi.Stage{ID: stageID}); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{stageID}) {
+		t.Errorf("after binding: %v, want only the bound stage's folder", names)
 	}
 }

@@ -57,7 +57,7 @@ func canonical(v any) string {
 }
 
 func (s *Server) bindStage(w http.ResponseWriter, r *http.Request) {
-	spec, ok := decodeBody(w, r, nil, agentapi.DecodeStage)
+	spec, ok := decodeBody(w, r, nil, s.cfg.BodyTimeout, agentapi.DecodeStage)
 	if !ok {
 		return
 	}
@@ -97,10 +97,12 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 		stepsDir: filepath.Join(dir, "steps"),
 		steps:    map[string]*step{},
 	}
-	// A folder left by an earlier agent run of the same stage is stale.
+	// A folder left by an earlier agent run of the same stage is stale, and
+	// so is every other stage's: one stage at a time.
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("clear stage folder: %w", err)
 	}
+	removeStale(s.cfg.WorkRoot, spec.ID, s.cfg.Logger)
 	// The steps' folder holds their raw outputs and logs: no step may list
 	// it, and each step's outputs folder inside is its own (0700), reached
 	// by its path.

@@ -84,7 +84,7 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 	st.mu.Lock()
 	known := st.matcher
 	st.mu.Unlock()
-	spec, ok := decodeBody(w, r, known, agentapi.DecodeStep)
+	spec, ok := decodeBody(w, r, known, s.cfg.BodyTimeout, agentapi.DecodeStep)
 	if !ok {
 		return
 	}
