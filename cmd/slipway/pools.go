@@ -22,6 +22,7 @@ func runPools(args []string, out io.Writer) error {
 		for _, p := range cfg.Pools {
 			fmt.Fprintf(out, "pool %s: %s/%s, %v, min idle %d, max %d\n", p.Name, p.OS, p.Arch, p.InstanceTypes, p.MinIdle, p.MaxInstances)
 		}
+		warnUnknownTypes(cfg)
 		return nil
 	default:
 		data, err := os.ReadFile(args[1])
@@ -32,6 +33,12 @@ func runPools(args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("pools import %s: %w", args[1], err)
 		}
+		for _, n := range notes {
+			fmt.Fprintln(os.Stderr, "note:", n)
+		}
+		if len(cfg.Pools) == 0 {
+			return fmt.Errorf("pools import %s: no instance converts (only type amazon does): nothing to write", args[1])
+		}
 		yamlOut, err := pool.Marshal(cfg)
 		if err != nil {
 			return err
@@ -39,12 +46,20 @@ func runPools(args []string, out io.Writer) error {
 		if _, err := out.Write(yamlOut); err != nil {
 			return err
 		}
-		for _, n := range notes {
-			fmt.Fprintln(os.Stderr, "note:", n)
-		}
+		warnUnknownTypes(cfg)
 		if _, err := pool.Parse(yamlOut); err != nil {
-			fmt.Fprintf(os.Stderr, "the converted file needs these before it can be used:\n%v\n", err)
+			return fmt.Errorf("pools import %s: the converted file above needs these before it can be used:\n%w", args[1], err)
 		}
 		return nil
+	}
+}
+
+// warnUnknownTypes says which instance types the SDK does not know: they
+// may be typos, or newer than this build.
+func warnUnknownTypes(cfg *pool.Config) {
+	for _, p := range cfg.Pools {
+		for _, t := range p.UnknownInstanceTypes() {
+			fmt.Fprintf(os.Stderr, "warning: pool %s: instance type %s is not one this build's AWS SDK lists (a typo, or newer than the SDK)\n", p.Name, t)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 	_ "time/tzdata" // schedule windows name time zones; Lambda images have no zoneinfo
 
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/robfig/cron/v3"
 	"go.yaml.in/yaml/v3"
 )
@@ -55,8 +56,8 @@ type Pool struct {
 
 // Volume is the root volume.
 type Volume struct {
-	SizeGB int    `yaml:"size_gb"`
-	Type   string `yaml:"type"`
+	SizeGB int    `yaml:"size_gb,omitempty"`
+	Type   string `yaml:"type,omitempty"`
 }
 
 // Window sets the pool's min idle while its cron expression matches the
@@ -187,11 +188,14 @@ func ParseFor(data []byte, n Network) (*Config, error) {
 		}
 		return nil, fmt.Errorf("not YAML: %w", err)
 	}
+	if looksLikeDrone(&root) {
+		return nil, errors.New("this is a drone-runner-aws pool file (it has instances, not pools): convert it with `slipway pools import FILE`")
+	}
 	var problems []error
 	checkKeys(&root, reflect.TypeFor[Config](), "", &problems)
 	var cfg Config
 	if err := root.Decode(&cfg); err != nil {
-		problems = append(problems, err)
+		problems = append(problems, userTerms(err))
 		return nil, errors.Join(problems...)
 	}
 	n.apply(&cfg)
@@ -201,6 +205,37 @@ func ParseFor(data []byte, n Network) (*Config, error) {
 	}
 	cfg.applyDefaults()
 	return &cfg, nil
+}
+
+// looksLikeDrone reports whether a document has drone-runner-aws's
+// top-level instances and none of our pools.
+func looksLikeDrone(root *yaml.Node) bool {
+	doc := root
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
+		doc = doc.Content[0]
+	}
+	if doc.Kind != yaml.MappingNode {
+		return false
+	}
+	var instances, pools bool
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		instances = instances || doc.Content[i].Value == "instances"
+		pools = pools || doc.Content[i].Value == "pools"
+	}
+	return instances && !pools
+}
+
+// UnknownInstanceTypes are the pool's instance types that the AWS SDK this
+// build has does not list: a typo, or a type newer than the SDK.
+func (p *Pool) UnknownInstanceTypes() []string {
+	known := ec2types.InstanceType("").Values()
+	var out []string
+	for _, t := range p.InstanceTypes {
+		if !slices.Contains(known, ec2types.InstanceType(t)) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // checkKeys reports the mapping keys that t has no field for.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strings"
@@ -28,11 +29,16 @@ type droneInstance struct {
 	Spec struct {
 		AMI     string `yaml:"ami"`
 		Size    string `yaml:"size"`
+		SizeAlt string `yaml:"size_alt"`
 		Network struct {
-			SecurityGroups []string `yaml:"security_groups"`
-			SubnetID       string   `yaml:"subnet_id"`
+			SecurityGroups    []string    `yaml:"security_groups"`
+			VPCSecurityGroups []string    `yaml:"vpc_security_groups"`
+			SubnetID          string      `yaml:"subnet_id"`
+			ZoneDetails       []droneZone `yaml:"zone_details"`
 		} `yaml:"network"`
-		Disk struct {
+		// ZoneDetails here is the older place of network.zone_details.
+		ZoneDetails []droneZone `yaml:"zone_details"`
+		Disk        struct {
 			Size int    `yaml:"size"`
 			Type string `yaml:"type"`
 		} `yaml:"disk"`
@@ -46,10 +52,17 @@ type droneInstance struct {
 	} `yaml:"spec"`
 }
 
+// droneZone is one availability zone of a multi-AZ pool.
+type droneZone struct {
+	AvailabilityZone string `yaml:"availability_zone"`
+	SubnetID         string `yaml:"subnet_id"`
+}
+
 // converted are the drone keys (paths under an instance) the import carries over.
 var converted = []string{
 	"name", "type", "pool", "limit", "platform.os", "platform.arch",
-	"spec.ami", "spec.size", "spec.network.security_groups", "spec.network.subnet_id",
+	"spec.ami", "spec.size", "spec.size_alt", "spec.network.security_groups", "spec.network.vpc_security_groups",
+	"spec.network.subnet_id", "spec.network.zone_details", "spec.zone_details",
 	"spec.disk.size", "spec.disk.type", "spec.account.key_pair_name", "spec.iam_profile_arn",
 	"spec.user_data", "spec.tags", "spec.market_type",
 }
@@ -74,12 +87,24 @@ var nameFixer = regexp.MustCompile(`[^a-z0-9-]+`)
 // and the list of what was not converted, and why.
 func ImportDrone(data []byte) (*Config, []string, error) {
 	var root yaml.Node
-	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&root); err != nil {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil, errors.New("the file is empty: want a drone-runner-aws pool file (version and instances)")
+		}
 		return nil, nil, fmt.Errorf("not YAML: %w", err)
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		line := more.Line
+		if len(more.Content) > 0 {
+			line = more.Content[0].Line
+		}
+		return nil, nil, fmt.Errorf("line %d: a second YAML document: the import reads one pool file; split the file", line)
 	}
 	var file droneFile
 	if err := root.Decode(&file); err != nil {
-		return nil, nil, fmt.Errorf("not a drone-runner-aws pool file: %w", err)
+		return nil, nil, fmt.Errorf("not a drone-runner-aws pool file: %w", userTerms(err))
 	}
 	if len(file.Instances) == 0 {
 		return nil, nil, errors.New("not a drone-runner-aws pool file: no instances")
@@ -118,7 +143,7 @@ func ImportDrone(data []byte) (*Config, []string, error) {
 			OS:                 in.Platform.OS,
 			Arch:               in.Platform.Arch,
 			AMI:                in.Spec.AMI,
-			SecurityGroups:     in.Spec.Network.SecurityGroups,
+			SecurityGroups:     union(in.Spec.Network.SecurityGroups, in.Spec.Network.VPCSecurityGroups),
 			MinIdle:            in.Pool,
 			MaxInstances:       in.Limit,
 			RootVolume:         Volume{SizeGB: in.Spec.Disk.Size, Type: in.Spec.Disk.Type},
@@ -126,7 +151,13 @@ func ImportDrone(data []byte) (*Config, []string, error) {
 			KeyPair:            in.Spec.Account.KeyPairName,
 			Tags:               in.Spec.Tags,
 			UserData:           in.Spec.UserData,
-			Spot:               Spot{Enabled: in.Spec.MarketType == "spot"},
+		}
+		switch market := strings.ToLower(strings.TrimSpace(in.Spec.MarketType)); market {
+		case "spot":
+			p.Spot.Enabled = true
+		case "", "on-demand", "ondemand", "on_demand":
+		default:
+			note("market_type %q: want spot or on-demand; the pool is on-demand", in.Spec.MarketType)
 		}
 		if p.Name != in.Name {
 			note("name %q becomes %q", in.Name, p.Name)
@@ -137,16 +168,22 @@ func ImportDrone(data []byte) (*Config, []string, error) {
 		if p.Arch == "" {
 			p.Arch = "amd64"
 		}
-		if in.Spec.Size != "" {
-			p.InstanceTypes = []string{in.Spec.Size}
+		p.InstanceTypes = union(nonEmpty(in.Spec.Size), nonEmpty(in.Spec.SizeAlt))
+		// Subnets the multi-AZ way (zone_details, in order), or the one
+		// subnet_id.
+		for _, z := range append(slices.Clone(in.Spec.Network.ZoneDetails), in.Spec.ZoneDetails...) {
+			if z.SubnetID == "" {
+				note("zone_details: zone %q has no subnet_id; left out", z.AvailabilityZone)
+				continue
+			}
+			p.Subnets = union(p.Subnets, []string{z.SubnetID})
 		}
-		if in.Spec.Network.SubnetID != "" {
-			p.Subnets = []string{in.Spec.Network.SubnetID}
-		} else {
-			note("no subnet_id: fill in subnets (one per availability zone)")
+		p.Subnets = union(p.Subnets, nonEmpty(in.Spec.Network.SubnetID))
+		if len(p.Subnets) == 0 {
+			note("no subnet_id or zone_details: fill in subnets (one per availability zone), or deploy with the CDK stack, which fills them in")
 		}
 		if len(p.SecurityGroups) == 0 {
-			note("no security_groups: fill in the group that admits port 9079 from the functions")
+			note("no security_groups: fill in the group that admits port 9079 from the functions, or deploy with the CDK stack, which adds its own")
 		}
 		if p.MaxInstances == 0 {
 			p.MaxInstances = max(p.MinIdle, 1) * 4
@@ -158,6 +195,48 @@ func ImportDrone(data []byte) (*Config, []string, error) {
 		cfg.Pools = append(cfg.Pools, p)
 	}
 	return cfg, notes, nil
+}
+
+// union is a followed by what b adds, without repeats.
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, v := range b {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func nonEmpty(v string) []string {
+	if v == "" {
+		return nil
+	}
+	return []string{v}
+}
+
+// goTypes are the Go types the YAML decoder names in its errors, in the
+// user's words.
+var goTypes = strings.NewReplacer(
+	"[]pool.droneInstance", "a list of instances", "pool.droneInstance", "an instance", "pool.droneFile", "a pool file",
+	"[]pool.droneZone", "a list of zones", "pool.droneZone", "a zone", "map[string]string", "a mapping of strings",
+	"[]string", "a list of strings", "!!map", "a mapping", "!!seq", "a list", "!!str", "a string", "!!int", "a number",
+	"!!bool", "true or false", "[]pool.Pool", "a list of pools", "pool.Pool", "a pool", "[]pool.Window", "a list of windows",
+	"pool.Window", "a schedule window", "pool.Volume", "a root volume", "pool.Spot", "spot settings", "pool.Duration", "a duration",
+	"cannot unmarshal", "cannot read", " into ", " as ",
+)
+
+// userTerms rewrites a YAML decoding error without Go's types.
+func userTerms(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	var msgs []string
+	for _, e := range te.Errors {
+		msgs = append(msgs, goTypes.Replace(e))
+	}
+	return errors.New(strings.Join(msgs, "; "))
 }
 
 // instancesNodes returns the mapping node of each instance.

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -81,5 +82,119 @@ func TestMarshalRoundTrip(t *testing.T) {
 	a, _ := again.Pool("linux-amd64")
 	if a.MaxVMLifetime.Duration != cfg.Pools[0].MaxVMLifetime.Duration || len(a.Schedule) != 2 {
 		t.Fatalf("round trip changed the pool: %+v", a)
+	}
+}
+
+// The published example file: the multi-AZ pool's subnets come from its
+// zone_details, the other providers are left out with a note, and what the
+// converted file still lacks is said by the check.
+func TestImportPublishedExample(t *testing.T) {
+	data, err := os.ReadFile("testdata/drone-runner-aws/pool_example.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, notes, err := ImportDrone(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range cfg.Pools {
+		names = append(names, p.Name)
+	}
+	if !slices.Equal(names, []string{"ubuntu-aws", "linux-amd64-multitenant"}) {
+		t.Fatalf("pools %v", names)
+	}
+	mt := cfg.Pools[1]
+	if !slices.Equal(mt.Subnets, []string{"subnet-base-a", "subnet-base-b"}) || !slices.Equal(mt.SecurityGroups, []string{"sg-base"}) ||
+		mt.KeyPair != "kp" || mt.RootVolume.SizeGB != 100 || !slices.Equal(mt.InstanceTypes, []string{"t3.large"}) {
+		t.Errorf("multi-AZ pool %+v", mt)
+	}
+	joined := strings.Join(notes, "\n")
+	for _, want := range []string{
+		`instance ubuntu-gcp: type "google": only amazon instances convert`,
+		"instance linux-amd64-multitenant: tenants",
+		"instance ubuntu-aws: no subnet_id or zone_details",
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("notes lack %q:\n%s", want, joined)
+		}
+	}
+	if strings.Contains(joined, "zone_details not converted") {
+		t.Errorf("zone_details noted as not converted:\n%s", joined)
+	}
+	out, err := Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), `type: ""`) {
+		t.Errorf("an empty disk type is written:\n%s", out)
+	}
+	if _, err := Parse(out); err == nil || !strings.Contains(err.Error(), `ami: "ami-base"`) {
+		t.Errorf("the converted example's problems: %v", err)
+	}
+}
+
+func TestImportCarriesWhatSlipwayHas(t *testing.T) {
+	cfg, notes, err := ImportDrone([]byte(`version: "1"
+instances:
+  - name: multi
+    type: amazon
+    limit: 4
+    spec:
+      ami: ami-0123456789abcdef0
+      size: c6i.large
+      size_alt: c5.large
+      market_type: SPOT
+      zone_details:
+        - {availability_zone: eu-west-1a, subnet_id: subnet-0a1b2c3d4e5f60001}
+      network:
+        security_groups: [sg-0a1b2c3d4e5f60001]
+        vpc_security_groups: [sg-0a1b2c3d4e5f60002, sg-0a1b2c3d4e5f60001]
+        zone_details:
+          - {availability_zone: eu-west-1b, subnet_id: subnet-0a1b2c3d4e5f60002, private_ip: true}
+  - name: odd-market
+    type: amazon
+    spec: {ami: ami-0123456789abcdef0, size: c6i.large, market_type: reserved}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Pools[0]
+	if !slices.Equal(p.InstanceTypes, []string{"c6i.large", "c5.large"}) || !p.Spot.Enabled ||
+		!slices.Equal(p.Subnets, []string{"subnet-0a1b2c3d4e5f60002", "subnet-0a1b2c3d4e5f60001"}) ||
+		!slices.Equal(p.SecurityGroups, []string{"sg-0a1b2c3d4e5f60001", "sg-0a1b2c3d4e5f60002"}) {
+		t.Errorf("pool %+v", p)
+	}
+	joined := strings.Join(notes, "\n")
+	if !strings.Contains(joined, `instance odd-market: market_type "reserved": want spot or on-demand`) || cfg.Pools[1].Spot.Enabled {
+		t.Errorf("an unknown market type: %v\n%s", cfg.Pools[1].Spot, joined)
+	}
+	for _, bad := range []string{"size_alt not converted", "vpc_security_groups not converted", "zone_details not converted"} {
+		if strings.Contains(joined, bad) {
+			t.Errorf("notes say %q:\n%s", bad, joined)
+		}
+	}
+}
+
+func TestImportSaysWhatIsWrongInTheUsersTerms(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"", "the file is empty"},
+		{"version: \"1\"\ninstances:\n  - name: a\n    type: amazon\n---\ninstances: []\n", "line 6: a second YAML document"},
+		{"instances:\n  name: a\n", "line 2: cannot read a mapping as a list of instances"},
+	} {
+		_, _, err := ImportDrone([]byte(tt.in))
+		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "pool.drone") || strings.Contains(err.Error(), "EOF") {
+			t.Errorf("%q: err = %v, want %q", tt.in, err, tt.want)
+		}
+	}
+	if _, err := Parse([]byte("version: \"1\"\ninstances: []\n")); err == nil || !strings.Contains(err.Error(), "slipway pools import") {
+		t.Errorf("a drone file given to the check: %v", err)
+	}
+}
+
+func TestUnknownInstanceTypes(t *testing.T) {
+	p := Pool{InstanceTypes: []string{"t3.large", "t3.hugee", "c7g.xlarge"}}
+	if got := p.UnknownInstanceTypes(); !slices.Equal(got, []string{"t3.hugee"}) {
+		t.Errorf("unknown %v", got)
 	}
 }
