@@ -198,3 +198,25 @@ func TestUnknownInstanceTypes(t *testing.T) {
 		t.Errorf("unknown %v", got)
 	}
 }
+
+func TestImportPublishedCompilerPool(t *testing.T) {
+	data, err := os.ReadFile("testdata/drone-runner-aws/compiler_drone_pool.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := ImportDrone(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Pools[0]
+	if len(cfg.Pools) != 1 || p.Name != "ubuntu" || p.MinIdle != 1 || p.MaxInstances != 100 ||
+		!slices.Equal(p.InstanceTypes, []string{"t2.micro"}) || !slices.Equal(p.SecurityGroups, []string{"sg-0f5aaeb48d35162a4"}) || p.Tags["cat"] != "dog" {
+		t.Errorf("pools %+v", cfg.Pools)
+	}
+	// It names no subnet: usable once deployed by the CDK stack, which
+	// gives the functions' subnets.
+	out, _ := Marshal(cfg)
+	if _, err := ParseFor(out, Network{Subnets: []string{"subnet-0a1b2c3d4e5f60001"}}); err != nil {
+		t.Errorf("with the deployment's subnets: %v", err)
+	}
+}
