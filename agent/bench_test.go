@@ -48,9 +48,37 @@ func agentBinary(b *testing.B) string {
 	return bin
 }
 
+// bench prints a BENCH line with the machine's state at that moment: the
+// load average and the p50 of a bare fork/exec of true, measured in this
+// run, so that a reader can tell a slow machine from a slow agent.
 func bench(name string, value float64, unit string, extra ...string) {
+	extra = append(extra, "load1="+loadAverage(), fmt.Sprintf("forkexec_p50_ms=%.3f", ms(forkExecP50())))
 	fmt.Printf("BENCH %s %.3f %s %s\n", name, value, unit, strings.Join(extra, " "))
 }
+
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Fields(string(data))[0]
+}
+
+var forkExecP50 = sync.OnceValue(func() time.Duration {
+	truePath, err := exec.LookPath("true")
+	if err != nil {
+		return 0
+	}
+	var runs []time.Duration
+	for range 101 {
+		start := time.Now()
+		if exec.Command(truePath).Run() != nil {
+			return 0
+		}
+		runs = append(runs, time.Since(start))
+	}
+	return median(runs)
+})
 
 // benchWorkDir is a work dir on the disk the repository is on. Not in /tmp:
 // on this kind of machine, creating a file in /tmp costs about 0.8 ms against
