@@ -4,14 +4,17 @@
 package agentapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"path"
+	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,12 +101,27 @@ type Stage struct {
 func (s *Stage) Validate() error {
 	errs := []error{ValidateID("stage", s.ID)}
 	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets), validateSecrets(s.Secrets))
+	files := map[string]int{} // clean path -> index
 	for i, f := range s.Files {
 		if err := validateRelPath(f.Path); err != nil {
 			errs = append(errs, fmt.Errorf("files[%d]: %w", i, err))
+		} else if clean := path.Clean(strings.ReplaceAll(f.Path, `\`, "/")); clean == "." {
+			errs = append(errs, fmt.Errorf("files[%d]: path %q is the work dir itself", i, truncateValue(f.Path)))
+		} else if j, dup := files[clean]; dup {
+			errs = append(errs, fmt.Errorf("files[%d]: path %q is also files[%d]'s", i, truncateValue(f.Path), j))
+		} else {
+			files[clean] = i
 		}
 		if f.Mode&^0o777 != 0 {
 			errs = append(errs, fmt.Errorf("files[%d]: mode %o has bits beyond 0777", i, f.Mode))
+		}
+	}
+	// A file cannot also be a folder of another.
+	for clean, i := range files {
+		for dir := path.Dir(clean); dir != "."; dir = path.Dir(dir) {
+			if j, ok := files[dir]; ok {
+				errs = append(errs, fmt.Errorf("files[%d]: %q is under files[%d] (%q), which is a file", i, truncateValue(clean), j, truncateValue(dir)))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -156,6 +174,21 @@ type Step struct {
 
 var userPattern = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
 
+// maxID is the largest uid or gid: they are 32 bits, and 2³²−1 means none.
+const maxID = 1<<32 - 2
+
+func validUser(u string) bool {
+	if !userPattern.MatchString(u) {
+		return false
+	}
+	for _, id := range strings.Split(u, ":") {
+		if n, err := strconv.ParseUint(id, 10, 64); err != nil || n > maxID {
+			return false
+		}
+	}
+	return true
+}
+
 // Validate reports every problem of a step spec at once.
 func (s *Step) Validate() error {
 	var errs []error
@@ -166,6 +199,14 @@ func (s *Step) Validate() error {
 		errs = append(errs, errors.New("empty step: give command, script or image"))
 	case len(s.Command) > 0 && s.Command[0] == "":
 		errs = append(errs, errors.New("command[0] is empty"))
+	}
+	for i, arg := range s.Command {
+		if strings.IndexByte(arg, 0) >= 0 {
+			errs = append(errs, fmt.Errorf("command[%d] contains a NUL byte", i))
+		}
+	}
+	if strings.IndexByte(s.Script, 0) >= 0 {
+		errs = append(errs, errors.New("script contains a NUL byte"))
 	}
 	if s.Shell != "" && !slices.Contains(Shells, s.Shell) {
 		errs = append(errs, fmt.Errorf("shell %q: want one of %s", truncateValue(s.Shell), strings.Join(Shells, ", ")))
@@ -194,8 +235,8 @@ func (s *Step) Validate() error {
 			errs = append(errs, fmt.Errorf("work_dir: %w", err))
 		}
 	}
-	if s.User != "" && !userPattern.MatchString(s.User) {
-		errs = append(errs, fmt.Errorf("user %q: want uid or uid:gid", truncateValue(s.User)))
+	if s.User != "" && !validUser(s.User) {
+		errs = append(errs, fmt.Errorf("user %q: want uid or uid:gid, each 0 to %d", truncateValue(s.User), maxID))
 	}
 	if s.TimeoutSeconds < 0 || s.TimeoutSeconds > int64(MaxTimeout/time.Second) {
 		errs = append(errs, fmt.Errorf("timeout_seconds %d: want 0 (no timeout) to %d", s.TimeoutSeconds, int64(MaxTimeout/time.Second)))
@@ -336,19 +377,32 @@ type ErrorDetail struct {
 	Message string `json:"message"`
 }
 
-// DecodeStrict decodes one JSON value from r into v, refusing unknown fields
-// and trailing data.
+// DecodeStrict decodes one JSON value from r into v, refusing trailing
+// data, and keys that are not exactly the names of v's fields (every one of
+// them, by its path, with the []byte fields that are not base64).
 func DecodeStrict(r io.Reader, v any) error {
 	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	dec.UseNumber()
+	var raw any
+	if err := dec.Decode(&raw); err != nil {
 		return fmt.Errorf("decode body: %w", err)
-	}
-	if dec.More() {
-		return errors.New("decode body: trailing data after the JSON value")
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("decode body: trailing data after the JSON value")
+	}
+	var problems []string
+	checkKeys(raw, reflect.TypeOf(v), "", &problems)
+	if len(problems) > 0 {
+		if len(problems) > maxKeyProblems {
+			problems = append(problems[:maxKeyProblems], fmt.Sprintf("and %d more", len(problems)-maxKeyProblems))
+		}
+		return fmt.Errorf("decode body: %s", strings.Join(problems, "; "))
+	}
+	data, _ := json.Marshal(raw) // a value just decoded encodes
+	strict := json.NewDecoder(bytes.NewReader(data))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(v); err != nil {
+		return fmt.Errorf("decode body: %w", err)
 	}
 	return nil
 }
@@ -427,9 +481,23 @@ func validateEnv(field string, env map[string]string) error {
 	return errors.Join(errs...)
 }
 
+// Path limits: Linux's on a whole path and on one name in it.
+const (
+	MaxPathBytes = 4095
+	maxNameBytes = 255
+)
+
 func validateRelPath(p string) error {
 	if p == "" {
 		return errors.New("path is empty")
+	}
+	if len(p) > MaxPathBytes {
+		return fmt.Errorf("path %q is %d bytes, at most %d", truncateValue(p), len(p), MaxPathBytes)
+	}
+	for _, name := range strings.FieldsFunc(p, func(r rune) bool { return r == '/' || r == '\\' }) {
+		if len(name) > maxNameBytes {
+			return fmt.Errorf("path %q has a name of %d bytes, at most %d", truncateValue(p), len(name), maxNameBytes)
+		}
 	}
 	if strings.IndexByte(p, 0) >= 0 {
 		return fmt.Errorf("path %q contains a NUL byte", truncateValue(p))

@@ -137,3 +137,52 @@ func TestSecretsHaveLimits(t *testing.T) {
 		t.Errorf("distinct secret bytes %d, want 3", n)
 	}
 }
+
+// Every problem of a body at once, in the user's terms, none of them a 500
+// later: keys matched exactly, base64 checked, paths bounded, files that
+// collide, NUL bytes in arguments, uids beyond 32 bits.
+func TestEveryProblemAtOnce(t *testing.T) {
+	body := `{"id":"s","ENV":{},"secretz":{},"files":[` +
+		`{"path":".","data":"eA=="},{"path":"d","data":"eA=="},{"path":"d/e","data":"eA=="},` +
+		`{"path":"` + strings.Repeat("p", 5000) + `","data":"!!"},{"path":"x","data":"not base64"}]}`
+	_, err := DecodeStage(strings.NewReader(body))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		`unknown field "ENV" (keys are case-sensitive: "env")`, `unknown field "secretz"`,
+		"files[3].data: not base64", "files[4].data: not base64",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q:\n%v", want, err)
+		}
+	}
+	// With the keys right, the rest of the stage's problems.
+	body = `{"id":"s","files":[{"path":".","data":"eA=="},{"path":"d","data":"eA=="},{"path":"d/e","data":"eA=="},` +
+		`{"path":"` + strings.Repeat("p", 5000) + `","data":"eA=="},{"path":"a/` + strings.Repeat("n", 300) + `","data":"eA=="}]}`
+	_, err = DecodeStage(strings.NewReader(body))
+	for _, want := range []string{
+		`files[0]: path "." is the work dir itself`, `files[2]: "d/e" is under files[1] ("d"), which is a file`,
+		"files[3]: path", "is 5000 bytes, at most 4095", "files[4]: path", "has a name of 300 bytes",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q:\n%v", want, err)
+		}
+	}
+	if err != nil && len(err.Error()) > 2000 {
+		t.Errorf("the error is %d bytes: values are not cut", len(err.Error()))
+	}
+	_, err = DecodeStep(strings.NewReader(`{"command":["echo","a\u0000b"],"user":"4294967296","COMMAND":["x"]}`))
+	if err == nil || !strings.Contains(err.Error(), `unknown field "COMMAND"`) {
+		t.Errorf("COMMAND: %v", err)
+	}
+	_, err = DecodeStep(strings.NewReader(`{"command":["echo","a\u0000b"],"user":"4294967296"}`))
+	for _, want := range []string{"command[1] contains a NUL byte", `user "4294967296": want uid or uid:gid, each 0 to 4294967294`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q:\n%v", want, err)
+		}
+	}
+	if _, err := DecodeStep(strings.NewReader(`{"command":["true"],"user":"4294967294:0"}`)); err != nil {
+		t.Errorf("the largest uid: %v", err)
+	}
+}
