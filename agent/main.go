@@ -107,7 +107,6 @@ func run(ctx context.Context, args []string) error {
 		WorkRoot:    o.workDir,
 		MaxLogBytes: o.maxLogBytes,
 		Version:     version,
-		Host:        &executor.Process{},
 		BaseEnv:     os.Environ(),
 		Logger:      logger,
 	}

@@ -11,9 +11,14 @@ import (
 )
 
 // Process runs steps as host processes. Each step gets its own process group
-// (a job object on Windows), so stopping it reaches every process it started,
-// and whatever it left running is killed when its main process exits.
-type Process struct{}
+// (a job object on Windows), and on Linux its own cgroup when Cgroups is set,
+// so stopping it reaches every process it started, and whatever it left
+// running is killed when its main process exits.
+type Process struct {
+	// Cgroups, when set, holds each step in a cgroup v2 of its own: what
+	// leaves the process group (setsid, env -i) stays in it.
+	Cgroups *Cgroups
+}
 
 var _ Executor = (*Process)(nil)
 
@@ -41,7 +46,7 @@ type processHandle struct {
 }
 
 // Start starts spec.Argv on the host.
-func (*Process) Start(_ context.Context, spec Spec) (Handle, error) {
+func (p *Process) Start(_ context.Context, spec Spec) (Handle, error) {
 	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
 		return nil, ErrNoCommand
 	}
@@ -55,24 +60,41 @@ func (*Process) Start(_ context.Context, spec Spec) (Handle, error) {
 	cmd.Env = spec.Env
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = w, w
-	if err := prepare(cmd, spec.User); err != nil {
+	var cg *Cgroup
+	if p.Cgroups != nil {
+		if cg, err = p.Cgroups.New(spec.Name); err != nil {
+			_ = r.Close()
+			_ = w.Close()
+			return nil, err
+		}
+	}
+	if err := prepare(cmd, spec.User, cg); err != nil {
 		_ = r.Close()
 		_ = w.Close()
+		if cg != nil {
+			cg.Remove()
+		}
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
 		_ = r.Close()
 		_ = w.Close()
+		if cg != nil {
+			cg.Remove()
+		}
 		return nil, fmt.Errorf("start %s: %w", spec.Argv[0], err)
 	}
 	// The step holds the only write end now: EOF comes when all its processes
 	// are gone.
 	_ = w.Close()
-	group, err := attach(cmd)
+	group, err := attach(cmd, cg)
 	if err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		_ = r.Close()
+		if cg != nil {
+			cg.Remove()
+		}
 		return nil, err
 	}
 	h := &processHandle{cmd: cmd, group: group, marker: spec.Marker, done: make(chan struct{})}
@@ -83,6 +105,16 @@ func (*Process) Start(_ context.Context, spec Spec) (Handle, error) {
 	}()
 	go h.wait(r, pumped)
 	return h, nil
+}
+
+// KillLeftovers ends what the stage's steps left running (daemons that left
+// their process groups), every step cgroup of this agent, and reports how
+// many steps had some. The stage's teardown calls it.
+func (p *Process) KillLeftovers() int {
+	if p.Cgroups == nil {
+		return 0
+	}
+	return p.Cgroups.KillAll()
 }
 
 // pump copies the step's output until EOF. It keeps reading after a write
@@ -105,12 +137,15 @@ func pump(out interface{ Write([]byte) (int, error) }, r *os.File) {
 
 func (h *processHandle) wait(r *os.File, pumped <-chan struct{}) {
 	waitErr := h.cmd.Wait()
-	// The step is over when its main process is: nothing it forked may
-	// outlive it.
-	h.group.kill()
+	// The step is over when its main process is: nothing left in its
+	// process group may outlive it. What left the group and let go of the
+	// output (a daemon for later steps) lives until the stage ends.
+	h.group.killGroup()
 	select {
 	case <-pumped:
 	case <-time.After(escapeDelay):
+		// Something holds the output: every process of the step goes.
+		h.group.killAll()
 		KillMarked(h.marker)
 		select {
 		case <-pumped:
@@ -150,7 +185,7 @@ func (h *processHandle) Stop(grace time.Duration) {
 			select {
 			case <-h.done:
 			case <-timer.C:
-				h.group.kill()
+				h.group.killAll()
 			}
 		}()
 	})

@@ -7,8 +7,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxRSSBytes converts ru_maxrss, which Linux reports in KiB.
-func maxRSSBytes(ru *syscall.Rusage) int64 { return ru.Maxrss * 1024 }
+// startIn has the step's process start inside its cgroup (clone3 with
+// CLONE_INTO_CGROUP): it is in there before it runs any code of its own.
+func startIn(attr *syscall.SysProcAttr, cg *Cgroup) {
+	if cg != nil {
+		attr.UseCgroupFD = true
+		attr.CgroupFD = cg.fd
+	}
+}
 
 // growPipe enlarges the output pipe to 1 MiB, so a chatty step makes fewer,
 // larger writes. Failure only costs speed.

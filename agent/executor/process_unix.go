@@ -13,11 +13,16 @@ import (
 	"time"
 )
 
-// processGroup is the step's process group; its id is the main process's pid.
-type processGroup struct{ pgid int }
+// processGroup is the step's process group (its id is the main process's
+// pid) and, where there is one, its cgroup.
+type processGroup struct {
+	pgid int
+	cg   *Cgroup
+}
 
-func prepare(cmd *exec.Cmd, userSpec string) error {
+func prepare(cmd *exec.Cmd, userSpec string, cg *Cgroup) error {
 	attr := &syscall.SysProcAttr{Setpgid: true}
+	startIn(attr, cg)
 	if userSpec != "" {
 		cred, err := credential(userSpec)
 		if err != nil {
@@ -50,20 +55,44 @@ func credential(spec string) (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
-func attach(cmd *exec.Cmd) (processGroup, error) {
-	return processGroup{pgid: cmd.Process.Pid}, nil
+func attach(cmd *exec.Cmd, cg *Cgroup) (processGroup, error) {
+	return processGroup{pgid: cmd.Process.Pid, cg: cg}, nil
 }
 
-func (g processGroup) terminate() { _ = syscall.Kill(-g.pgid, syscall.SIGTERM) }
-
-func (g processGroup) kill() { _ = syscall.Kill(-g.pgid, syscall.SIGKILL) }
-
-func (g processGroup) close() {}
-
-func (g processGroup) usage(ps *os.ProcessState) (time.Duration, int64) {
-	ru, ok := ps.SysUsage().(*syscall.Rusage)
-	if !ok {
-		return ps.UserTime() + ps.SystemTime(), 0
+func (g processGroup) terminate() {
+	_ = syscall.Kill(-g.pgid, syscall.SIGTERM)
+	if g.cg != nil {
+		g.cg.Signal(syscall.SIGTERM)
 	}
-	return ps.UserTime() + ps.SystemTime(), maxRSSBytes(ru)
+}
+
+func (g processGroup) killGroup() { _ = syscall.Kill(-g.pgid, syscall.SIGKILL) }
+
+func (g processGroup) killAll() {
+	g.killGroup()
+	if g.cg != nil {
+		g.cg.Kill()
+	}
+}
+
+// close removes the step's cgroup once it is empty; one still holding a
+// daemon stays for the stage's KillLeftovers.
+func (g processGroup) close() {
+	if g.cg != nil {
+		g.cg.RemoveIfEmpty()
+	}
+}
+
+// usage is the step's CPU time and peak memory: its cgroup's, where it has
+// one (every process it ran, escaped ones too; memory where the memory
+// controller is the agent's), else what the main process's wait reports:
+// its CPU and its children's, and no memory figure, since a child forked
+// from the agent reports the agent's own peak as its maxrss.
+func (g processGroup) usage(ps *os.ProcessState) (time.Duration, int64) {
+	cpu := ps.UserTime() + ps.SystemTime()
+	if g.cg == nil {
+		return cpu, 0
+	}
+	cgCPU, peak := g.cg.Usage()
+	return max(cpu, cgCPU), peak
 }

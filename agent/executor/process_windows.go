@@ -18,7 +18,7 @@ type processGroup struct {
 	pid int
 }
 
-func prepare(cmd *exec.Cmd, userSpec string) error {
+func prepare(cmd *exec.Cmd, userSpec string, _ *Cgroup) error {
 	if userSpec != "" {
 		return fmt.Errorf("user %q: running a step as another user is not supported on Windows", userSpec)
 	}
@@ -30,7 +30,7 @@ func prepare(cmd *exec.Cmd, userSpec string) error {
 // attach puts the started process into a new job object. A child the process
 // starts before this call escapes the job; in practice the window is a few
 // microseconds, before the new process has run any of its own code.
-func attach(cmd *exec.Cmd) (processGroup, error) {
+func attach(cmd *exec.Cmd, _ *Cgroup) (processGroup, error) {
 	job, err := windows.CreateJobObject(nil, nil)
 	if err != nil {
 		return processGroup{}, fmt.Errorf("create job object: %w", err)
@@ -62,7 +62,9 @@ func (g processGroup) terminate() {
 	_ = windows.GenerateConsoleCtrlEvent(windows.CTRL_BREAK_EVENT, uint32(g.pid))
 }
 
-func (g processGroup) kill() { _ = windows.TerminateJobObject(g.job, 1) }
+func (g processGroup) killGroup() { _ = windows.TerminateJobObject(g.job, 1) }
+
+func (g processGroup) killAll() { g.killGroup() }
 
 func (g processGroup) close() { _ = windows.CloseHandle(g.job) }
 

@@ -85,7 +85,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Host == nil {
-		cfg.Host = &executor.Process{}
+		cfg.Host = hostExecutor(cfg.Logger)
 	}
 	root, err := filepath.Abs(cfg.WorkRoot)
 	if err != nil {
@@ -109,6 +109,21 @@ func New(cfg Config) (*Server, error) {
 		started: time.Now(),
 		ended:   map[string]agentapi.Usage{},
 	}, nil
+}
+
+// hostExecutor runs host steps each in a cgroup of its own where cgroup v2
+// can be written, else in a process group only, which a step's setsid and
+// cleared environment escape: said once, at start.
+func hostExecutor(logger *slog.Logger) *executor.Process {
+	cg, err := executor.OpenCgroups(logger)
+	if err != nil {
+		if runtime.GOOS == "linux" {
+			logger.Warn("host steps are held by their process group only: processes that leave it (setsid) outlive cancel", "err", err)
+		}
+		return &executor.Process{}
+	}
+	logger.Info("host steps run in cgroups of their own", "peak_memory", cg.Memory())
+	return &executor.Process{Cgroups: cg}
 }
 
 // BootID is this run's boot id.

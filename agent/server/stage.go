@@ -218,7 +218,13 @@ func (s *Server) teardown(st *stage) agentapi.Usage {
 	st.stopAll(s.cfg.StopGrace)
 	st.waitAll(s.cfg.StopGrace + 10*time.Second)
 	// What escaped its step's process group (setsid, daemons) and let go of
-	// the step's output dies with the stage.
+	// the step's output dies with the stage: all of its steps' cgroups, and
+	// where there are none, what still carries the stage's marker.
+	if hp, ok := s.cfg.Host.(*executor.Process); ok {
+		if n := hp.KillLeftovers(); n > 0 {
+			s.cfg.Logger.Info("killed what steps left running", "stage", st.spec.ID, "steps", n)
+		}
+	}
 	if n := executor.KillMarked("SLIPWAY_STAGE=" + st.spec.ID); n > 0 {
 		s.cfg.Logger.Info("killed processes that escaped their steps", "stage", st.spec.ID, "processes", n)
 	}

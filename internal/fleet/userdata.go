@@ -143,6 +143,8 @@ Wants=network-online.target
 ExecStart={{.AgentPath}} --addr :{{.Port}} --tls-cert {{.ConfigDir}}/{{.CertFile}} --tls-key {{.ConfigDir}}/{{.KeyFile}} --client-ca {{.ConfigDir}}/{{.ClientCAFile}} --work-dir {{.WorkDir}}
 Restart=always
 RestartSec=1
+# The agent puts each step in a cgroup of its own under the service's.
+Delegate=yes
 
 [Install]
 WantedBy=multi-user.target

@@ -47,6 +47,8 @@ Wants=network-online.target
 ExecStart=/usr/local/bin/slipway-agent --addr :9079 --tls-cert /etc/slipway/agent.crt --tls-key /etc/slipway/agent.key --client-ca /etc/slipway/client-ca.crt --work-dir /var/lib/slipway/work
 Restart=always
 RestartSec=1
+# The agent puts each step in a cgroup of its own under the service's.
+Delegate=yes
 
 [Install]
 WantedBy=multi-user.target
