@@ -237,6 +237,32 @@ func BenchmarkAgentParallel50(b *testing.B) {
 	bench("agent_parallel50_wall", took.Seconds(), "s")
 }
 
+// BenchmarkAgentParallel50Cold: the same 50 steps from a client that has no
+// connection yet, as the orchestrator's first group on a new VM is: what
+// the handshakes cost.
+func BenchmarkAgentParallel50Cold(b *testing.B) {
+	p := startBound(b, agentapi.Stage{ID: "bench"})
+	c := (&agenttest.Agent{PKI: p.PKI}).NewClient(b, p.Addr)
+	ctx := context.Background()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range 50 {
+		wg.Go(func() {
+			st, err := c.RunStep(ctx, "bench", "c"+strconv.Itoa(i), &agentapi.Step{Command: []string{"sleep", "1"}})
+			if err != nil || st.State != agentapi.StepSucceeded {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if failed.Load() > 0 {
+		b.Fatalf("%d steps failed", failed.Load())
+	}
+	bench("agent_parallel50_cold_wall", took.Seconds(), "s")
+}
+
 // BenchmarkAgentBinarySize: the linux/amd64 agent, stripped, in MB (10^6 bytes).
 func BenchmarkAgentBinarySize(b *testing.B) {
 	info, err := os.Stat(agentBinary(b))
