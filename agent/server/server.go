@@ -235,6 +235,10 @@ func (s *Server) Shutdown() {
 		st.stopAll(s.cfg.StopGrace)
 		st.waitAll(s.cfg.StopGrace + 5*time.Second)
 	}
+	if hp, ok := s.cfg.Host.(*executor.Process); ok && hp.Cgroups != nil {
+		hp.KillLeftovers()
+		hp.Cgroups.Close()
+	}
 }
 
 func (s *Server) recoverPanics(next http.Handler) http.Handler {
