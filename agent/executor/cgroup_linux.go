@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -41,24 +42,10 @@ func OpenCgroups(logger *slog.Logger) (*Cgroups, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	mount, err := cgroup2Mount()
+	base, err := agentBase(logger)
 	if err != nil {
 		return nil, err
 	}
-	own, err := ownCgroup()
-	if err != nil {
-		return nil, err
-	}
-	base := filepath.Join(mount, own)
-	// Controllers for children can be enabled only in a cgroup without
-	// processes of its own (the root excepted): under systemd the agent is
-	// alone in its service's cgroup, so it moves into a leaf of it first.
-	if own != "/" {
-		if err := moveSelf(filepath.Join(base, "agent")); err != nil {
-			logger.Warn("cgroups: stay in the service's cgroup", "err", err)
-		}
-	}
-	enableControllers(base)
 	removeDeadRuns(base)
 	var id [4]byte
 	_, _ = rand.Read(id[:])
@@ -182,6 +169,40 @@ func (g *Cgroup) Remove() {
 		g.Kill()
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// base is the cgroup the agent process started in, found (and left for a
+// leaf of it) once per process: every Cgroups of the process shares it.
+var base struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+func agentBase(logger *slog.Logger) (string, error) {
+	base.once.Do(func() {
+		mount, err := cgroup2Mount()
+		if err != nil {
+			base.err = err
+			return
+		}
+		own, err := ownCgroup()
+		if err != nil {
+			base.err = err
+			return
+		}
+		base.dir = filepath.Join(mount, own)
+		// Controllers for children can be enabled only in a cgroup without
+		// processes of its own (the root excepted): under systemd the agent
+		// is alone in its service's cgroup, so it moves into a leaf of it.
+		if own != "/" {
+			if err := moveSelf(filepath.Join(base.dir, "agent")); err != nil {
+				logger.Warn("cgroups: stay in the service's cgroup", "err", err)
+			}
+		}
+		enableControllers(base.dir)
+	})
+	return base.dir, base.err
 }
 
 func cgroup2Mount() (string, error) {
