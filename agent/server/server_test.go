@@ -407,3 +407,31 @@ func TestStaleStageFoldersGo(t *testing.T) {
 		t.Errorf("after binding: %v, want only the bound stage's folder", names)
 	}
 }
+
+// Steps that bring new secrets at the same moment each get a matcher with
+// theirs, and a step after them is masked for all of them.
+func TestConcurrentStepsAddSecrets(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	ctx := agenttest.Context(t)
+	var wg sync.WaitGroup
+	for i := range 5 {
+		wg.Go(func() {
+			id := fmt.Sprintf("s%d", i)
+			spec := agentapi.Step{Script: `echo "$MINE"`, Secrets: map[string]string{"MINE": fmt.Sprintf("concurrent-secret-%d", i)}}
+			st, err := a.Client.RunStep(ctx, stageID, id, &spec)
+			if err != nil || st.State != agentapi.StepSucceeded {
+				t.Errorf("%s: %+v %v", id, st, err)
+			}
+		})
+	}
+	wg.Wait()
+	for i := range 5 {
+		if got := logOf(t, a, fmt.Sprintf("s%d", i)); got != "******\n" {
+			t.Errorf("s%d printed its own secret: %q", i, got)
+		}
+	}
+	run(t, a, "after", agentapi.Step{Script: `for i in 0 1 2 3 4; do echo concurrent-secret-$i; done`})
+	if got := logOf(t, a, "after"); strings.Contains(got, "concurrent-secret") {
+		t.Errorf("a later step printed earlier steps' secrets: %q", got)
+	}
+}

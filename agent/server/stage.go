@@ -127,7 +127,7 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 	}
 	st.hostEnv = mergeEnv(s.cfg.BaseEnv, spec.Env, spec.Secrets)
 	st.containerEnv = mergeEnv(nil, spec.Env, spec.Secrets)
-	if err := st.addSecrets(spec.Secrets); err != nil {
+	if err := st.addSecrets(spec.Secrets, nil); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
@@ -137,7 +137,30 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 // addSecrets adds the values the stage has not seen to its secrets and
 // rebuilds the matcher if there were any; the caller holds mu (or owns st).
 // It refuses values that would take the stage over MaxSecretsBytes.
-func (st *stage) addSecrets(secrets map[string]string) error {
+// prebuilt, when not nil, is a matcher already built over exactly the new
+// set (see prepareSecrets): the slow part done outside the lock.
+func (st *stage) addSecrets(secrets map[string]string, prebuilt *preparedSecrets) error {
+	fresh, n := st.freshSecrets(secrets)
+	if st.secretBytes+n > agentapi.MaxSecretsBytes {
+		return fmt.Errorf("secrets: the stage's so far (%d bytes, its steps' included) and the step's new ones (%d) together are over %d",
+			st.secretBytes, n, agentapi.MaxSecretsBytes)
+	}
+	if len(fresh) == 0 && st.matcher != nil {
+		return nil
+	}
+	st.secrets = append(st.secrets, fresh...)
+	st.secretBytes += n
+	if prebuilt != nil && prebuilt.seen == len(st.secrets)-len(fresh) && slices.Equal(prebuilt.fresh, fresh) {
+		st.matcher = prebuilt.matcher
+	} else {
+		st.matcher = mask.New(st.secrets...)
+	}
+	return nil
+}
+
+// freshSecrets are the values of secrets the stage has not seen, in a
+// stable order, and their size; the caller holds mu.
+func (st *stage) freshSecrets(secrets map[string]string) ([]string, int) {
 	var fresh []string
 	n := 0
 	for _, name := range slices.Sorted(maps.Keys(secrets)) {
@@ -146,16 +169,32 @@ func (st *stage) addSecrets(secrets map[string]string) error {
 			n += len(v)
 		}
 	}
-	if st.secretBytes+n > agentapi.MaxSecretsBytes {
-		return fmt.Errorf("secrets: the stage's so far (%d bytes, its steps' included) and the step's new ones (%d) together are over %d",
-			st.secretBytes, n, agentapi.MaxSecretsBytes)
+	return fresh, n
+}
+
+// preparedSecrets is a matcher built ahead over the stage's secrets as they
+// were (the first seen of them) and a step's new ones.
+type preparedSecrets struct {
+	seen    int
+	fresh   []string
+	matcher *mask.Matcher
+}
+
+// prepareSecrets builds, without holding mu through the build (up to
+// about 0.6 s at the limit), the matcher a step's new secrets call for;
+// nil when they bring none. addSecrets uses it if nothing changed
+// meanwhile.
+func (st *stage) prepareSecrets(secrets map[string]string) *preparedSecrets {
+	st.mu.Lock()
+	fresh, n := st.freshSecrets(secrets)
+	seen := len(st.secrets)
+	all := append(slices.Clone(st.secrets), fresh...)
+	over := st.secretBytes+n > agentapi.MaxSecretsBytes
+	st.mu.Unlock()
+	if len(fresh) == 0 || over {
+		return nil
 	}
-	if len(fresh) > 0 || st.matcher == nil {
-		st.secrets = append(st.secrets, fresh...)
-		st.secretBytes += n
-		st.matcher = mask.New(st.secrets...)
-	}
-	return nil
+	return &preparedSecrets{seen: seen, fresh: fresh, matcher: mask.New(all...)}
 }
 
 func writeStageFile(workDir string, f agentapi.File) error {

@@ -93,6 +93,7 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 		return
 	}
 	key := canonical(spec)
+	prepared := st.prepareSecrets(spec.Secrets)
 
 	st.mu.Lock()
 	if st.closing {
@@ -110,7 +111,7 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 		writeJSON(w, http.StatusOK, cur.snapshot())
 		return
 	}
-	if err := st.addSecrets(spec.Secrets); err != nil {
+	if err := st.addSecrets(spec.Secrets, prepared); err != nil {
 		st.mu.Unlock()
 		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, err.Error())
 		return
