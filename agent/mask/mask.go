@@ -1,7 +1,8 @@
 // Package mask hides secret values in step logs and outputs.
 //
-// A Matcher is an Aho-Corasick automaton compiled to a dense DFA over the
-// secrets and their common encodings (Variants). A Writer streams bytes
+// A Matcher is an Aho-Corasick automaton over the secrets and their common
+// encodings (Variants), dense where text spends its time and sparse deeper
+// down (see Matcher). A Writer streams bytes
 // through it: it holds back only the bytes that could still turn out to be the
 // start of a secret, so a secret split across two writes is still masked and
 // the log stays live.
@@ -302,16 +303,15 @@ func compile(patterns []string, maxDense int) *Matcher {
 	order = append(order, 0)
 	m := &Matcher{first: make([]int32, n+1), label: make([]byte, n-1), child: make([]int32, n-1),
 		fail: make([]int32, n), depth: make([]int32, n), matchLen: make([]int32, n)}
-	newID := make([]int32, n)
 	edges := int32(0)
 	for q := 0; q < len(order); q++ {
 		old := order[q]
 		m.first[q] = edges
 		for c := firstChild[old]; c >= 0; c = sibling[c] {
-			newID[c] = int32(len(order))
-			m.label[edges], m.child[edges] = labels[c], newID[c]
-			m.depth[newID[c]] = m.depth[q] + 1
-			m.matchLen[newID[c]] = ends[c]
+			id := int32(len(order))
+			m.label[edges], m.child[edges] = labels[c], id
+			m.depth[id] = m.depth[q] + 1
+			m.matchLen[id] = ends[c]
 			order = append(order, c)
 			edges++
 		}
