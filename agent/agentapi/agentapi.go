@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/bmatcuk/doublestar/v4"
 )
@@ -103,9 +104,9 @@ func (s *Stage) Validate() error {
 	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets), validateSecrets(s.Secrets))
 	files := map[string]int{} // clean path -> index
 	for i, f := range s.Files {
-		if err := validateRelPath(f.Path); err != nil {
+		if clean, err := cleanRelPath(f.Path); err != nil {
 			errs = append(errs, fmt.Errorf("files[%d]: %w", i, err))
-		} else if clean := path.Clean(strings.ReplaceAll(f.Path, `\`, "/")); clean == "." {
+		} else if clean == "." {
 			errs = append(errs, fmt.Errorf("files[%d]: path %q is the work dir itself", i, truncateValue(f.Path)))
 		} else if j, dup := files[clean]; dup {
 			errs = append(errs, fmt.Errorf("files[%d]: path %q is also files[%d]'s", i, truncateValue(f.Path), j))
@@ -231,7 +232,7 @@ func (s *Step) Validate() error {
 	}
 	errs = append(errs, validateEnv("env", s.Env), validateEnv("secrets", s.Secrets), validateSecrets(s.Secrets))
 	if s.WorkDir != "" {
-		if err := validateRelPath(s.WorkDir); err != nil {
+		if _, err := cleanRelPath(s.WorkDir); err != nil {
 			errs = append(errs, fmt.Errorf("work_dir: %w", err))
 		}
 	}
@@ -260,14 +261,21 @@ func (s *Step) Validate() error {
 	return errors.Join(errs...)
 }
 
+// Truncate cuts s to at most n bytes (on a character boundary) and marks
+// the cut with "…".
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
 // truncateValue shortens a value quoted in an error message: a message
 // names what was wrong, it does not echo kilobytes of it.
-func truncateValue(s string) string {
-	if len(s) > 100 {
-		return s[:100] + "…"
-	}
-	return s
-}
+func truncateValue(s string) string { return Truncate(s, 100) }
 
 // Timeout is the step's timeout, 0 for none.
 func (s *Step) Timeout() time.Duration {
@@ -487,28 +495,30 @@ const (
 	maxNameBytes = 255
 )
 
-func validateRelPath(p string) error {
+// cleanRelPath checks a path relative to the stage work dir and returns it
+// cleaned, with forward slashes.
+func cleanRelPath(p string) (string, error) {
 	if p == "" {
-		return errors.New("path is empty")
+		return "", errors.New("path is empty")
 	}
 	if len(p) > MaxPathBytes {
-		return fmt.Errorf("path %q is %d bytes, at most %d", truncateValue(p), len(p), MaxPathBytes)
+		return "", fmt.Errorf("path %q is %d bytes, at most %d", truncateValue(p), len(p), MaxPathBytes)
 	}
 	for _, name := range strings.FieldsFunc(p, func(r rune) bool { return r == '/' || r == '\\' }) {
 		if len(name) > maxNameBytes {
-			return fmt.Errorf("path %q has a name of %d bytes, at most %d", truncateValue(p), len(name), maxNameBytes)
+			return "", fmt.Errorf("path %q has a name of %d bytes, at most %d", truncateValue(p), len(name), maxNameBytes)
 		}
 	}
 	if strings.IndexByte(p, 0) >= 0 {
-		return fmt.Errorf("path %q contains a NUL byte", truncateValue(p))
+		return "", fmt.Errorf("path %q contains a NUL byte", truncateValue(p))
 	}
 	slashed := strings.ReplaceAll(p, `\`, "/")
 	if path.IsAbs(slashed) || (len(slashed) > 1 && slashed[1] == ':') {
-		return fmt.Errorf("path %q must be relative to the stage work dir", truncateValue(p))
+		return "", fmt.Errorf("path %q must be relative to the stage work dir", truncateValue(p))
 	}
 	clean := path.Clean(slashed)
 	if clean == ".." || strings.HasPrefix(clean, "../") {
-		return fmt.Errorf("path %q leaves the stage work dir", truncateValue(p))
+		return "", fmt.Errorf("path %q leaves the stage work dir", truncateValue(p))
 	}
-	return nil
+	return clean, nil
 }

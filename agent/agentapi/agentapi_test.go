@@ -186,3 +186,18 @@ func TestEveryProblemAtOnce(t *testing.T) {
 		t.Errorf("the largest uid: %v", err)
 	}
 }
+
+func TestTruncate(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"}, {"exactly", 7, "exactly"}, {"abcdef", 3, "abc…"},
+		{"aé", 2, "a…"}, // not half of é
+	} {
+		if got := Truncate(tt.in, tt.n); got != tt.want {
+			t.Errorf("Truncate(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
+}

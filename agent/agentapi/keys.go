@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -32,12 +33,12 @@ func checkKeys(v any, t reflect.Type, where string, problems *[]string) {
 	case map[string]any:
 		switch t.Kind() {
 		case reflect.Map:
-			for _, k := range slices.Sorted(mapKeys(val)) {
+			for _, k := range slices.Sorted(maps.Keys(val)) {
 				checkKeys(val[k], t.Elem(), where+"."+k, problems)
 			}
 		case reflect.Struct:
 			fields := jsonFields(t)
-			for _, k := range slices.Sorted(mapKeys(val)) {
+			for _, k := range slices.Sorted(maps.Keys(val)) {
 				if f, ok := fields[k]; ok {
 					checkKeys(val[k], f, join(where, k), problems)
 					continue
@@ -74,16 +75,6 @@ func join(where, key string) string {
 		return key
 	}
 	return where + "." + key
-}
-
-func mapKeys(m map[string]any) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // jsonFields are a struct's fields by their JSON names, the fields of

@@ -61,7 +61,7 @@ func Collect(workspace string, globs []string, mask func(string) string) *agenta
 			err = readJUnit(data, r)
 		}
 		if err != nil {
-			r.Notes = append(r.Notes, fmt.Sprintf("%s: not a readable report: %v", rel, truncate(err.Error(), 200)))
+			r.Notes = append(r.Notes, fmt.Sprintf("%s: not a readable report: %v", rel, agentapi.Truncate(err.Error(), 200)))
 			continue
 		}
 		r.Files++
@@ -127,13 +127,13 @@ func readJUnit(data []byte, r *agentapi.TestReport) error {
 				r.Skipped++
 			case junit.StatusFailed, junit.StatusError:
 				r.Failed++
-				f := agentapi.TestFailure{Name: t.Name, Class: t.Classname, Message: truncate(t.Message, maxMessage)}
+				f := agentapi.TestFailure{Name: t.Name, Class: t.Classname, Message: agentapi.Truncate(t.Message, maxMessage)}
 				var details []string
 				if t.Error != nil {
 					var e junit.Error
 					if errors.As(t.Error, &e) {
 						if f.Message == "" {
-							f.Message = truncate(e.Message, maxMessage)
+							f.Message = agentapi.Truncate(e.Message, maxMessage)
 						}
 						details = append(details, e.Body)
 					} else {
@@ -166,18 +166,11 @@ func firstLines(parts ...string) string {
 		}
 		for line := range strings.Lines(p) {
 			if lines == maxOutputLines {
-				return truncate(strings.Join(kept, "")+"…", maxOutputBytes)
+				return agentapi.Truncate(strings.Join(kept, "")+"…", maxOutputBytes)
 			}
 			kept = append(kept, strings.TrimRight(line, "\r\n")+"\n")
 			lines++
 		}
 	}
-	return truncate(strings.TrimSuffix(strings.Join(kept, ""), "\n"), maxOutputBytes)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
+	return agentapi.Truncate(strings.TrimSuffix(strings.Join(kept, ""), "\n"), maxOutputBytes)
 }

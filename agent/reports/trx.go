@@ -58,7 +58,7 @@ func readTRX(data []byte, r *agentapi.TestReport) error {
 				name = strings.TrimPrefix(name, class+".")
 			}
 			r.Failures = append(r.Failures, agentapi.TestFailure{
-				Name: name, Class: class, Message: truncate(strings.TrimSpace(res.Message), maxMessage),
+				Name: name, Class: class, Message: agentapi.Truncate(strings.TrimSpace(res.Message), maxMessage),
 				Output: firstLines(res.Stack, res.StdOut, res.StdErr),
 			})
 		case "notexecuted", "inconclusive", "skipped", "pending":

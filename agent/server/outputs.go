@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/mask"
 )
 
@@ -129,9 +130,4 @@ func parseOutputs(data []byte) (map[string]string, []error) {
 }
 
 // quoted cuts a line quoted in a problem to its first 60 bytes.
-func quoted(s string) string {
-	if len(s) > 60 {
-		return s[:60] + "…"
-	}
-	return s
-}
+func quoted(s string) string { return agentapi.Truncate(s, 60) }

@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
+	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
 
@@ -280,7 +281,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	if resp.StatusCode/100 != 2 {
 		var e stage.ErrorBody
 		if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
-			return &Error{Status: resp.StatusCode, Code: http.StatusText(resp.StatusCode), Message: truncate(string(b), 300)}
+			return &Error{Status: resp.StatusCode, Code: http.StatusText(resp.StatusCode), Message: agentapi.Truncate(string(b), 300)}
 		}
 		return &Error{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
 	}
@@ -288,11 +289,4 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		return fmt.Errorf("%s %s: the answer is not the API's JSON: %w", method, path, err)
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

@@ -137,13 +137,13 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 func (in CleanupInput) outcome() (result, reason string, implied bool) {
 	switch {
 	case in.Error != nil:
-		return Errored, fmt.Sprintf("a task failed: %s: %s", in.Error.Error, truncate(in.Error.Cause, 1000)), true
+		return Errored, fmt.Sprintf("a task failed: %s: %s", in.Error.Error, agentapi.Truncate(in.Error.Cause, 1000)), true
 	case in.Detail != nil && in.Detail.Status == "ABORTED":
 		return Canceled, "the stage's execution was stopped", true
 	case in.Detail != nil && in.Detail.Status == "TIMED_OUT":
 		return TimedOut, "the stage's execution timed out", true
 	case in.Detail != nil:
-		return Errored, fmt.Sprintf("the stage's execution ended %s: %s", in.Detail.Status, truncate(in.Detail.Error+" "+in.Detail.Cause, 1000)), true
+		return Errored, fmt.Sprintf("the stage's execution ended %s: %s", in.Detail.Status, agentapi.Truncate(in.Detail.Error+" "+in.Detail.Cause, 1000)), true
 	case in.Reason != "":
 		return Canceled, in.Reason, true
 	default:

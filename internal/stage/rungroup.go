@@ -287,7 +287,7 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage
 		running = fromAgent(id, group, status)
 		if status.State.Ended() {
 			if err := h.archiveLog(ctx, c, st.ID, id); err != nil {
-				running.LogError = truncate(err.Error(), 500)
+				running.LogError = agentapi.Truncate(err.Error(), 500)
 				h.log().Warn("archive a step's log", "stage", st.ID, "step", id, "err", err)
 			}
 			return running, true
@@ -339,7 +339,7 @@ func (d *Deps) stopGroup(ctx context.Context, st *lease.Stage) {
 			}
 			statuses[i] = fromAgent(step.ID, g.Index, s)
 			if err := d.archiveLog(ctx, c, st.ID, step.ID); err != nil {
-				statuses[i].LogError = truncate(err.Error(), 500)
+				statuses[i].LogError = agentapi.Truncate(err.Error(), 500)
 				d.log().Warn("archive the log of a stopped step", "stage", st.ID, "step", step.ID, "err", err)
 			}
 		})
@@ -449,7 +449,7 @@ func describeFailure(s *StepStatus) string {
 		why += fmt.Sprintf(" (exit code %d)", *s.ExitCode)
 	}
 	if s.Error != "" {
-		why += ": " + truncate(s.Error, 300)
+		why += ": " + agentapi.Truncate(s.Error, 300)
 	}
 	return why
 }

@@ -152,17 +152,10 @@ func (s StepStatus) record() lease.StepRecord {
 	}
 	if len(data) > maxResultBytes {
 		r.Outputs = nil
-		r.Error = truncate(r.Error, 4<<10) + " (outputs dropped: over 128 KiB)"
+		r.Error = agentapi.Truncate(r.Error, 4<<10) + " (outputs dropped: over 128 KiB)"
 		data, _ = json.Marshal(r)
 	}
 	return lease.StepRecord{ID: s.ID, State: s.State, Result: data}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 func timePtr(t time.Time) *time.Time {
