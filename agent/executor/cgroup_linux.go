@@ -1,7 +1,6 @@
 package executor
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,9 +28,8 @@ type Cgroups struct {
 
 // Cgroup is one step's.
 type Cgroup struct {
-	dir    string
-	fd     int
-	memory bool
+	dir string
+	fd  int
 }
 
 // OpenCgroups finds the agent's own cgroup v2 and makes its folder of step
@@ -54,14 +53,21 @@ func OpenCgroups(logger *slog.Logger) (*Cgroups, error) {
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
 	enableControllers(dir)
+	// What a step's cgroup will have, asked once here rather than at each
+	// step's start.
 	c := &Cgroups{dir: dir}
 	probe, err := c.New("probe")
 	if err != nil {
 		_ = os.Remove(dir)
 		return nil, err
 	}
-	c.memory = probe.memory
-	probe.Remove()
+	defer probe.Remove()
+	if _, err := os.Stat(filepath.Join(probe.dir, "cgroup.kill")); err != nil {
+		_ = os.Remove(dir)
+		return nil, fmt.Errorf("cgroups: no cgroup.kill (Linux 5.14 or later): %w", err)
+	}
+	_, memErr := os.Stat(filepath.Join(probe.dir, "memory.peak"))
+	c.memory = memErr == nil
 	return c, nil
 }
 
@@ -71,17 +77,12 @@ func (c *Cgroups) New(name string) (*Cgroup, error) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("step cgroup: %w", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "cgroup.kill")); err != nil {
-		_ = os.Remove(dir)
-		return nil, fmt.Errorf("step cgroup: no cgroup.kill (Linux 5.14 or later): %w", err)
-	}
 	fd, err := syscall.Open(dir, syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		_ = os.Remove(dir)
 		return nil, fmt.Errorf("step cgroup: %w", err)
 	}
-	_, memErr := os.Stat(filepath.Join(dir, "memory.peak"))
-	return &Cgroup{dir: dir, fd: fd, memory: memErr == nil}, nil
+	return &Cgroup{dir: dir, fd: fd}, nil
 }
 
 // Close removes this agent run's folder; its step cgroups are gone by then.
@@ -107,23 +108,21 @@ func (g *Cgroup) Signal(sig syscall.Signal) {
 }
 
 // Usage is the CPU time of every process that ran in the step and its peak
-// memory (0 where the memory controller is not the agent's to enable).
+// memory (0 where the memory controller is not the agent's to enable, and
+// memory.peak is not there).
 func (g *Cgroup) Usage() (time.Duration, int64) {
 	var cpu time.Duration
 	if data, err := os.ReadFile(filepath.Join(g.dir, "cpu.stat")); err == nil {
-		sc := bufio.NewScanner(bytes.NewReader(data))
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "usage_usec "); ok {
-				n, _ := strconv.ParseInt(v, 10, 64)
+		for line := range strings.Lines(string(data)) {
+			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 				cpu = time.Duration(n) * time.Microsecond
 			}
 		}
 	}
 	var peak int64
-	if g.memory {
-		if data, err := os.ReadFile(filepath.Join(g.dir, "memory.peak")); err == nil {
-			peak, _ = strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
-		}
+	if data, err := os.ReadFile(filepath.Join(g.dir, "memory.peak")); err == nil {
+		peak, _ = strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
 	}
 	return cpu, peak
 }
@@ -246,9 +245,10 @@ func moveSelf(leaf string) error {
 // enableControllers enables what of memory and cpu dir's cgroup has for its
 // children, each on its own (one may be refused and the other not).
 func enableControllers(dir string) {
-	have, _ := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+	data, _ := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+	have := strings.Fields(string(data))
 	for _, c := range []string{"memory", "cpu"} {
-		if strings.Contains(" "+string(have)+" ", " "+c+" ") || strings.Contains(string(have), c+"\n") {
+		if slices.Contains(have, c) {
 			_ = os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+c), 0)
 		}
 	}
@@ -268,15 +268,8 @@ func removeDeadRuns(base string) {
 		if err != nil || syscall.Kill(pid, 0) == nil {
 			continue // not ours, or its agent lives
 		}
-		run := filepath.Join(base, e.Name())
-		steps, _ := os.ReadDir(run)
-		for _, s := range steps {
-			if s.IsDir() {
-				g := &Cgroup{dir: filepath.Join(run, s.Name()), fd: -1}
-				g.Kill()
-				g.Remove()
-			}
-		}
-		_ = os.Remove(run)
+		dead := &Cgroups{dir: filepath.Join(base, e.Name())}
+		dead.KillAll()
+		dead.Close()
 	}
 }

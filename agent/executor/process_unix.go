@@ -24,7 +24,7 @@ func prepare(cmd *exec.Cmd, userSpec string, cg *Cgroup) error {
 	attr := &syscall.SysProcAttr{Setpgid: true}
 	startIn(attr, cg)
 	if userSpec != "" {
-		cred, err := credential(userSpec)
+		cred, err := Credential(userSpec)
 		if err != nil {
 			return err
 		}
@@ -34,9 +34,10 @@ func prepare(cmd *exec.Cmd, userSpec string, cg *Cgroup) error {
 	return nil
 }
 
-// credential turns "uid" or "uid:gid" into a credential; a lone uid runs with
-// that user's primary group, or a group of the same number.
-func credential(spec string) (*syscall.Credential, error) {
+// Credential turns "uid" or "uid:gid" into the credential a step runs with;
+// a lone uid runs with that user's primary group, or a group of the same
+// number.
+func Credential(spec string) (*syscall.Credential, error) {
 	uidText, gidText, hasGID := strings.Cut(spec, ":")
 	uid, err := strconv.ParseUint(uidText, 10, 32)
 	if err != nil {

@@ -19,7 +19,7 @@ func TestCredential(t *testing.T) {
 		{spec: "1:x", wantErr: "bad gid"},
 	}
 	for _, tt := range tests {
-		cred, err := credential(tt.spec)
+		cred, err := Credential(tt.spec)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%q: err %v, want %q", tt.spec, err, tt.wantErr)

@@ -5,25 +5,18 @@ package server
 import (
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
+
+	"github.com/slipway-ci/slipway/agent/executor"
 )
 
-// createOwnedFile creates an empty file owned by user ("uid" or "uid:gid").
-// chownTo gives path to the step's user ("uid" or "uid:gid").
+// chownTo gives path to the step's user ("uid" or "uid:gid"), with the group
+// the step runs with.
 func chownTo(path, user string) error {
-	uidText, gidText, hasGID := strings.Cut(user, ":")
-	uid, err := strconv.Atoi(uidText)
+	cred, err := executor.Credential(user)
 	if err != nil {
-		return fmt.Errorf("user %q: %w", user, err)
+		return err
 	}
-	gid := -1 // keep the group
-	if hasGID {
-		if gid, err = strconv.Atoi(gidText); err != nil {
-			return fmt.Errorf("user %q: %w", user, err)
-		}
-	}
-	if err := os.Chown(path, uid, gid); err != nil {
+	if err := os.Chown(path, int(cred.Uid), int(cred.Gid)); err != nil {
 		return fmt.Errorf("give the outputs folder to user %s: %w", user, err)
 	}
 	return nil
