@@ -25,9 +25,12 @@ type Config struct {
 	// looked up at synth time.
 	Account, Region string
 
-	// Pools is the pools file's content, PoolsFile where it came from.
+	// Pools is the pools file's content, PoolsFile where it came from;
+	// parsed, the pools it declares (the subnets and security group of
+	// validationNetwork standing for the stack's).
 	PoolsFile string
 	Pools     []byte
+	parsed    []pool.Pool
 
 	// VPCID, when set, deploys into that VPC: SubnetIDs (private subnets,
 	// one per availability zone in AvailabilityZones, routed by
@@ -248,6 +251,7 @@ func (c *Config) checkPools() []error {
 	if err != nil {
 		return []error{fmt.Errorf("context pools: %s: %w", c.PoolsFile, err)}
 	}
+	c.parsed = cfg.Pools
 	var errs []error
 	for _, p := range cfg.Pools {
 		if p.IAMInstanceProfile != "" {
@@ -258,14 +262,8 @@ func (c *Config) checkPools() []error {
 	return errs
 }
 
-// pools is the parsed pools file (checked by LoadConfig).
-func (c *Config) pools() []pool.Pool {
-	cfg, err := pool.ParseFor(c.Pools, validationNetwork)
-	if err != nil {
-		panic(err) // LoadConfig checked it
-	}
-	return cfg.Pools
-}
+// pools is the parsed pools file (parsed and checked by LoadConfig).
+func (c *Config) pools() []pool.Pool { return c.parsed }
 
 // platforms are the agent binaries the pools need, "linux/arm64" and so on.
 func (c *Config) platforms() []string {
