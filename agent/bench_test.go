@@ -18,6 +18,7 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/agent/client"
 )
 
 // The agent benchmarks run the real binary, built as `make build` builds it,
@@ -211,30 +212,13 @@ func BenchmarkAgentLogThroughput(b *testing.B) {
 // are seen finished.
 func BenchmarkAgentParallel50(b *testing.B) {
 	p := startBound(b, agentapi.Stage{ID: "bench"})
-	ctx := context.Background()
 	// Warm the connection pool as a busy orchestrator's would be.
 	var warm sync.WaitGroup
 	for range 50 {
-		warm.Go(func() { _, _ = p.Client.Health(ctx) })
+		warm.Go(func() { _, _ = p.Client.Health(context.Background()) })
 	}
 	warm.Wait()
-	start := time.Now()
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	for i := range 50 {
-		wg.Go(func() {
-			st, err := p.Client.RunStep(ctx, "bench", "p"+strconv.Itoa(i), &agentapi.Step{Command: []string{"sleep", "1"}})
-			if err != nil || st.State != agentapi.StepSucceeded {
-				failed.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	took := time.Since(start)
-	if failed.Load() > 0 {
-		b.Fatalf("%d steps failed", failed.Load())
-	}
-	bench("agent_parallel50_wall", took.Seconds(), "s")
+	bench("agent_parallel50_wall", parallel50(b, p.Client, "p").Seconds(), "s")
 }
 
 // BenchmarkAgentParallel50Cold: the same 50 steps from a client that has no
@@ -243,13 +227,20 @@ func BenchmarkAgentParallel50(b *testing.B) {
 func BenchmarkAgentParallel50Cold(b *testing.B) {
 	p := startBound(b, agentapi.Stage{ID: "bench"})
 	c := (&agenttest.Agent{PKI: p.PKI}).NewClient(b, p.Addr)
+	bench("agent_parallel50_cold_wall", parallel50(b, c, "c").Seconds(), "s")
+}
+
+// parallel50 runs 50 `sleep 1` steps at once through c and returns the
+// wall time until the last one answered.
+func parallel50(b *testing.B, c *client.Client, prefix string) time.Duration {
+	b.Helper()
 	ctx := context.Background()
 	start := time.Now()
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	for i := range 50 {
 		wg.Go(func() {
-			st, err := c.RunStep(ctx, "bench", "c"+strconv.Itoa(i), &agentapi.Step{Command: []string{"sleep", "1"}})
+			st, err := c.RunStep(ctx, "bench", prefix+strconv.Itoa(i), &agentapi.Step{Command: []string{"sleep", "1"}})
 			if err != nil || st.State != agentapi.StepSucceeded {
 				failed.Add(1)
 			}
@@ -260,7 +251,7 @@ func BenchmarkAgentParallel50Cold(b *testing.B) {
 	if failed.Load() > 0 {
 		b.Fatalf("%d steps failed", failed.Load())
 	}
-	bench("agent_parallel50_cold_wall", took.Seconds(), "s")
+	return took
 }
 
 // BenchmarkAgentBinarySize: the linux/amd64 agent, stripped, in MB (10^6 bytes).

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,26 +31,23 @@ func TestEscapesDieWithTheirStep(t *testing.T) {
 		"env -i":  "env -i setsid sh -c 'echo $$ > %s; exec sleep 300' > /dev/null 2>&1 < /dev/null &",
 		"doubled": "setsid sh -c '(setsid sh -c \"echo \\$\\$ > %s; exec sleep 300\" &) ' > /dev/null 2>&1 < /dev/null &",
 	}
-	i := 0
 	for name, escape := range escapes {
-		i++
-		pidFile := filepath.Join(dir, fmt.Sprintf("cancel-%d", i))
-		id := "cancel-" + strconv.Itoa(i)
-		if _, err := a.Client.StartStep(ctx, stageID, id, &agentapi.Step{Script: fmt.Sprintf(escape, pidFile) + "\nsleep 100"}); err != nil {
-			t.Fatal(err)
-		}
-		pid := readPID(t, pidFile)
-		st, err := a.Client.CancelStep(ctx, stageID, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := a.Client.WaitStep(ctx, stageID, id, st.BootID, 0); err != nil {
-			t.Fatal(err)
-		}
-		if alive(pid) {
+		t.Run(name, func(t *testing.T) {
+			pidFile := filepath.Join(dir, "cancel-"+strings.ReplaceAll(name, " ", "-"))
+			id := "cancel-" + strings.NewReplacer(" ", "", "-", "").Replace(name)
+			if _, err := a.Client.StartStep(ctx, stageID, id, &agentapi.Step{Script: fmt.Sprintf(escape, pidFile) + "\nsleep 100"}); err != nil {
+				t.Fatal(err)
+			}
+			pid := readPID(t, pidFile)
+			st, err := a.Client.CancelStep(ctx, stageID, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Client.WaitStep(ctx, stageID, id, st.BootID, 0); err != nil {
+				t.Fatal(err)
+			}
 			waitGone(t, pid)
-		}
-		t.Logf("%s: gone at cancel", name)
+		})
 	}
 	// A daemon that let go of the output outlives its step (later steps may
 	// use it), not the stage, however it hid.

@@ -139,19 +139,29 @@ func TestDestroyReturnsUsageAndCleansUp(t *testing.T) {
 	}
 }
 
-func TestStepAsAnotherUser(t *testing.T) {
+// multiUserAgent is a bound agent that can run steps as other users: as
+// root, as on a VM, in a work root other users may pass through (a test's
+// temporary folders are private). Without root it is skipped, except in
+// CI, where it fails.
+func multiUserAgent(t *testing.T) *agenttest.Agent {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("running a step as another user needs the agent to run as root, as it does on a VM")
+		if os.Getenv("CI") != "" {
+			t.Fatal("steps as other users need the agent to run as root, as CI does")
+		}
+		t.Skip("steps as other users need the agent to run as root, as it does on a VM")
 	}
-	// The work root, as on a VM, must let other users through; a test's
-	// temporary folders are private.
 	root := t.TempDir()
 	for _, d := range []string{filepath.Dir(root), root} {
 		if err := os.Chmod(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	a := boundAgent(t, agentapi.Stage{}, server.Config{WorkRoot: root})
+	return boundAgent(t, agentapi.Stage{}, server.Config{WorkRoot: root})
+}
+
+func TestStepAsAnotherUser(t *testing.T) {
+	a := multiUserAgent(t)
 	st := run(t, a, "nobody", agentapi.Step{
 		Script: `touch made-by-nobody; echo "WHO=$(id -u):$(id -g)" >> "$SLIPWAY_OUTPUT"`,
 		User:   "65534:65534",
@@ -207,16 +217,7 @@ func TestEscapedProcessesDie(t *testing.T) {
 // cannot read them, and a later step that prints an earlier step's secret
 // anyway has it masked.
 func TestAStepsSecretsStayItsOwn(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("steps as other users need the agent to run as root, as it does on a VM")
-	}
-	root := t.TempDir()
-	for _, d := range []string{filepath.Dir(root), root} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a := boundAgent(t, agentapi.Stage{}, server.Config{WorkRoot: root})
+	a := multiUserAgent(t)
 	ctx := agenttest.Context(t)
 	// The first step writes its secret to its outputs and, while it runs,
 	// lets the others look.
