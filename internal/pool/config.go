@@ -148,11 +148,7 @@ func (n Network) apply(c *Config) {
 		if len(p.Subnets) == 0 {
 			p.Subnets = slices.Clone(n.Subnets)
 		}
-		for _, sg := range n.SecurityGroups {
-			if !slices.Contains(p.SecurityGroups, sg) {
-				p.SecurityGroups = append(p.SecurityGroups, sg)
-			}
-		}
+		p.SecurityGroups = union(p.SecurityGroups, n.SecurityGroups)
 	}
 }
 
@@ -210,19 +206,24 @@ func ParseFor(data []byte, n Network) (*Config, error) {
 // looksLikeDrone reports whether a document has drone-runner-aws's
 // top-level instances and none of our pools.
 func looksLikeDrone(root *yaml.Node) bool {
+	return topLevel(root, "instances") != nil && topLevel(root, "pools") == nil
+}
+
+// topLevel is the value of a document's top-level key (nil: none).
+func topLevel(root *yaml.Node, key string) *yaml.Node {
 	doc := root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
 		doc = doc.Content[0]
 	}
 	if doc.Kind != yaml.MappingNode {
-		return false
+		return nil
 	}
-	var instances, pools bool
 	for i := 0; i+1 < len(doc.Content); i += 2 {
-		instances = instances || doc.Content[i].Value == "instances"
-		pools = pools || doc.Content[i].Value == "pools"
+		if doc.Content[i].Value == key {
+			return doc.Content[i+1]
+		}
 	}
-	return instances && !pools
+	return nil
 }
 
 // UnknownInstanceTypes are the pool's instance types that the AWS SDK this

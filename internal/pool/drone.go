@@ -241,17 +241,8 @@ func userTerms(err error) error {
 
 // instancesNodes returns the mapping node of each instance.
 func instancesNodes(root *yaml.Node) []*yaml.Node {
-	doc := root
-	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
-		doc = doc.Content[0]
-	}
-	if doc.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(doc.Content); i += 2 {
-		if doc.Content[i].Value == "instances" && doc.Content[i+1].Kind == yaml.SequenceNode {
-			return doc.Content[i+1].Content
-		}
+	if n := topLevel(root, "instances"); n != nil && n.Kind == yaml.SequenceNode {
+		return n.Content
 	}
 	return nil
 }
