@@ -70,16 +70,13 @@ func FleetFromEnv(getenv func(string) string) (Fleet, error) {
 		}
 	}
 	if v := getenv(EnvAgentObjects); v != "" {
-		var objects map[string]struct{ Bucket, Key string }
-		if err := json.Unmarshal([]byte(v), &objects); err != nil {
+		if err := json.Unmarshal([]byte(v), &f.Agents); err != nil {
 			errs = append(errs, fmt.Errorf("%s: want a JSON object of platforms to {\"bucket\", \"key\"}: %w", EnvAgentObjects, err))
 		}
-		f.Agents = map[string]fleet.Object{}
-		for platform, o := range objects {
+		for platform, o := range f.Agents {
 			if o.Bucket == "" || o.Key == "" {
 				errs = append(errs, fmt.Errorf("%s: %s: want a bucket and a key", EnvAgentObjects, platform))
 			}
-			f.Agents[platform] = fleet.Object{Bucket: o.Bucket, Key: o.Key}
 		}
 	}
 	return f, errors.Join(errs...)

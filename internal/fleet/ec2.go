@@ -47,7 +47,10 @@ type Presigner interface {
 }
 
 // Object is an S3 object.
-type Object struct{ Bucket, Key string }
+type Object struct {
+	Bucket string `json:"bucket"`
+	Key    string `json:"key"`
+}
 
 // EC2 launches build VMs on EC2.
 type EC2 struct {
