@@ -105,6 +105,20 @@ func synthesize(t *testing.T, overrides map[string]any) *synth {
 	return s
 }
 
+// one is the only resource of a type: a test of it must not pass for want
+// of it.
+func (s *synth) one(t *testing.T, typ string) (string, resource) {
+	t.Helper()
+	all := s.ofType(typ)
+	if len(all) != 1 {
+		t.Fatalf("%d resources of type %s, want 1", len(all), typ)
+	}
+	for id, r := range all {
+		return id, r
+	}
+	panic("unreachable")
+}
+
 func (s *synth) ofType(typ string) map[string]resource {
 	out := map[string]resource{}
 	for id, r := range s.resources {
@@ -461,7 +475,8 @@ func TestDefaultDeployment(t *testing.T) {
 	})
 
 	t.Run("data: encrypted, point-in-time recovery, TLS only", func(t *testing.T) {
-		for _, tbl := range s.ofType("AWS::DynamoDB::Table") {
+		{
+			_, tbl := s.one(t, "AWS::DynamoDB::Table")
 			sse, _ := tbl.Properties["SSESpecification"].(map[string]any)
 			pitr, _ := tbl.Properties["PointInTimeRecoverySpecification"].(map[string]any)
 			if sse["SSEEnabled"] != true || pitr["PointInTimeRecoveryEnabled"] != true {
@@ -476,7 +491,8 @@ func TestDefaultDeployment(t *testing.T) {
 				t.Errorf("no idle index: %s", gsis)
 			}
 		}
-		for _, b := range s.ofType("AWS::S3::Bucket") {
+		{
+			_, b := s.one(t, "AWS::S3::Bucket")
 			enc, _ := json.Marshal(b.Properties["BucketEncryption"])
 			life, _ := json.Marshal(b.Properties["LifecycleConfiguration"])
 			if !strings.Contains(string(enc), "AES256") || !strings.Contains(string(life), `"ExpirationInDays":30`) {
@@ -495,7 +511,8 @@ func TestDefaultDeployment(t *testing.T) {
 
 	t.Run("the state machine file, every placeholder resolved to its function", func(t *testing.T) {
 		fns := s.functionsByName(t)
-		for _, sm := range s.ofType("AWS::StepFunctions::StateMachine") {
+		{
+			_, sm := s.one(t, "AWS::StepFunctions::StateMachine")
 			def := flatten(sm.Properties["DefinitionString"])
 			if strings.Contains(def, "${") {
 				t.Errorf("unresolved placeholders in %s", def)
@@ -539,10 +556,7 @@ func TestDefaultDeployment(t *testing.T) {
 
 	t.Run("every function: al2023 on arm64 in the VPC, its environment pointing at real resources", func(t *testing.T) {
 		fns := s.functionsByName(t)
-		sm := ""
-		for id := range s.ofType("AWS::StepFunctions::StateMachine") {
-			sm = id
-		}
+		sm, _ := s.one(t, "AWS::StepFunctions::StateMachine")
 		smName := s.resources[sm].Properties["StateMachineName"].(string)
 		table := s.logicalIDOf(t, s.stack.table)
 		bucket := s.logicalIDOf(t, s.stack.logBucket)
@@ -638,12 +652,14 @@ func TestDefaultDeployment(t *testing.T) {
 		if !maps.Equal(got, want) {
 			t.Errorf("methods %v\nwant the document's operations %v", got, want)
 		}
-		for _, v := range s.ofType("AWS::ApiGateway::RequestValidator") {
+		{
+			_, v := s.one(t, "AWS::ApiGateway::RequestValidator")
 			if v.Properties["ValidateRequestBody"] != true || v.Properties["ValidateRequestParameters"] != true {
 				t.Errorf("validator %v", v.Properties)
 			}
 		}
-		for _, st := range s.ofType("AWS::ApiGateway::Stage") {
+		{
+			_, st := s.one(t, "AWS::ApiGateway::Stage")
 			if st.Properties["AccessLogSetting"] == nil || st.Properties["TracingEnabled"] != true || st.Properties["StageName"] != "api" {
 				t.Errorf("stage %v: access logs %v, tracing %v", st.Properties["StageName"], st.Properties["AccessLogSetting"], st.Properties["TracingEnabled"])
 			}
@@ -652,7 +668,11 @@ func TestDefaultDeployment(t *testing.T) {
 				t.Error("the API logs request bodies, which carry secrets")
 			}
 		}
-		for _, r := range s.ofType("AWS::ApiGateway::GatewayResponse") {
+		responses := s.ofType("AWS::ApiGateway::GatewayResponse")
+		if len(responses) != 2 {
+			t.Errorf("%d gateway responses, want the bad body's and the bad parameters'", len(responses))
+		}
+		for _, r := range responses {
 			tmpl, _ := r.Properties["ResponseTemplates"].(map[string]any)
 			var e struct {
 				Error struct{ Code, Message string } `json:"error"`
@@ -665,7 +685,8 @@ func TestDefaultDeployment(t *testing.T) {
 
 	t.Run("the schedule refills every minute; failed executions are released", func(t *testing.T) {
 		fns := s.functionsByName(t)
-		for _, sch := range s.ofType("AWS::Scheduler::Schedule") {
+		{
+			_, sch := s.one(t, "AWS::Scheduler::Schedule")
 			target, _ := sch.Properties["Target"].(map[string]any)
 			if sch.Properties["ScheduleExpression"] != "rate(1 minute)" || flatten(target["Arn"]) != "<"+fns[statemachine.Refill]+".Arn>" || target["Input"] != "{}" {
 				t.Errorf("schedule %v", sch.Properties)
@@ -691,10 +712,8 @@ func TestDefaultDeployment(t *testing.T) {
 
 	t.Run("alarms watch exactly what the functions emit", func(t *testing.T) {
 		emitted := emittedMetrics(t)
-		topic := ""
-		for id := range s.ofType("AWS::SNS::Topic") {
-			topic = "<Ref " + id + ">"
-		}
+		topicID, _ := s.one(t, "AWS::SNS::Topic")
+		topic := "<Ref " + topicID + ">"
 		type key struct{ metric, pool string }
 		got := map[key]resource{}
 		var other []string
@@ -753,7 +772,8 @@ func TestDefaultDeployment(t *testing.T) {
 			t.Errorf("other alarms %v, want %v", other, want)
 		}
 		var dashboard string
-		for _, d := range s.ofType("AWS::CloudWatch::Dashboard") {
+		{
+			_, d := s.one(t, "AWS::CloudWatch::Dashboard")
 			dashboard = flatten(d.Properties["DashboardBody"])
 		}
 		for _, m := range []string{metrics.IdleVMs, metrics.LeasedVMs, metrics.LeaseWaitMs, metrics.WarmHit, metrics.ColdStart} {
@@ -917,11 +937,17 @@ func TestExistingVPC(t *testing.T) {
 	if n := len(s.ofType("AWS::EC2::VPC")) + len(s.ofType("AWS::EC2::Subnet")) + len(s.ofType("AWS::EC2::NatGateway")); n != 0 {
 		t.Errorf("%d VPC resources made in an existing VPC", n)
 	}
+	if n := len(s.ofType("AWS::Lambda::Function")); n != len(statemachine.Functions) {
+		t.Errorf("%d functions", n)
+	}
 	for _, f := range s.ofType("AWS::Lambda::Function") {
 		vpc, _ := f.Properties["VpcConfig"].(map[string]any)
 		if got := strs(vpc["SubnetIds"]); !slices.Equal(got, []string{"subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"}) {
 			t.Errorf("%v: subnets %v", f.Properties["FunctionName"], got)
 		}
+	}
+	if n := len(s.ofType("AWS::EC2::VPCEndpoint")); n != 2 {
+		t.Errorf("%d endpoints, want the two gateway endpoints", n)
 	}
 	for _, e := range s.ofType("AWS::EC2::VPCEndpoint") {
 		if e.Properties["VpcId"] != "vpc-0a1b2c3d4e5f60000" || !slices.Equal(strs(e.Properties["RouteTableIds"]), []string{"rtb-0a1b2c3d4e5f60003"}) {
