@@ -220,6 +220,9 @@ func (s *synth) statements(t *testing.T) map[string][]statement {
 			}
 		}
 	}
+	if len(out) != len(statemachine.Functions) {
+		t.Fatalf("policies found for %d functions, want %d: the test reads the roles wrong", len(out), len(statemachine.Functions))
+	}
 	return out
 }
 
@@ -358,6 +361,7 @@ func TestDefaultDeployment(t *testing.T) {
 	})
 
 	t.Run("instances: launched only from the deployment's templates, tagged, IMDSv2, encrypted; terminated only if tagged", func(t *testing.T) {
+		checked := map[string][]string{} // what was checked, by whom
 		for name, sts := range s.statements(t) {
 			for _, st := range sts {
 				if !slices.Contains(st.Actions, "ec2:RunInstances") && !slices.Contains(st.Actions, "ec2:TerminateInstances") && !slices.Contains(st.Actions, "ec2:CreateTags") {
@@ -368,25 +372,42 @@ func TestDefaultDeployment(t *testing.T) {
 				for _, r := range st.Resources {
 					switch {
 					case strings.HasSuffix(r, ":instance/*") && slices.Contains(st.Actions, "ec2:TerminateInstances"):
+						checked["terminate"] = append(checked["terminate"], name)
 						if !strings.Contains(c, `"aws:ResourceTag/`+fleet.TagDeployment+`":"`+s.stack.cfg.Deployment+`"`) {
 							t.Errorf("%s: terminates untagged instances: %s", name, c)
 						}
 					case strings.HasSuffix(r, ":instance/*") && slices.Contains(st.Actions, "ec2:RunInstances"):
+						checked["launch"] = append(checked["launch"], name)
 						for _, want := range []string{`"aws:RequestTag/` + fleet.TagDeployment + `":"` + s.stack.cfg.Deployment + `"`, `"ec2:MetadataHttpTokens":"required"`, `"ec2:LaunchTemplate"`} {
 							if !strings.Contains(c, want) {
 								t.Errorf("%s: launches instances without %s: %s", name, want, c)
 							}
 						}
 					case strings.HasSuffix(r, ":volume/*") && slices.Contains(st.Actions, "ec2:RunInstances"):
+						checked["volume"] = append(checked["volume"], name)
 						if !strings.Contains(c, `"ec2:Encrypted":"true"`) {
 							t.Errorf("%s: launches unencrypted volumes: %s", name, c)
 						}
 					case slices.Contains(st.Actions, "ec2:CreateTags"):
+						checked["tags"] = append(checked["tags"], name)
 						if !strings.Contains(c, `"ec2:CreateAction":"RunInstances"`) {
 							t.Errorf("%s: tags outside a launch: %s", name, c)
 						}
 					}
 				}
+			}
+		}
+		launchers := []string{statemachine.Init, statemachine.Refill}
+		for what, want := range map[string][]string{
+			"launch": launchers, "volume": launchers, "tags": launchers,
+			"terminate": {statemachine.Cleanup, statemachine.Init, statemachine.Refill},
+		} {
+			got := checked[what]
+			slices.Sort(got)
+			got = slices.Compact(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Errorf("%s statements checked for %v, want %v", what, got, want)
 			}
 		}
 	})
