@@ -338,6 +338,7 @@ func TestEncodedSecretsAreMaskedInAnyText(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 9))
 	alphabet := []string{"abcXYZ019", " \"'\\$`&<>/+=?%#", "\t\n\b\f", "é€😀ü"}
 	names := slices.Sorted(maps.Keys(encodings))
+	tried := map[string]int{}
 	for round := range 3000 {
 		var sb strings.Builder
 		for range 8 + rng.IntN(24) {
@@ -366,6 +367,12 @@ func TestEncodedSecretsAreMaskedInAnyText(t *testing.T) {
 		_ = w.Flush()
 		if strings.Contains(out.String(), mustGo) || !strings.Contains(out.String(), Replacement) {
 			t.Fatalf("%s of %q: %q survived in %q", name, secret, mustGo, out.String())
+		}
+		tried[name]++
+	}
+	for _, name := range names {
+		if tried[name] < 100 {
+			t.Errorf("%s: only %d secrets tried", name, tried[name])
 		}
 	}
 }
