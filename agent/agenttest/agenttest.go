@@ -89,6 +89,20 @@ type Agent struct {
 // until the test ends.
 func Start(t testing.TB, cfg server.Config) *Agent {
 	t.Helper()
+	return start(t, cfg, nil)
+}
+
+// StartHTTP1 serves an agent that offers only HTTP/1.1 in its TLS
+// handshake, as agents before HTTP/2 did.
+func StartHTTP1(t testing.TB, cfg server.Config) *Agent {
+	t.Helper()
+	return start(t, cfg, []string{"http/1.1"})
+}
+
+// start serves an agent, with protos as the TLS handshake's protocols when
+// given.
+func start(t testing.TB, cfg server.Config, protos []string) *Agent {
+	t.Helper()
 	p := NewPKI(t)
 	if cfg.WorkRoot == "" {
 		cfg.WorkRoot = t.TempDir()
@@ -101,6 +115,18 @@ func Start(t testing.TB, cfg server.Config) *Agent {
 	tlsConfig, err := certs.TLSConfig()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if protos != nil {
+		current := tlsConfig.GetConfigForClient
+		tlsConfig.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := current(hello)
+			if err != nil {
+				return nil, err
+			}
+			c = c.Clone()
+			c.NextProtos = protos
+			return c, nil
+		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -195,13 +196,94 @@ func TestRefusesAServerNamedForAnotherVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	start := time.Now()
-	_, err = c.Health(agenttest.Context(t))
-	if err == nil || !strings.Contains(err.Error(), "another-vm.vm.slipway.internal") {
-		t.Fatalf("err %v, want a certificate name mismatch", err)
+	for name, c := range map[string]*client.Client{"http/1.1": c, "multiplexed": c.Multiplexed()} {
+		start := time.Now()
+		_, err = c.Health(agenttest.Context(t))
+		if err == nil || !strings.Contains(err.Error(), "another-vm.vm.slipway.internal") {
+			t.Fatalf("%s: err %v, want a certificate name mismatch", name, err)
+		}
+		if time.Since(start) > time.Second {
+			t.Fatalf("%s: a certificate error was retried", name)
+		}
 	}
-	if time.Since(start) > time.Second {
-		t.Fatal("a certificate error was retried")
+}
+
+// countingClient binds a's agent to the stage and returns a new client of
+// it that counts its TLS handshakes: the client certificate is asked for
+// once per connection.
+func countingClient(t *testing.T, a *agenttest.Agent) (*client.Client, *atomic.Int64) {
+	t.Helper()
+	if _, err := a.Client.BindStage(agenttest.Context(t), &agentapi.Stage{ID: stageID}); err != nil {
+		t.Fatal(err)
+	}
+	var handshakes atomic.Int64
+	cert := a.ClientCert
+	c, err := client.New(client.Config{
+		Addr: a.Addr, LaunchID: agenttest.LaunchID, RootCAs: a.Roots,
+		Certificate: func() (*tls.Certificate, error) {
+			handshakes.Add(1)
+			return &cert, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, &handshakes
+}
+
+// runSideBySide runs n steps of script at once through c, as a group's are.
+func runSideBySide(t *testing.T, c *client.Client, n int, script string) {
+	t.Helper()
+	ctx := agenttest.Context(t)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			id := fmt.Sprintf("side-%d", i)
+			st, err := c.RunStep(ctx, stageID, id, &agentapi.Step{Script: script, Env: map[string]string{"N": id}})
+			if err != nil {
+				t.Errorf("%s: %v", id, err)
+			} else if st.State != agentapi.StepSucceeded {
+				t.Errorf("%s: %s", id, st.State)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// A group's steps, started and long-polled side by side through
+// Multiplexed on a new client, share one connection: one TLS handshake
+// where HTTP/1.1 needs one per step. Lone calls keep to HTTP/1.1.
+func TestGroupCallsShareOneConnection(t *testing.T) {
+	a := agenttest.Start(t, server.Config{})
+	ctx := agenttest.Context(t)
+	c, handshakes := countingClient(t, a)
+	runSideBySide(t, c.Multiplexed(), 20, "sleep 0.3")
+	if n := handshakes.Load(); n != 1 {
+		t.Errorf("%d TLS handshakes for 20 steps side by side, want 1", n)
+	}
+	if _, err := c.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := handshakes.Load(); n != 2 {
+		t.Errorf("%d TLS handshakes after a lone call, want 2 (its own HTTP/1.1 connection)", n)
+	}
+}
+
+// An agent that offers only HTTP/1.1 (one started before HTTP/2) still
+// serves a group: the multiplexed client's first calls, bodies and all,
+// go over HTTP/1.1, and so do the later ones without another try.
+func TestMultiplexedSpeaksHTTP1ToAnAgentWithoutIt(t *testing.T) {
+	a := agenttest.StartHTTP1(t, server.Config{})
+	ctx := agenttest.Context(t)
+	c, handshakes := countingClient(t, a)
+	runSideBySide(t, c.Multiplexed(), 5, "true")
+	before := handshakes.Load()
+	if _, err := c.Multiplexed().Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := handshakes.Load(); n != before {
+		t.Errorf("a later call made %d new handshakes, want none: the agent's HTTP/1.1 was not remembered", n-before)
 	}
 }
 

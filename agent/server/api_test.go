@@ -3,6 +3,7 @@ package server_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -10,9 +11,11 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,6 +236,47 @@ func TestRefusalsDoNotEchoSecrets(t *testing.T) {
 		if resp.StatusCode != 400 || strings.Contains(msg, "secret-value") || !strings.Contains(msg, mask.Replacement) && !strings.Contains(name, "long") || len(msg) > 600 {
 			t.Errorf("%s: %d %s", name, resp.StatusCode, msg)
 		}
+	}
+}
+
+// Over HTTP/2 a half body ends only its own stream: the 400 comes after the
+// body timeout, and the connection, which carries a group's other calls,
+// stays up for the next call.
+func TestSlowBodyOverHTTP2EndsOnlyItsStream(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{BodyTimeout: 300 * time.Millisecond})
+	var http2Only http.Protocols
+	http2Only.SetHTTP2(true)
+	var dials atomic.Int64
+	tr := &http.Transport{Protocols: &http2Only, TLSClientConfig: a.TLSConfig(a.ClientCert), DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+
+	body, stall := io.Pipe()
+	t.Cleanup(func() { _ = stall.Close() })
+	go func() { _, _ = stall.Write([]byte(`{"script":`)) }()
+	req, err := http.NewRequest(http.MethodPut, "https://"+a.Addr+"/v1/steps/slow", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set(agentapi.StageHeader, stageID)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("no answer to half a body: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 400 || resp.ProtoMajor != 2 {
+		t.Errorf("half a body: %d over %s, want 400 over HTTP/2", resp.StatusCode, resp.Proto)
+	}
+	resp, err = hc.Get("https://" + a.Addr + "/v1/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 || dials.Load() != 1 {
+		t.Errorf("next call: %d after %d dials, want 200 on the same connection", resp.StatusCode, dials.Load())
 	}
 }
 

@@ -338,8 +338,12 @@ func decodeBody[T any](w http.ResponseWriter, r *http.Request, known *mask.Match
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, agentapi.MaxBodyBytes))
 	if err != nil {
 		// The deadline stays: the server's discarding what is left of the
-		// body must not wait either. The connection goes.
-		w.Header().Set("Connection", "close")
+		// body must not wait either. An HTTP/1 connection goes; an HTTP/2
+		// one carries other calls, and only this stream ends (there,
+		// "Connection: close" would shut the whole connection).
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			writeError(w, http.StatusRequestEntityTooLarge, agentapi.CodeTooLarge, fmt.Sprintf("body over %d bytes", agentapi.MaxBodyBytes))

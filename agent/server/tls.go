@@ -108,9 +108,7 @@ func (c *CertFiles) load() (*tls.Config, error) {
 		ClientAuth:       tls.RequireAndVerifyClientCert,
 		ClientCAs:        pool,
 		VerifyConnection: VerifyOrchestrator,
-		// HTTP/1.1 keeps a kept-alive round trip cheapest; the client opens a
-		// connection per concurrent call.
-		NextProtos: []string{"http/1.1"},
+		NextProtos:       []string{"h2", "http/1.1"},
 	}, nil
 }
 

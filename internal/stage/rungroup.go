@@ -140,6 +140,7 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 	if err != nil {
 		return false, 0, err
 	}
+	c = forGroup(c, len(gspec.Steps))
 	opened, err := h.Opener.Open(ctx, st.ID, g.Sealed)
 	if err != nil {
 		return false, 0, err
@@ -300,6 +301,15 @@ func (h *RunGroup) failed(id string, group int, why string) StepStatus {
 	return StepStatus{ID: id, Group: group, State: string(agentapi.StepError), Error: why, EndedAt: &now}
 }
 
+// forGroup is the client for a group of steps: parallel steps share one
+// connection, a single step keeps HTTP/1.1's faster round trip.
+func forGroup(c *client.Client, steps int) *client.Client {
+	if steps > 1 {
+		return c.Multiplexed()
+	}
+	return c
+}
+
 // stopGroup ends the current group of a stage that has its result (canceled,
 // timed out), from RunGroup, or from the release before it tears the stage
 // down: its steps are canceled on the agent, their logs archived and what
@@ -319,6 +329,7 @@ func (d *Deps) stopGroup(ctx context.Context, st *lease.Stage) {
 		d.log().Warn("stop group", "stage", st.ID, "err", err)
 		return
 	}
+	c = forGroup(c, len(gspec.Steps))
 	statuses := make([]StepStatus, len(gspec.Steps))
 	var unknown atomic.Int32
 	var wg sync.WaitGroup
