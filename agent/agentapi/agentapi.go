@@ -158,8 +158,19 @@ type Step struct {
 	// WorkspaceMount also mounts the stage's workspace at this absolute path
 	// of a container step, whose work_dir is then relative to it (images
 	// and CI systems that expect the sources at /harness, /workspace…).
-	WorkspaceMount string            `json:"workspace_mount,omitempty"`
-	Env            map[string]string `json:"env,omitempty"`
+	WorkspaceMount string `json:"workspace_mount,omitempty"`
+	// Volumes mount folders of the stage, shared by its steps and made on
+	// first use, into a container step (a CI system's tool and cache
+	// folders: Harness's /addon, shared paths).
+	Volumes []Volume `json:"volumes,omitempty"`
+	// Privileged runs a container step with every capability and device
+	// (docker-in-docker builds). A build VM serves one stage and is then
+	// terminated, so this gives a step nothing beyond its own VM.
+	Privileged bool              `json:"privileged,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	// EnvFileVar also names the step's env file ($SLIPWAY_ENV) with this
+	// variable, for CI systems with a name of their own for it (DRONE_ENV).
+	EnvFileVar string `json:"env_file_var,omitempty"`
 	Secrets        map[string]string `json:"secrets,omitempty"`
 	// WorkDir is relative to the stage work dir.
 	WorkDir string `json:"work_dir,omitempty"`
@@ -171,6 +182,20 @@ type Step struct {
 	// "**/*.trx"), of the JUnit XML and TRX files the step writes; after
 	// the step its status carries their totals and failed tests.
 	Reports []string `json:"reports,omitempty"`
+}
+
+// Volume is a folder of the stage, by name, mounted at Path in a container.
+type Volume struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+}
+
+var volumeNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// validMountPath reports whether p is a clean absolute path in a container
+// other than /, without ':' (the engine's bind separator).
+func validMountPath(p string) bool {
+	return path.IsAbs(p) && path.Clean(p) == p && p != "/" && !strings.ContainsAny(p, ":\x00") && len(p) <= 1024
 }
 
 var userPattern = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
@@ -188,6 +213,34 @@ func validUser(u string) bool {
 		}
 	}
 	return true
+}
+
+// MaxVolumes bounds the stage folders one container step mounts.
+const MaxVolumes = 16
+
+func validateVolumes(volumes []Volume, workspaceMount string) error {
+	var errs []error
+	if len(volumes) > MaxVolumes {
+		errs = append(errs, fmt.Errorf("volumes: %d, at most %d", len(volumes), MaxVolumes))
+	}
+	paths := map[string]bool{workspaceMount: workspaceMount != ""}
+	names := map[string]bool{}
+	for i, v := range volumes {
+		if !volumeNamePattern.MatchString(v.Name) {
+			errs = append(errs, fmt.Errorf("volumes[%d].name %q: want 1 to 64 of A-Z a-z 0-9 _ . -, starting with a letter or digit", i, truncateValue(v.Name)))
+		} else if names[v.Name] {
+			errs = append(errs, fmt.Errorf("volumes[%d].name %q: given twice", i, v.Name))
+		}
+		names[v.Name] = true
+		switch {
+		case !validMountPath(v.Path):
+			errs = append(errs, fmt.Errorf("volumes[%d].path %q: want a clean absolute path in the container other than /, without ':'", i, truncateValue(v.Path)))
+		case paths[v.Path]:
+			errs = append(errs, fmt.Errorf("volumes[%d].path %q: something else is mounted there already", i, v.Path))
+		}
+		paths[v.Path] = true
+	}
+	return errors.Join(errs...)
 }
 
 // Validate reports every problem of a step spec at once.
@@ -221,11 +274,15 @@ func (s *Step) Validate() error {
 	if s.Network != "" && s.Network != "host" && s.Network != "none" {
 		errs = append(errs, fmt.Errorf("network %q: want host or none", truncateValue(s.Network)))
 	}
-	if s.Image == "" && (s.Pull != "" || s.Network != "" || s.MemoryBytes != 0 || s.WorkspaceMount != "") {
-		errs = append(errs, errors.New("pull, network, memory_bytes and workspace_mount apply to container steps only: give image"))
+	if s.Image == "" && (s.Pull != "" || s.Network != "" || s.MemoryBytes != 0 || s.WorkspaceMount != "" || len(s.Volumes) > 0 || s.Privileged) {
+		errs = append(errs, errors.New("pull, network, memory_bytes, workspace_mount, volumes and privileged apply to container steps only: give image"))
 	}
-	if m := s.WorkspaceMount; m != "" && (!path.IsAbs(m) || path.Clean(m) != m || m == "/" || strings.ContainsAny(m, ":\x00") || len(m) > 1024) {
+	if m := s.WorkspaceMount; m != "" && !validMountPath(m) {
 		errs = append(errs, fmt.Errorf("workspace_mount %q: want a clean absolute path in the container other than /, without ':'", truncateValue(m)))
+	}
+	errs = append(errs, validateVolumes(s.Volumes, s.WorkspaceMount))
+	if s.EnvFileVar != "" && !envNamePattern.MatchString(s.EnvFileVar) {
+		errs = append(errs, fmt.Errorf("env_file_var %q: want a variable name", truncateValue(s.EnvFileVar)))
 	}
 	if s.MemoryBytes != 0 && (s.MemoryBytes < MinMemoryBytes || s.MemoryBytes > MaxMemoryBytes) {
 		errs = append(errs, fmt.Errorf("memory_bytes %d: want %d to %d", s.MemoryBytes, MinMemoryBytes, MaxMemoryBytes))
@@ -413,6 +470,20 @@ func DecodeStrict(r io.Reader, v any) error {
 		return fmt.Errorf("decode body: %w", err)
 	}
 	return nil
+}
+
+// DecodeLenient decodes data into v as encoding/json does, ignoring the keys
+// v does not declare, and returns what DecodeStrict would have refused for
+// them, each by its path: for a peer whose newer versions may add fields,
+// which are to be logged, not refused.
+func DecodeLenient(data []byte, v any) (ignored []string, err error) {
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Errorf("decode body: %w", err)
+	}
+	var raw any
+	_ = json.Unmarshal(data, &raw) // data was just decoded
+	checkKeys(raw, reflect.TypeOf(v), "", &ignored)
+	return ignored, nil
 }
 
 // DecodeStep decodes and validates a step spec.

@@ -35,6 +35,14 @@ func TestDecodeStepRejectsBadInput(t *testing.T) {
 		{name: "workspace mount root", body: `{"image":"x","workspace_mount":"/"}`, want: []string{`workspace_mount "/"`}},
 		{name: "workspace mount unclean", body: `{"image":"x","workspace_mount":"/a/../b"}`, want: []string{`workspace_mount "/a/../b"`}},
 		{name: "workspace mount with a colon", body: `{"image":"x","workspace_mount":"/a:ro"}`, want: []string{`workspace_mount "/a:ro"`}},
+		{name: "volumes without image", body: `{"script":"x","volumes":[{"name":"addon","path":"/addon"}]}`, want: []string{"give image"}},
+		{name: "privileged without image", body: `{"script":"x","privileged":true}`, want: []string{"give image"}},
+		{
+			name: "bad volumes",
+			body: `{"image":"x","workspace_mount":"/harness","volumes":[{"name":"../up","path":"/a"},{"name":"b","path":"/harness"},{"name":"c","path":"rel"},{"name":"c","path":"/c"}]}`,
+			want: []string{`volumes[0].name "../up"`, `volumes[1].path "/harness": something else`, `volumes[2].path "rel"`, `volumes[3].name "c": given twice`},
+		},
+		{name: "bad env file var", body: `{"script":"x","env_file_var":"DRONE-ENV"}`, want: []string{`env_file_var "DRONE-ENV"`}},
 		{name: "bad network", body: `{"image":"x","network":"bridge"}`, want: []string{`network "bridge"`}},
 		{name: "bad output name", body: `{"script":"x","outputs":["a b"]}`, want: []string{`output name "a b"`}},
 		{

@@ -236,7 +236,7 @@ func (h *dockerHandle) create(ctx context.Context) (string, error) {
 	if netMode == "" {
 		netMode = "host"
 	}
-	hostCfg := &container.HostConfig{NetworkMode: container.NetworkMode(netMode)}
+	hostCfg := &container.HostConfig{NetworkMode: container.NetworkMode(netMode), Privileged: spec.Privileged}
 	if spec.MemoryBytes > 0 {
 		hostCfg.Memory = spec.MemoryBytes
 		hostCfg.MemorySwap = spec.MemoryBytes // no swap on top: the limit is the limit

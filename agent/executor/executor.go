@@ -40,6 +40,8 @@ type Spec struct {
 	Aliases map[string]string
 	// MemoryBytes limits the container's memory (0: none).
 	MemoryBytes int64
+	// Privileged gives the container every capability and device.
+	Privileged bool
 
 	// Output receives stdout and stderr. The executor calls it from one
 	// goroutine at a time.

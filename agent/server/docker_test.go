@@ -67,6 +67,30 @@ func TestContainerSteps(t *testing.T) {
 		},
 		{name: "image entrypoint", spec: agentapi.Step{Image: busyboximage.Tag, Pull: agentapi.PullNever}, wantState: agentapi.StepSucceeded},
 		{
+			name: "a stage volume, then the same volume in the next step",
+			spec: func() agentapi.Step {
+				s := box(`echo tool > /addon/bin.txt; ls -ld /addon | cut -c1-10`)
+				s.Volumes = []agentapi.Volume{{Name: "addon", Path: "/addon"}}
+				return s
+			}(),
+			wantState: agentapi.StepSucceeded, wantLog: "drwxrwxrwx\n",
+		},
+		{
+			name: "the volume keeps what the last step left, and is not in the workspace",
+			spec: func() agentapi.Step {
+				s := box(`cat /tools/bin.txt; ls "$SLIPWAY_WORKSPACE"`)
+				s.Volumes = []agentapi.Volume{{Name: "addon", Path: "/tools"}}
+				return s
+			}(),
+			wantState: agentapi.StepSucceeded, wantLog: "tool\nfile.txt\n",
+		},
+		{
+			// Without privileges a container cannot mount; with them it can.
+			name:      "unprivileged",
+			spec:      box(`mkdir -p /m && mount -t tmpfs none /m 2>/dev/null && echo mounted || echo refused`),
+			wantState: agentapi.StepSucceeded, wantLog: "refused\n",
+		},
+		{
 			// The file the "workspace mounted at the same path" step made is
 			// there, and the work dir is relative to the mount.
 			name: "workspace mounted at another path too",
@@ -106,8 +130,21 @@ func TestContainerSteps(t *testing.T) {
 			}
 		})
 	}
+	// A privileged container can mount. Where the engine itself lacks the
+	// capabilities to give (this sandbox's dockerd), runc says so: the
+	// engine was asked for them either way.
+	priv := box(`mkdir -p /m && mount -t tmpfs none /m 2>/dev/null && echo mounted || echo refused`)
+	priv.Privileged = true
+	st := run(t, a, "privileged", priv)
+	switch {
+	case st.State == agentapi.StepSucceeded && logOf(t, a, "privileged") == "mounted\n":
+	case st.State == agentapi.StepError && strings.Contains(st.Error, "unable to apply caps"):
+		t.Logf("this engine cannot run privileged containers: %s", st.Error)
+	default:
+		t.Errorf("privileged: %s %q %q", st.State, st.Error, logOf(t, a, "privileged"))
+	}
 	// The host sees what the container wrote in the workspace.
-	st := run(t, a, "host-reads", agentapi.Step{Command: []string{"cat", "file.txt"}})
+	st = run(t, a, "host-reads", agentapi.Step{Command: []string{"cat", "file.txt"}})
 	if got := logOf(t, a, "host-reads"); st.State != agentapi.StepSucceeded || got != "made-in-container\n" {
 		t.Fatalf("host step: %s %q", st.State, got)
 	}

@@ -65,6 +65,32 @@ func readOutputs(path string, m *mask.Matcher, want []string) (map[string]string
 	return outputs, outputProblems(problems)
 }
 
+// readExports reads the file a step wrote to $SLIPWAY_ENV, in the outputs
+// file's format (an optional "export " before a name is allowed, as Drone's
+// and Harness's env files have it). The values are not masked: they become
+// the environment of later steps.
+func readExports(path string) (map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read env file: %w", err)
+	}
+	if len(data) > maxOutputBytes {
+		return nil, fmt.Errorf("the env file is over %d bytes: none of it is exported", maxOutputBytes)
+	}
+	lines := strings.Split(string(data), "\n")
+	for i, line := range lines {
+		lines[i] = strings.TrimPrefix(line, "export ")
+	}
+	exports, bad := parseOutputs([]byte(strings.Join(lines, "\n")))
+	if err := outputProblems(bad); err != nil {
+		return exports, fmt.Errorf("env file: %w", err)
+	}
+	return exports, nil
+}
+
 // maxOutputProblems is how many bad lines a step's status names.
 const maxOutputProblems = 10
 

@@ -379,6 +379,28 @@ func TestOutputsKeepTheGoodLines(t *testing.T) {
 	}
 }
 
+// What a step writes to its env file ($SLIPWAY_ENV, or the name the step
+// gives it) is the env of every step that starts after it, over the step's
+// own env; a step does not see its own exports, and the outputs stay apart.
+func TestExportsReachLaterSteps(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{Env: map[string]string{"TAG": "from-stage"}}, server.Config{})
+	st := run(t, a, "export", agentapi.Step{
+		Script:     `echo "export TAG=v1.2" >> "$DRONE_ENV"; printf 'NOTES<<EOF\ntwo\nlines\nEOF\n' >> "$SLIPWAY_ENV"; echo "TAG=$TAG"`,
+		EnvFileVar: "DRONE_ENV",
+	})
+	if st.State != agentapi.StepSucceeded || st.Error != "" || len(st.Outputs) != 0 || logOf(t, a, "export") != "TAG=from-stage\n" {
+		t.Fatalf("export: %s %q %v %q", st.State, st.Error, st.Outputs, logOf(t, a, "export"))
+	}
+	st = run(t, a, "later", agentapi.Step{Script: `echo "$TAG $NOTES"`, Env: map[string]string{"TAG": "from-step"}})
+	if got := logOf(t, a, "later"); st.State != agentapi.StepSucceeded || got != "v1.2 two\nlines\n" {
+		t.Errorf("the next step: %s %q", st.State, got)
+	}
+	st = run(t, a, "bad-export", agentapi.Step{Script: `echo "not a line" >> "$SLIPWAY_ENV"`})
+	if st.State != agentapi.StepSucceeded || !strings.Contains(st.Error, "env file") {
+		t.Errorf("a bad env file: %s %q", st.State, st.Error)
+	}
+}
+
 // Stage folders an earlier agent run left go when an agent starts, and
 // other stages' at the next bind.
 func TestStaleStageFoldersGo(t *testing.T) {

@@ -42,13 +42,43 @@ type stage struct {
 	secretBytes int
 	matcher     *mask.Matcher
 
-	// mu guards steps, closing and the usage totals. A step's own state has
-	// its own lock.
-	mu         sync.Mutex
-	steps      map[string]*step
+	// mu guards steps, closing, exports and the usage totals. A step's own
+	// state has its own lock.
+	mu    sync.Mutex
+	steps map[string]*step
+	// exports are what ended steps wrote to their $SLIPWAY_ENV: the env of
+	// every step started after them. They live in the agent's memory only.
+	exports    map[string]string
 	closing    bool // being destroyed: no new steps
 	cpu        time.Duration
 	peakMemory int64
+}
+
+// export makes what an ended step exported the env of the steps that start
+// after it.
+func (st *stage) export(exports map[string]string) {
+	if len(exports) == 0 {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.exports == nil {
+		st.exports = map[string]string{}
+	}
+	maps.Copy(st.exports, exports)
+}
+
+// volume is the stage's folder for the named volume, made on first use and
+// open to every step's user, like the workspace.
+func (st *stage) volume(name string) (string, error) {
+	folder := filepath.Join(st.dir, "volumes", name)
+	if err := os.MkdirAll(folder, 0o777); err != nil {
+		return "", fmt.Errorf("create volume %s: %w", name, err)
+	}
+	if err := os.Chmod(folder, 0o777); err != nil {
+		return "", fmt.Errorf("create volume %s: %w", name, err)
+	}
+	return folder, nil
 }
 
 func canonical(v any) string {

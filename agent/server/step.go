@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path"
@@ -32,6 +34,8 @@ type step struct {
 	// start).
 	outputDir string
 	matcher   *mask.Matcher
+	// exports are the stage's exports when the step started.
+	exports map[string]string
 
 	mu         sync.Mutex
 	status     agentapi.StepStatus
@@ -121,6 +125,7 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 		matcher:   st.matcher,
 		log:       steplog.New(filepath.Join(st.stepsDir, id+".log"), s.cfg.MaxLogBytes),
 		outputDir: filepath.Join(st.stepsDir, id+".outputs"),
+		exports:   maps.Clone(st.exports),
 		status:    agentapi.StepStatus{ID: id, State: agentapi.StepRunning, StartedAt: time.Now().UTC(), BootID: s.bootID},
 		done:      make(chan struct{}),
 	}
@@ -189,6 +194,9 @@ func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.W
 	_ = stp.log.Close()
 	size, _ := stp.log.Size()
 	outputs, outErr := readOutputs(stp.outputPath(), matcher, wantOutputs)
+	exports, expErr := readExports(stp.envPath())
+	st.export(exports)
+	outErr = errors.Join(outErr, expErr)
 	// The raw outputs may hold the step's secrets: gone once read, before
 	// the step reads as ended.
 	_ = os.RemoveAll(stp.outputDir)
@@ -245,15 +253,19 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		"SLIPWAY_STEP":      id,
 		"SLIPWAY_WORKSPACE": st.workDir,
 		"SLIPWAY_OUTPUT":    stp.outputPath(),
+		"SLIPWAY_ENV":       stp.envPath(),
+	}
+	if spec.EnvFileVar != "" {
+		slipwayEnv[spec.EnvFileVar] = stp.envPath()
 	}
 	var envList []string
 	if spec.Image != "" {
-		envList = mergeEnv(st.containerEnv, spec.Env, spec.Secrets, slipwayEnv)
+		envList = mergeEnv(st.containerEnv, spec.Env, stp.exports, spec.Secrets, slipwayEnv)
 	} else {
 		// os/exec keeps the last of duplicate keys, so the step's layers can
 		// simply follow the stage's list: no merge on the step's start path.
 		envList = slices.Clone(st.hostEnv)
-		for _, layer := range []map[string]string{spec.Env, spec.Secrets, slipwayEnv} {
+		for _, layer := range []map[string]string{spec.Env, stp.exports, spec.Secrets, slipwayEnv} {
 			for k, v := range layer {
 				envList = append(envList, k+"="+v)
 			}
@@ -278,10 +290,17 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 	case spec.Script != "":
 		argv = executor.ScriptArgv(spec.Shell, spec.Script)
 	}
-	var aliases map[string]string
+	aliases := map[string]string{}
 	if spec.WorkspaceMount != "" {
-		aliases = map[string]string{st.workDir: spec.WorkspaceMount}
+		aliases[st.workDir] = spec.WorkspaceMount
 		workDir = path.Join(spec.WorkspaceMount, filepath.ToSlash(spec.WorkDir))
+	}
+	for _, v := range spec.Volumes {
+		folder, err := st.volume(v.Name)
+		if err != nil {
+			return executor.Spec{}, err
+		}
+		aliases[folder] = v.Path
 	}
 	return executor.Spec{
 		Name: st.spec.ID + "-" + id,
@@ -295,6 +314,7 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		Pull:        spec.Pull,
 		Network:     spec.Network,
 		MemoryBytes: spec.MemoryBytes,
+		Privileged:  spec.Privileged,
 		Mounts:      []string{st.workDir, stp.outputDir},
 		Aliases:     aliases,
 		Output:      out,
@@ -356,3 +376,6 @@ func (s *Server) cancelStep(w http.ResponseWriter, _ *http.Request, st *stage, i
 
 // outputPath is $SLIPWAY_OUTPUT.
 func (stp *step) outputPath() string { return filepath.Join(stp.outputDir, "outputs") }
+
+// envPath is the step's $SLIPWAY_ENV: NAME=value lines for later steps.
+func (stp *step) envPath() string { return filepath.Join(stp.outputDir, "env") }

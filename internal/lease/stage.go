@@ -35,6 +35,7 @@ const (
 	attrLeasedAt     = "leased_at"
 	attrBoundAt      = "bound_at"
 	attrBootID       = "boot_id"
+	attrVMAddress    = "vm_address"
 	attrLaunched     = "launched"
 	attrDropped      = "dropped"
 	attrResult       = "result"
@@ -89,6 +90,8 @@ type Stage struct {
 	// answered).
 	Dropped int
 	BootID  string
+	// VMAddress is where the bound VM's agent listens (host:port).
+	VMAddress string
 	// Result is set once the stage's outcome is known; Reason says why.
 	Result, Reason string
 	CreatedAt      time.Time
@@ -110,7 +113,7 @@ func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 		ID: getString(item, attrStageID), Pool: getString(item, attrPool), SpecHash: getString(item, attrSpecHash),
 		Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed), Final: getBool(item, attrFinal),
 		VM: getString(item, attrVM), Launched: getString(item, attrLaunched), BootID: getString(item, attrBootID),
-		Result: getString(item, attrResult), Reason: getString(item, attrReason),
+		VMAddress: getString(item, attrVMAddress), Result: getString(item, attrResult), Reason: getString(item, attrReason),
 	}
 	var errs []error
 	for name, dst := range map[string]*time.Time{
@@ -334,12 +337,15 @@ func (s *Store) SetLaunched(ctx context.Context, id, launchID string) error {
 
 // MarkBound records that the agent of the stage's VM launchID is bound to
 // the stage, and its boot id. Repeating it keeps the first bind time.
-func (s *Store) MarkBound(ctx context.Context, id, launchID, bootID string) (*Stage, error) {
+func (s *Store) MarkBound(ctx context.Context, id string, vm *VM, bootID string) (*Stage, error) {
+	launchID := vm.LaunchID
 	st, err := s.changeStage(ctx, id, stageChange{
-		set:    []string{"#b = if_not_exists(#b, :now)", "#boot = :boot"},
-		cond:   "#vm = :vm AND attribute_not_exists(#rel)",
-		names:  map[string]string{"#b": attrBoundAt, "#boot": attrBootID, "#vm": attrVM, "#rel": attrReleasedAt},
-		values: map[string]types.AttributeValue{":now": millis(s.now()), ":boot": str(bootID), ":vm": str(launchID)},
+		set:   []string{"#b = if_not_exists(#b, :now)", "#boot = :boot", "#addr = :addr"},
+		cond:  "#vm = :vm AND attribute_not_exists(#rel)",
+		names: map[string]string{"#b": attrBoundAt, "#boot": attrBootID, "#addr": attrVMAddress, "#vm": attrVM, "#rel": attrReleasedAt},
+		values: map[string]types.AttributeValue{
+			":now": millis(s.now()), ":boot": str(bootID), ":addr": str(vm.Address), ":vm": str(launchID),
+		},
 	}, func(st *Stage) error {
 		if !st.ReleasedAt.IsZero() {
 			return ErrReleased

@@ -58,11 +58,14 @@ func TestStageLeaseIsOnePerStage(t *testing.T) {
 	if got.VM != vms[0].LaunchID || got.LeasedAt.IsZero() {
 		t.Fatalf("stage record: vm %q leased at %v", got.VM, got.LeasedAt)
 	}
-	bound, err := s.MarkBound(ctx, "s1", got.VM, "boot-1")
+	bound, err := s.MarkBound(ctx, "s1", vms[0], "boot-1")
 	if err != nil || bound.BootID != "boot-1" || bound.BoundAt.IsZero() || bound.Version <= got.Version {
 		t.Fatalf("bound: %+v %v", bound, err)
 	}
-	if _, err := s.MarkBound(ctx, "s1", lease.NewLaunchID(), "boot-1"); !errors.Is(err, lease.ErrNotHolder) {
+	if bound.VMAddress == "" || bound.VMAddress != vms[0].Address {
+		t.Fatalf("bound to %q, the vm listens at %q", bound.VMAddress, vms[0].Address)
+	}
+	if _, err := s.MarkBound(ctx, "s1", &lease.VM{LaunchID: lease.NewLaunchID()}, "boot-1"); !errors.Is(err, lease.ErrNotHolder) {
 		t.Fatalf("bound to another vm: %v", err)
 	}
 }
@@ -366,7 +369,7 @@ func TestDropStageVM(t *testing.T) {
 	if st, _ := s.GetStage(ctx, "s1"); st.Dropped != 1 || st.VM != second.LaunchID {
 		t.Fatalf("stage %+v", st)
 	}
-	if _, err := s.MarkBound(ctx, "s1", second.LaunchID, "boot"); err != nil {
+	if _, err := s.MarkBound(ctx, "s1", second, "boot"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.DropStageVM(ctx, "s1", second.LaunchID); !errors.Is(err, lease.ErrState) {

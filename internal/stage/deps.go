@@ -32,7 +32,7 @@ type Books interface {
 	FinishGroup(ctx context.Context, st *lease.Stage, index int, end lease.GroupEnd) (*lease.Stage, error)
 	EndStage(ctx context.Context, id, result, reason string) (*lease.Stage, error)
 	SetLaunched(ctx context.Context, id, launchID string) error
-	MarkBound(ctx context.Context, id, launchID, bootID string) (*lease.Stage, error)
+	MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*lease.Stage, error)
 	LeaseForStage(ctx context.Context, stageID string, leaseDeadline time.Time) (*lease.VM, error)
 	DropStageVM(ctx context.Context, stageID, launchID string) (*lease.VM, error)
 	ReleaseStage(ctx context.Context, stageID, result, reason string) (*lease.VM, error)

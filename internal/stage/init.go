@@ -174,7 +174,7 @@ func (h *Init) bind(ctx context.Context, st *lease.Stage, spec *storedStage, vm 
 		h.Agents.Forget(vm.LaunchID)
 		return false, h.Keeper.Dispose(ctx, *dropped)
 	}
-	_, err = h.Books.MarkBound(ctx, st.ID, vm.LaunchID, health.BootID)
+	_, err = h.Books.MarkBound(ctx, st.ID, vm, health.BootID)
 	return err == nil, err
 }
 

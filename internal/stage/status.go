@@ -43,8 +43,10 @@ type Status struct {
 	Result string `json:"result,omitempty"`
 	Reason string `json:"reason,omitempty"`
 	// Closed says the final group was given.
-	Closed    bool          `json:"closed"`
-	VM        string        `json:"vm,omitempty"`
+	Closed bool   `json:"closed"`
+	VM     string `json:"vm,omitempty"`
+	// VMAddress is where the VM's agent listens (host:port), from binding on.
+	VMAddress string        `json:"vm_address,omitempty"`
 	CreatedAt time.Time     `json:"created_at"`
 	Deadline  time.Time     `json:"deadline"`
 	Timings   Timings       `json:"timings"`
@@ -184,7 +186,7 @@ func statusOf(r *lease.Records) (*Status, error) {
 	st := r.Stage
 	s := &Status{
 		ID: st.ID, Pool: st.Pool, Phase: phase(st), Result: st.Result, Reason: st.Reason, Closed: st.Final,
-		VM: st.VM, CreatedAt: st.CreatedAt, Deadline: st.Deadline, Version: st.Version,
+		VM: st.VM, VMAddress: st.VMAddress, CreatedAt: st.CreatedAt, Deadline: st.Deadline, Version: st.Version,
 		Timings: Timings{
 			QueuedAt: st.CreatedAt, LeasedAt: timePtr(st.LeasedAt), BoundAt: timePtr(st.BoundAt),
 			EndedAt: timePtr(st.EndedAt), ReleasedAt: timePtr(st.ReleasedAt),
