@@ -170,8 +170,8 @@ type Step struct {
 	Env        map[string]string `json:"env,omitempty"`
 	// EnvFileVar also names the step's env file ($SLIPWAY_ENV) with this
 	// variable, for CI systems with a name of their own for it (DRONE_ENV).
-	EnvFileVar string `json:"env_file_var,omitempty"`
-	Secrets        map[string]string `json:"secrets,omitempty"`
+	EnvFileVar string            `json:"env_file_var,omitempty"`
+	Secrets    map[string]string `json:"secrets,omitempty"`
 	// WorkDir is relative to the stage work dir.
 	WorkDir string `json:"work_dir,omitempty"`
 	// User is uid or uid:gid.

@@ -37,8 +37,8 @@ func demoHarness(ctx context.Context, out io.Writer, api *delegate.Client, say f
 			"output_vars": ["VERSION"], "timeout": 60}}`},
 		{"/step", `{"stage_runtime_id": "demo-harness", "start_step_request": {"id": "test", "kind": "Run",
 			"run": {"entrypoint": ["sh", "-c"], "commands": ["exit 4"]}}}`},
-		{"/step", `{"stage_runtime_id": "demo-harness", "start_step_request": {"id": "gpu", "privileged": true,
-			"run": {"entrypoint": ["sh", "-c"], "commands": ["nvidia-smi"]}}}`},
+		{"/step", `{"stage_runtime_id": "demo-harness", "start_step_request": {"id": "ti", "kind": "RunTestsV2",
+			"run": {"entrypoint": ["sh", "-c"], "commands": ["split-tests"]}}}`},
 		{"/destroy", `{"id": "demo-harness", "pool_id": "demo"}`},
 	}
 	for _, c := range calls {

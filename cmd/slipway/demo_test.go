@@ -48,10 +48,10 @@ func TestDemo(t *testing.T) {
 			"  FAIL com.example.CartTest > appliesDiscount\n", "stage demo-fail: failed (step unit failed (exit code 2))",
 			"  publish              skipped", "the log comes from the archive\ndeploying with key ******\n",
 			"  demo     2             0       0          0    3            2",
-			`POST /step    → 200 {"exited":true,"outputs":{"VERSION":"2.0.1"}}`,
-			`POST /step    → 200 {"exited":true,"exit_code":4}`,
-			`POST /step    → 400 {"error_msg":"start_step_request.privileged: not supported by Slipway's drop-in","code":400}`,
-			"POST /destroy → 200 \n", "[harness build] token ******\n",
+			`POST /step    → 200 {"exited":true,"outputs":{"VERSION":"2.0.1"},"outputV2":[{"key":"VERSION","value":"2.0.1","type":"STRING"}]}`,
+			`POST /step    → 200 {"exited":true,"exit_code":4,"error":"exit status 4"}`,
+			`POST /step    → 400 {"error_msg":"start_step_request.kind \"RunTestsV2\": want Run or RunTest (RunTestsV2 needs Harness's Test Intelligence service)","code":400}`,
+			"POST /setup   → 200 {\"ip_address\":\"127.0.0.1\"", "POST /destroy → 200 \n", "[harness build] token ******\n",
 		} {
 			if strings.Count(got, want) == 0 {
 				t.Errorf("the warm pool part lacks %q", want)

@@ -43,11 +43,42 @@ func Ensure(ctx context.Context, api API) error {
 	if err != nil {
 		return err
 	}
+	return buildImage(ctx, api, Tag, buildContext)
+}
+
+// EnsurePlugin builds tag, an image of Tag whose entrypoint is script (run
+// by busybox sh; a layer over Tag, so quick to build again): a stand-in for
+// the plugin images CI systems run with no command of their own.
+func EnsurePlugin(ctx context.Context, api API, tag, script string) error {
+	if err := Ensure(ctx, api); err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dockerfile := "FROM " + Tag + "\nCOPY plugin /bin/plugin\nENTRYPOINT [\"/bin/plugin\"]\n"
+	for _, f := range []struct {
+		name, data string
+		mode       int64
+	}{{"Dockerfile", dockerfile, 0o644}, {"plugin", "#!/bin/sh\n" + script, 0o755}} {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))}); err != nil {
+			return err
+		}
+		if _, err := io.WriteString(tw, f.data); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return buildImage(ctx, api, tag, &buf)
+}
+
+func buildImage(ctx context.Context, api API, tag string, buildContext io.Reader) error {
 	resp, err := api.ImageBuild(ctx, buildContext, build.ImageBuildOptions{
-		Tags: []string{Tag}, Remove: true, Version: build.BuilderV1, NetworkMode: "none",
+		Tags: []string{tag}, Remove: true, Version: build.BuilderV1, NetworkMode: "none",
 	})
 	if err != nil {
-		return fmt.Errorf("build %s: %w", Tag, err)
+		return fmt.Errorf("build %s: %w", tag, err)
 	}
 	defer resp.Body.Close()
 	dec := json.NewDecoder(resp.Body)
@@ -58,10 +89,10 @@ func Ensure(ctx context.Context, api API) error {
 		if err := dec.Decode(&msg); err == io.EOF {
 			return nil
 		} else if err != nil {
-			return fmt.Errorf("build %s: %w", Tag, err)
+			return fmt.Errorf("build %s: %w", tag, err)
 		}
 		if msg.Error != "" {
-			return fmt.Errorf("build %s: %s", Tag, msg.Error)
+			return fmt.Errorf("build %s: %s", tag, msg.Error)
 		}
 	}
 }

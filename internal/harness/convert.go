@@ -1,12 +1,15 @@
 package harness
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -28,14 +31,23 @@ const scriptVar = "SLIPWAY_HARNESS_SCRIPT"
 // stageOf is what setup leaves for the stage's steps: it lives in this
 // process only (the log service token never reaches Slipway).
 type stageOf struct {
-	logs       *logService // nil without a log service
-	mtls       MtlsConfig  // for a step that names its own log service
-	created    time.Time
-	workspace  []string          // host-path volumes: the stage's workspace
-	volumes    map[string]string // their paths by name, for container steps to mount
+	logs    *logService // nil without a log service
+	mtls    MtlsConfig  // for a step that names its own log service
+	created time.Time
+	// workspace is the host path of the volume that is the stage's
+	// workspace (the CI manager's "harness"), by name workspaceVolume.
+	workspace, workspaceVolume string
+	// volumes are the setup's host-path volumes, their paths by name: the
+	// workspace, and folders of the stage for the rest (addon, shared paths).
+	volumes    map[string]string
 	network    string
 	dockerSock bool
 }
+
+// workspaceVolumeName is the volume the CI manager makes the workspace
+// (ContainerExecutionConstants.STEP_VOLUME); /addon is "addon", a pipeline's
+// shared paths "shared-N".
+const workspaceVolumeName = "harness"
 
 // stageID is Slipway's id for a Harness stage runtime id: the id itself when
 // Slipway takes it, else a digest of it.
@@ -67,10 +79,17 @@ func toSpec(r *SetupRequest, pools []string) (*stage.Spec, *stageOf, error) {
 		}
 	}
 	st.volumes = map[string]string{}
-	for _, v := range s.Volumes {
-		if v.HostPath != nil && v.HostPath.Path != "" {
-			st.workspace = append(st.workspace, v.HostPath.Path)
-			st.volumes[v.HostPath.Name] = v.HostPath.Path
+	for i, v := range s.Volumes {
+		if v.HostPath == nil || v.HostPath.Path == "" {
+			continue
+		}
+		name := cmp.Or(v.HostPath.Name, v.HostPath.ID)
+		if _, twice := st.volumes[name]; twice {
+			errs = append(errs, fmt.Errorf("setup_request.volumes[%d].host.name %q: given twice", i, name))
+		}
+		st.volumes[name] = v.HostPath.Path
+		if st.workspace == "" || name == workspaceVolumeName {
+			st.workspace, st.workspaceVolume = v.HostPath.Path, name
 		}
 	}
 	env, secrets := splitSecrets(s.Envs, s.Secrets)
@@ -80,7 +99,7 @@ func toSpec(r *SetupRequest, pools []string) (*stage.Spec, *stageOf, error) {
 		AcquireTimeoutSeconds: (r.ReservationTimeout + 999) / 1000,
 	}
 	for i, f := range s.Files {
-		rel, err := st.relative(fmt.Sprintf("setup_request.files[%d].path", i), f.Path)
+		rel, err := relative(fmt.Sprintf("setup_request.files[%d].path", i), f.Path, st.workspace)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -147,9 +166,10 @@ func containsValue(m map[string]string, v string) bool {
 	return false
 }
 
-// relative maps a path on the VM to one in Slipway's stage workspace: a
-// relative path stays, a path in a host-path volume becomes relative to it.
-func (st *stageOf) relative(field, p string) (string, error) {
+// relative maps a path on the VM (or in a container) to one in Slipway's
+// stage workspace: a relative path stays, a path under one of roots (where
+// the workspace is) becomes relative to it.
+func relative(field, p string, roots ...string) (string, error) {
 	if p == "" {
 		return "", nil
 	}
@@ -157,7 +177,10 @@ func (st *stageOf) relative(field, p string) (string, error) {
 	if !path.IsAbs(slashed) && !hasDrive(slashed) {
 		return strings.TrimPrefix(path.Clean(slashed), "."), nil
 	}
-	for _, root := range st.workspace {
+	for _, root := range roots {
+		if root == "" {
+			continue
+		}
 		root = strings.TrimSuffix(strings.ReplaceAll(root, `\`, "/"), "/")
 		if strings.EqualFold(slashed, root) {
 			return "", nil
@@ -166,11 +189,15 @@ func (st *stageOf) relative(field, p string) (string, error) {
 			return path.Clean(slashed[len(root)+1:]), nil
 		}
 	}
-	return "", fmt.Errorf("%s %q: outside the stage's workspace (its host-path volumes: %s); Slipway runs steps in the workspace it makes for the stage",
-		field, p, strings.Join(st.workspace, ", "))
+	return "", fmt.Errorf("%s %q: outside the stage's workspace (%s); Slipway runs steps in the workspace it makes for the stage",
+		field, p, strings.Join(slices.DeleteFunc(roots, func(r string) bool { return r == "" }), ", "))
 }
 
 func hasDrive(p string) bool { return len(p) >= 2 && p[1] == ':' }
+
+// envFileVar is the variable lite-engine names a step's env file by: what
+// a step writes there is the env of the stage's later steps.
+const envFileVar = "DRONE_ENV"
 
 // toStep maps a step request to a one-step group of the stage.
 func toStep(r *StartStep, st *stageOf) (stage.Step, error) {
@@ -178,80 +205,77 @@ func toStep(r *StartStep, st *stageOf) (stage.Step, error) {
 	if r.ID == "" {
 		errs = append(errs, errors.New("start_step_request.id: required"))
 	}
-	if r.Kind != "" && r.Kind != "Run" {
-		errs = append(errs, fmt.Errorf("start_step_request.kind %q: only Run steps map to Slipway (RunTest and RunTestsV2 need Harness Test Intelligence)", r.Kind))
-	}
-	if r.TestReport.Kind != "" && r.TestReport.Kind != "Junit" {
-		errs = append(errs, fmt.Errorf("start_step_request.test_report.kind %q: want Junit", r.TestReport.Kind))
-	}
 	step := stage.Step{ID: slipwayID("s", r.ID)}
 	step.Env, step.Secrets = splitSecrets(r.Envs, r.Secrets)
+	step.EnvFileVar = envFileVar
 	step.TimeoutSeconds = r.Timeout
 	step.Image, step.User, step.MemoryBytes = r.Image, r.User, r.MemLimit
-	// A container step mounting the workspace volume gets the workspace at
-	// that path too; its work dir may then be given there.
-	dirs := st
-	for i, m := range r.Volumes {
-		_, known := st.volumes[m.Name]
-		switch {
-		case !known:
-			errs = append(errs, fmt.Errorf("start_step_request.volumes[%d] (%s at %s): only the setup's host-path volumes (the stage's workspace) can be mounted", i, m.Name, m.Path))
-		case r.Image == "":
-			// A host step sees the workspace where Slipway made it.
-		case step.WorkspaceMount != "" && step.WorkspaceMount != m.Path:
-			errs = append(errs, fmt.Errorf("start_step_request.volumes[%d] (%s at %s): the workspace is mounted at %s already; Slipway mounts it at one path in a container", i, m.Name, m.Path, step.WorkspaceMount))
-		default:
-			step.WorkspaceMount = m.Path
-			dirs = &stageOf{workspace: append(slices.Clone(st.workspace), m.Path)}
-		}
+	if r.Detach {
+		errs = append(errs, errors.New("start_step_request.detach: background steps and service dependencies are not run by the drop-in yet"))
 	}
-	var err error
+	errs = append(errs, mapVolumes(r, st, &step)...)
+	// Paths in the request are the VM's, or the container's where the
+	// workspace is mounted into it.
+	roots := []string{st.workspace, step.WorkspaceMount}
 	for i, glob := range r.TestReport.Junit.Paths {
-		rel, err := dirs.relative(fmt.Sprintf("start_step_request.test_report.junit.paths[%d]", i), glob)
+		rel, err := relative(fmt.Sprintf("start_step_request.test_report.junit.paths[%d]", i), glob, roots...)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		step.Reports = append(step.Reports, rel)
 	}
-	if step.WorkDir, err = dirs.relative("start_step_request.working_dir", r.WorkingDir); err != nil {
+	if r.TestReport.Kind != "" && r.TestReport.Kind != "Junit" {
+		errs = append(errs, fmt.Errorf("start_step_request.test_report.kind %q: want Junit", r.TestReport.Kind))
+	}
+	var err error
+	if step.WorkDir, err = relative("start_step_request.working_dir", r.WorkingDir, roots...); err != nil {
 		errs = append(errs, err)
 	}
 	if step.Pull, err = pullPolicy(r.Pull); err != nil {
 		errs = append(errs, err)
 	}
 	if r.Image != "" {
-		switch r.Network {
-		case "", "host", "none", st.network:
-			if r.Network == "none" {
-				step.Network = "none"
-			}
-		default:
-			errs = append(errs, fmt.Errorf("start_step_request.network %q: Slipway's containers use the VM's network (host) or none", r.Network))
-		}
-		if (r.MountDockerSocket != nil && *r.MountDockerSocket) || (r.MountDockerSocket == nil && st.dockerSock) {
-			errs = append(errs, errors.New("start_step_request.mount_docker_socket: a container step cannot be given the VM's docker socket; run docker commands in a host step"))
-		}
+		errs = append(errs, containerOptions(r, st, &step)...)
 	}
-	outputs := slices.Clone(r.OutputVars)
-	for i, o := range r.Outputs {
-		if o.Type == "SECRET" {
-			errs = append(errs, fmt.Errorf("start_step_request.outputs[%d] (%s): secret outputs are not supported", i, o.Key))
-			continue
+
+	entrypoint, commands := r.Run.Entrypoint, r.Run.Commands
+	switch r.Kind {
+	case "", "Run":
+	case "RunTest":
+		var script string
+		if script, err = runTestScript(&r.RunTest); err != nil {
+			errs = append(errs, err)
 		}
-		outputs = append(outputs, o.Key)
+		entrypoint, commands = r.RunTest.Entrypoint, []string{script}
+		if len(entrypoint) == 0 {
+			entrypoint = []string{"sh", "-c"}
+		}
+		if !posixShell(entrypoint) {
+			errs = append(errs, fmt.Errorf("start_step_request.run_test.entrypoint %q: a Run Tests step's script needs a POSIX shell (sh or bash, -c)", entrypoint))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("start_step_request.kind %q: want Run or RunTest (RunTestsV2 needs Harness's Test Intelligence service)", r.Kind))
 	}
-	command := slices.Concat(r.Run.Entrypoint, r.Run.Commands)
+	command := slices.Concat(entrypoint, commands)
+	if len(command) == 0 && r.Image == "" {
+		errs = append(errs, errors.New("start_step_request.run: a step on the VM needs an entrypoint or commands"))
+	}
+
+	outputs, oerrs := declaredOutputs(r)
+	errs = append(errs, oerrs...)
 	if len(outputs) > 0 {
-		if !posixShell(r.Run.Entrypoint) || len(r.Run.Commands) == 0 {
-			errs = append(errs, fmt.Errorf("start_step_request.output_vars: outputs are read by a shell epilogue: want entrypoint [sh|bash, -c] and a command, got entrypoint %q", r.Run.Entrypoint))
+		if !posixShell(entrypoint) || len(commands) == 0 {
+			errs = append(errs, fmt.Errorf("start_step_request.outputs: outputs are read by a shell epilogue: want entrypoint [sh|bash, -c] and a command, got entrypoint %q", entrypoint))
 		} else {
-			command[len(r.Run.Entrypoint)] += outputEpilogue(outputs)
+			command[len(entrypoint)] += outputEpilogue(outputs)
 		}
-		step.Outputs = outputs
+		for _, o := range outputs {
+			step.Outputs = append(step.Outputs, o.Key)
+		}
 	}
 	if slices.ContainsFunc(command, func(arg string) bool { return holdsSecret(arg, r.Secrets) }) {
-		if !posixShell(r.Run.Entrypoint) || len(r.Run.Commands) != 1 {
+		if !posixShell(entrypoint) || len(commands) != 1 {
 			errs = append(errs, errors.New("start_step_request.run.commands: holds a secret value, which must not reach Slipway's records; that needs entrypoint [sh|bash, -c] and one command (the script is then passed sealed)"))
 		} else {
 			if step.Secrets == nil {
@@ -268,6 +292,97 @@ func toStep(r *StartStep, st *stageOf) (stage.Step, error) {
 	return step, nil
 }
 
+// mapVolumes maps the step's volume mounts: the workspace volume is the
+// stage's workspace, the others (addon, shared paths) folders of the stage
+// by the same name. A step on the VM sees the workspace where Slipway made
+// it, so its mounts change nothing.
+func mapVolumes(r *StartStep, st *stageOf, step *stage.Step) []error {
+	var errs []error
+	for i, m := range r.Volumes {
+		field := fmt.Sprintf("start_step_request.volumes[%d] (%s at %s)", i, m.Name, m.Path)
+		_, known := st.volumes[m.Name]
+		switch {
+		case !known:
+			errs = append(errs, fmt.Errorf("%s: not a volume the setup made (%s)", field, strings.Join(slices.Sorted(maps.Keys(st.volumes)), ", ")))
+		case r.Image == "":
+		case m.Name != st.workspaceVolume:
+			step.Volumes = append(step.Volumes, agentapi.Volume{Name: m.Name, Path: m.Path})
+		case step.WorkspaceMount != "" && step.WorkspaceMount != m.Path:
+			errs = append(errs, fmt.Errorf("%s: the workspace is mounted at %s already; Slipway mounts it at one path in a container", field, step.WorkspaceMount))
+		default:
+			step.WorkspaceMount = m.Path
+		}
+	}
+	return errs
+}
+
+// containerOptions maps what only a container step has.
+func containerOptions(r *StartStep, st *stageOf, step *stage.Step) []error {
+	var errs []error
+	switch r.Network {
+	case "", "host", "none", st.network:
+		if r.Network == "none" {
+			step.Network = "none"
+		}
+	default:
+		errs = append(errs, fmt.Errorf("start_step_request.network %q: Slipway's containers use the VM's network (host) or none", r.Network))
+	}
+	if (r.MountDockerSocket != nil && *r.MountDockerSocket) || (r.MountDockerSocket == nil && st.dockerSock) {
+		errs = append(errs, errors.New("start_step_request.mount_docker_socket: a container step cannot be given the VM's docker socket; run docker commands in a host step"))
+	}
+	step.Privileged = r.Privileged
+	if r.Auth.Username != "" || r.Auth.Password != "" {
+		errs = append(errs, fmt.Errorf("start_step_request.auth (%s): registry logins are not passed to Slipway's agent yet; use an image it can pull without one", r.Auth.Address))
+	}
+	// Containers share the VM's network: a port is reachable at its own
+	// number, so only bindings that keep it can be honoured.
+	for _, host := range slices.Sorted(maps.Keys(r.PortBindings)) {
+		if inContainer := r.PortBindings[host]; inContainer != host {
+			errs = append(errs, fmt.Errorf("start_step_request.port_bindings[%s] = %s: Slipway's containers use the VM's network, where a port keeps its number", host, inContainer))
+		}
+	}
+	return errs
+}
+
+// output is an output the step declares: Key its name, From the shell
+// variable its value is read from.
+type output struct{ Key, From, Type string }
+
+var shellName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// declaredOutputs are the step's outputs: outputs (name, variable, type)
+// where given, else output_vars (each read from its own name), as
+// lite-engine reads them.
+func declaredOutputs(r *StartStep) ([]output, []error) {
+	var outs []output
+	var errs []error
+	for i, o := range r.Outputs {
+		out := output{Key: o.Key, From: cmp.Or(o.Value, o.Key), Type: cmp.Or(o.Type, OutputString)}
+		field := fmt.Sprintf("start_step_request.outputs[%d]", i)
+		switch {
+		case !shellName.MatchString(out.Key) || !shellName.MatchString(out.From):
+			errs = append(errs, fmt.Errorf("%s (%s from %s): want variable names", field, o.Key, o.Value))
+		case out.Type == OutputSecret:
+			errs = append(errs, fmt.Errorf("%s (%s): secret outputs are not supported by the drop-in yet", field, o.Key))
+		case out.Type != OutputString:
+			errs = append(errs, fmt.Errorf("%s (%s): type %q, want STRING or SECRET", field, o.Key, o.Type))
+		default:
+			outs = append(outs, out)
+		}
+	}
+	if len(r.Outputs) > 0 {
+		return outs, errs
+	}
+	for i, name := range r.OutputVars {
+		if !shellName.MatchString(name) {
+			errs = append(errs, fmt.Errorf("start_step_request.output_vars[%d] %q: want a variable name", i, name))
+			continue
+		}
+		outs = append(outs, output{Key: name, From: name, Type: OutputString})
+	}
+	return outs, errs
+}
+
 // posixShell reports whether the entrypoint is a POSIX shell taking a
 // script with -c (sh, bash, dash, ash, zsh; by path or name).
 func posixShell(entrypoint []string) bool {
@@ -278,17 +393,52 @@ func posixShell(entrypoint []string) bool {
 	return slices.Contains([]string{"sh", "bash", "dash", "ash", "zsh"}, shell)
 }
 
-// outputEpilogue appends to a script what writes the named shell variables
-// to $SLIPWAY_OUTPUT, keeping the script's exit status. Each value goes as
-// a heredoc with a delimiter no value line can equal.
-func outputEpilogue(names []string) string {
+// outputEpilogue appends to a script what writes each output's shell
+// variable to $SLIPWAY_OUTPUT under the output's name, keeping the script's
+// exit status. Each value goes as a heredoc with a delimiter no value line
+// can equal.
+func outputEpilogue(outputs []output) string {
 	var b strings.Builder
 	b.WriteString("\n__slipway_rc=$?\n")
-	for _, n := range names {
-		fmt.Fprintf(&b, "printf '%%s<<SLIPWAY_EOF_%[1]s\\n%%s\\nSLIPWAY_EOF_%[1]s\\n' %[1]s \"${%[1]s-}\" >> \"$SLIPWAY_OUTPUT\"\n", n)
+	for _, o := range outputs {
+		fmt.Fprintf(&b, "printf '%%s<<SLIPWAY_EOF_%[1]s\\n%%s\\nSLIPWAY_EOF_%[1]s\\n' %[1]s \"${%[2]s-}\" >> \"$SLIPWAY_OUTPUT\"\n", o.Key, o.From)
 	}
 	b.WriteString("exit $__slipway_rc")
 	return b.String()
+}
+
+// runTestScript is what a Run Tests step runs when every test runs: the
+// pre-command, the build tool's test command with the step's arguments
+// (lite-engine's commands when it selects no tests), the post-command.
+// Slipway has no test selection of its own yet, so a step that asks to run
+// only the selected tests runs them all, as Harness does without a call
+// graph.
+func runTestScript(c *RunTestConfig) (string, error) {
+	args := c.Args
+	var test string
+	switch strings.ToLower(c.BuildTool) {
+	case "maven":
+		test = "mvn " + args
+	case "gradle":
+		test = "if [ -x ./gradlew ]; then ./gradlew " + args + "; else gradle " + args + "; fi"
+	case "bazel":
+		test = "bazel " + args + " //..."
+	case "sbt":
+		test = "sbt " + args + " 'test'"
+	case "pytest":
+		test = "python3 -m pytest " + args
+	case "unittest":
+		test = "python3 -m unittest " + args
+	case "rspec":
+		test = "bundle exec rspec " + args
+	case "dotnet":
+		test = "dotnet " + args
+	case "nunitconsole":
+		test = args
+	default:
+		return "", fmt.Errorf("start_step_request.run_test.build_tool %q: want maven, gradle, bazel, sbt, pytest, unittest, rspec, dotnet or nunitconsole", c.BuildTool)
+	}
+	return strings.Join([]string{c.PreCommand, strings.TrimSpace(test), c.PostCommand}, "\n"), nil
 }
 
 func pullPolicy(p string) (string, error) {
@@ -305,27 +455,41 @@ func pullPolicy(p string) (string, error) {
 	return "", fmt.Errorf("start_step_request.pull %q: want default, Always, IfNotPresent or Never", p)
 }
 
-// toPoll is a Slipway step's end as lite-engine tells it.
+// toPoll is a Slipway step's end as lite-engine tells it: error is set
+// exactly when the step did not succeed, for the delegate takes a step to
+// have succeeded when error is empty (StepExecutionHelper).
 func toPoll(s *stage.StepStatus, r *StartStep) *PollStepResponse {
-	p := &PollStepResponse{Exited: true, OOMKilled: s.OOMKilled, Outputs: s.Outputs}
+	p := &PollStepResponse{Exited: true, OOMKilled: s.OOMKilled}
 	if s.ExitCode != nil {
 		p.ExitCode = *s.ExitCode
 	}
-	switch agentapi.StepState(s.State) {
-	case agentapi.StepSucceeded, agentapi.StepFailed:
-	case agentapi.StepTimedOut:
-		p.Error = fmt.Sprintf("step timed out after %ds", r.Timeout)
-	case agentapi.StepCanceled:
-		p.Error = "step canceled"
-	default:
-		p.Error = "step " + s.State
+	if agentapi.StepState(s.State) != agentapi.StepSucceeded {
+		var why string
+		switch agentapi.StepState(s.State) {
+		case agentapi.StepFailed:
+			why = fmt.Sprintf("exit status %d", p.ExitCode)
+			if s.OOMKilled {
+				why = "oom killed"
+			}
+		case agentapi.StepTimedOut:
+			why = fmt.Sprintf("step timed out after %ds", r.Timeout)
+		case agentapi.StepCanceled:
+			why = "step canceled"
+		default:
+			why = "step " + s.State
+		}
+		p.Error = strings.TrimSuffix(why+": "+s.Error, ": ")
 	}
-	if s.Error != "" {
-		p.Error = strings.TrimPrefix(p.Error+": "+s.Error, ": ")
-	}
-	for _, o := range r.Outputs {
+	outputs, _ := declaredOutputs(r)
+	for _, o := range outputs {
 		if v, ok := s.Outputs[o.Key]; ok {
-			p.OutputV2 = append(p.OutputV2, OutputV2{Key: o.Key, Value: v, Type: "STRING"})
+			p.OutputV2 = append(p.OutputV2, OutputV2{Key: o.Key, Value: v, Type: o.Type})
+		}
+	}
+	if len(p.OutputV2) > 0 {
+		p.Outputs = map[string]string{}
+		for _, o := range p.OutputV2 {
+			p.Outputs[o.Key] = o.Value
 		}
 	}
 	return p

@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -38,6 +40,8 @@ type Runner struct {
 
 	mu     sync.Mutex
 	stages map[string]*stageOf // by Slipway stage id
+	// unknown holds "route field" for each undeclared field logged once.
+	unknown sync.Map
 }
 
 // Handler is the runner's routes.
@@ -97,11 +101,21 @@ func fromSlipway(err error) error {
 	return fmt.Errorf("slipway: %w", err)
 }
 
-// readBody decodes the body strictly: a field added upstream after the
-// commits wire.go names must be looked at, not dropped.
-func readBody(w http.ResponseWriter, req *http.Request, v any) error {
-	if err := agentapi.DecodeStrict(http.MaxBytesReader(w, req.Body, maxBody), v); err != nil {
+// readBody decodes the body as the runner does. A field no wire type
+// declares is ignored, and logged the first time this process sees it.
+func (r *Runner) readBody(w http.ResponseWriter, req *http.Request, v any) error {
+	data, err := io.ReadAll(http.MaxBytesReader(w, req.Body, maxBody))
+	if err != nil {
+		return badRequest(fmt.Errorf("read body: %w", err))
+	}
+	ignored, err := agentapi.DecodeLenient(data, v)
+	if err != nil {
 		return badRequest(err)
+	}
+	for _, field := range ignored {
+		if _, seen := r.unknown.LoadOrStore(req.URL.Path+" "+field, true); !seen {
+			r.log().Info("ignoring what the drop-in does not know", "route", req.URL.Path, "field", field)
+		}
 	}
 	return nil
 }
@@ -148,7 +162,7 @@ func (r *Runner) poolOwner(w http.ResponseWriter, req *http.Request) {
 
 func (r *Runner) setup(w http.ResponseWriter, req *http.Request) {
 	var in SetupRequest
-	if err := readBody(w, req, &in); err != nil {
+	if err := r.readBody(w, req, &in); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -200,10 +214,18 @@ func (r *Runner) openStage(ctx context.Context, in *SetupRequest) (*SetupRespons
 			return nil, fromSlipway(err)
 		}
 	}
+	// The CI manager stops every step of a stage whose setup gave no
+	// address; steps are routed by the stage, so it is only shown.
+	host, port, err := net.SplitHostPort(status.VMAddress)
+	if err != nil {
+		return nil, fmt.Errorf("stage %s is bound to vm %s, whose address %q is not host:port", spec.ID, status.VM, status.VMAddress)
+	}
+	portNumber, _ := strconv.ParseInt(port, 10, 64)
 	return &SetupResponse{
+		IPAddress:  host,
 		InstanceID: status.VM,
 		InstanceInfo: InstanceInfo{
-			ID: status.VM, Name: status.VM, PoolName: status.Pool, Provider: "slipway",
+			ID: status.VM, Name: status.VM, IPAddress: host, Port: portNumber, PoolName: status.Pool, Provider: "slipway",
 		},
 	}, nil
 }
@@ -221,7 +243,7 @@ func (r *Runner) stageOf(id string) (*stageOf, error) {
 
 func (r *Runner) step(w http.ResponseWriter, req *http.Request) {
 	var in StepRequest
-	if err := readBody(w, req, &in); err != nil {
+	if err := r.readBody(w, req, &in); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -343,7 +365,7 @@ func testSummary(t *agentapi.TestReport) []string {
 
 func (r *Runner) destroy(w http.ResponseWriter, req *http.Request) {
 	var in DestroyRequest
-	if err := readBody(w, req, &in); err != nil {
+	if err := r.readBody(w, req, &in); err != nil {
 		writeError(w, err)
 		return
 	}

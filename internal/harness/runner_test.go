@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -145,10 +146,27 @@ type runnerError struct {
 	Code    int    `json:"code"`
 }
 
-// TestDropIn drives the runner as the Harness delegate does, in front of
-// slipway local, with a stand-in for the Harness log service.
+// pluginTag is a stand-in for a plugin image (the Git clone step's
+// drone-git): its own entrypoint clones into the workspace, leaves a tool in
+// /addon and exports a variable for later steps.
+const pluginTag = "slipway-harness-plugin:local"
+
+const pluginScript = `set -e
+cd /harness
+echo "cloning $DRONE_REMOTE_URL at depth $PLUGIN_DEPTH"
+echo cloned > README
+echo tool > /addon/tool
+echo "DRONE_COMMIT_SHA=abc123" >> "$DRONE_ENV"
+`
+
+// TestDropIn drives the runner with the bodies the Harness delegate sends
+// (testdata/client), in front of slipway local, with a stand-in for the
+// Harness log service, and reads each answer as the delegate does.
 func TestDropIn(t *testing.T) {
-	agenttest.Docker(t) // the busybox image, for the container step
+	docker := agenttest.Docker(t)
+	if err := busyboximage.EnsurePlugin(context.Background(), docker, pluginTag, pluginScript); err != nil {
+		t.Fatal(err)
+	}
 	rt, api := localtest.Deployment(t, local.LocalPool("linux", 1, 2))
 	ctx := context.Background()
 	logs := &fakeLogService{token: "log-token-5d1c", lines: map[string][]Line{}, blobs: map[string][]string{}}
@@ -182,8 +200,9 @@ func TestDropIn(t *testing.T) {
 	})
 
 	fill := map[string]string{"pool": "linux", "secret": testSecret, "log_url": logSrv.URL, "log_token": logs.token}
+	setupBody := fixture(t, "client/setup.json", fill)
 	var setup SetupResponse
-	if code := post(t, srv.URL+"/setup", fixture(t, "setup.json", fill), &setup, "setup_response.json"); code != 200 || setup.InstanceID == "" {
+	if code := post(t, srv.URL+"/setup", setupBody, &setup, "setup_response.json"); code != 200 || setup.InstanceID == "" || setup.IPAddress != "127.0.0.1" {
 		t.Fatalf("setup: %d %+v\n%s", code, setup, runnerLog)
 	}
 	st, err := api.Status(ctx, "pZs1Hw3tTc2Qx9Lk0aB7_w", 0, 0)
@@ -191,15 +210,33 @@ func TestDropIn(t *testing.T) {
 		t.Fatalf("after setup the stage is %+v (%v)", st, err)
 	}
 
-	step := func(t *testing.T, id, script string, edit func(*StepRequest)) (int, *PollStepResponse, runnerError) {
-		t.Helper()
-		r := stepFixture(t, id, script)
-		r.InstanceID = setup.InstanceID
-		if edit != nil {
-			edit(r)
+	// The delegate retries a setup whose answer it lost; a newer delegate
+	// sends fields this one does not know: the same stage, each unknown
+	// field logged once.
+	var m map[string]any
+	_ = json.Unmarshal(setupBody, &m)
+	m["setup_request"].(map[string]any)["gpu_type"] = "a100"
+	m["future_field"] = map[string]any{"x": 1}
+	retried, _ := json.Marshal(m)
+	for range 2 {
+		var again SetupResponse
+		if code := post(t, srv.URL+"/setup", retried, &again, "setup_response.json"); code != 200 || again.InstanceID != setup.InstanceID {
+			t.Fatalf("retried setup: %d %+v, first %+v\n%s", code, again, setup, runnerLog)
 		}
-		body, _ := json.Marshal(r)
-		resp, err := http.Post(srv.URL+"/step", "application/json", bytes.NewReader(body))
+	}
+	for _, field := range []string{`setup_request: unknown field \"gpu_type\"`, `unknown field \"future_field\"`} {
+		if n := strings.Count(runnerLog.String(), field); n != 1 {
+			t.Errorf("%s logged %d times:\n%s", field, n, runnerLog)
+		}
+	}
+
+	// step sends a client fixture and reads the answer as the delegate does.
+	step := func(t *testing.T, name, id string, more map[string]string) (int, *PollStepResponse, runnerError) {
+		t.Helper()
+		f := map[string]string{"pool": "linux", "secret": testSecret, "ip": setup.IPAddress, "step": id,
+			"log_key": "kmpySmUISimoRrJL6NL73w/" + id, "image": busyboximage.Tag}
+		maps.Copy(f, more)
+		resp, err := http.Post(srv.URL+"/step", "application/json", bytes.NewReader(fixture(t, name, f)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -216,14 +253,17 @@ func TestDropIn(t *testing.T) {
 		}
 		return resp.StatusCode, &poll, e
 	}
+	streamed := func(id string) string { return logs.streamed("kmpySmUISimoRrJL6NL73w/" + id) }
 
-	t.Run("a bash step with an output variable and a secret", func(t *testing.T) {
-		code, poll, e := step(t, "build", `echo "hello from $HARNESS_STEP"; echo "token $TOKEN"; cat .netrc; VERSION=1.2.3`, nil)
-		if code != 200 || !poll.Exited || poll.ExitCode != 0 || poll.Error != "" || poll.Outputs["VERSION"] != "1.2.3" {
+	t.Run("a Run step on the VM: an output by its variable, a masked secret, an export", func(t *testing.T) {
+		code, poll, e := step(t, "client/step_run.json", "build", map[string]string{
+			"script": `echo "$GREETING from $(pwd)"; echo "token $TOKEN"; TAG=v1.2; echo "export BUILT_BY=slipway" >> "$DRONE_ENV"`})
+		success, outputs := delegateReads(poll)
+		if code != 200 || !success || poll.ExitCode != 0 || outputs["IMAGE_TAG"] != "v1.2" || poll.OutputV2[0].Type != "STRING" {
 			t.Fatalf("%d %+v %+v", code, poll, e)
 		}
-		got := logs.streamed("kmpySmUISimoRrJL6NL73w/build")
-		for _, want := range []string{"hello from build\n", "token ******\n", "machine git.example login robot\n"} {
+		got := streamed("build")
+		for _, want := range []string{"hello from ", "token ******\n"} {
 			if !strings.Contains(got, want) {
 				t.Errorf("the log service got %q, lacking %q", got, want)
 			}
@@ -236,69 +276,93 @@ func TestDropIn(t *testing.T) {
 		}
 	})
 
-	t.Run("a failing step gives its exit code", func(t *testing.T) {
+	t.Run("a failing step is a failure, with its exit code and tests", func(t *testing.T) {
 		report := `<testsuite name="calc" tests="2" failures="1"><testcase classname="calc.AddTest" name="adds" time="0.01"/>` +
 			`<testcase classname="calc.AddTest" name="overflows" time="0.02"><failure message="want 0, got 1"/></testcase></testsuite>`
-		code, poll, e := step(t, "fail", "mkdir -p reports; echo '"+report+"' > reports/TEST-calc.xml; echo failing; exit 3",
-			func(r *StepRequest) { r.Step.OutputVars = nil })
-		if code != 200 || !poll.Exited || poll.ExitCode != 3 {
+		code, poll, e := step(t, "client/step_container.json", "fail", map[string]string{
+			"script": "mkdir -p reports; echo '" + report + "' > reports/TEST-calc.xml; echo failing; exit 3"})
+		if success, _ := delegateReads(poll); code != 200 || success || !poll.Exited || poll.ExitCode != 3 || poll.Error != "exit status 3" {
 			t.Fatalf("%d %+v %+v", code, poll, e)
 		}
 		// Harness's test tab needs its Test Intelligence service: the
 		// reports' summary goes to the step's log instead.
-		got := logs.streamed("kmpySmUISimoRrJL6NL73w/fail")
-		if want := "failing\nSlipway: tests 2, failed 1, skipped 0, 0.0s\n  FAILED calc.AddTest.overflows: want 0, got 1\n"; got != want {
+		if got, want := streamed("fail"), "failing\nSlipway: tests 2, failed 1, skipped 0, 0.0s\n  FAILED calc.AddTest.overflows: want 0, got 1\n"; got != want {
 			t.Errorf("log %q, want %q", got, want)
 		}
 	})
 
 	t.Run("a secret in the script is masked and kept out of Slipway's records", func(t *testing.T) {
-		code, poll, e := step(t, "secret", "echo 'the token is "+testSecret+"'", func(r *StepRequest) { r.Step.OutputVars = nil })
-		if code != 200 || poll.ExitCode != 0 {
+		code, poll, e := step(t, "client/step_run.json", "secret", map[string]string{"script": "TAG=x; echo 'the token is " + testSecret + "'"})
+		if success, _ := delegateReads(poll); code != 200 || !success {
 			t.Fatalf("%d %+v %+v", code, poll, e)
 		}
-		if got := logs.streamed("kmpySmUISimoRrJL6NL73w/secret"); !strings.HasPrefix(got, "the token is ******\nSlipway: tests ") {
+		if got := streamed("secret"); got != "the token is ******\n" {
 			t.Errorf("log %q", got)
 		}
 	})
 
-	t.Run("a container step", func(t *testing.T) {
-		code, poll, e := step(t, "container", "echo in a container at $(pwd); head -c 7 .netrc; echo; VERSION=c1", func(r *StepRequest) {
-			r.Step.Image, r.Step.Pull, r.Step.Network = busyboximage.Tag, "Never", "drone"
-			r.Step.Run.Entrypoint = []string{"sh", "-c"}
-			r.Step.Volumes = []VolumeMount{{Name: "harness", Path: "/harness"}}
-			r.Step.WorkingDir = "/harness"
-		})
-		if code != 200 || poll.ExitCode != 0 || poll.Outputs["VERSION"] != "c1" {
+	t.Run("the Git clone plugin, with /harness and /addon", func(t *testing.T) {
+		code, poll, e := step(t, "client/step_plugin.json", "clone", map[string]string{"image": pluginTag})
+		if success, _ := delegateReads(poll); code != 200 || !success {
+			t.Fatalf("%d %+v %+v\n%s", code, poll, e, streamed("clone"))
+		}
+		if got := streamed("clone"); got != "cloning https://git.example/acme/app.git at depth 50\n" {
+			t.Errorf("log %q", got)
+		}
+	})
+
+	t.Run("later steps see the clone, the addon and the exports", func(t *testing.T) {
+		code, poll, e := step(t, "client/step_container.json", "after", map[string]string{
+			"script": `cat README /addon/tool; echo "$BUILT_BY $DRONE_COMMIT_SHA in $(pwd)"`})
+		if success, _ := delegateReads(poll); code != 200 || !success {
 			t.Fatalf("%d %+v %+v", code, poll, e)
 		}
-		if got := logs.streamed("kmpySmUISimoRrJL6NL73w/container"); !strings.HasPrefix(got, "in a container at /harness\nmachine\nSlipway: tests ") {
+		// (The failing step's report is still in the workspace, and read again.)
+		if got := streamed("after"); !strings.HasPrefix(got, "cloned\ntool\nslipway abc123 in /harness\nSlipway: tests") {
+			t.Errorf("log %q", got)
+		}
+		code, poll, e = step(t, "client/step_run.json", "onhost", map[string]string{"script": `TAG=; cat README; echo "$DRONE_COMMIT_SHA"`})
+		if success, _ := delegateReads(poll); code != 200 || !success || streamed("onhost") != "cloned\nabc123\n" {
+			t.Errorf("on the VM: %d %+v %+v %q", code, poll, e, streamed("onhost"))
+		}
+	})
+
+	t.Run("a Run Tests step runs its build tool and reads its reports", func(t *testing.T) {
+		pre := `mkdir -p reports; printf 'import unittest\nclass T(unittest.TestCase):\n    def test_ok(self): pass\n' > test_calc.py`
+		post := `echo '<testsuite name="calc" tests="1"><testcase classname="test_calc.T" name="test_ok"/></testsuite>' > reports/TEST-calc.xml`
+		code, poll, e := step(t, "client/step_runtest.json", "tests", map[string]string{
+			"tool": "Unittest", "args": "discover -p 'test_*.py'", "pre": pre, "post": post})
+		if success, _ := delegateReads(poll); code != 200 || !success {
+			t.Fatalf("%d %+v %+v\n%s", code, poll, e, streamed("tests"))
+		}
+		if got := streamed("tests"); !strings.Contains(got, "Ran 1 test") || !strings.Contains(got, "Slipway: tests 1, failed 0") {
 			t.Errorf("log %q", got)
 		}
 	})
 
 	t.Run("a step that does not map is refused by field", func(t *testing.T) {
-		code, _, e := step(t, "bg", "sleep 1", func(r *StepRequest) { r.Step.Detach = Unsupported(`true`) })
-		if code != 400 || e.Code != 400 || !strings.Contains(e.Message, "start_step_request.detach: not supported") {
+		// Background steps are the next to come; until then, refused.
+		code, _, e := step(t, "client/step_background.json", "bg", map[string]string{"script": "sleep 1"})
+		if code != 400 || e.Code != 400 || !strings.Contains(e.Message, "start_step_request.detach:") {
 			t.Fatalf("%d %+v", code, e)
 		}
 	})
 
 	t.Run("a retried step awaits the first", func(t *testing.T) {
-		code, poll, _ := step(t, "build", "echo never runs", nil)
-		if code != 200 || poll.Outputs["VERSION"] != "1.2.3" {
+		code, poll, _ := step(t, "client/step_run.json", "build", map[string]string{"script": "echo never runs"})
+		if success, outputs := delegateReads(poll); code != 200 || !success || outputs["IMAGE_TAG"] != "v1.2" {
 			t.Fatalf("%d %+v", code, poll)
 		}
 	})
 
-	if code := post(t, srv.URL+"/destroy", fixture(t, "destroy.json", map[string]string{"pool": "linux", "instance": setup.InstanceID}), nil, ""); code != 200 {
+	if code := post(t, srv.URL+"/destroy", fixture(t, "client/destroy.json", map[string]string{"pool": "linux"}), nil, ""); code != 200 {
 		t.Fatalf("destroy: %d\n%s", code, runnerLog)
 	}
 	st, err = api.Status(ctx, "pZs1Hw3tTc2Qx9Lk0aB7_w", 0, 0)
 	if err != nil || st.Phase != stage.PhaseReleased {
 		t.Fatalf("after destroy the stage is %+v (%v)", st, err)
 	}
-	if code, _, e := step(t, "late", "true", func(r *StepRequest) { r.Step.OutputVars = nil }); code != 404 || !strings.Contains(e.Message, "was not set up by this drop-in") {
+	if code, _, e := step(t, "client/step_run.json", "late", map[string]string{"script": "true"}); code != 404 || !strings.Contains(e.Message, "was not set up by this drop-in") {
 		t.Errorf("a step after destroy: %d %+v", code, e)
 	}
 

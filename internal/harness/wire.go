@@ -2,16 +2,27 @@ package harness
 
 import "encoding/json"
 
-// The wire types of the Harness delegate's VM runner API, written after
-// drone-runners/drone-runner-aws command/harness (setup.go, step.go,
-// destroy.go, capacity.go, common/common.go, handlers.go at f7e1ac71, 2026-08-21)
-// and harness/lite-engine api/api.go and engine/spec/spec.go (at 21311ead,
-// 2026-08-21). Neither module can be a dependency (see the README).
+// The wire types of the Harness delegate's VM runner API. Two sources, both
+// read for facts only (neither module can be a dependency, see the README):
 //
-// Every field upstream knows is declared, so a body is decoded strictly: a
-// field neither side knows is refused by name. A field Slipway cannot honour is
-// declared as Unsupported: any value but JSON's zero ("", 0, false, null, [],
-// {} or an object of zeros) is refused by its path.
+//   - the client: harness-core's request beans, which the delegate serialises
+//     with Retrofit's default Jackson mapper, so every declared field arrives,
+//     null when unset, booleans and numbers always
+//     (950-delegate-tasks-beans/src/main/java/io/harness/delegate/beans/ci/vm/runner/
+//     SetupVmRequest.java, ExecuteStepRequest.java, DestroyVmRequest.java, and
+//     how 930-delegate-tasks/.../citasks/vm/ and 933-ci-commons/.../vm/VmExecuteStepUtils.java
+//     fill them, at vigneswara-propelo/harness-core 1dcec145, 2023-12-26);
+//   - the server it calls: drone-runners/drone-runner-aws command/harness
+//     (f7e1ac71, 2026-08-21) and harness/lite-engine api/api.go and
+//     engine/spec/spec.go (21311ead, 2026-08-21), for the fields newer
+//     delegates send.
+//
+// Bodies are decoded as the runner decodes them: a field no type here
+// declares is ignored, and logged once by its path (decode.go), so a Harness
+// upgrade does not stop every build. A declared field Slipway cannot honour,
+// and whose value would change what runs, is declared as Unsupported: any
+// value but JSON's zero ("", 0, false, null, [], {} or an object of zeros) is
+// refused by its path.
 
 // Unsupported is a field the drop-in refuses unless it is zero.
 type Unsupported json.RawMessage
@@ -52,6 +63,8 @@ type SetupRequest struct {
 	LogKey        string         `json:"log_key"`
 	CorrelationID string         `json:"correlation_id"`
 	InstanceInfo  InstanceInfo   `json:"instance_info"`
+	// InfraType is the delegate's kind of infrastructure ("VM"); logged.
+	InfraType string `json:"infra_type"`
 
 	GitspaceAgentConfig   Unsupported `json:"gitspace_agent_config"`
 	IsMarkedForInfraReset Unsupported `json:"is_marked_for_infra_reset"`
@@ -105,8 +118,10 @@ type LESetupRequest struct {
 	MtlsConfig        MtlsConfig `json:"mtls_config"`
 	// Timeout is the stage's, in seconds.
 	Timeout int64 `json:"timeout"`
+	// TTY asks lite-engine for a terminal; steps write to pipes on Slipway,
+	// which changes how programs colour their output, not what runs.
+	TTY bool `json:"tty"`
 
-	TTY                 Unsupported `json:"tty"`
 	VMImageConfig       Unsupported `json:"vm_image_config"`
 	LELogKey            Unsupported `json:"le_log_key"`
 	MemoryMetricsLogKey Unsupported `json:"memory_metrics_log_key"`
@@ -205,14 +220,18 @@ type SetupResponse struct {
 
 // StepRequest is the body of POST /step: the runner's ExecuteVMRequest.
 type StepRequest struct {
-	StageRuntimeID string       `json:"stage_runtime_id"`
-	InstanceID     string       `json:"instance_id"`
-	IPAddress      string       `json:"ip_address"`
-	CorrelationID  string       `json:"correlation_id"`
-	TaskID         string       `json:"task_id"`
-	Distributed    bool         `json:"distributed"`
-	Step           StartStep    `json:"start_step_request"`
-	InstanceInfo   InstanceInfo `json:"instance_info"`
+	StageRuntimeID string `json:"stage_runtime_id"`
+	// InstanceID, IPAddress and PoolID name the VM; the drop-in routes by
+	// the stage, which holds exactly one VM.
+	InstanceID    string       `json:"instance_id"`
+	IPAddress     string       `json:"ip_address"`
+	PoolID        string       `json:"pool_id"`
+	CorrelationID string       `json:"correlation_id"`
+	TaskID        string       `json:"task_id"`
+	InfraType     string       `json:"infra_type"`
+	Distributed   bool         `json:"distributed"`
+	Step          StartStep    `json:"start_step_request"`
+	InstanceInfo  InstanceInfo `json:"instance_info"`
 }
 
 // StartStep is lite-engine's api.StartStepRequest.
@@ -225,8 +244,9 @@ type StartStep struct {
 	LogDrone       Unsupported       `json:"log_drone"`
 	Secrets        []string          `json:"secrets"`
 	WorkingDir     string            `json:"working_dir"`
-	Kind           string            `json:"kind"` // "" or Run; RunTest and RunTestsV2 are Test Intelligence's
+	Kind           string            `json:"kind"` // "" or Run, RunTest; RunTestsV2 is refused
 	Run            RunConfig         `json:"run"`
+	RunTest        RunTestConfig     `json:"run_test"`
 	LogConfig      LogConfig         `json:"log_config"`
 	TIConfig       TIConfig          `json:"ti_config"`
 	MtlsConfig     MtlsConfig        `json:"mtls_config"`
@@ -243,23 +263,28 @@ type StartStep struct {
 	// always ends the whole process tree (see the README).
 	ProcessConfig ProcessConfig `json:"process_config"`
 
-	Image    string        `json:"image"`
-	Pull     string        `json:"pull"`
-	User     string        `json:"user"`
-	MemLimit int64         `json:"mem_limit"`
-	Network  string        `json:"network"`
-	Volumes  []VolumeMount `json:"volumes"`
+	Image      string        `json:"image"`
+	Pull       string        `json:"pull"`
+	User       string        `json:"user"`
+	MemLimit   int64         `json:"mem_limit"`
+	Network    string        `json:"network"`
+	Volumes    []VolumeMount `json:"volumes"`
+	Privileged bool          `json:"privileged"`
+	// Auth is the registry login for Image.
+	Auth ImageAuth `json:"auth"`
+	// Detach runs the step in the background for the rest of the stage: a
+	// Background step, or a service dependency the initialize task starts.
+	Detach bool `json:"detach"`
+	// PortBindings map a host port to a container port ("8080": "80").
+	PortBindings map[string]string `json:"port_bindings"`
 
-	Detach             Unsupported `json:"detach"`
 	EgressPolicy       Unsupported `json:"egress_policy"`
-	RunTest            Unsupported `json:"run_test"`
 	RunTestsV2         Unsupported `json:"run_test_v2"`
 	SoftStop           Unsupported `json:"soft_stop"`
 	AnnotationsConfig  Unsupported `json:"annotations_config"`
 	OutputVarFile      Unsupported `json:"output_var_file"`
 	SecretVarFile      Unsupported `json:"secret_var_file"`
 	ScratchDir         Unsupported `json:"scratch_dir"`
-	Auth               Unsupported `json:"auth"`
 	CPUPeriod          Unsupported `json:"cpu_period"`
 	CPUQuota           Unsupported `json:"cpu_quota"`
 	CPUShares          Unsupported `json:"cpu_shares"`
@@ -274,8 +299,6 @@ type StartStep struct {
 	MemSwapLimit       Unsupported `json:"memswap_limit"`
 	Networks           Unsupported `json:"networks"`
 	NetworkAliases     Unsupported `json:"network_aliases"`
-	PortBindings       Unsupported `json:"port_bindings"`
-	Privileged         Unsupported `json:"privileged"`
 	ShmSize            Unsupported `json:"shm_size"`
 	Files              Unsupported `json:"files"`
 	StepStatus         Unsupported `json:"step_status"`
@@ -290,12 +313,46 @@ type RunConfig struct {
 	Binary     Unsupported `json:"binary"`
 }
 
-// OutputV2 declares an output variable (Outputs) or carries one back.
+// RunTestConfig is a Run Tests step (kind RunTest): the build tool runs the
+// tests, between the pre and post commands.
+type RunTestConfig struct {
+	Args                 string   `json:"args"`
+	Entrypoint           []string `json:"entrypoint"`
+	PreCommand           string   `json:"pre_command"`
+	PostCommand          string   `json:"post_command"`
+	BuildTool            string   `json:"build_tool"`
+	Language             string   `json:"language"`
+	Packages             string   `json:"packages"`
+	Namespaces           string   `json:"namespaces"`
+	RunOnlySelectedTests bool     `json:"run_only_selected_tests"`
+	TestAnnotations      string   `json:"test_annotations"`
+	BuildEnvironment     string   `json:"build_environment"`
+	FrameworkVersion     string   `json:"framework_version"`
+	TestSplitStrategy    string   `json:"test_split_strategy"`
+	ParallelizeTests     bool     `json:"parallelize_tests"`
+	TestGlobs            string   `json:"test_globs"`
+}
+
+// ImageAuth is a registry login.
+type ImageAuth struct {
+	Address  string `json:"address"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// OutputV2 declares an output (in a request: Key is its name, Value the
+// shell variable it is read from) or carries one back (Value its value).
 type OutputV2 struct {
 	Key   string `json:"key,omitempty"`
 	Value string `json:"value"`
 	Type  string `json:"type,omitempty"` // STRING or SECRET
 }
+
+// Output types, as the CI manager names them.
+const (
+	OutputString = "STRING"
+	OutputSecret = "SECRET"
+)
 
 // TestReport names the JUnit files of a step.
 type TestReport struct {
@@ -332,5 +389,6 @@ type DestroyRequest struct {
 	PoolID             string       `json:"pool_id"`
 	CorrelationID      string       `json:"correlation_id"`
 	InstanceInfo       InstanceInfo `json:"instance_info"`
+	InfraType          string       `json:"infra_type"`
 	StorageCleanupType Unsupported  `json:"storage_cleanup_type"`
 }
