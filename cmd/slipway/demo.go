@@ -31,7 +31,7 @@ const demoLaunchID = "demo-vm"
 func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("slipway demo", flag.ContinueOnError)
 	agentPath := fs.String("agent", "bin/slipway-agent-linux-amd64", "agent binary to start")
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, args, 0, out); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "slipway-demo-")

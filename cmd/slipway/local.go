@@ -93,11 +93,8 @@ func runLocal(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("slipway local", flag.ContinueOnError)
 	var f localFlags
 	f.register(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, args, 0, out); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("local: unexpected arguments %q", fs.Args())
 	}
 	o, err := f.options()
 	if err != nil {

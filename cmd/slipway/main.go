@@ -37,6 +37,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout)
 	stop()
+	if errors.Is(err, errHelp) {
+		return
+	}
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(2)
 	}

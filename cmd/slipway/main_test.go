@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -110,5 +111,42 @@ func TestHarnessRunnerCommand(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"harness-runner", "--listen", "nowhere"}, out); err == nil {
 		t.Error("a bad --listen was taken")
+	}
+}
+
+// TestMain runs main itself when SLIPWAY_RUN_MAIN holds its arguments, so
+// that tests see its exit code.
+func TestMain(m *testing.M) {
+	if args := os.Getenv("SLIPWAY_RUN_MAIN"); args != "" {
+		os.Args = append([]string{"slipway"}, strings.Fields(args)...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// Every command's --help prints its usage and flags and exits 0.
+func TestHelpExitsZero(t *testing.T) {
+	for _, tt := range []struct{ args, flag string }{
+		{"harness-runner --help", "-listen"}, {"stage run --help", "-endpoint"}, {"stage status -h", "-endpoint"},
+		{"pools --help", "-endpoint"}, {"local --help", "-listen"}, {"demo --help", "-agent"},
+		{"pki init --help", "-dir"}, {"pki issue server --help", "-name"}, {"--help", "harness-runner"},
+	} {
+		t.Run(tt.args, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), "SLIPWAY_RUN_MAIN="+tt.args)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if !strings.Contains(string(out), "usage:") || !strings.Contains(string(out), tt.flag) {
+				t.Errorf("the usage lacks %s:\n%s", tt.flag, out)
+			}
+		})
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "SLIPWAY_RUN_MAIN=stage run --no-such-flag")
+	if err := cmd.Run(); err == nil {
+		t.Error("a flag that does not exist exits 0")
 	}
 }

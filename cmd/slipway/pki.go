@@ -21,7 +21,7 @@ func runPKI(args []string, out io.Writer) error {
 	switch args[0] {
 	case "init":
 		lifetime := fs.Duration("lifetime", 5*365*24*time.Hour, "CA lifetime")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := parse(fs, args[1:], 0, out); err != nil {
 			return err
 		}
 		ca, err := pki.InitDir(*dir, *lifetime, now)
@@ -36,7 +36,7 @@ func runPKI(args []string, out io.Writer) error {
 		}
 		name := fs.String("name", "", "launch id of the VM (server certificates)")
 		lifetime := fs.Duration("lifetime", 24*time.Hour, "certificate lifetime")
-		if err := fs.Parse(args[2:]); err != nil {
+		if err := parse(fs, args[2:], 0, out); err != nil {
 			return err
 		}
 		ca, err := pki.LoadCA(*dir)

@@ -113,7 +113,7 @@ func runStage(ctx context.Context, args []string, out io.Writer) error {
 		fs.Var(&steps, "step", "a shell command, run as a step of its own; repeatable, in order")
 		fs.Var(&envs, "env", "NAME=value for every step; repeatable")
 		fs.Var(&secrets, "secret", "NAME=env:VARIABLE: a secret from the environment, masked in logs; repeatable")
-		if err := parse(fs, args[1:], 0); err != nil {
+		if err := parse(fs, args[1:], 0, out); err != nil {
 			return err
 		}
 		o.Steps, o.Env, o.Secrets, o.TimeoutSeconds = steps, envs, secrets, int64(timeout.Seconds())
@@ -130,7 +130,7 @@ func runStage(ctx context.Context, args []string, out io.Writer) error {
 		since := fs.Duration("since", 0, "how far back (default 24h)")
 		pool := fs.String("pool", "", "only this pool's stages")
 		limit := fs.Int("limit", 0, "at most this many (default 20)")
-		if err := parse(fs, args[1:], 0); err != nil {
+		if err := parse(fs, args[1:], 0, out); err != nil {
 			return err
 		}
 		e, err := api.env(ctx, out)
@@ -142,7 +142,7 @@ func runStage(ctx context.Context, args []string, out io.Writer) error {
 		follow := fs.Bool("f", false, "logs: follow until the step ends")
 		wait := fs.Bool("wait", false, "cancel: wait for the release")
 		want := map[string]int{"status": 1, "logs": 2, "cancel": 1}[args[0]]
-		if err := parse(fs, args[1:], want); err != nil {
+		if err := parse(fs, args[1:], want, out); err != nil {
 			return err
 		}
 		e, err := api.env(ctx, out)
@@ -164,11 +164,13 @@ func runStage(ctx context.Context, args []string, out io.Writer) error {
 
 // parse parses flags given before or after the positional arguments, of
 // which there must be want.
-func parse(fs *flag.FlagSet, args []string, want int) error {
+func parse(fs *flag.FlagSet, args []string, want int, out io.Writer) error {
 	fs.SetOutput(io.Discard)
 	var positional []string
 	for {
-		if err := fs.Parse(args); err != nil {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			return printUsage(fs, want, out)
+		} else if err != nil {
 			return &exitError{stagecli.ExitError, fmt.Errorf("%s: %w", fs.Name(), err)}
 		}
 		if fs.NArg() == 0 {
@@ -183,6 +185,20 @@ func parse(fs *flag.FlagSet, args []string, want int) error {
 	return fs.Parse(positional) // leaves them as fs.Args()
 }
 
+// errHelp says a command's usage was printed, as --help asked: success.
+var errHelp = errors.New("usage printed")
+
+func printUsage(fs *flag.FlagSet, want int, out io.Writer) error {
+	args := ""
+	if want > 0 {
+		args = fmt.Sprintf(" (%d arguments)", want)
+	}
+	fmt.Fprintf(out, "usage: %s [flags]%s\n\nflags:\n", fs.Name(), args)
+	fs.SetOutput(out)
+	fs.PrintDefaults()
+	return errHelp
+}
+
 func exit(code int, err error) error {
 	if code == 0 && err == nil {
 		return nil
@@ -195,7 +211,7 @@ func runPoolsTable(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("slipway pools", flag.ContinueOnError)
 	var api apiFlags
 	api.register(fs)
-	if err := parse(fs, args, 0); err != nil {
+	if err := parse(fs, args, 0, out); err != nil {
 		return err
 	}
 	e, err := api.env(ctx, out)
