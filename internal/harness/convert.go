@@ -2,6 +2,7 @@ package harness
 
 import (
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
@@ -42,6 +44,36 @@ type stageOf struct {
 	volumes    map[string]string
 	network    string
 	dockerSock bool
+
+	// mu guards background: the logs of the stage's background steps,
+	// followed until the stage is destroyed.
+	mu         sync.Mutex
+	background []*logFollower
+}
+
+func (st *stageOf) addBackground(f *logFollower) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.background = append(st.background, f)
+}
+
+// endBackground ends the logs of the stage's background steps, after
+// giving them drain to catch up.
+func (st *stageOf) endBackground(ctx context.Context, drain time.Duration) error {
+	st.mu.Lock()
+	followers := st.background
+	st.background = nil
+	st.mu.Unlock()
+	drained, cancel := context.WithTimeout(ctx, drain)
+	defer cancel()
+	var errs []error
+	for _, f := range followers {
+		// A background step's log is open until the stage ends: not news.
+		if err := f.end(ctx, drained); err != nil && !errors.Is(err, errLogOpen) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // workspaceVolumeName is the volume the CI manager makes the workspace
@@ -189,8 +221,14 @@ func relative(field, p string, roots ...string) (string, error) {
 			return path.Clean(slashed[len(root)+1:]), nil
 		}
 	}
+	var where []string
+	for _, r := range roots {
+		if r != "" && !slices.Contains(where, r) {
+			where = append(where, r)
+		}
+	}
 	return "", fmt.Errorf("%s %q: outside the stage's workspace (%s); Slipway runs steps in the workspace it makes for the stage",
-		field, p, strings.Join(slices.DeleteFunc(roots, func(r string) bool { return r == "" }), ", "))
+		field, p, strings.Join(where, ", "))
 }
 
 func hasDrive(p string) bool { return len(p) >= 2 && p[1] == ':' }
@@ -210,9 +248,9 @@ func toStep(r *StartStep, st *stageOf) (stage.Step, error) {
 	step.EnvFileVar = envFileVar
 	step.TimeoutSeconds = r.Timeout
 	step.Image, step.User, step.MemoryBytes = r.Image, r.User, r.MemLimit
-	if r.Detach {
-		errs = append(errs, errors.New("start_step_request.detach: background steps and service dependencies are not run by the drop-in yet"))
-	}
+	// A Background step, or a service dependency: it runs on for the rest
+	// of the stage.
+	step.Background = r.Detach
 	errs = append(errs, mapVolumes(r, st, &step)...)
 	// Paths in the request are the VM's, or the container's where the
 	// workspace is mounted into it.
@@ -459,6 +497,9 @@ func pullPolicy(p string) (string, error) {
 // exactly when the step did not succeed, for the delegate takes a step to
 // have succeeded when error is empty (StepExecutionHelper).
 func toPoll(s *stage.StepStatus, r *StartStep) *PollStepResponse {
+	if s.State == stage.StateBackground {
+		return &PollStepResponse{} // started, and running on: lite-engine's answer for a detached step
+	}
 	p := &PollStepResponse{Exited: true, OOMKilled: s.OOMKilled}
 	if s.ExitCode != nil {
 		p.ExitCode = *s.ExitCode

@@ -256,7 +256,7 @@ func TestStepRefusals(t *testing.T) {
 	}
 	for _, want := range []string{`start_step_request.kind "RunTestsV2"`, `start_step_request.working_dir "/opt/elsewhere"`,
 		"start_step_request.volumes[2] (docker at /var/run/docker.sock): not a volume the setup made (addon, harness)",
-		`start_step_request.network "bridge"`, "start_step_request.detach:", "start_step_request.outputs[0] (K): secret outputs",
+		`start_step_request.network "bridge"`, "start_step_request.outputs[0] (K): secret outputs",
 		"start_step_request.outputs[1] (bad-name from V): want variable names", `start_step_request.pull "Sometimes"`,
 		"start_step_request.auth (registry.example)", "start_step_request.port_bindings[8080] = 80"} {
 		if !strings.Contains(err.Error(), want) {

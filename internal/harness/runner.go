@@ -292,39 +292,80 @@ func (r *Runner) runStep(ctx context.Context, in *StepRequest) (*PollStepRespons
 			return nil, badRequest(fmt.Errorf("start_step_request.%w", err))
 		}
 	}
-	var live *liveLog
-	var followed chan error
+	var follower *logFollower
 	if svc != nil && in.Step.LogKey != "" {
-		live = &liveLog{svc: svc, key: in.Step.LogKey, now: time.Now}
-		if !svc.cfg.SkipOpeningStream {
-			if err := svc.open(ctx, live.key); err != nil {
-				r.log().Warn("log service", "stage", id, "step", step.ID, "err", err)
-			}
-		}
-		followed = make(chan error, 1)
-		go func() {
-			followed <- r.API.FollowLog(ctx, id, step.ID, r.logPoll(), func(data []byte) error { return live.add(ctx, data) })
-		}()
+		follower = r.followLog(ctx, svc, in.Step.LogKey, id, step.ID)
 	}
 
 	status, err := r.awaitStep(ctx, id, step.ID)
 	if err != nil {
+		if follower != nil {
+			follower.stop()
+		}
 		return nil, err
 	}
-	if live != nil {
-		select {
-		case err = <-followed:
-		case <-time.After(logDrain):
-			err = fmt.Errorf("the log did not end within %s of the step", logDrain)
-		}
-		if ferr := live.finish(ctx, testSummary(status.Tests)...); err == nil {
-			err = ferr
-		}
+	switch {
+	case follower == nil:
+	case status.State == stage.StateBackground:
+		// Its log goes on to the log service until the step or the stage
+		// ends.
+		st.addBackground(follower)
+	default:
+		drained, cancel := context.WithTimeout(ctx, logDrain)
+		err := follower.end(ctx, drained, testSummary(status.Tests)...)
+		cancel()
 		if err != nil {
 			r.log().Warn("log service", "stage", id, "step", step.ID, "err", err)
 		}
 	}
 	return toPoll(status, &in.Step), nil
+}
+
+// errLogOpen says a step's log was still open when following it stopped.
+var errLogOpen = errors.New("the log did not end in time")
+
+// logFollower streams a step's log to the log service.
+type logFollower struct {
+	live *liveLog
+	done chan error
+	stop context.CancelFunc
+}
+
+// followLog opens the step's stream and follows its log in the background,
+// beyond the request that started the step: a background step's log goes
+// on after its answer.
+func (r *Runner) followLog(ctx context.Context, svc *logService, key, stageID, stepID string) *logFollower {
+	f := &logFollower{live: &liveLog{svc: svc, key: key, now: time.Now}, done: make(chan error, 1)}
+	if !svc.cfg.SkipOpeningStream {
+		if err := svc.open(ctx, key); err != nil {
+			r.log().Warn("log service", "stage", stageID, "step", stepID, "err", err)
+		}
+	}
+	followCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	f.stop = stop
+	go func() {
+		f.done <- r.API.FollowLog(followCtx, stageID, stepID, r.logPoll(), func(data []byte) error { return f.live.add(followCtx, data) })
+	}()
+	return f
+}
+
+// end waits until drained is done for the log to end, stops following it,
+// and sends what is left with extra lines, then the whole log
+// (lite-engine's order).
+func (f *logFollower) end(ctx, drained context.Context, extra ...string) error {
+	var err error
+	select {
+	case err = <-f.done:
+	case <-drained.Done():
+		f.stop()
+		<-f.done
+		err = errLogOpen
+	}
+	f.stop()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return errors.Join(err, f.live.finish(ctx, extra...))
 }
 
 func (r *Runner) awaitStep(ctx context.Context, id, step string) (*stage.StepStatus, error) {
@@ -387,6 +428,13 @@ func (r *Runner) closeStage(ctx context.Context, in *DestroyRequest) error {
 		return badRequest(err)
 	}
 	id := stageID(in.ID)
+	if st, err := r.stageOf(id); err == nil {
+		// The background steps' last lines, then their streams closed:
+		// the stage's end ends them.
+		if err := st.endBackground(ctx, 2*r.logPoll()); err != nil {
+			r.log().Warn("log service", "stage", id, "err", err)
+		}
+	}
 	if _, err := r.API.Delete(ctx, id); err != nil {
 		return fromSlipway(err)
 	}

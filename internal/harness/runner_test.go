@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -159,13 +161,24 @@ echo tool > /addon/tool
 echo "DRONE_COMMIT_SHA=abc123" >> "$DRONE_ENV"
 `
 
+// serviceTag is a stand-in for a service dependency's image: an HTTP server
+// on $PORT of the VM's network.
+const serviceTag = "slipway-harness-service:local"
+
+const serviceScript = `mkdir -p /www && echo "pong $POSTGRES_PASSWORD" > /www/ping
+echo "serving on $PGPORT"
+exec httpd -f -p "127.0.0.1:$PGPORT" -h /www
+`
+
 // TestDropIn drives the runner with the bodies the Harness delegate sends
 // (testdata/client), in front of slipway local, with a stand-in for the
 // Harness log service, and reads each answer as the delegate does.
 func TestDropIn(t *testing.T) {
 	docker := agenttest.Docker(t)
-	if err := busyboximage.EnsurePlugin(context.Background(), docker, pluginTag, pluginScript); err != nil {
-		t.Fatal(err)
+	for tag, script := range map[string]string{pluginTag: pluginScript, serviceTag: serviceScript} {
+		if err := busyboximage.EnsurePlugin(context.Background(), docker, tag, script); err != nil {
+			t.Fatal(err)
+		}
 	}
 	rt, api := localtest.Deployment(t, local.LocalPool("linux", 1, 2))
 	ctx := context.Background()
@@ -340,10 +353,32 @@ func TestDropIn(t *testing.T) {
 		}
 	})
 
+	t.Run("a service dependency and a background step run on beside later steps", func(t *testing.T) {
+		port := freePort(t)
+		code, poll, e := step(t, "client/service.json", "database", map[string]string{"image": serviceTag, "port": port})
+		if success, _ := delegateReads(poll); code != 200 || !success || poll.Exited {
+			t.Fatalf("service: %d %+v %+v", code, poll, e)
+		}
+		code, poll, e = step(t, "client/step_background.json", "heartbeat", map[string]string{
+			"script": `echo beating; while :; do date > heartbeat; sleep 0.1; done`})
+		if success, _ := delegateReads(poll); code != 200 || !success || poll.Exited {
+			t.Fatalf("background: %d %+v %+v", code, poll, e)
+		}
+		// The service's port is the VM's; its secret is masked in its log.
+		code, poll, e = step(t, "client/step_container.json", "uses", map[string]string{
+			"script": `for i in $(seq 50); do wget -qO- http://127.0.0.1:` + port + `/ping && break; sleep 0.1; done; for i in $(seq 50); do [ -s heartbeat ] && break; sleep 0.1; done; test -s heartbeat && echo beats`})
+		if success, _ := delegateReads(poll); code != 200 || !success {
+			t.Fatalf("%d %+v %+v", code, poll, e)
+		}
+		if got := streamed("uses"); !strings.HasPrefix(got, "pong ******\nbeats\n") {
+			t.Errorf("the later step saw %q", got)
+		}
+		until(t, 10*time.Second, "the service's log streamed", func() bool { return strings.Contains(streamed("database"), "serving on "+port) })
+	})
+
 	t.Run("a step that does not map is refused by field", func(t *testing.T) {
-		// Background steps are the next to come; until then, refused.
-		code, _, e := step(t, "client/step_background.json", "bg", map[string]string{"script": "sleep 1"})
-		if code != 400 || e.Code != 400 || !strings.Contains(e.Message, "start_step_request.detach:") {
+		code, _, e := step(t, "client/step_runtest.json", "ant", map[string]string{"tool": "Ant", "args": "test", "pre": "", "post": ""})
+		if code != 400 || e.Code != 400 || !strings.Contains(e.Message, `start_step_request.run_test.build_tool "Ant"`) {
 			t.Fatalf("%d %+v", code, e)
 		}
 	})
@@ -390,11 +425,36 @@ func TestDropIn(t *testing.T) {
 	if len(build) < 4 || build[0] != "POST /stream" || build[len(build)-2] != "POST /blob" || build[len(build)-1] != "DELETE /stream" {
 		t.Errorf("log service calls for build: %v", build)
 	}
+	// A background step's log is closed and uploaded at destroy.
+	if !slices.Contains(logs.calls, "DELETE /stream kmpySmUISimoRrJL6NL73w/heartbeat") || !strings.HasPrefix(strings.Join(logs.blobs["kmpySmUISimoRrJL6NL73w/heartbeat"], ""), "beating\n") {
+		t.Errorf("the background step's log was not closed at destroy: %v", logs.calls)
+	}
 	for _, leak := range []string{testSecret, logs.token} {
 		if strings.Contains(runnerLog.String(), leak) {
 			t.Errorf("the runner's log holds %q", leak)
 		}
 	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
+}
+
+func until(t *testing.T, limit time.Duration, what string, ok func() bool) {
+	t.Helper()
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Errorf("%s: not within %s", what, limit)
 }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

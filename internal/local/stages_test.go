@@ -116,6 +116,38 @@ func TestFailingStepEndsAClosedStage(t *testing.T) {
 	settled(t, rt, "fail", "fails")
 }
 
+// A background step runs beside the groups after its own, which does not
+// wait for it, and ends with the stage; its state says it was left running.
+func TestBackgroundStep(t *testing.T) {
+	t.Parallel()
+	rt := runtime(t)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	server := s("server", `echo $$ > "$PID_FILE"; echo up > marker; exec sleep 300`)
+	server.Background = true
+	server.Env = map[string]string{"PID_FILE": pidFile}
+	create(t, rt, stage.Spec{ID: "background", Pool: "misc", Groups: []stage.Group{
+		group(false, server),
+		group(true, s("client", `for i in $(seq 100); do [ -s marker ] && break; sleep 0.05; done; cat marker`)),
+	}})
+	st := released(t, rt, "background", time.Minute)
+	if st.Result != stage.Succeeded || st.Groups[0].State != stage.Succeeded || st.Groups[0].Steps[0].State != stage.StateBackground ||
+		st.Groups[1].Steps[0].State != stage.Succeeded {
+		t.Fatalf("stage %+v", st)
+	}
+	if got := archivedLog(t, rt, "background", "client"); got != "up\n" {
+		t.Errorf("the client step saw %q", got)
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if pid <= 0 || syscall.Kill(pid, 0) == nil {
+		t.Errorf("the background step (pid %d) outlived its stage", pid)
+	}
+	settled(t, rt, "misc", "background")
+}
+
 func TestStepTimeout(t *testing.T) {
 	t.Parallel()
 	rt := runtime(t)

@@ -77,6 +77,10 @@ type Group struct {
 // Step is one step: an id and what the agent runs.
 type Step struct {
 	ID string `json:"id"`
+	// Background starts the step and leaves it running for the rest of the
+	// stage (a service the later groups use, such as a database): its group
+	// does not wait for it, and it ends with the stage.
+	Background bool `json:"background,omitempty"`
 	agentapi.Step
 }
 

@@ -155,7 +155,7 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 		agentSpec := step.Step
 		agentSpec.Secrets = stepSecrets(opened, step.ID)
 		wg.Go(func() {
-			status, ended := h.follow(ctx, c, st, g.Index, step.ID, &agentSpec, until, latest)
+			status, ended := h.follow(ctx, c, st, g.Index, step, &agentSpec, until, latest)
 			mu.Lock()
 			defer mu.Unlock()
 			statuses[i] = status
@@ -171,7 +171,7 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 	var firstFailed *StepStatus
 	for i := range statuses {
 		end.Steps = append(end.Steps, statuses[i].record())
-		if statuses[i].State != Succeeded && firstFailed == nil {
+		if unsuccessful(statuses[i].State) && firstFailed == nil {
 			firstFailed = &statuses[i]
 		}
 	}
@@ -230,11 +230,12 @@ func (d *Deps) agentOf(ctx context.Context, st *lease.Stage) (*client.Client, er
 
 // follow starts a step on the agent (idempotent by step id: a step started
 // by an earlier invocation is not started again) and long-polls it until it
-// ends or until. A step whose agent does not answer for the agent grace, or
+// ends or until; a background step, only until the agent has it running. A step whose agent does not answer for the agent grace, or
 // restarted, or refused it, ends with state error. An agent that stops
 // answering keeps follow on past until, to the grace's end if latest allows:
 // a short recheck must not leave the question open forever.
-func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage, group int, id string, spec *agentapi.Step, until, latest time.Time) (StepStatus, bool) {
+func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage, group int, step Step, spec *agentapi.Step, until, latest time.Time) (StepStatus, bool) {
+	id := step.ID
 	ctx, cancel := context.WithDeadline(ctx, latest)
 	defer cancel()
 	running := StepStatus{ID: id, Group: group, State: StateRunning}
@@ -253,6 +254,9 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage
 		wait := min(time.Until(end), MaxWait)
 		if wait <= 0 {
 			return running, false
+		}
+		if step.Background {
+			wait = 0 // what the start says: running, or a step that could not start
 		}
 		// The agent is unreachable from the first failing call's start: the
 		// client's own retries count towards the grace.
@@ -286,6 +290,10 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage
 			return h.failed(id, group, fmt.Sprintf("the agent restarted (boot id %s, was %s): the step was lost", status.BootID, st.BootID)), true
 		}
 		running = fromAgent(id, group, status)
+		if step.Background && !status.State.Ended() {
+			running.State = StateBackground
+			return running, true
+		}
 		if status.State.Ended() {
 			if err := h.archiveLog(ctx, c, st.ID, id); err != nil {
 				running.LogError = agentapi.Truncate(err.Error(), 500)
@@ -404,7 +412,7 @@ func (h *RunGroup) earlierFailure(ctx context.Context, id string) (string, error
 	}
 	for _, g := range s.Groups {
 		for i := range g.Steps {
-			if st := g.Steps[i].State; st != Succeeded && st != StateRunning && st != StatePending && st != StateSkipped {
+			if unsuccessful(g.Steps[i].State) {
 				return describeFailure(&g.Steps[i]), nil
 			}
 		}

@@ -33,7 +33,21 @@ const (
 	StatePending = "pending"
 	StateRunning = "running"
 	StateSkipped = "skipped"
+	// StateBackground is a background step that started and was left
+	// running when its group ended; it runs until it ends by itself or the
+	// stage ends, and its record is not updated after.
+	StateBackground = "background"
 )
+
+// unsuccessful reports whether a step's state fails its group: an ended
+// step that did not succeed.
+func unsuccessful(state string) bool {
+	switch state {
+	case Succeeded, StateRunning, StatePending, StateSkipped, StateBackground:
+		return false
+	}
+	return true
+}
 
 // Status is a stage as the delegate API shows it.
 type Status struct {
