@@ -178,6 +178,13 @@ type Step struct {
 	User           string   `json:"user,omitempty"`
 	TimeoutSeconds int64    `json:"timeout_seconds,omitempty"`
 	Outputs        []string `json:"outputs,omitempty"`
+	// SecretOutputs are outputs whose values are secrets: each is sealed
+	// to OutputKey (see SealOutput) and masked in every later step of the
+	// stage, never returned in plaintext.
+	SecretOutputs []string `json:"secret_outputs,omitempty"`
+	// OutputKey is the X25519 public key secret outputs are sealed to; its
+	// private key is the stage creator's alone.
+	OutputKey []byte `json:"output_key,omitempty"`
 	// Reports are globs, relative to the workspace ("**/TEST-*.xml",
 	// "**/*.trx"), of the JUnit XML and TRX files the step writes; after
 	// the step its status carries their totals and failed tests.
@@ -281,6 +288,14 @@ func (s *Step) Validate() error {
 		errs = append(errs, fmt.Errorf("workspace_mount %q: want a clean absolute path in the container other than /, without ':'", truncateValue(m)))
 	}
 	errs = append(errs, validateVolumes(s.Volumes, s.WorkspaceMount))
+	for i, name := range s.SecretOutputs {
+		if !envNamePattern.MatchString(name) {
+			errs = append(errs, fmt.Errorf("secret_outputs[%d] %q: want a variable name", i, truncateValue(name)))
+		}
+	}
+	if len(s.SecretOutputs) > 0 && len(s.OutputKey) != OutputKeyBytes {
+		errs = append(errs, fmt.Errorf("output_key: %d bytes; secret outputs are sealed to an X25519 public key of %d", len(s.OutputKey), OutputKeyBytes))
+	}
 	if s.EnvFileVar != "" && !envNamePattern.MatchString(s.EnvFileVar) {
 		errs = append(errs, fmt.Errorf("env_file_var %q: want a variable name", truncateValue(s.EnvFileVar)))
 	}

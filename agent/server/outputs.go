@@ -27,22 +27,23 @@ var outputNamePattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 //	line two
 //	DELIMITER
 //
-// Values are masked like logs. When want is not empty only those names are
-// returned. A missing file means no outputs. Lines that are not outputs, and
+// Values are masked like logs, but for the names in secret, whose raw
+// values come apart in secrets (to be sealed). When want is not empty only
+// those names, and secret's, are returned. A missing file means no outputs. Lines that are not outputs, and
 // whatever is past maxOutputBytes, are left out and reported in the error;
 // the good outputs are kept either way.
-func readOutputs(path string, m *mask.Matcher, want []string) (map[string]string, error) {
+func readOutputs(path string, m *mask.Matcher, want, secret []string) (outputs, secrets map[string]string, err error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read outputs: %w", err)
+		return nil, nil, fmt.Errorf("read outputs: %w", err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxOutputBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("read outputs: %w", err)
+		return nil, nil, fmt.Errorf("read outputs: %w", err)
 	}
 	var problems []error
 	if len(data) > maxOutputBytes {
@@ -53,16 +54,23 @@ func readOutputs(path string, m *mask.Matcher, want []string) (map[string]string
 	outputs, bad := parseOutputs(data)
 	problems = append(bad, problems...)
 	for name, value := range outputs {
-		if len(want) > 0 && !slices.Contains(want, name) {
+		switch {
+		case slices.Contains(secret, name):
+			if secrets == nil {
+				secrets = map[string]string{}
+			}
+			secrets[name] = value
 			delete(outputs, name)
-			continue
+		case len(want) > 0 && !slices.Contains(want, name):
+			delete(outputs, name)
+		default:
+			outputs[name] = m.MaskString(value)
 		}
-		outputs[name] = m.MaskString(value)
 	}
 	if len(outputs) == 0 {
 		outputs = nil
 	}
-	return outputs, outputProblems(problems)
+	return outputs, secrets, outputProblems(problems)
 }
 
 // readExports reads the file a step wrote to $SLIPWAY_ENV, in the outputs

@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"crypto/ecdh"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -398,6 +400,41 @@ func TestExportsReachLaterSteps(t *testing.T) {
 	st = run(t, a, "bad-export", agentapi.Step{Script: `echo "not a line" >> "$SLIPWAY_ENV"`})
 	if st.State != agentapi.StepSucceeded || !strings.Contains(st.Error, "env file") {
 		t.Errorf("a bad env file: %s %q", st.State, st.Error)
+	}
+}
+
+// A secret output comes back sealed to the stage creator's key, opens
+// with its private key only as that step's output, and is masked in the
+// steps after it.
+func TestSecretOutputsAreSealed(t *testing.T) {
+	a := boundAgent(t, agentapi.Stage{}, server.Config{})
+	key, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := run(t, a, "mint", agentapi.Step{
+		Script:        `printf 'TOKEN=minted-9f3b7c\nPLAIN=seen\n' >> "$SLIPWAY_OUTPUT"`,
+		SecretOutputs: []string{"TOKEN"}, OutputKey: key.PublicKey().Bytes(),
+	})
+	if st.State != agentapi.StepSucceeded || st.Error != "" || st.Outputs["PLAIN"] != "seen" || !strings.HasPrefix(st.Outputs["TOKEN"], agentapi.SealedPrefix) {
+		t.Fatalf("mint: %s %q %v", st.State, st.Error, st.Outputs)
+	}
+	if got, err := agentapi.OpenOutput(key, stageID, "mint", "TOKEN", st.Outputs["TOKEN"]); err != nil || got != "minted-9f3b7c" {
+		t.Errorf("open: %q %v", got, err)
+	}
+	if _, err := agentapi.OpenOutput(key, stageID, "mint", "PLAIN", st.Outputs["TOKEN"]); err == nil {
+		t.Error("the sealed value opens as another output")
+	}
+	other, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	if _, err := agentapi.OpenOutput(other, stageID, "mint", "TOKEN", st.Outputs["TOKEN"]); err == nil {
+		t.Error("the sealed value opens with another key")
+	}
+	run(t, a, "use", agentapi.Step{Script: `echo "using minted-9f3b7c"`})
+	if got := logOf(t, a, "use"); got != "using ******\n" {
+		t.Errorf("a later step's log: %q", got)
+	}
+	if _, err := a.Client.RunStep(agenttest.Context(t), stageID, "no-key", &agentapi.Step{Script: "true", SecretOutputs: []string{"TOKEN"}}); err == nil || !strings.Contains(err.Error(), "output_key: 0 bytes") {
+		t.Errorf("secret outputs without a key: %v", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -66,6 +67,28 @@ func (st *stage) export(exports map[string]string) {
 		st.exports = map[string]string{}
 	}
 	maps.Copy(st.exports, exports)
+}
+
+// sealOutputs seals a step's secret outputs to key and makes their values
+// secrets of the stage, masked in every step that starts after.
+func (st *stage) sealOutputs(step string, key []byte, values map[string]string) (map[string]string, error) {
+	st.mu.Lock()
+	err := st.addSecrets(values, nil)
+	st.mu.Unlock()
+	sealed := map[string]string{}
+	var errs []error
+	for name, value := range values {
+		s, err := agentapi.SealOutput(key, st.spec.ID, step, name, value)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sealed[name] = s
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("secret outputs are not masked in later steps: %w", err))
+	}
+	return sealed, errors.Join(errs...)
 }
 
 // volume is the stage's folder for the named volume, made on first use and

@@ -166,7 +166,7 @@ func (s *Server) run(st *stage, stp *step, id string, spec *agentapi.Step) {
 		h, err = ex.Start(context.Background(), xspec)
 	}
 	if err != nil {
-		s.finish(st, stp, matcher, out, executor.Result{ExitCode: -1, Err: err}, nil, nil)
+		s.finish(st, stp, matcher, out, executor.Result{ExitCode: -1, Err: err}, nil)
 		return
 	}
 	stp.mu.Lock()
@@ -185,15 +185,28 @@ func (s *Server) run(st *stage, stp *step, id string, spec *agentapi.Step) {
 		if timer != nil {
 			timer.Stop()
 		}
-		s.finish(st, stp, matcher, out, res, spec.Outputs, spec.Reports)
+		s.finish(st, stp, matcher, out, res, spec)
 	}()
 }
 
-func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.Writer, res executor.Result, wantOutputs, reportGlobs []string) {
+// finish records how a step ended; spec is nil for a step that never
+// started.
+func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.Writer, res executor.Result, spec *agentapi.Step) {
 	_ = out.Flush()
 	_ = stp.log.Close()
 	size, _ := stp.log.Size()
-	outputs, outErr := readOutputs(stp.outputPath(), matcher, wantOutputs)
+	if spec == nil {
+		spec = &agentapi.Step{}
+	}
+	outputs, secretOutputs, outErr := readOutputs(stp.outputPath(), matcher, spec.Outputs, spec.SecretOutputs)
+	if len(secretOutputs) > 0 {
+		sealed, err := st.sealOutputs(stp.status.ID, spec.OutputKey, secretOutputs)
+		outErr = errors.Join(outErr, err)
+		if outputs == nil {
+			outputs = map[string]string{}
+		}
+		maps.Copy(outputs, sealed)
+	}
 	exports, expErr := readExports(stp.envPath())
 	st.export(exports)
 	outErr = errors.Join(outErr, expErr)
@@ -201,7 +214,7 @@ func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.W
 	// the step reads as ended.
 	_ = os.RemoveAll(stp.outputDir)
 	// Before the step reads as ended: whoever waits for it gets its tests.
-	tests := reports.Collect(st.workDir, reportGlobs, matcher.MaskString)
+	tests := reports.Collect(st.workDir, spec.Reports, matcher.MaskString)
 	st.addUsage(res.CPU, res.PeakMemory)
 
 	stp.mu.Lock()

@@ -3,6 +3,8 @@ package harness
 import (
 	"cmp"
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -44,6 +46,9 @@ type stageOf struct {
 	volumes    map[string]string
 	network    string
 	dockerSock bool
+	// outputKey opens the stage's secret outputs, which the agent seals to
+	// its public key: they cross Slipway's records as ciphertext only.
+	outputKey *ecdh.PrivateKey
 
 	// mu guards background: the logs of the stage's background steps,
 	// followed until the stage is destroyed.
@@ -104,8 +109,11 @@ func toSpec(r *SetupRequest, pools []string) (*stage.Spec, *stageOf, error) {
 	}
 	s := r.Setup
 	st := &stageOf{mtls: s.MtlsConfig, network: s.Network.ID, dockerSock: s.MountDockerSocket != nil && *s.MountDockerSocket}
+	var err error
+	if st.outputKey, err = ecdh.X25519().GenerateKey(rand.Reader); err != nil {
+		return nil, nil, fmt.Errorf("secret outputs' key: %w", err)
+	}
 	if s.LogConfig.URL != "" {
-		var err error
 		if st.logs, err = newLogService(s.LogConfig, s.MtlsConfig); err != nil {
 			errs = append(errs, fmt.Errorf("setup_request.%w", err))
 		}
@@ -310,6 +318,10 @@ func toStep(r *StartStep, st *stageOf) (stage.Step, error) {
 		}
 		for _, o := range outputs {
 			step.Outputs = append(step.Outputs, o.Key)
+			if o.Type == OutputSecret {
+				step.SecretOutputs = append(step.SecretOutputs, o.Key)
+				step.OutputKey = st.outputKey.PublicKey().Bytes()
+			}
 		}
 	}
 	if slices.ContainsFunc(command, func(arg string) bool { return holdsSecret(arg, r.Secrets) }) {
@@ -400,9 +412,7 @@ func declaredOutputs(r *StartStep) ([]output, []error) {
 		switch {
 		case !shellName.MatchString(out.Key) || !shellName.MatchString(out.From):
 			errs = append(errs, fmt.Errorf("%s (%s from %s): want variable names", field, o.Key, o.Value))
-		case out.Type == OutputSecret:
-			errs = append(errs, fmt.Errorf("%s (%s): secret outputs are not supported by the drop-in yet", field, o.Key))
-		case out.Type != OutputString:
+		case out.Type != OutputString && out.Type != OutputSecret:
 			errs = append(errs, fmt.Errorf("%s (%s): type %q, want STRING or SECRET", field, o.Key, o.Type))
 		default:
 			outs = append(outs, out)
@@ -495,8 +505,10 @@ func pullPolicy(p string) (string, error) {
 
 // toPoll is a Slipway step's end as lite-engine tells it: error is set
 // exactly when the step did not succeed, for the delegate takes a step to
-// have succeeded when error is empty (StepExecutionHelper).
-func toPoll(s *stage.StepStatus, r *StartStep) *PollStepResponse {
+// have succeeded when error is empty (StepExecutionHelper). Secret outputs,
+// sealed to key, are opened for outputV2 only, where the CI manager
+// encrypts them.
+func toPoll(s *stage.StepStatus, r *StartStep, stageID string, key *ecdh.PrivateKey) *PollStepResponse {
 	if s.State == stage.StateBackground {
 		return &PollStepResponse{} // started, and running on: lite-engine's answer for a detached step
 	}
@@ -522,16 +534,29 @@ func toPoll(s *stage.StepStatus, r *StartStep) *PollStepResponse {
 		p.Error = strings.TrimSuffix(why+": "+s.Error, ": ")
 	}
 	outputs, _ := declaredOutputs(r)
+	var unopened []string
 	for _, o := range outputs {
-		if v, ok := s.Outputs[o.Key]; ok {
-			p.OutputV2 = append(p.OutputV2, OutputV2{Key: o.Key, Value: v, Type: o.Type})
+		v, ok := s.Outputs[o.Key]
+		if !ok {
+			continue
 		}
+		if o.Type == OutputSecret {
+			var err error
+			if v, err = agentapi.OpenOutput(key, stageID, s.ID, o.Key, v); err != nil {
+				unopened = append(unopened, err.Error())
+				continue
+			}
+		} else {
+			if p.Outputs == nil {
+				p.Outputs = map[string]string{}
+			}
+			p.Outputs[o.Key] = v
+		}
+		p.OutputV2 = append(p.OutputV2, OutputV2{Key: o.Key, Value: v, Type: o.Type})
 	}
-	if len(p.OutputV2) > 0 {
-		p.Outputs = map[string]string{}
-		for _, o := range p.OutputV2 {
-			p.Outputs[o.Key] = o.Value
-		}
+	if len(unopened) > 0 && p.Error == "" {
+		// lite-engine fails a step whose declared outputs it cannot read.
+		p.Error = strings.Join(unopened, "; ")
 	}
 	return p
 }

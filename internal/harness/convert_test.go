@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -184,7 +185,8 @@ func TestStepMapsToAStep(t *testing.T) {
 	}
 	// The output IMAGE_TAG is read from the shell variable TAG.
 	if len(step.Command) != 3 || step.Command[0] != "bash" || !strings.HasPrefix(step.Command[2], "set -e; TAG=v1.2; echo built\n") ||
-		!strings.Contains(step.Command[2], `IMAGE_TAG "${TAG-}"`) || !slices.Equal(step.Outputs, []string{"IMAGE_TAG"}) {
+		!strings.Contains(step.Command[2], `IMAGE_TAG "${TAG-}"`) || !slices.Equal(step.Outputs, []string{"IMAGE_TAG", "DEPLOY_TOKEN"}) ||
+		!slices.Equal(step.SecretOutputs, []string{"DEPLOY_TOKEN"}) || !bytes.Equal(step.OutputKey, st.outputKey.PublicKey().Bytes()) {
 		t.Errorf("command %q outputs %v", step.Command, step.Outputs)
 	}
 }
@@ -246,7 +248,7 @@ func TestStepRefusals(t *testing.T) {
 	r.Step.Volumes = append(r.Step.Volumes, VolumeMount{Name: "docker", Path: "/var/run/docker.sock"})
 	r.Step.Network = "bridge"
 	r.Step.Detach = true
-	r.Step.Outputs = []OutputV2{{Key: "K", Value: "V", Type: "SECRET"}, {Key: "bad-name", Value: "V"}}
+	r.Step.Outputs = []OutputV2{{Key: "K", Value: "V", Type: "NUMBER"}, {Key: "bad-name", Value: "V"}}
 	r.Step.Pull = "Sometimes"
 	r.Step.Auth = ImageAuth{Address: "registry.example", Username: "robot", Password: testSecret}
 	r.Step.PortBindings = map[string]string{"5432": "5432", "8080": "80"}
@@ -256,7 +258,7 @@ func TestStepRefusals(t *testing.T) {
 	}
 	for _, want := range []string{`start_step_request.kind "RunTestsV2"`, `start_step_request.working_dir "/opt/elsewhere"`,
 		"start_step_request.volumes[2] (docker at /var/run/docker.sock): not a volume the setup made (addon, harness)",
-		`start_step_request.network "bridge"`, "start_step_request.outputs[0] (K): secret outputs",
+		`start_step_request.network "bridge"`, `start_step_request.outputs[0] (K): type "NUMBER"`,
 		"start_step_request.outputs[1] (bad-name from V): want variable names", `start_step_request.pull "Sometimes"`,
 		"start_step_request.auth (registry.example)", "start_step_request.port_bindings[8080] = 80"} {
 		if !strings.Contains(err.Error(), want) {
@@ -345,7 +347,7 @@ func TestPollResponse(t *testing.T) {
 		{"error", stage.StepStatus{State: string(agentapi.StepError), Error: "no such image"}, "step error: no such image"},
 	}
 	for _, tt := range tests {
-		got := toPoll(&tt.status, r)
+		got := toPoll(&tt.status, r, "st", nil)
 		success, outputs := delegateReads(got)
 		if !got.Exited || got.Error != tt.wantError || success != (tt.wantError == "") {
 			t.Errorf("%s: %+v", tt.name, got)

@@ -318,7 +318,7 @@ func (r *Runner) runStep(ctx context.Context, in *StepRequest) (*PollStepRespons
 			r.log().Warn("log service", "stage", id, "step", step.ID, "err", err)
 		}
 	}
-	return toPoll(status, &in.Step), nil
+	return toPoll(status, &in.Step, id, st.outputKey), nil
 }
 
 // errLogOpen says a step's log was still open when following it stopped.

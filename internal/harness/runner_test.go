@@ -170,6 +170,10 @@ echo "serving on $PGPORT"
 exec httpd -f -p "127.0.0.1:$PGPORT" -h /www
 `
 
+// mintedSecret is what a step makes and hands on as a SECRET output (the
+// step's script builds it, so it is in no request).
+const mintedSecret = "minted-7d1e-c0ffee"
+
 // TestDropIn drives the runner with the bodies the Harness delegate sends
 // (testdata/client), in front of slipway local, with a stand-in for the
 // Harness log service, and reads each answer as the delegate does.
@@ -270,10 +274,15 @@ func TestDropIn(t *testing.T) {
 
 	t.Run("a Run step on the VM: an output by its variable, a masked secret, an export", func(t *testing.T) {
 		code, poll, e := step(t, "client/step_run.json", "build", map[string]string{
-			"script": `echo "$GREETING from $(pwd)"; echo "token $TOKEN"; TAG=v1.2; echo "export BUILT_BY=slipway" >> "$DRONE_ENV"`})
+			"script": `echo "$GREETING from $(pwd)"; echo "token $TOKEN"; TAG=v1.2; DEPLOY=minted-7d1e-$(printf c0ffee); echo "export BUILT_BY=slipway" >> "$DRONE_ENV"`})
 		success, outputs := delegateReads(poll)
 		if code != 200 || !success || poll.ExitCode != 0 || outputs["IMAGE_TAG"] != "v1.2" || poll.OutputV2[0].Type != "STRING" {
 			t.Fatalf("%d %+v %+v", code, poll, e)
+		}
+		// A SECRET output reaches the delegate in outputV2 only, typed so
+		// the CI manager encrypts it.
+		if outputs["DEPLOY_TOKEN"] != mintedSecret || poll.OutputV2[1].Type != "SECRET" || poll.Outputs["DEPLOY_TOKEN"] != "" {
+			t.Errorf("the secret output: %+v", poll)
 		}
 		got := streamed("build")
 		for _, want := range []string{"hello from ", "token ******\n"} {
@@ -305,11 +314,11 @@ func TestDropIn(t *testing.T) {
 	})
 
 	t.Run("a secret in the script is masked and kept out of Slipway's records", func(t *testing.T) {
-		code, poll, e := step(t, "client/step_run.json", "secret", map[string]string{"script": "TAG=x; echo 'the token is " + testSecret + "'"})
+		code, poll, e := step(t, "client/step_run.json", "secret", map[string]string{"script": "TAG=x; echo 'the token is " + testSecret + " and " + mintedSecret + "'"})
 		if success, _ := delegateReads(poll); code != 200 || !success {
 			t.Fatalf("%d %+v %+v", code, poll, e)
 		}
-		if got := streamed("secret"); got != "the token is ******\n" {
+		if got := streamed("secret"); got != "the token is ****** and ******\n" {
 			t.Errorf("log %q", got)
 		}
 	})
@@ -404,9 +413,11 @@ func TestDropIn(t *testing.T) {
 	// The secret came in envs, a bare value to mask and a script: Slipway's
 	// records hold it in no form (sealed values are encrypted).
 	table := localtest.ScanTable(t, rt)
-	for _, form := range localtest.Encodings(testSecret) {
-		if bytes.Contains(table, []byte(form)) {
-			t.Errorf("DynamoDB holds the secret as %q", form)
+	for _, secret := range []string{testSecret, mintedSecret} {
+		for _, form := range localtest.Encodings(secret) {
+			if bytes.Contains(table, []byte(form)) {
+				t.Errorf("DynamoDB holds the secret as %q", form)
+			}
 		}
 	}
 
