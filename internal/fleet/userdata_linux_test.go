@@ -109,7 +109,11 @@ func TestLinuxUserDataBootsAnAgent(t *testing.T) {
 	if h, err := c.WaitHealthy(ctx, 60*time.Second, 200*time.Millisecond); err != nil || h.BootID == "" {
 		t.Fatalf("health %+v, %v\ncontainer output:\n%s", h, err, logs())
 	}
+	// The agent may answer before the user data's last lines ran.
 	out := logs()
+	for end := time.Now().Add(30 * time.Second); !strings.Contains(out, "user data ran") && time.Now().Before(end); out = logs() {
+		time.Sleep(100 * time.Millisecond)
+	}
 	for _, want := range []string{"600 /etc/slipway/agent.key", "600 /etc/slipway/agent.crt", "600 /etc/slipway/client-ca.crt", "user data ran"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("container output lacks %q:\n%s", want, out)

@@ -239,20 +239,27 @@ func warm(t testing.TB, rt *local.Runtime, name string, n int) {
 func settled(t *testing.T, rt *local.Runtime, name string, stages ...string) {
 	t.Helper()
 	ctx := context.Background()
-	until(t, time.Minute, "pool "+name+" without leases", func() bool {
+	// A refill reserves capacity before it writes the VM item: the two
+	// agree once it is done.
+	var vms []lease.VM
+	var capacity int
+	until(t, time.Minute, "pool "+name+" without leases, its capacity its VM items", func() bool {
 		d, err := rt.Deployment.Store.Depth(ctx, name)
-		return err == nil && d.ByState[lease.Leased] == 0 && d.ByState[lease.Releasing] == 0 && d.ByState[lease.Launching] == 0
+		if err != nil || d.ByState[lease.Leased] != 0 || d.ByState[lease.Releasing] != 0 || d.ByState[lease.Launching] != 0 {
+			return false
+		}
+		if vms, err = rt.Deployment.Store.List(ctx, name); err != nil {
+			return false
+		}
+		capacity, err = rt.Deployment.Store.Capacity(ctx, name)
+		return err == nil && capacity == len(vms)
 	})
-	vms, err := rt.Deployment.Store.List(ctx, name)
-	if err != nil {
-		t.Fatal(err)
+	if capacity != len(vms) {
+		t.Errorf("pool %s: capacity %d, %d VM items", name, capacity, len(vms))
 	}
 	items := map[string]bool{}
 	for _, vm := range vms {
 		items[vm.LaunchID] = true
-	}
-	if c, _ := rt.Deployment.Store.Capacity(ctx, name); c != len(vms) {
-		t.Errorf("pool %s: capacity %d, %d VM items", name, c, len(vms))
 	}
 	instances, err := rt.Fleet.List(ctx)
 	if err != nil {
