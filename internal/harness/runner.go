@@ -358,8 +358,10 @@ func (f *logFollower) end(ctx, drained context.Context, extra ...string) error {
 	case err = <-f.done:
 	case <-drained.Done():
 		f.stop()
-		<-f.done
-		err = errLogOpen
+		if stopped := <-f.done; !errors.Is(stopped, context.Canceled) {
+			err = stopped
+		}
+		err = errors.Join(errLogOpen, err)
 	}
 	f.stop()
 	if errors.Is(err, context.Canceled) {

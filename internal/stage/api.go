@@ -20,6 +20,7 @@ import (
 	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/lease"
 )
 
@@ -435,10 +436,79 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if _, err := a.Books.AddGroup(ctx, id, *ng); err != nil {
+	added, err := a.Books.AddGroup(ctx, id, *ng)
+	if err != nil {
 		return err
 	}
-	return a.writeStatus(ctx, w, http.StatusCreated, id)
+	rec, err := a.Books.StageRecords(ctx, id)
+	if err != nil {
+		return err
+	}
+	a.startNow(ctx, rec, added.Index, &g)
+	s, err := statusOf(rec)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, s)
+	return nil
+}
+
+// startNow starts a group the delegate just added on the stage's VM when it
+// is the one to run now: every group before it ended, as the records say,
+// or as the agent says of the one group before it whose end RunGroup has not
+// recorded yet (a delegate that sends each step when the last one answered
+// is that fast). The delegate waits for the group, and RunGroup, which
+// follows and records it, would start it only at its next look at the
+// records. The request still holds the group's secrets, so nothing is
+// decrypted for it. RunGroup's own start of the same step spec is then
+// answered with the step already running (the agent is idempotent by step
+// id). Best effort: what is not started here RunGroup starts.
+func (a *API) startNow(ctx context.Context, rec *lease.Records, index int, g *Group) {
+	st := rec.Stage
+	if index != st.Cursor && index != st.Cursor+1 || st.Result != "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
+		return
+	}
+	c, err := a.agentOf(ctx, st)
+	if err != nil {
+		a.log().Warn("start a group early", "stage", st.ID, "group", index, "err", err)
+		return
+	}
+	if index == st.Cursor+1 && !a.endedOnAgent(ctx, c, rec, st.Cursor) {
+		return
+	}
+	c = forGroup(c, len(g.Steps))
+	var wg sync.WaitGroup
+	for _, step := range g.Steps {
+		wg.Go(func() {
+			if _, err := c.StartStep(ctx, st.ID, step.ID, &step.Step); err != nil {
+				a.log().Warn("start a step early", "stage", st.ID, "step", step.ID, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// endedOnAgent reports whether every step of the stage's group index has
+// ended on the agent.
+func (a *API) endedOnAgent(ctx context.Context, c *client.Client, rec *lease.Records, index int) bool {
+	for _, g := range rec.Groups {
+		if g.Index != index {
+			continue
+		}
+		spec, err := decodeStored[Group](g.Spec, "group")
+		if err != nil {
+			return false
+		}
+		for _, step := range spec.Steps {
+			s, err := c.StepStatus(ctx, rec.Stage.ID, step.ID, 0)
+			// A background step's group ends once it runs.
+			if err != nil || (!s.State.Ended() && !step.Background) || s.BootID != rec.Stage.BootID {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // stepOf reads the stage and finds the step the path names.
@@ -482,7 +552,9 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		remaining := time.Until(until)
-		if step.State == StateRunning {
+		// A pending step may be running already: the group it is in
+		// started early (startNow) while RunGroup records the one before.
+		if step.State == StateRunning || step.State == StatePending && !rec.Stage.BoundAt.IsZero() {
 			if c, err := a.agentOf(ctx, rec.Stage); err == nil {
 				if live, err := c.StepStatus(ctx, rec.Stage.ID, step.ID, max(0, remaining)); err == nil && live.BootID == rec.Stage.BootID {
 					writeJSON(w, http.StatusOK, fromAgent(step.ID, step.Group, live))

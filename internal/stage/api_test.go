@@ -304,3 +304,49 @@ func itoa(n int64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
 }
+
+// A group the delegate adds to a bound stage whose groups so far have ended
+// (as recorded, or on the agent for the one before it) starts on the VM with
+// the request, before RunGroup looks; RunGroup then follows and records the
+// steps it finds running or ended, without running them again.
+func TestAddedGroupStartsAtOnce(t *testing.T) {
+	e := newEnv(t, testPool("p", 1, 2))
+	e.warmUp(t, "p", 1)
+	ctx := agenttest.Context(t)
+	if a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "early", Pool: "p"}, true); a.status != 201 {
+		t.Fatalf("create: %d %s", a.status, a.body)
+	}
+	if out, err := (&stage.Init{Deps: e.deps}).Handle(ctx, stage.Input{StageID: "early"}); err != nil || out.Status != stage.StatusLeased {
+		t.Fatalf("init: %+v %v", out, err)
+	}
+	counting := `echo "$0" >> "$SLIPWAY_WORKSPACE/runs"; echo "$TOKEN"; grep -c . "$SLIPWAY_WORKSPACE/runs"`
+	for i, id := range []string{"first", "second"} {
+		g := stage.Group{Final: i == 1, Steps: []stage.Step{{ID: id, Step: agentapi.Step{
+			Command: []string{"sh", "-c", counting, id}, Secrets: map[string]string{"TOKEN": "early-s3cret"}}}}}
+		if a := e.do(t, "POST", "/v1/stages/early/groups", g, true); a.status != 201 {
+			t.Fatalf("group %s: %d %s", id, a.status, a.body)
+		}
+		// No RunGroup has run: the agent has the step, and says how it ended.
+		var ss stage.StepStatus
+		e.do(t, "GET", "/v1/stages/early/steps/"+id+"?wait=10s", nil, true).decode(t, &ss)
+		if ss.State != stage.Succeeded {
+			t.Fatalf("step %s before any RunGroup: %+v", id, ss)
+		}
+	}
+	out, err := (&stage.RunGroup{Deps: e.deps}).Handle(ctx, stage.Input{StageID: "early", Status: stage.StatusLeased})
+	if err != nil || out.Status != stage.StatusDone {
+		t.Fatalf("run group: %+v %v", out, err)
+	}
+	st := e.status(t, "early")
+	if st.Result != stage.Succeeded || st.Groups[0].Steps[0].State != stage.Succeeded || st.Groups[1].Steps[0].State != stage.Succeeded {
+		t.Fatalf("stage %+v", st)
+	}
+	var chunk stage.LogChunk
+	e.do(t, "GET", "/v1/stages/early/steps/second/logs?offset=0", nil, true).decode(t, &chunk)
+	if got := string(chunk.Data); got != "******\n2\n" {
+		t.Errorf("each step ran with its secret, once: the second's log %q", got)
+	}
+	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(ctx, stage.CleanupInput{StageID: "early"}); err != nil {
+		t.Fatal(err)
+	}
+}
