@@ -40,6 +40,9 @@ type Runner struct {
 
 	mu     sync.Mutex
 	stages map[string]*stageOf // by Slipway stage id
+	// pools are the deployment's pool names as read at poolsReadAt.
+	pools       []string
+	poolsReadAt time.Time
 	// unknown holds "route field" for each undeclared field logged once.
 	unknown sync.Map
 }
@@ -127,15 +130,29 @@ func (r *Runner) log() *slog.Logger {
 	return r.Log
 }
 
+// poolNamesFor is how long the deployment's pool names are kept: they
+// change with a deployment, and reading them costs the API a look at every
+// pool's depth.
+const poolNamesFor = 30 * time.Second
+
 func (r *Runner) poolNames(ctx context.Context) ([]string, error) {
+	r.mu.Lock()
+	names, readAt := r.pools, r.poolsReadAt
+	r.mu.Unlock()
+	if names != nil && time.Since(readAt) < poolNamesFor {
+		return names, nil
+	}
 	pools, err := r.API.Pools(ctx)
 	if err != nil {
 		return nil, fromSlipway(err)
 	}
-	var names []string
+	names = []string{}
 	for _, p := range pools.Pools {
 		names = append(names, p.Name)
 	}
+	r.mu.Lock()
+	r.pools, r.poolsReadAt = names, time.Now()
+	r.mu.Unlock()
 	return names, nil
 }
 

@@ -364,9 +364,15 @@ func TestDropIn(t *testing.T) {
 
 	t.Run("a service dependency and a background step run on beside later steps", func(t *testing.T) {
 		port := freePort(t)
+		start := time.Now()
 		code, poll, e := step(t, "client/service.json", "database", map[string]string{"image": serviceTag, "port": port})
 		if success, _ := delegateReads(poll); code != 200 || !success || poll.Exited {
 			t.Fatalf("service: %d %+v %+v", code, poll, e)
+		}
+		// Answered once it runs, not at the end of a long-poll on a step
+		// that does not end (25 s).
+		if took := time.Since(start); took > 20*time.Second {
+			t.Errorf("the service was answered after %s", took)
 		}
 		code, poll, e = step(t, "client/step_background.json", "heartbeat", map[string]string{
 			"script": `echo beating; while :; do date > heartbeat; sleep 0.1; done`})

@@ -394,7 +394,9 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) error {
 		return invalid(err)
 	}
 	until := time.Now().Add(q.wait)
-	pause := 50 * time.Millisecond
+	// Quick at first: a delegate that waits for its VM's binding (the
+	// drop-in's setup) waits on this.
+	pause := 10 * time.Millisecond
 	for {
 		st, err := a.Books.GetStage(ctx, id)
 		if err != nil {
@@ -555,9 +557,20 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 		// A pending step may be running already: the group it is in
 		// started early (startNow) while RunGroup records the one before.
 		if step.State == StateRunning || step.State == StatePending && !rec.Stage.BoundAt.IsZero() {
+			// A background step does not end with its group: it is
+			// answered as soon as it runs, as RunGroup records it.
+			background := isBackground(rec, step.ID)
+			wait := max(0, remaining)
+			if background {
+				wait = 0
+			}
 			if c, err := a.agentOf(ctx, rec.Stage); err == nil {
-				if live, err := c.StepStatus(ctx, rec.Stage.ID, step.ID, max(0, remaining)); err == nil && live.BootID == rec.Stage.BootID {
-					writeJSON(w, http.StatusOK, fromAgent(step.ID, step.Group, live))
+				if live, err := c.StepStatus(ctx, rec.Stage.ID, step.ID, wait); err == nil && live.BootID == rec.Stage.BootID {
+					s := fromAgent(step.ID, step.Group, live)
+					if background && !live.State.Ended() {
+						s.State = StateBackground
+					}
+					writeJSON(w, http.StatusOK, s)
 					return nil
 				}
 			}
@@ -571,6 +584,22 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 		}
 		pause = min(pause*3/2, 250*time.Millisecond)
 	}
+}
+
+// isBackground reports whether the stage's step id is a background step.
+func isBackground(rec *lease.Records, id string) bool {
+	for _, g := range rec.Groups {
+		spec, err := decodeStored[Group](g.Spec, "group")
+		if err != nil {
+			continue
+		}
+		for _, s := range spec.Steps {
+			if s.ID == id {
+				return s.Background
+			}
+		}
+	}
+	return false
 }
 
 // logs handles GET /v1/stages/{id}/steps/{step}/logs: a chunk of the step's
