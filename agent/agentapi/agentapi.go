@@ -163,6 +163,11 @@ type Step struct {
 	// first use, into a container step (a CI system's tool and cache
 	// folders: Harness's /addon, shared paths).
 	Volumes []Volume `json:"volumes,omitempty"`
+	// PullSecret names the entry of Secrets that holds the registry login
+	// for Image, as Docker's AuthConfig JSON ({"username", "password",
+	// "serveraddress"}); that entry goes to the engine's pull only, not
+	// into the step's environment.
+	PullSecret string `json:"pull_secret,omitempty"`
 	// Privileged runs a container step with every capability and device
 	// (docker-in-docker builds). A build VM serves one stage and is then
 	// terminated, so this gives a step nothing beyond its own VM.
@@ -295,6 +300,19 @@ func (s *Step) Validate() error {
 	}
 	if len(s.SecretOutputs) > 0 && len(s.OutputKey) != OutputKeyBytes {
 		errs = append(errs, fmt.Errorf("output_key: %d bytes; secret outputs are sealed to an X25519 public key of %d", len(s.OutputKey), OutputKeyBytes))
+	}
+	if s.PullSecret != "" {
+		var login struct {
+			Username string `json:"username"`
+		}
+		switch v, ok := s.Secrets[s.PullSecret]; {
+		case s.Image == "":
+			errs = append(errs, errors.New("pull_secret applies to container steps only: give image"))
+		case !ok:
+			errs = append(errs, fmt.Errorf("pull_secret %q: not among the step's secrets", truncateValue(s.PullSecret)))
+		case json.Unmarshal([]byte(v), &login) != nil:
+			errs = append(errs, fmt.Errorf("pull_secret %q: its secret is not a registry login (JSON with username, password, serveraddress)", s.PullSecret))
+		}
 	}
 	if s.EnvFileVar != "" && !envNamePattern.MatchString(s.EnvFileVar) {
 		errs = append(errs, fmt.Errorf("env_file_var %q: want a variable name", truncateValue(s.EnvFileVar)))

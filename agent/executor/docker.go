@@ -191,7 +191,7 @@ func (h *dockerHandle) ensureImage(ctx context.Context) error {
 			return fmt.Errorf("image %s is not on this machine and pull is never", spec.Image)
 		}
 	}
-	rc, err := api.ImagePull(ctx, spec.Image, image.PullOptions{})
+	rc, err := api.ImagePull(ctx, spec.Image, image.PullOptions{RegistryAuth: spec.RegistryAuth})
 	if err != nil {
 		return fmt.Errorf("pull image %s: %w", spec.Image, err)
 	}

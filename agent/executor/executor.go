@@ -42,6 +42,9 @@ type Spec struct {
 	MemoryBytes int64
 	// Privileged gives the container every capability and device.
 	Privileged bool
+	// RegistryAuth is the registry login for pulling Image, as the engine's
+	// X-Registry-Auth header takes it ("": none).
+	RegistryAuth string
 
 	// Output receives stdout and stderr. The executor calls it from one
 	// goroutine at a time.

@@ -4,8 +4,12 @@ package server_test
 
 import (
 	"context"
+	"encoding/base64"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -205,5 +209,45 @@ func TestHostStepsReachTheDockerSocket(t *testing.T) {
 	st := run(t, a, "ping", agentapi.Step{Script: script})
 	if got := logOf(t, a, "ping"); st.State != agentapi.StepSucceeded || got != "OK" {
 		t.Fatalf("%s %q", st.State, got)
+	}
+}
+
+// A step's pull secret reaches the registry as its login, and neither the
+// step's environment nor its status.
+func TestPullSecretLogsIn(t *testing.T) {
+	a, _ := dockerAgent(t)
+	var mu sync.Mutex
+	var logins []string
+	registry := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		logins = append(logins, r.Header.Get("Authorization"))
+		mu.Unlock()
+		if r.Header.Get("Authorization") == "" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="slipway-test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		http.NotFound(w, r) // no such image: the login is what this test is about
+	}))
+	t.Cleanup(registry.Close)
+	host := strings.TrimPrefix(registry.URL, "http://")
+	login := `{"username":"robot","password":"pull-pw-71","serveraddress":"` + host + `"}`
+	st := run(t, a, "pull", agentapi.Step{
+		Image: host + "/private/tool:1", Pull: agentapi.PullAlways, Script: "true",
+		Secrets: map[string]string{"REGISTRY_LOGIN": login}, PullSecret: "REGISTRY_LOGIN",
+	})
+	mu.Lock()
+	seen := strings.Join(logins, " ")
+	mu.Unlock()
+	if want := "Basic " + base64.StdEncoding.EncodeToString([]byte("robot:pull-pw-71")); !strings.Contains(seen, want) {
+		t.Errorf("the registry saw %q, not the login", seen)
+	}
+	if st.State != agentapi.StepError || strings.Contains(st.Error, "pull-pw-71") {
+		t.Errorf("pull of an image the registry lacks: %s %q", st.State, st.Error)
+	}
+	spec := box(`env | grep -c REGISTRY_LOGIN || true`)
+	spec.Secrets, spec.PullSecret = map[string]string{"REGISTRY_LOGIN": login}, "REGISTRY_LOGIN"
+	if st := run(t, a, "env", spec); st.State != agentapi.StepSucceeded || logOf(t, a, "env") != "0\n" {
+		t.Errorf("the login in the step's environment: %s %q", st.State, logOf(t, a, "env"))
 	}
 }

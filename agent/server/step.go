@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -13,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/docker/docker/api/types/registry"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/executor"
@@ -271,14 +274,19 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 	if spec.EnvFileVar != "" {
 		slipwayEnv[spec.EnvFileVar] = stp.envPath()
 	}
+	// The registry login goes to the pull only.
+	secrets, registryAuth, err := pullSecret(spec)
+	if err != nil {
+		return executor.Spec{}, err
+	}
 	var envList []string
 	if spec.Image != "" {
-		envList = mergeEnv(st.containerEnv, spec.Env, stp.exports, spec.Secrets, slipwayEnv)
+		envList = mergeEnv(st.containerEnv, spec.Env, stp.exports, secrets, slipwayEnv)
 	} else {
 		// os/exec keeps the last of duplicate keys, so the step's layers can
 		// simply follow the stage's list: no merge on the step's start path.
 		envList = slices.Clone(st.hostEnv)
-		for _, layer := range []map[string]string{spec.Env, stp.exports, spec.Secrets, slipwayEnv} {
+		for _, layer := range []map[string]string{spec.Env, stp.exports, secrets, slipwayEnv} {
 			for k, v := range layer {
 				envList = append(envList, k+"="+v)
 			}
@@ -322,15 +330,16 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 		Dir:  workDir,
 		User: spec.User,
 		// Set last in the environment, so no step can override it.
-		Marker:      "SLIPWAY_STEP=" + id,
-		Image:       spec.Image,
-		Pull:        spec.Pull,
-		Network:     spec.Network,
-		MemoryBytes: spec.MemoryBytes,
-		Privileged:  spec.Privileged,
-		Mounts:      []string{st.workDir, stp.outputDir},
-		Aliases:     aliases,
-		Output:      out,
+		Marker:       "SLIPWAY_STEP=" + id,
+		Image:        spec.Image,
+		Pull:         spec.Pull,
+		Network:      spec.Network,
+		MemoryBytes:  spec.MemoryBytes,
+		Privileged:   spec.Privileged,
+		RegistryAuth: registryAuth,
+		Mounts:       []string{st.workDir, stp.outputDir},
+		Aliases:      aliases,
+		Output:       out,
 	}, nil
 }
 
@@ -385,6 +394,25 @@ func (s *Server) cancelStep(w http.ResponseWriter, _ *http.Request, st *stage, i
 	}
 	stp.stop(agentapi.StepCanceled, s.cfg.StopGrace)
 	writeJSON(w, http.StatusAccepted, stp.snapshot())
+}
+
+// pullSecret takes the registry login out of the step's secrets: the
+// secrets for its environment, and the login as the engine takes it.
+func pullSecret(spec *agentapi.Step) (map[string]string, string, error) {
+	if spec.PullSecret == "" {
+		return spec.Secrets, "", nil
+	}
+	var login registry.AuthConfig
+	if err := json.Unmarshal([]byte(spec.Secrets[spec.PullSecret]), &login); err != nil {
+		return nil, "", fmt.Errorf("pull_secret %s: not a registry login", spec.PullSecret)
+	}
+	auth, err := registry.EncodeAuthConfig(login)
+	if err != nil {
+		return nil, "", fmt.Errorf("pull_secret %s: %w", spec.PullSecret, err)
+	}
+	secrets := maps.Clone(spec.Secrets)
+	delete(secrets, spec.PullSecret)
+	return secrets, auth, nil
 }
 
 // outputPath is $SLIPWAY_OUTPUT.

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -241,6 +242,10 @@ func relative(field, p string, roots ...string) (string, error) {
 
 func hasDrive(p string) bool { return len(p) >= 2 && p[1] == ':' }
 
+// loginVar is the step secret that carries a registry login to the agent,
+// which gives it to the image's pull and to no process.
+const loginVar = "SLIPWAY_HARNESS_REGISTRY_LOGIN"
+
 // envFileVar is the variable lite-engine names a step's env file by: what
 // a step writes there is the env of the stage's later steps.
 const envFileVar = "DRONE_ENV"
@@ -381,8 +386,19 @@ func containerOptions(r *StartStep, st *stageOf, step *stage.Step) []error {
 		errs = append(errs, errors.New("start_step_request.mount_docker_socket: a container step cannot be given the VM's docker socket; run docker commands in a host step"))
 	}
 	step.Privileged = r.Privileged
+	// A registry login is a step secret the agent hands to the pull only;
+	// an anonymous one (no user, no password) is none.
 	if r.Auth.Username != "" || r.Auth.Password != "" {
-		errs = append(errs, fmt.Errorf("start_step_request.auth (%s): registry logins are not passed to Slipway's agent yet; use an image it can pull without one", r.Auth.Address))
+		login, _ := json.Marshal(struct {
+			Username string `json:"username"`
+			Password string `json:"password"`
+			Server   string `json:"serveraddress,omitempty"`
+		}{r.Auth.Username, r.Auth.Password, r.Auth.Address})
+		if step.Secrets == nil {
+			step.Secrets = map[string]string{}
+		}
+		step.Secrets[loginVar] = string(login)
+		step.PullSecret = loginVar
 	}
 	// Containers share the VM's network: a port is reachable at its own
 	// number, so only bindings that keep it can be honoured.

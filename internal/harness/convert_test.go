@@ -260,12 +260,12 @@ func TestStepRefusals(t *testing.T) {
 		"start_step_request.volumes[2] (docker at /var/run/docker.sock): not a volume the setup made (addon, harness)",
 		`start_step_request.network "bridge"`, `start_step_request.outputs[0] (K): type "NUMBER"`,
 		"start_step_request.outputs[1] (bad-name from V): want variable names", `start_step_request.pull "Sometimes"`,
-		"start_step_request.auth (registry.example)", "start_step_request.port_bindings[8080] = 80"} {
+		"start_step_request.port_bindings[8080] = 80"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
 	}
-	if strings.Contains(err.Error(), testSecret) || strings.Contains(err.Error(), "5432") {
+	if strings.Contains(err.Error(), testSecret) || strings.Contains(err.Error(), "5432") || strings.Contains(err.Error(), "auth") {
 		t.Errorf("the refusal names the password or a binding that keeps its port:\n%v", err)
 	}
 }
@@ -290,15 +290,28 @@ func TestContainerStepMountsBothVolumes(t *testing.T) {
 }
 
 // A plugin step runs its image's own entrypoint; an anonymous registry
-// login (no user, no password) changes nothing.
+// login (no user, no password) changes nothing, a login goes to the pull as
+// a step secret.
 func TestPluginStep(t *testing.T) {
 	_, st, _ := toSpec(setupFixture(t), []string{"linux"})
-	step, err := toStep(&stepFixture(t, "client/step_plugin.json", nil).Step, st)
+	r := stepFixture(t, "client/step_plugin.json", nil)
+	step, err := toStep(&r.Step, st)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(step.Command) != 0 || step.Image != "busybox" || step.WorkspaceMount != "/harness" || step.Env["PLUGIN_DEPTH"] != "50" {
+	if len(step.Command) != 0 || step.Image != "busybox" || step.WorkspaceMount != "/harness" || step.Env["PLUGIN_DEPTH"] != "50" || step.PullSecret != "" {
 		t.Errorf("step %+v", step.Step)
+	}
+	r.Step.Auth.Username, r.Step.Auth.Password = "robot", testSecret
+	r.Step.Secrets = []string{testSecret}
+	if step, err = toStep(&r.Step, st); err != nil {
+		t.Fatal(err)
+	}
+	if step.PullSecret != loginVar || step.Secrets[loginVar] != `{"username":"robot","password":"`+testSecret+`","serveraddress":"https://index.docker.io/v1/"}` {
+		t.Errorf("login %q in %v", step.PullSecret, step.Secrets)
+	}
+	if err := step.Validate(); err != nil {
+		t.Errorf("the agent refuses the step: %v", err)
 	}
 }
 
