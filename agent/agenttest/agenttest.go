@@ -321,3 +321,28 @@ func (o Orchestrator) Client(t testing.TB, addr, launchID string) *client.Client
 	t.Cleanup(c.Close)
 	return c
 }
+
+// FreePort is a loopback TCP port nothing listened on a moment ago.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
+}
+
+// Until polls cond every 50 ms for at most within, and fails the test when
+// it never held.
+func Until(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

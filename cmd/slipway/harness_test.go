@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -52,7 +51,7 @@ func TestHarnessRunnerOffLoopback(t *testing.T) {
 		})
 	}
 
-	port := freePort(t)
+	port := agenttest.FreePort(t)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	out := &agenttest.Buffer{}
@@ -98,15 +97,4 @@ func TestHarnessRunnerOffLoopback(t *testing.T) {
 	if code := post("Bearer e3b0c44298fc1c149afbf4c8996fb924"); code == http.StatusUnauthorized || code == 0 {
 		t.Errorf("with the token: %d", code)
 	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
 }

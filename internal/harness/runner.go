@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
@@ -26,6 +27,10 @@ import (
 
 // maxBody bounds a request: setup carries the stage's files.
 const maxBody = 8 << 20
+
+// maxUnknownLogged bounds the undeclared fields remembered (and logged):
+// a delegate upgrade brings a few, a body of invented ones no more.
+const maxUnknownLogged = 1000
 
 // logDrain bounds the wait, after a step ended, for its log to reach the
 // log service.
@@ -43,8 +48,10 @@ type Runner struct {
 	// pools are the deployment's pool names as read at poolsReadAt.
 	pools       []string
 	poolsReadAt time.Time
-	// unknown holds "route field" for each undeclared field logged once.
-	unknown sync.Map
+	// unknown holds "route field" for each undeclared field logged once,
+	// unknownCount how many (at most maxUnknownLogged are kept).
+	unknown      sync.Map
+	unknownCount atomic.Int64
 }
 
 // Handler is the runner's routes.
@@ -116,7 +123,11 @@ func (r *Runner) readBody(w http.ResponseWriter, req *http.Request, v any) error
 		return badRequest(err)
 	}
 	for _, field := range ignored {
+		if r.unknownCount.Load() >= maxUnknownLogged {
+			break
+		}
 		if _, seen := r.unknown.LoadOrStore(req.URL.Path+" "+field, true); !seen {
+			r.unknownCount.Add(1)
 			r.log().Info("ignoring what the drop-in does not know", "route", req.URL.Path, "field", field)
 		}
 	}

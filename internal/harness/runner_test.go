@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -363,7 +362,7 @@ func TestDropIn(t *testing.T) {
 	})
 
 	t.Run("a service dependency and a background step run on beside later steps", func(t *testing.T) {
-		port := freePort(t)
+		port := agenttest.FreePort(t)
 		start := time.Now()
 		code, poll, e := step(t, "client/service.json", "database", map[string]string{"image": serviceTag, "port": port})
 		if success, _ := delegateReads(poll); code != 200 || !success || poll.Exited {
@@ -388,7 +387,7 @@ func TestDropIn(t *testing.T) {
 		if got := streamed("uses"); !strings.HasPrefix(got, "pong ******\nbeats\n") {
 			t.Errorf("the later step saw %q", got)
 		}
-		until(t, 10*time.Second, "the service's log streamed", func() bool { return strings.Contains(streamed("database"), "serving on "+port) })
+		agenttest.Until(t, 10*time.Second, "the service's log streamed", func() bool { return strings.Contains(streamed("database"), "serving on "+port) })
 	})
 
 	t.Run("a step that does not map is refused by field", func(t *testing.T) {
@@ -451,27 +450,6 @@ func TestDropIn(t *testing.T) {
 			t.Errorf("the runner's log holds %q", leak)
 		}
 	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
-
-func until(t *testing.T, limit time.Duration, what string, ok func() bool) {
-	t.Helper()
-	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if ok() {
-			return
-		}
-	}
-	t.Errorf("%s: not within %s", what, limit)
 }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

@@ -212,17 +212,7 @@ func released(t *testing.T, rt *local.Runtime, id string, within time.Duration) 
 	}
 }
 
-// until polls cond every 50 ms for at most within.
-func until(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var until = agenttest.Until
 
 // warm waits until the pool has n idle VMs.
 func warm(t testing.TB, rt *local.Runtime, name string, n int) {
