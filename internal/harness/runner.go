@@ -231,8 +231,12 @@ func (r *Runner) openStage(ctx context.Context, in *SetupRequest) (*SetupRespons
 			delete(r.stages, old)
 		}
 	}
-	st.created = time.Now()
-	r.stages[spec.ID] = st
+	// A retried setup keeps what the first one left: the steps' secret
+	// outputs are sealed to its key, its background logs are followed.
+	if _, known := r.stages[spec.ID]; !known {
+		st.created = time.Now()
+		r.stages[spec.ID] = st
+	}
 	r.mu.Unlock()
 	for status.Timings.BoundAt == nil {
 		if status.Phase == stage.PhaseReleasing || status.Phase == stage.PhaseReleased {

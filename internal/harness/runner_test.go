@@ -189,7 +189,8 @@ func TestDropIn(t *testing.T) {
 	logSrv := httptest.NewServer(logs)
 	t.Cleanup(logSrv.Close)
 	runnerLog := &agenttest.Buffer{}
-	srv := httptest.NewServer((&Runner{API: api, LogPoll: 50 * time.Millisecond, Log: slogTo(runnerLog)}).Handler())
+	runner := &Runner{API: api, LogPoll: 50 * time.Millisecond, Log: slogTo(runnerLog)}
+	srv := httptest.NewServer(runner.Handler())
 	t.Cleanup(srv.Close)
 
 	t.Run("healthz and pool_owner", func(t *testing.T) {
@@ -226,6 +227,9 @@ func TestDropIn(t *testing.T) {
 		t.Fatalf("after setup the stage is %+v (%v)", st, err)
 	}
 
+	runner.mu.Lock()
+	first := runner.stages["pZs1Hw3tTc2Qx9Lk0aB7_w"]
+	runner.mu.Unlock()
 	// The delegate retries a setup whose answer it lost; a newer delegate
 	// sends fields this one does not know: the same stage, each unknown
 	// field logged once.
@@ -239,6 +243,12 @@ func TestDropIn(t *testing.T) {
 		if code := post(t, srv.URL+"/setup", retried, &again, "setup_response.json"); code != 200 || again.InstanceID != setup.InstanceID {
 			t.Fatalf("retried setup: %d %+v, first %+v\n%s", code, again, setup, runnerLog)
 		}
+	}
+	runner.mu.Lock()
+	kept := runner.stages["pZs1Hw3tTc2Qx9Lk0aB7_w"]
+	runner.mu.Unlock()
+	if kept != first {
+		t.Error("a retried setup replaced what the first one left for the stage's steps")
 	}
 	for _, field := range []string{`setup_request: unknown field \"gpu_type\"`, `unknown field \"future_field\"`} {
 		if n := strings.Count(runnerLog.String(), field); n != 1 {
@@ -380,7 +390,7 @@ func TestDropIn(t *testing.T) {
 		}
 		// The service's port is the VM's; its secret is masked in its log.
 		code, poll, e = step(t, "client/step_container.json", "uses", map[string]string{
-			"script": `for i in $(seq 50); do wget -qO- http://127.0.0.1:` + port + `/ping && break; sleep 0.1; done; for i in $(seq 50); do [ -s heartbeat ] && break; sleep 0.1; done; test -s heartbeat && echo beats`})
+			"script": `for i in $(seq 50); do wget -qO- http://127.0.0.1:` + port + `/ping 2>/dev/null && break; sleep 0.1; done; for i in $(seq 50); do [ -s heartbeat ] && break; sleep 0.1; done; test -s heartbeat && echo beats`})
 		if success, _ := delegateReads(poll); code != 200 || !success {
 			t.Fatalf("%d %+v %+v", code, poll, e)
 		}

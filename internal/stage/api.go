@@ -644,7 +644,10 @@ func (a *API) logChunk(ctx context.Context, rec *lease.Records, step *StepStatus
 	empty := LogChunk{Offset: q.offset, NextOffset: q.offset, Data: []byte{}}
 	switch step.State {
 	case StatePending:
-		return empty, nil
+		// A pending step of a bound stage may run already (startNow).
+		if rec.Stage.BoundAt.IsZero() {
+			return empty, nil
+		}
 	case StateSkipped:
 		empty.Done = true
 		return empty, nil
@@ -670,7 +673,7 @@ func (a *API) logChunk(ctx context.Context, rec *lease.Records, step *StepStatus
 	case rec.Stage.ReleasedAt.IsZero():
 		// Not on the agent yet (RunGroup is about to start it), or never
 		// to be: done only once the step has an end.
-		empty.Done = step.State != StateRunning
+		empty.Done = step.State != StateRunning && step.State != StatePending && step.State != StateBackground
 		return empty, nil
 	default:
 		return LogChunk{}, fail(http.StatusGone, CodeLogsGone, "the log of step %s was not archived, and stage %s's VM is gone", step.ID, rec.Stage.ID)
