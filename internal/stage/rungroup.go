@@ -221,6 +221,11 @@ func (d *Deps) agentOf(ctx context.Context, st *lease.Stage) (*client.Client, er
 	if st.VM == "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
 		return nil, errors.New("no bound VM")
 	}
+	// The stage recorded where its VM's agent listens when it bound it; the
+	// VM's item is read only for a stage bound before it did.
+	if st.VMAddress != "" {
+		return d.Agents.Client(&lease.VM{LaunchID: st.VM, Address: st.VMAddress})
+	}
 	vm, err := d.Books.Get(ctx, st.Pool, st.VM)
 	if err != nil {
 		return nil, err
