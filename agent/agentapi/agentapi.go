@@ -59,6 +59,10 @@ var (
 	envNamePattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
+// IsVarName reports whether name is a shell variable's name: what env
+// keys, outputs and the variables a step's files name are.
+func IsVarName(name string) bool { return envNamePattern.MatchString(name) }
+
 // ValidateID checks a stage or step id: letters, digits, '_' and '-', at most 64.
 func ValidateID(kind, id string) error {
 	if !idPattern.MatchString(id) {

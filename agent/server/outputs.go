@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -16,8 +15,6 @@ import (
 
 // maxOutputBytes bounds the outputs file a step may write.
 const maxOutputBytes = 1 << 20
-
-var outputNamePattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // readOutputs reads the file a step wrote to $SLIPWAY_OUTPUT. Each line is
 // NAME=value; a multi-line value is written as
@@ -130,7 +127,7 @@ func parseOutputs(data []byte) (map[string]string, []error) {
 			continue
 		}
 		if name, delim, ok := strings.Cut(line, "<<"); ok && !strings.Contains(name, "=") {
-			if !outputNamePattern.MatchString(name) || delim == "" {
+			if !agentapi.IsVarName(name) || delim == "" {
 				problems = append(problems, fmt.Errorf("line %d: bad heredoc %q", lineNo, quoted(line)))
 				continue
 			}
@@ -154,7 +151,7 @@ func parseOutputs(data []byte) (map[string]string, []error) {
 			continue
 		}
 		name, value, ok := strings.Cut(line, "=")
-		if !ok || !outputNamePattern.MatchString(name) {
+		if !ok || !agentapi.IsVarName(name) {
 			problems = append(problems, fmt.Errorf("line %d: want NAME=value or NAME<<DELIMITER, got %q", lineNo, quoted(line)))
 			continue
 		}

@@ -4,6 +4,8 @@ import (
 	"maps"
 	"strings"
 	"testing"
+
+	"github.com/slipway-ci/slipway/agent/agentapi"
 )
 
 func TestParseOutputs(t *testing.T) {
@@ -42,7 +44,7 @@ func FuzzParseOutputs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		out, _ := parseOutputs(data)
 		for name := range out {
-			if !outputNamePattern.MatchString(name) {
+			if !agentapi.IsVarName(name) {
 				t.Fatalf("accepted output name %q", name)
 			}
 		}

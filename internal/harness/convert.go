@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"maps"
 	"path"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -414,8 +413,6 @@ func containerOptions(r *StartStep, st *stageOf, step *stage.Step) []error {
 // variable its value is read from.
 type output struct{ Key, From, Type string }
 
-var shellName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
 // declaredOutputs are the step's outputs: outputs (name, variable, type)
 // where given, else output_vars (each read from its own name), as
 // lite-engine reads them.
@@ -426,7 +423,7 @@ func declaredOutputs(r *StartStep) ([]output, []error) {
 		out := output{Key: o.Key, From: cmp.Or(o.Value, o.Key), Type: cmp.Or(o.Type, OutputString)}
 		field := fmt.Sprintf("start_step_request.outputs[%d]", i)
 		switch {
-		case !shellName.MatchString(out.Key) || !shellName.MatchString(out.From):
+		case !agentapi.IsVarName(out.Key) || !agentapi.IsVarName(out.From):
 			errs = append(errs, fmt.Errorf("%s (%s from %s): want variable names", field, o.Key, o.Value))
 		case out.Type != OutputString && out.Type != OutputSecret:
 			errs = append(errs, fmt.Errorf("%s (%s): type %q, want STRING or SECRET", field, o.Key, o.Type))
@@ -438,7 +435,7 @@ func declaredOutputs(r *StartStep) ([]output, []error) {
 		return outs, errs
 	}
 	for i, name := range r.OutputVars {
-		if !shellName.MatchString(name) {
+		if !agentapi.IsVarName(name) {
 			errs = append(errs, fmt.Errorf("start_step_request.output_vars[%d] %q: want a variable name", i, name))
 			continue
 		}
