@@ -26,26 +26,16 @@ const maxOutputBytes = 1 << 20
 //
 // Values are masked like logs, but for the names in secret, whose raw
 // values come apart in secrets (to be sealed). When want is not empty only
-// those names, and secret's, are returned. A missing file means no outputs. Lines that are not outputs, and
-// whatever is past maxOutputBytes, are left out and reported in the error;
-// the good outputs are kept either way.
+// those names, and secret's, are returned. A missing file means no outputs.
+// Lines that are not outputs, and whatever is past maxOutputBytes, are left
+// out and reported in the error; the good outputs are kept either way.
 func readOutputs(path string, m *mask.Matcher, want, secret []string) (outputs, secrets map[string]string, err error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read outputs: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxOutputBytes+1))
+	data, cut, err := readBounded(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read outputs: %w", err)
 	}
 	var problems []error
-	if len(data) > maxOutputBytes {
-		// Keep the whole lines within the limit.
-		data = data[:bytes.LastIndexByte(data[:maxOutputBytes], '\n')+1]
+	if cut {
 		problems = append(problems, fmt.Errorf("the outputs file is over %d bytes: what follows byte %d is left out", maxOutputBytes, len(data)))
 	}
 	outputs, bad := parseOutputs(data)
@@ -75,14 +65,11 @@ func readOutputs(path string, m *mask.Matcher, want, secret []string) (outputs, 
 // and Harness's env files have it). The values are not masked: they become
 // the environment of later steps.
 func readExports(path string) (map[string]string, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	data, cut, err := readBounded(path)
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("read env file: %w", err)
-	}
-	if len(data) > maxOutputBytes {
+	case cut:
 		return nil, fmt.Errorf("the env file is over %d bytes: none of it is exported", maxOutputBytes)
 	}
 	lines := strings.Split(string(data), "\n")
@@ -94,6 +81,27 @@ func readExports(path string) (map[string]string, error) {
 		return exports, fmt.Errorf("env file: %w", err)
 	}
 	return exports, nil
+}
+
+// readBounded reads at most maxOutputBytes of a file a step wrote, cut
+// after its last whole line within them (cut says so); a missing file is
+// empty. A step can write gigabytes: no more than the limit is ever read.
+func readBounded(path string) (data []byte, cut bool, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	if data, err = io.ReadAll(io.LimitReader(f, maxOutputBytes+1)); err != nil {
+		return nil, false, err
+	}
+	if len(data) > maxOutputBytes {
+		return data[:bytes.LastIndexByte(data[:maxOutputBytes], '\n')+1], true, nil
+	}
+	return data, false, nil
 }
 
 // maxOutputProblems is how many bad lines a step's status names.

@@ -401,6 +401,13 @@ func TestExportsReachLaterSteps(t *testing.T) {
 	if st.State != agentapi.StepSucceeded || !strings.Contains(st.Error, "env file") {
 		t.Errorf("a bad env file: %s %q", st.State, st.Error)
 	}
+	st = run(t, a, "huge-export", agentapi.Step{Script: `head -c 1100000 /dev/zero | tr '\0' x | fold -w 1000 | sed 's/^/BIG=/' > "$SLIPWAY_ENV"`})
+	if st.State != agentapi.StepSucceeded || !strings.Contains(st.Error, "the env file is over 1048576 bytes") {
+		t.Errorf("an env file over the limit: %s %q", st.State, st.Error)
+	}
+	if st := run(t, a, "after-huge", agentapi.Step{Script: `echo "${BIG:-none}"`}); logOf(t, a, "after-huge") != "none\n" {
+		t.Errorf("an env file over the limit was exported: %s %q", st.State, logOf(t, a, "after-huge"))
+	}
 }
 
 // A secret output comes back sealed to the stage creator's key, opens
