@@ -130,7 +130,7 @@ func TestBackgroundStep(t *testing.T) {
 		group(true, s("client", `for i in $(seq 100); do [ -s marker ] && break; sleep 0.05; done; cat marker`)),
 	}})
 	st := released(t, rt, "background", time.Minute)
-	if st.Result != stage.Succeeded || st.Groups[0].State != stage.Succeeded || st.Groups[0].Steps[0].State != stage.StateBackground ||
+	if st.Result != stage.Succeeded || st.Groups[0].State != stage.Succeeded || st.Groups[0].Steps[0].State != stage.StateBackground || !st.Groups[0].Steps[0].Background ||
 		st.Groups[1].Steps[0].State != stage.Succeeded {
 		t.Fatalf("stage %+v", st)
 	}

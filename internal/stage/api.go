@@ -446,11 +446,11 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	a.startNow(ctx, rec, added.Index, &g)
 	s, err := statusOf(rec)
 	if err != nil {
 		return err
 	}
+	a.startNow(ctx, rec.Stage, s, added.Index, &g)
 	writeJSON(w, http.StatusCreated, s)
 	return nil
 }
@@ -465,8 +465,7 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 // decrypted for it. RunGroup's own start of the same step spec is then
 // answered with the step already running (the agent is idempotent by step
 // id). Best effort: what is not started here RunGroup starts.
-func (a *API) startNow(ctx context.Context, rec *lease.Records, index int, g *Group) {
-	st := rec.Stage
+func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index int, g *Group) {
 	if index != st.Cursor && index != st.Cursor+1 || st.Result != "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
 		return
 	}
@@ -475,7 +474,7 @@ func (a *API) startNow(ctx context.Context, rec *lease.Records, index int, g *Gr
 		a.log().Warn("start a group early", "stage", st.ID, "group", index, "err", err)
 		return
 	}
-	if index == st.Cursor+1 && !a.endedOnAgent(ctx, c, rec, st.Cursor) {
+	if index == st.Cursor+1 && !endedOnAgent(ctx, c, st, s.Groups[st.Cursor].Steps) {
 		return
 	}
 	c = forGroup(c, len(g.Steps))
@@ -490,27 +489,16 @@ func (a *API) startNow(ctx context.Context, rec *lease.Records, index int, g *Gr
 	wg.Wait()
 }
 
-// endedOnAgent reports whether every step of the stage's group index has
-// ended on the agent.
-func (a *API) endedOnAgent(ctx context.Context, c *client.Client, rec *lease.Records, index int) bool {
-	for _, g := range rec.Groups {
-		if g.Index != index {
-			continue
-		}
-		spec, err := decodeStored[Group](g.Spec, "group")
-		if err != nil {
+// endedOnAgent reports whether every step of a group has ended on the
+// agent (a background step: runs there).
+func endedOnAgent(ctx context.Context, c *client.Client, st *lease.Stage, steps []StepStatus) bool {
+	for _, step := range steps {
+		s, err := c.StepStatus(ctx, st.ID, step.ID, 0)
+		if err != nil || (!s.State.Ended() && !step.Background) || s.BootID != st.BootID {
 			return false
 		}
-		for _, step := range spec.Steps {
-			s, err := c.StepStatus(ctx, rec.Stage.ID, step.ID, 0)
-			// A background step's group ends once it runs.
-			if err != nil || (!s.State.Ended() && !step.Background) || s.BootID != rec.Stage.BootID {
-				return false
-			}
-		}
-		return true
 	}
-	return false
+	return true
 }
 
 // stepOf reads the stage and finds the step the path names.
@@ -559,15 +547,15 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 		if step.State == StateRunning || step.State == StatePending && !rec.Stage.BoundAt.IsZero() {
 			// A background step does not end with its group: it is
 			// answered as soon as it runs, as RunGroup records it.
-			background := isBackground(rec, step.ID)
 			wait := max(0, remaining)
-			if background {
+			if step.Background {
 				wait = 0
 			}
 			if c, err := a.agentOf(ctx, rec.Stage); err == nil {
 				if live, err := c.StepStatus(ctx, rec.Stage.ID, step.ID, wait); err == nil && live.BootID == rec.Stage.BootID {
 					s := fromAgent(step.ID, step.Group, live)
-					if background && !live.State.Ended() {
+					s.Background = step.Background
+					if step.Background && !live.State.Ended() {
 						s.State = StateBackground
 					}
 					writeJSON(w, http.StatusOK, s)
@@ -584,22 +572,6 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 		}
 		pause = min(pause*3/2, 250*time.Millisecond)
 	}
-}
-
-// isBackground reports whether the stage's step id is a background step.
-func isBackground(rec *lease.Records, id string) bool {
-	for _, g := range rec.Groups {
-		spec, err := decodeStored[Group](g.Spec, "group")
-		if err != nil {
-			continue
-		}
-		for _, s := range spec.Steps {
-			if s.ID == id {
-				return s.Background
-			}
-		}
-	}
-	return false
 }
 
 // logs handles GET /v1/stages/{id}/steps/{step}/logs: a chunk of the step's

@@ -93,16 +93,18 @@ type GroupStatus struct {
 
 // StepStatus is one step of a stage.
 type StepStatus struct {
-	ID        string            `json:"id"`
-	Group     int               `json:"group"`
-	State     string            `json:"state"`
-	ExitCode  *int              `json:"exit_code,omitempty"`
-	OOMKilled bool              `json:"oom_killed,omitempty"`
-	Outputs   map[string]string `json:"outputs,omitempty"`
-	Error     string            `json:"error,omitempty"`
-	StartedAt *time.Time        `json:"started_at,omitempty"`
-	EndedAt   *time.Time        `json:"ended_at,omitempty"`
-	LogBytes  int64             `json:"log_bytes"`
+	ID    string `json:"id"`
+	Group int    `json:"group"`
+	// Background says the step runs beside the groups after its own.
+	Background bool              `json:"background,omitempty"`
+	State      string            `json:"state"`
+	ExitCode   *int              `json:"exit_code,omitempty"`
+	OOMKilled  bool              `json:"oom_killed,omitempty"`
+	Outputs    map[string]string `json:"outputs,omitempty"`
+	Error      string            `json:"error,omitempty"`
+	StartedAt  *time.Time        `json:"started_at,omitempty"`
+	EndedAt    *time.Time        `json:"ended_at,omitempty"`
+	LogBytes   int64             `json:"log_bytes"`
 	// LogError says why the step's log could not be archived: it is then
 	// readable only while the VM lives.
 	LogError string `json:"log_error,omitempty"`
@@ -233,6 +235,7 @@ func statusOf(r *lease.Records) (*Status, error) {
 			if err != nil {
 				return nil, err
 			}
+			ss.Background = step.Background
 			gs.Steps = append(gs.Steps, ss)
 		}
 		s.Groups = append(s.Groups, gs)
