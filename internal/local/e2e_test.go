@@ -228,24 +228,42 @@ func warm(t testing.TB, rt *local.Runtime, name string, n int) {
 // for exactly the VMs that are not gone, and no process of its stages.
 func settled(t *testing.T, rt *local.Runtime, name string, stages ...string) {
 	t.Helper()
+	// The pool's warm work (a refill that reserved capacity and is about to
+	// write its VM item, a VM being replaced whose instance is gone and
+	// whose item is about to go) settles within moments: every check must
+	// hold at once, within a minute.
+	var problems []string
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		problems = unsettled(t, rt, name, stages)
+		if len(problems) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, p := range problems {
+		t.Error(p)
+	}
+}
+
+// unsettled lists what is not yet as settled requires.
+func unsettled(t *testing.T, rt *local.Runtime, name string, stages []string) []string {
+	t.Helper()
 	ctx := context.Background()
-	// A refill reserves capacity before it writes the VM item: the two
-	// agree once it is done.
-	var vms []lease.VM
-	var capacity int
-	until(t, time.Minute, "pool "+name+" without leases, its capacity its VM items", func() bool {
-		d, err := rt.Deployment.Store.Depth(ctx, name)
-		if err != nil || d.ByState[lease.Leased] != 0 || d.ByState[lease.Releasing] != 0 || d.ByState[lease.Launching] != 0 {
-			return false
+	d, err := rt.Deployment.Store.Depth(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var problems []string
+	for _, state := range []lease.State{lease.Leased, lease.Releasing, lease.Launching} {
+		if n := d.ByState[state]; n > 0 {
+			problems = append(problems, fmt.Sprintf("pool %s: %d VMs %s", name, n, state))
 		}
-		if vms, err = rt.Deployment.Store.List(ctx, name); err != nil {
-			return false
-		}
-		capacity, err = rt.Deployment.Store.Capacity(ctx, name)
-		return err == nil && capacity == len(vms)
-	})
-	if capacity != len(vms) {
-		t.Errorf("pool %s: capacity %d, %d VM items", name, capacity, len(vms))
+	}
+	vms, err := rt.Deployment.Store.List(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if capacity, err := rt.Deployment.Store.Capacity(ctx, name); err != nil || capacity != len(vms) {
+		problems = append(problems, fmt.Sprintf("pool %s: capacity %d, %d VM items (%v)", name, capacity, len(vms), err))
 	}
 	items := map[string]bool{}
 	for _, vm := range vms {
@@ -261,17 +279,18 @@ func settled(t *testing.T, rt *local.Runtime, name string, stages ...string) {
 		}
 		running := !in.State.Gone()
 		if running != items[in.LaunchID] {
-			t.Errorf("pool %s: instance %s is %s, VM item: %v", name, in.LaunchID, in.State, items[in.LaunchID])
+			problems = append(problems, fmt.Sprintf("pool %s: instance %s is %s, VM item: %v", name, in.LaunchID, in.State, items[in.LaunchID]))
 		}
 		if alive := len(processesUnder(filepath.Join(rt.Dir, "vms", in.LaunchID))) > 0; alive != running {
-			t.Errorf("pool %s: agent process of %s alive: %v, instance %s", name, in.LaunchID, alive, in.State)
+			problems = append(problems, fmt.Sprintf("pool %s: agent process of %s alive: %v, instance %s", name, in.LaunchID, alive, in.State))
 		}
 	}
 	for _, id := range stages {
 		if left := processesOfStage(id); len(left) > 0 {
-			t.Errorf("stage %s: processes left: %v", id, left)
+			problems = append(problems, fmt.Sprintf("stage %s: processes left: %v", id, left))
 		}
 	}
+	return problems
 }
 
 // processesOfStage lists the processes whose environment names the stage:
