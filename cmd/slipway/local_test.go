@@ -66,7 +66,7 @@ func testLocalCommand(t *testing.T, bin string, flags ...string) {
 	}
 	if _, err := api.Create(ctx, &stage.Spec{ID: "cli-1", Pool: "cli", Groups: []stage.Group{{Final: true, Steps: []stage.Step{
 		{ID: "hi", Step: agentapi.Step{Script: "echo hi"}},
-	}}}}); err != nil {
+	}}}}, 0); err != nil {
 		t.Fatal(err)
 	}
 	st, err := api.Follow(ctx, "cli-1", nil)

@@ -95,10 +95,19 @@ func IsCode(err error, code string) bool {
 	return errors.As(err, &e) && e.Code == code
 }
 
-// Create creates a stage (idempotent by its id).
-func (c *Client) Create(ctx context.Context, spec *stage.Spec) (*stage.Status, error) {
+// Create creates a stage (idempotent by its id); with wait > 0 the API
+// answers once its VM is bound (or it ended), or when wait has passed.
+func (c *Client) Create(ctx context.Context, spec *stage.Spec, wait time.Duration) (*stage.Status, error) {
 	var st stage.Status
-	return &st, c.do(ctx, http.MethodPost, "/v1/stages", nil, spec, &st)
+	return &st, c.do(ctx, http.MethodPost, "/v1/stages", waitQuery(wait), spec, &st)
+}
+
+func waitQuery(wait time.Duration) url.Values {
+	q := url.Values{}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	return q
 }
 
 // Status is the stage's status; with wait > 0 the API answers when the
@@ -116,21 +125,19 @@ func (c *Client) Status(ctx context.Context, id string, version int64, wait time
 	return &st, c.do(ctx, http.MethodGet, "/v1/stages/"+url.PathEscape(id), q, nil, &st)
 }
 
-// AddGroup gives an open stage its next group.
-func (c *Client) AddGroup(ctx context.Context, id string, g *stage.Group) (*stage.Status, error) {
+// AddGroup gives an open stage its next group; with wait > 0 the API
+// answers once the group's steps have ended (a background step: runs), or
+// when wait has passed.
+func (c *Client) AddGroup(ctx context.Context, id string, g *stage.Group, wait time.Duration) (*stage.Status, error) {
 	var st stage.Status
-	return &st, c.do(ctx, http.MethodPost, "/v1/stages/"+url.PathEscape(id)+"/groups", nil, g, &st)
+	return &st, c.do(ctx, http.MethodPost, "/v1/stages/"+url.PathEscape(id)+"/groups", waitQuery(wait), g, &st)
 }
 
 // Step is one step's status; with wait > 0 the API answers when it ends or
 // when wait has passed.
 func (c *Client) Step(ctx context.Context, id, step string, wait time.Duration) (*stage.StepStatus, error) {
-	q := url.Values{}
-	if wait > 0 {
-		q.Set("wait", wait.String())
-	}
 	var st stage.StepStatus
-	return &st, c.do(ctx, http.MethodGet, stepPath(id, step), q, nil, &st)
+	return &st, c.do(ctx, http.MethodGet, stepPath(id, step), waitQuery(wait), nil, &st)
 }
 
 // Logs is the step's log from offset; with wait > 0 the API answers when

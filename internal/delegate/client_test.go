@@ -40,7 +40,7 @@ func TestRequestsAndErrors(t *testing.T) {
 	}
 	ctx := context.Background()
 
-	_, err = c.Create(ctx, &stage.Spec{ID: "s1", Pool: "p"})
+	_, err = c.Create(ctx, &stage.Spec{ID: "s1", Pool: "p"}, 0)
 	if !delegate.IsCode(err, stage.CodeConflict) || !strings.Contains(err.Error(), "another body") {
 		t.Errorf("create: %v", err)
 	}

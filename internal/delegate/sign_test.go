@@ -60,12 +60,12 @@ func TestSigV4(t *testing.T) {
 	ctx := context.Background()
 	calls := map[string]func() error{
 		"create": func() error {
-			_, err := c.Create(ctx, &stage.Spec{ID: "s1", Pool: "p", Groups: []stage.Group{{Final: true, Steps: []stage.Step{{ID: "a", Step: agentapi.Step{Script: "true"}}}}}})
+			_, err := c.Create(ctx, &stage.Spec{ID: "s1", Pool: "p", Groups: []stage.Group{{Final: true, Steps: []stage.Step{{ID: "a", Step: agentapi.Step{Script: "true"}}}}}}, 0)
 			return err
 		},
 		"status": func() error { _, err := c.Status(ctx, "s1", 3, 20*time.Second); return err },
 		"add group": func() error {
-			_, err := c.AddGroup(ctx, "s1", &stage.Group{Steps: []stage.Step{{ID: "b"}}})
+			_, err := c.AddGroup(ctx, "s1", &stage.Group{Steps: []stage.Step{{ID: "b"}}}, 0)
 			return err
 		},
 		"step":        func() error { _, err := c.Step(ctx, "s1", "a", time.Second); return err },

@@ -56,6 +56,19 @@ type stageOf struct {
 	background []*logFollower
 }
 
+// logServiceFor is where the step's log goes: the log service the step
+// names, else the setup's (nil: none).
+func (st *stageOf) logServiceFor(step *StartStep) (*logService, error) {
+	if step.LogConfig.URL == "" {
+		return st.logs, nil
+	}
+	mtls := step.MtlsConfig
+	if mtls.ClientCert == "" && mtls.ClientCertKey == "" {
+		mtls = st.mtls
+	}
+	return newLogService(step.LogConfig, mtls)
+}
+
 func (st *stageOf) addBackground(f *logFollower) {
 	st.mu.Lock()
 	defer st.mu.Unlock()

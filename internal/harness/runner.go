@@ -216,7 +216,8 @@ func (r *Runner) openStage(ctx context.Context, in *SetupRequest) (*SetupRespons
 	}
 	r.log().Info("setup", "stage_runtime_id", in.ID, "stage", spec.ID, "pool", spec.Pool, "correlation_id", in.CorrelationID,
 		"account", in.Context.AccountID, "pipeline", in.Context.PipelineID, "execution", in.Context.PipelineExecutionID, "tags", in.Tags)
-	status, err := r.API.Create(ctx, spec)
+	// Answered once the VM is bound: what the delegate waits for.
+	status, err := r.API.Create(ctx, spec, stage.MaxWait)
 	if err != nil {
 		return nil, fromSlipway(err)
 	}
@@ -306,30 +307,17 @@ func (r *Runner) runStep(ctx context.Context, in *StepRequest) (*PollStepRespons
 	if err != nil {
 		return nil, badRequest(err)
 	}
-	_, err = r.API.AddGroup(ctx, id, &stage.Group{Steps: []stage.Step{step}})
-	// The delegate retries a step whose answer it lost: the same id is then
-	// the step already running, to be awaited again.
-	if err != nil && !delegate.IsCode(err, stage.CodeConflict) {
-		return nil, fromSlipway(err)
-	}
 	r.log().Info("step", "stage", id, "step", step.ID, "name", in.Step.Name, "correlation_id", in.CorrelationID)
-
-	svc := st.logs
-	if in.Step.LogConfig.URL != "" { // the step names its own log service
-		mtls := in.Step.MtlsConfig
-		if mtls.ClientCert == "" && mtls.ClientCertKey == "" {
-			mtls = st.mtls
-		}
-		if svc, err = newLogService(in.Step.LogConfig, mtls); err != nil {
-			return nil, badRequest(fmt.Errorf("start_step_request.%w", err))
-		}
-	}
 	var follower *logFollower
+	svc, err := st.logServiceFor(&in.Step)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("start_step_request.%w", err))
+	}
 	if svc != nil && in.Step.LogKey != "" {
 		follower = r.followLog(ctx, svc, in.Step.LogKey, id, step.ID)
 	}
 
-	status, err := r.awaitStep(ctx, id, step.ID)
+	status, err := r.addStep(ctx, id, step)
 	if err != nil {
 		if follower != nil {
 			follower.stop()
@@ -376,10 +364,33 @@ func (r *Runner) followLog(ctx context.Context, svc *logService, key, stageID, s
 	followCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	f.stop = stop
 	go func() {
-		f.done <- r.API.FollowLog(followCtx, stageID, stepID, r.logPoll(), func(data []byte) error { return f.live.add(followCtx, data) })
+		// Followed from before the step is added (the add answers when it
+		// ended): until the first bytes, a step not found yet is looked
+		// for again.
+		seen := false
+		for {
+			err := r.API.FollowLog(followCtx, stageID, stepID, r.logPoll(), func(data []byte) error {
+				seen = seen || len(data) > 0
+				return f.live.add(followCtx, data)
+			})
+			if seen || !delegate.IsCode(err, stage.CodeNotFound) {
+				f.done <- err
+				return
+			}
+			select {
+			case <-followCtx.Done():
+				f.done <- followCtx.Err()
+				return
+			case <-time.After(stepNotFoundPause):
+			}
+		}
 	}()
 	return f
 }
+
+// stepNotFoundPause is the pause before a log follower looks again for a
+// step being added.
+const stepNotFoundPause = 20 * time.Millisecond
 
 // end waits until drained is done for the log to end, stops following it,
 // and sends what is left with extra lines, then the whole log
@@ -400,6 +411,25 @@ func (f *logFollower) end(ctx, drained context.Context, extra ...string) error {
 		err = nil
 	}
 	return errors.Join(err, f.live.finish(ctx, extra...))
+}
+
+// addStep adds the step as a one-step group and answers when it has ended
+// (a background step: runs): one call to the delegate API when the step
+// ends within its long-poll.
+func (r *Runner) addStep(ctx context.Context, id string, step stage.Step) (*stage.StepStatus, error) {
+	status, err := r.API.AddGroup(ctx, id, &stage.Group{Steps: []stage.Step{step}}, stage.MaxWait)
+	switch {
+	case delegate.IsCode(err, stage.CodeConflict):
+		// The delegate retries a step whose answer it lost: the same id is
+		// then the step already running, to be awaited again.
+	case err != nil:
+		return nil, fromSlipway(err)
+	default:
+		if s, ok := status.Step(step.ID); ok && s.State != stage.StatePending && s.State != stage.StateRunning {
+			return s, nil
+		}
+	}
+	return r.awaitStep(ctx, id, step.ID)
 }
 
 func (r *Runner) awaitStep(ctx context.Context, id, step string) (*stage.StepStatus, error) {

@@ -181,9 +181,14 @@ const addGroupRounds = 50
 // taken, it returns the group that has it when that group is g, and
 // ErrStepExists otherwise.
 func (s *Store) sameGroup(ctx context.Context, st *Stage, g NewGroup) (*Group, error) {
-	taken, err := s.takenStepIDs(ctx, st.ID, g.StepIDs)
-	if err != nil || len(taken) == 0 {
-		return nil, err
+	var taken []string
+	for _, id := range g.StepIDs {
+		if slices.Contains(st.stepIDs, id) {
+			taken = append(taken, id)
+		}
+	}
+	if len(taken) == 0 {
+		return nil, nil
 	}
 	r, err := s.StageRecords(ctx, st.ID)
 	if err != nil {
@@ -195,28 +200,6 @@ func (s *Store) sameGroup(ctx context.Context, st *Stage, g NewGroup) (*Group, e
 		}
 	}
 	return nil, fmt.Errorf("add group to stage %s: %w: %s", st.ID, ErrStepExists, strings.Join(taken, ", "))
-}
-
-// takenStepIDs returns those of ids the stage has used.
-func (s *Store) takenStepIDs(ctx context.Context, stageID string, ids []string) ([]string, error) {
-	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{
-		TableName: aws.String(s.Table), Key: stageKey(stageID), ConsistentRead: aws.Bool(true),
-		ProjectionExpression: aws.String("#ids"), ExpressionAttributeNames: map[string]string{"#ids": attrStepIDs},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read step ids of stage %s: %w", stageID, err)
-	}
-	set, _ := out.Item[attrStepIDs].(*types.AttributeValueMemberSS)
-	if set == nil {
-		return nil, nil
-	}
-	var taken []string
-	for _, id := range ids {
-		if slices.Contains(set.Value, id) {
-			taken = append(taken, id)
-		}
-	}
-	return taken, nil
 }
 
 // GetGroup reads one group of a stage.

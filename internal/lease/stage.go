@@ -102,6 +102,9 @@ type Stage struct {
 	EndedAt        time.Time
 	ReleasedAt     time.Time
 	Version        int64
+	// stepIDs are the ids of every step given, as read with the record:
+	// an add tells a retry from a clash by them.
+	stepIDs []string
 }
 
 func stageKey(id string) map[string]types.AttributeValue {
@@ -114,6 +117,9 @@ func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 		Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed), Final: getBool(item, attrFinal),
 		VM: getString(item, attrVM), Launched: getString(item, attrLaunched), BootID: getString(item, attrBootID),
 		VMAddress: getString(item, attrVMAddress), Result: getString(item, attrResult), Reason: getString(item, attrReason),
+	}
+	if set, ok := item[attrStepIDs].(*types.AttributeValueMemberSS); ok {
+		st.stepIDs = set.Value
 	}
 	var errs []error
 	for name, dst := range map[string]*time.Time{
@@ -358,13 +364,14 @@ func (s *Store) MarkBound(ctx context.Context, id string, vm *VM, bootID string)
 	return st, nil
 }
 
-// LeaseForStage gives the stage an idle VM of its pool until leaseDeadline,
-// writing the VM item and the stage record in one transaction. A stage that
-// holds a VM gets the same VM again; a released stage gets ErrReleased.
-func (s *Store) LeaseForStage(ctx context.Context, stageID string, leaseDeadline time.Time) (*VM, error) {
-	st, err := s.liveStage(ctx, stageID, "lease for")
-	if err != nil {
-		return nil, err
+// LeaseForStage gives the stage, as the caller just read it, an idle VM of
+// its pool until leaseDeadline, writing the VM item and the stage record in
+// one transaction (whose conditions catch a record that moved since). A
+// stage that holds a VM gets the same VM again; a released stage gets
+// ErrReleased.
+func (s *Store) LeaseForStage(ctx context.Context, st *Stage, leaseDeadline time.Time) (*VM, error) {
+	if !st.ReleasedAt.IsZero() {
+		return nil, fmt.Errorf("lease for stage %s: %w", st.ID, ErrReleased)
 	}
 	if st.VM != "" {
 		return s.Get(ctx, st.Pool, st.VM)
@@ -373,7 +380,7 @@ func (s *Store) LeaseForStage(ctx context.Context, stageID string, leaseDeadline
 		return s.tryLeaseForStage(ctx, st, launchID, leaseDeadline)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("stage %s: %w", stageID, err)
+		return nil, fmt.Errorf("stage %s: %w", st.ID, err)
 	}
 	return vm, nil
 }

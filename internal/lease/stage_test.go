@@ -33,10 +33,11 @@ func TestStageLeaseIsOnePerStage(t *testing.T) {
 	}
 	// Ten concurrent acquires of one stage (retries, a duplicated event) get one VM.
 	vms := make([]*lease.VM, 10)
+	read := stageRecord(t, s, "s1")
 	var wg sync.WaitGroup
 	for i := range vms {
 		wg.Go(func() {
-			vm, err := s.LeaseForStage(ctx, "s1", deadline)
+			vm, err := s.LeaseForStage(ctx, read, deadline)
 			if err != nil {
 				t.Error(err)
 				return
@@ -77,7 +78,7 @@ func TestStageReleaseHappensOnce(t *testing.T) {
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	leased, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour))
+	leased, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func TestStageReleaseHappensOnce(t *testing.T) {
 	if released.Load() != 1 || refused.Load() != 1 {
 		t.Fatalf("%d releases, %d refusals", released.Load(), refused.Load())
 	}
-	if _, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
+	if _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
 		t.Fatalf("lease after release: %v", err)
 	}
 	st, _ := s.GetStage(ctx, "s1")
@@ -122,7 +123,7 @@ func TestStageCanceledBeforeItsVM(t *testing.T) {
 	if vm, err := s.ReleaseStage(ctx, "s1", "", ""); err != nil || vm != nil {
 		t.Fatalf("release without a vm: %+v %v", vm, err)
 	}
-	if _, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
+	if _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
 		t.Fatalf("a canceled stage leased: %v", err)
 	}
 	if d, _ := s.Depth(ctx, "p"); d.ByState[lease.Idle] != 1 {
@@ -140,7 +141,7 @@ func TestStageReleaseAfterTheReaper(t *testing.T) {
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(-time.Minute))); err != nil {
 		t.Fatal(err)
 	}
-	vm, err := s.LeaseForStage(ctx, "s1", time.Now().Add(-time.Minute))
+	vm, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(-time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +355,7 @@ func TestDropStageVM(t *testing.T) {
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	first, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour))
+	first, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +363,7 @@ func TestDropStageVM(t *testing.T) {
 	if err != nil || dropped.State != lease.Releasing {
 		t.Fatalf("drop: %+v %v", dropped, err)
 	}
-	second, err := s.LeaseForStage(ctx, "s1", time.Now().Add(time.Hour))
+	second, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
 	if err != nil || second.LaunchID == first.LaunchID {
 		t.Fatalf("lease after the drop: %+v %v", second, err)
 	}
@@ -393,4 +394,14 @@ func TestSetLaunched(t *testing.T) {
 	if st, _ := s.GetStage(ctx, "s1"); st.Launched != id {
 		t.Fatalf("launched %q", st.Launched)
 	}
+}
+
+// stageRecord reads a stage's record, as a handler does before it acts.
+func stageRecord(t testing.TB, s *lease.Store, id string) *lease.Stage {
+	t.Helper()
+	st, err := s.GetStage(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

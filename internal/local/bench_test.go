@@ -83,7 +83,7 @@ func runStage(b *testing.B, api *delegate.Client, poolName string, groups int, s
 		spec.Groups = append(spec.Groups, stage.Group{Final: i == groups-1, Steps: []stage.Step{{ID: fmt.Sprintf("s%d", i), Step: step(script)}}})
 	}
 	ctx := context.Background()
-	if _, err := api.Create(ctx, spec); err != nil {
+	if _, err := api.Create(ctx, spec, 0); err != nil {
 		b.Fatal(err)
 	}
 	st, err := api.Follow(ctx, spec.ID, nil)

@@ -284,11 +284,17 @@ func parseQuery(r *http.Request, names ...string) (queryParams, error) {
 // create handles POST /v1/stages: records the stage (secrets sealed) and
 // starts its execution. The same id and body again is the same stage (200);
 // the same id with another body, 409.
+//
+// With ?wait= it answers once the stage's VM is bound (or the stage ended),
+// or when wait has passed: a delegate that needs the VM before its first
+// step (the drop-in's setup) asks once instead of creating, then waiting.
 func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	if _, err := parseQuery(r); err != nil {
+	q, err := parseQuery(r, "wait")
+	if err != nil {
 		return err
 	}
+	until := time.Now().Add(q.wait)
 	var spec Spec
 	if err := decode(w, r, &spec); err != nil {
 		return err
@@ -321,6 +327,11 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if err != nil && !errors.As(err, &exists) {
 		a.log().Error("start the stage's execution", "stage", spec.ID, "err", err)
 		return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage is recorded but its execution did not start: repeat the request")
+	}
+	if err := a.awaitStage(ctx, spec.ID, until, func(st *lease.Stage) bool {
+		return !st.BoundAt.IsZero() || st.Result != "" || !st.ReleasedAt.IsZero()
+	}); err != nil {
+		return err
 	}
 	return a.writeStatus(ctx, w, status, spec.ID)
 }
@@ -393,33 +404,49 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) error {
 	if err := agentapi.ValidateID("stage", id); err != nil {
 		return invalid(err)
 	}
-	until := time.Now().Add(q.wait)
-	// Quick at first: a delegate that waits for its VM's binding (the
-	// drop-in's setup) waits on this.
-	pause := 10 * time.Millisecond
+	if err := a.awaitStage(ctx, id, time.Now().Add(q.wait), func(st *lease.Stage) bool {
+		return q.hasVersion && st.Version != q.version || !st.ReleasedAt.IsZero()
+	}); err != nil {
+		return err
+	}
+	return a.writeStatus(ctx, w, http.StatusOK, id)
+}
+
+// awaitStage reads the stage until done says it is what the caller waits
+// for, or until passes. The store is read every 5 ms for the first 200 ms
+// (a VM is bound, a group starts, within tens of milliseconds), then less
+// and less often.
+func (a *API) awaitStage(ctx context.Context, id string, until time.Time, done func(*lease.Stage) bool) error {
+	pause := 5 * time.Millisecond
+	quick := time.Now().Add(200 * time.Millisecond)
 	for {
 		st, err := a.Books.GetStage(ctx, id)
 		if err != nil {
 			return err
 		}
-		changed := q.hasVersion && st.Version != q.version
-		if changed || !st.ReleasedAt.IsZero() || !time.Now().Before(until) {
-			break
+		if done(st) || !time.Now().Before(until) {
+			return nil
 		}
 		if err := sleep(ctx, min(pause, time.Until(until))); err != nil {
 			return err
 		}
-		pause = min(pause*3/2, 500*time.Millisecond)
+		if time.Now().After(quick) {
+			pause = min(pause*3/2, 500*time.Millisecond)
+		}
 	}
-	return a.writeStatus(ctx, w, http.StatusOK, id)
 }
 
-// addGroup handles POST /v1/stages/{id}/groups.
+// addGroup handles POST /v1/stages/{id}/groups. With ?wait= it answers once
+// every step of the group has ended (a background step: runs), or when wait
+// has passed, the group's steps as the agent tells them: a delegate that
+// sends a step and waits for it (the drop-in) makes one call per step.
 func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	if _, err := parseQuery(r); err != nil {
+	q, err := parseQuery(r, "wait")
+	if err != nil {
 		return err
 	}
+	until := time.Now().Add(q.wait)
 	id := r.PathValue("id")
 	if err := agentapi.ValidateID("stage", id); err != nil {
 		return invalid(err)
@@ -430,9 +457,6 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := g.Validate(); err != nil {
 		return invalid(err)
-	}
-	if _, err := a.Books.GetStage(ctx, id); err != nil {
-		return err
 	}
 	ng, err := a.newGroup(ctx, id, g)
 	if err != nil {
@@ -450,7 +474,19 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	a.startNow(ctx, rec.Stage, s, added.Index, &g)
+	started := a.startNow(ctx, rec.Stage, s, added.Index, &g, q.wait)
+	if q.wait > 0 {
+		steps := s.Groups[added.Index].Steps
+		for i := range steps {
+			live, ok := started[steps[i].ID]
+			if !ok || !live.settled() {
+				if live, err = a.awaitStep(ctx, id, steps[i].ID, until); err != nil {
+					return err
+				}
+			}
+			steps[i] = *live
+		}
+	}
 	writeJSON(w, http.StatusCreated, s)
 	return nil
 }
@@ -464,29 +500,48 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 // records. The request still holds the group's secrets, so nothing is
 // decrypted for it. RunGroup's own start of the same step spec is then
 // answered with the step already running (the agent is idempotent by step
-// id). Best effort: what is not started here RunGroup starts.
-func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index int, g *Group) {
+// id). Best effort: what is not started here RunGroup starts. With wait,
+// each start waits up to wait for its step's end (a background step's
+// does not wait), so that start and end are one call to the agent; it
+// returns the steps it started, as the agent tells them.
+func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index int, g *Group, wait time.Duration) map[string]*StepStatus {
 	if index != st.Cursor && index != st.Cursor+1 || st.Result != "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
-		return
+		return nil
 	}
 	c, err := a.agentOf(ctx, st)
 	if err != nil {
 		a.log().Warn("start a group early", "stage", st.ID, "group", index, "err", err)
-		return
+		return nil
 	}
 	if index == st.Cursor+1 && !endedOnAgent(ctx, c, st, s.Groups[st.Cursor].Steps) {
-		return
+		return nil
 	}
 	c = forGroup(c, len(g.Steps))
+	var mu sync.Mutex
+	started := map[string]*StepStatus{}
 	var wg sync.WaitGroup
 	for _, step := range g.Steps {
 		wg.Go(func() {
-			if _, err := c.StartStep(ctx, st.ID, step.ID, &step.Step); err != nil {
-				a.log().Warn("start a step early", "stage", st.ID, "step", step.ID, "err", err)
+			stepWait := wait
+			if step.Background {
+				stepWait = 0
 			}
+			live, err := c.StartStepWait(ctx, st.ID, step.ID, &step.Step, stepWait)
+			if err != nil {
+				a.log().Warn("start a step early", "stage", st.ID, "step", step.ID, "err", err)
+				return
+			}
+			if live.BootID != st.BootID {
+				return
+			}
+			ls := liveStep(StepStatus{ID: step.ID, Group: index, Background: step.Background}, live)
+			mu.Lock()
+			started[step.ID] = &ls
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
+	return started
 }
 
 // endedOnAgent reports whether every step of a group has ended on the
@@ -501,12 +556,17 @@ func endedOnAgent(ctx context.Context, c *client.Client, st *lease.Stage, steps 
 	return true
 }
 
-// stepOf reads the stage and finds the step the path names.
-func (a *API) stepOf(ctx context.Context, r *http.Request) (*lease.Records, *StepStatus, error) {
+// stepIn reads the stage and finds the step the path names.
+func (a *API) stepIn(ctx context.Context, r *http.Request) (*lease.Records, *StepStatus, error) {
 	id, stepID := r.PathValue("id"), r.PathValue("step")
 	if err := errors.Join(agentapi.ValidateID("stage", id), agentapi.ValidateID("step", stepID)); err != nil {
 		return nil, nil, invalid(err)
 	}
+	return a.stepOf(ctx, id, stepID)
+}
+
+// stepOf reads the stage and finds one of its steps.
+func (a *API) stepOf(ctx context.Context, id, stepID string) (*lease.Records, *StepStatus, error) {
 	rec, err := a.Books.StageRecords(ctx, id)
 	if err != nil {
 		return nil, nil, err
@@ -515,7 +575,7 @@ func (a *API) stepOf(ctx context.Context, r *http.Request) (*lease.Records, *Ste
 	if err != nil {
 		return nil, nil, err
 	}
-	step, ok := s.find(stepID)
+	step, ok := s.Step(stepID)
 	if !ok {
 		return nil, nil, fail(http.StatusNotFound, CodeNotFound, "stage %s has no step %q", id, stepID)
 	}
@@ -526,20 +586,33 @@ func (a *API) stepOf(ctx context.Context, r *http.Request) (*lease.Records, *Ste
 // the agent's word while it runs. With ?wait= it answers when the step ends
 // or wait has passed.
 func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
-	ctx := r.Context()
 	q, err := parseQuery(r, "wait")
 	if err != nil {
 		return err
 	}
-	until := time.Now().Add(q.wait)
+	id, stepID := r.PathValue("id"), r.PathValue("step")
+	if err := errors.Join(agentapi.ValidateID("stage", id), agentapi.ValidateID("step", stepID)); err != nil {
+		return invalid(err)
+	}
+	step, err := a.awaitStep(r.Context(), id, stepID, time.Now().Add(q.wait))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, step)
+	return nil
+}
+
+// awaitStep is a step's status, the recorded one or the agent's word while
+// it runs, once it has ended (a background step: runs) or until has passed.
+func (a *API) awaitStep(ctx context.Context, id, stepID string, until time.Time) (*StepStatus, error) {
 	// A pending step starts as soon as RunGroup sees its group: the records
 	// are read quickly at first (a delegate that adds a group and waits for
 	// its step is waiting on this), then every 250 ms.
 	pause := 25 * time.Millisecond
 	for {
-		rec, step, err := a.stepOf(ctx, r)
+		rec, step, err := a.stepOf(ctx, id, stepID)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		remaining := time.Until(until)
 		// A pending step may be running already: the group it is in
@@ -553,22 +626,16 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 			}
 			if c, err := a.agentOf(ctx, rec.Stage); err == nil {
 				if live, err := c.StepStatus(ctx, rec.Stage.ID, step.ID, wait); err == nil && live.BootID == rec.Stage.BootID {
-					s := fromAgent(step.ID, step.Group, live)
-					s.Background = step.Background
-					if step.Background && !live.State.Ended() {
-						s.State = StateBackground
-					}
-					writeJSON(w, http.StatusOK, s)
-					return nil
+					s := liveStep(*step, live)
+					return &s, nil
 				}
 			}
 		}
-		if step.State != StatePending && step.State != StateRunning || remaining <= 0 {
-			writeJSON(w, http.StatusOK, step)
-			return nil
+		if step.settled() || remaining <= 0 {
+			return step, nil
 		}
 		if err := sleep(ctx, min(pause, remaining)); err != nil {
-			return err
+			return nil, err
 		}
 		pause = min(pause*3/2, 250*time.Millisecond)
 	}
@@ -591,7 +658,7 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
 		// The records say where the log is; while waiting they are read
 		// again every 2 s (a pending step starts), the agent more often.
 		if time.Since(readAt) >= 2*time.Second {
-			if rec, step, err = a.stepOf(ctx, r); err != nil {
+			if rec, step, err = a.stepIn(ctx, r); err != nil {
 				return err
 			}
 			readAt = time.Now()
@@ -658,7 +725,7 @@ func (a *API) cancelStep(w http.ResponseWriter, r *http.Request) error {
 	if _, err := parseQuery(r); err != nil {
 		return err
 	}
-	rec, step, err := a.stepOf(ctx, r)
+	rec, step, err := a.stepIn(ctx, r)
 	if err != nil {
 		return err
 	}

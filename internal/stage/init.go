@@ -84,7 +84,7 @@ func (h *Init) handle(ctx context.Context, in Input) (Output, error) {
 		if now.After(st.Deadline) {
 			return out, h.end(ctx, st.ID, TimedOut, "the stage's deadline passed before it got a VM")
 		}
-		vm, err := h.Books.LeaseForStage(ctx, st.ID, st.Deadline.Add(set.LeaseMargin))
+		vm, err := h.Books.LeaseForStage(ctx, st, st.Deadline.Add(set.LeaseMargin))
 		if errors.Is(err, lease.ErrNoIdle) {
 			return h.noIdle(ctx, st, spec, now)
 		}

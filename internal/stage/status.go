@@ -130,6 +130,21 @@ type stepResult struct {
 const maxResultBytes = 128 << 10
 
 // fromAgent is the step's status as the agent tells it.
+// liveStep is a step as its agent tells it while the records still say it
+// is pending or running.
+func liveStep(recorded StepStatus, live *agentapi.StepStatus) StepStatus {
+	s := fromAgent(recorded.ID, recorded.Group, live)
+	s.Background = recorded.Background
+	if recorded.Background && !live.State.Ended() {
+		s.State = StateBackground
+	}
+	return s
+}
+
+// settled says whether the step is as a delegate that waits for it wants
+// it: ended, or (a background step) running beside the groups.
+func (s *StepStatus) settled() bool { return s.State != StatePending && s.State != StateRunning }
+
 func fromAgent(id string, group int, st *agentapi.StepStatus) StepStatus {
 	s := StepStatus{
 		ID: id, Group: group, State: string(st.State), ExitCode: st.ExitCode, OOMKilled: st.OOMKilled,
@@ -265,7 +280,8 @@ func stepStatus(r *lease.Records, id string, group int, groupState string) (Step
 }
 
 // find returns the status of step id.
-func (s *Status) find(id string) (*StepStatus, bool) {
+// Step finds one of the stage's steps.
+func (s *Status) Step(id string) (*StepStatus, bool) {
 	for i := range s.Groups {
 		for j := range s.Groups[i].Steps {
 			if s.Groups[i].Steps[j].ID == id {

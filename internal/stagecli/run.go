@@ -175,7 +175,7 @@ func newID() string {
 // stage's result. When ctx ends (Ctrl-C) it cancels the stage and waits for
 // its release.
 func Run(ctx context.Context, e *Env, spec *stage.Spec) (int, error) {
-	st, err := e.API.Create(ctx, spec)
+	st, err := e.API.Create(ctx, spec, 0)
 	if err != nil {
 		return ExitError, err
 	}

@@ -138,7 +138,7 @@ func TestCommands(t *testing.T) {
 	})
 
 	t.Run("cancel and pools", func(t *testing.T) {
-		if _, err := api.Create(ctx, &stage.Spec{ID: "cli-cancel", Pool: "cli"}); err != nil {
+		if _, err := api.Create(ctx, &stage.Spec{ID: "cli-cancel", Pool: "cli"}, 0); err != nil {
 			t.Fatal(err)
 		}
 		e, out := env(false)
