@@ -89,7 +89,7 @@ func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(str
 	if err != nil {
 		return err
 	}
-	vm, err := store.LeaseForStage(ctx, st, deadline)
+	vm, _, err := store.LeaseForStage(ctx, st, deadline)
 	if err != nil {
 		return err
 	}

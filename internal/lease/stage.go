@@ -368,25 +368,30 @@ func (s *Store) MarkBound(ctx context.Context, id string, vm *VM, bootID string)
 // its pool until leaseDeadline, writing the VM item and the stage record in
 // one transaction (whose conditions catch a record that moved since). A
 // stage that holds a VM gets the same VM again; a released stage gets
-// ErrReleased.
-func (s *Store) LeaseForStage(ctx context.Context, st *Stage, leaseDeadline time.Time) (*VM, error) {
+// ErrReleased. fresh says this call leased it (the one to count the lease).
+func (s *Store) LeaseForStage(ctx context.Context, st *Stage, leaseDeadline time.Time) (vm *VM, fresh bool, err error) {
 	if !st.ReleasedAt.IsZero() {
-		return nil, fmt.Errorf("lease for stage %s: %w", st.ID, ErrReleased)
+		return nil, false, fmt.Errorf("lease for stage %s: %w", st.ID, ErrReleased)
 	}
 	if st.VM != "" {
-		return s.Get(ctx, st.Pool, st.VM)
+		vm, err := s.Get(ctx, st.Pool, st.VM)
+		return vm, false, err
 	}
-	vm, err := s.leaseAny(ctx, st.Pool, func(launchID string) (*VM, bool, error) {
-		return s.tryLeaseForStage(ctx, st, launchID, leaseDeadline)
+	vm, err = s.leaseAny(ctx, st.Pool, func(launchID string) (*VM, bool, error) {
+		vm, taken, won, err := s.tryLeaseForStage(ctx, st, launchID, leaseDeadline)
+		fresh = won
+		return vm, taken, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("stage %s: %w", st.ID, err)
+		return nil, false, fmt.Errorf("stage %s: %w", st.ID, err)
 	}
-	return vm, nil
+	return vm, fresh, nil
 }
 
-// tryLeaseForStage leases one candidate; taken says another lessee had it.
-func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string, leaseDeadline time.Time) (*VM, bool, error) {
+// tryLeaseForStage leases one candidate; taken says another lessee had it,
+// won that this call's transaction leased it (else a concurrent lease of
+// the same stage did, and vm is the one it leased).
+func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string, leaseDeadline time.Time) (vm *VM, taken, won bool, err error) {
 	now := s.now()
 	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
 		{Update: s.moveUpdate(st.Pool, launchID, leaseMove(st.ID, leaseDeadline), now)},
@@ -398,26 +403,26 @@ func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string
 		})},
 	}}
 	errTaken := errors.New("taken")
-	err := s.transact(ctx, in, errTaken, errStageMoved)
+	err = s.transact(ctx, in, errTaken, errStageMoved)
 	switch {
 	case err == nil:
 		vm, err := s.Get(ctx, st.Pool, launchID)
-		return vm, false, err
+		return vm, false, err == nil, err
 	case errors.Is(err, errTaken), errors.Is(err, ErrConflict):
-		return nil, true, nil
+		return nil, true, false, nil
 	case errors.Is(err, errStageMoved):
 		// A concurrent acquire of the same stage won, or it was released.
 		cur, gerr := s.GetStage(ctx, st.ID)
 		if gerr != nil {
-			return nil, false, gerr
+			return nil, false, false, gerr
 		}
 		if !cur.ReleasedAt.IsZero() {
-			return nil, false, fmt.Errorf("lease for stage %s: %w", st.ID, ErrReleased)
+			return nil, false, false, fmt.Errorf("lease for stage %s: %w", st.ID, ErrReleased)
 		}
 		vm, gerr := s.Get(ctx, cur.Pool, cur.VM)
-		return vm, false, gerr
+		return vm, false, false, gerr
 	default:
-		return nil, false, fmt.Errorf("lease vm %s for stage %s: %w", launchID, st.ID, err)
+		return nil, false, false, fmt.Errorf("lease vm %s for stage %s: %w", launchID, st.ID, err)
 	}
 }
 

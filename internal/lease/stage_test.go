@@ -37,7 +37,7 @@ func TestStageLeaseIsOnePerStage(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range vms {
 		wg.Go(func() {
-			vm, err := s.LeaseForStage(ctx, read, deadline)
+			vm, _, err := s.LeaseForStage(ctx, read, deadline)
 			if err != nil {
 				t.Error(err)
 				return
@@ -78,7 +78,7 @@ func TestStageReleaseHappensOnce(t *testing.T) {
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	leased, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
+	leased, _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestStageReleaseHappensOnce(t *testing.T) {
 	if released.Load() != 1 || refused.Load() != 1 {
 		t.Fatalf("%d releases, %d refusals", released.Load(), refused.Load())
 	}
-	if _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
+	if _, _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
 		t.Fatalf("lease after release: %v", err)
 	}
 	st, _ := s.GetStage(ctx, "s1")
@@ -123,7 +123,7 @@ func TestStageCanceledBeforeItsVM(t *testing.T) {
 	if vm, err := s.ReleaseStage(ctx, "s1", "", ""); err != nil || vm != nil {
 		t.Fatalf("release without a vm: %+v %v", vm, err)
 	}
-	if _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
+	if _, _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour)); !errors.Is(err, lease.ErrReleased) {
 		t.Fatalf("a canceled stage leased: %v", err)
 	}
 	if d, _ := s.Depth(ctx, "p"); d.ByState[lease.Idle] != 1 {
@@ -141,7 +141,7 @@ func TestStageReleaseAfterTheReaper(t *testing.T) {
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(-time.Minute))); err != nil {
 		t.Fatal(err)
 	}
-	vm, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(-time.Minute))
+	vm, _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(-time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +355,7 @@ func TestDropStageVM(t *testing.T) {
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	first, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
+	first, _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +363,7 @@ func TestDropStageVM(t *testing.T) {
 	if err != nil || dropped.State != lease.Releasing {
 		t.Fatalf("drop: %+v %v", dropped, err)
 	}
-	second, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
+	second, _, err := s.LeaseForStage(ctx, stageRecord(t, s, "s1"), time.Now().Add(time.Hour))
 	if err != nil || second.LaunchID == first.LaunchID {
 		t.Fatalf("lease after the drop: %+v %v", second, err)
 	}

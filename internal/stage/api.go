@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -328,12 +329,62 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 		a.log().Error("start the stage's execution", "stage", spec.ID, "err", err)
 		return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage is recorded but its execution did not start: repeat the request")
 	}
+	if a.bindNow(ctx, st, &spec) {
+		return a.writeStatus(ctx, w, status, spec.ID)
+	}
 	if err := a.awaitStage(ctx, spec.ID, until, func(st *lease.Stage) bool {
 		return !st.BoundAt.IsZero() || st.Result != "" || !st.ReleasedAt.IsZero()
 	}); err != nil {
 		return err
 	}
 	return a.writeStatus(ctx, w, status, spec.ID)
+}
+
+// bindNowWithin bounds bindNow: a VM whose agent does not answer at once is
+// left to Init, which gives it up and leases another.
+const bindNowWithin = 2 * time.Second
+
+// bindNow leases an idle VM for a stage just recorded, whose execution has
+// started, and binds its agent, as Init would a moment later: on AWS the
+// state machine reaches Init tens of milliseconds after the start, and the
+// request still holds the stage's secrets, so nothing is decrypted for it.
+// Init then finds the stage bound (the lease and the bind are idempotent by
+// stage: a concurrent Init leases the same VM and binds it with the same
+// spec). Best effort, and only with an idle VM: the rest (a launch on
+// demand, an agent that does not answer, the acquire timeout) is Init's.
+// It says whether the stage is bound.
+func (a *API) bindNow(ctx context.Context, st *lease.Stage, spec *Spec) bool {
+	if !st.BoundAt.IsZero() || st.Result != "" || !st.ReleasedAt.IsZero() {
+		return !st.BoundAt.IsZero()
+	}
+	ctx, cancel := context.WithTimeout(ctx, bindNowWithin)
+	defer cancel()
+	vm, fresh, err := a.Books.LeaseForStage(ctx, st, st.Deadline.Add(a.settings().LeaseMargin))
+	if err != nil {
+		if !errors.Is(err, lease.ErrNoIdle) {
+			a.log().Warn("lease for a stage early", "stage", st.ID, "err", err)
+		}
+		return false
+	}
+	if fresh {
+		a.countLease(st, vm)
+	}
+	c, err := a.Agents.Client(vm)
+	if err != nil {
+		a.log().Warn("bind a stage early", "stage", st.ID, "launch_id", vm.LaunchID, "err", err)
+		return false
+	}
+	stored := storedStage{Env: spec.Env, Files: spec.Files}
+	health, err := c.BindStage(ctx, agentStage(st.ID, &stored, spec.Secrets))
+	if err != nil {
+		a.log().Warn("bind a stage early", "stage", st.ID, "launch_id", vm.LaunchID, "err", err)
+		return false
+	}
+	if _, err := a.Books.MarkBound(ctx, st.ID, vm, health.BootID); err != nil {
+		a.log().Warn("bind a stage early", "stage", st.ID, "launch_id", vm.LaunchID, "err", err)
+		return false
+	}
+	return true
 }
 
 // newStage seals the spec's secrets and encodes what the store keeps.
@@ -493,9 +544,10 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 
 // startNow starts a group the delegate just added on the stage's VM when it
 // is the one to run now: every group before it ended, as the records say,
-// or as the agent says of the one group before it whose end RunGroup has not
-// recorded yet (a delegate that sends each step when the last one answered
-// is that fast). The delegate waits for the group, and RunGroup, which
+// or as the agent says of the groups whose end RunGroup has not recorded
+// yet (a delegate that sends each step when the last one answered is that
+// fast, and a stage bound by the API runs before its state machine reaches
+// RunGroup). The delegate waits for the group, and RunGroup, which
 // follows and records it, would start it only at its next look at the
 // records. The request still holds the group's secrets, so nothing is
 // decrypted for it. RunGroup's own start of the same step spec is then
@@ -505,7 +557,7 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 // does not wait), so that start and end are one call to the agent; it
 // returns the steps it started, as the agent tells them.
 func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index int, g *Group, wait time.Duration) map[string]*StepStatus {
-	if index != st.Cursor && index != st.Cursor+1 || st.Result != "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
+	if index < st.Cursor || index > st.Cursor+maxEarlyGroups || st.Result != "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
 		return nil
 	}
 	c, err := a.agentOf(ctx, st)
@@ -513,7 +565,16 @@ func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index in
 		a.log().Warn("start a group early", "stage", st.ID, "group", index, "err", err)
 		return nil
 	}
-	if index == st.Cursor+1 && !endedOnAgent(ctx, c, st, s.Groups[st.Cursor].Steps) {
+	// The groups before it whose end is not recorded yet (RunGroup may not
+	// have run at all: a stage bound by the API runs steps before its state
+	// machine reaches Init).
+	var unrecorded []StepStatus
+	for _, g := range s.Groups[st.Cursor:index] {
+		if g.State == StatePending || g.State == StateRunning {
+			unrecorded = append(unrecorded, g.Steps...)
+		}
+	}
+	if len(unrecorded) > 0 && !endedOnAgent(ctx, forGroup(c, len(unrecorded)), st, unrecorded) {
 		return nil
 	}
 	c = forGroup(c, len(g.Steps))
@@ -544,16 +605,25 @@ func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index in
 	return started
 }
 
-// endedOnAgent reports whether every step of a group has ended on the
-// agent (a background step: runs there).
+// maxEarlyGroups bounds the groups whose end startNow asks the agent
+// about before it starts the next one.
+const maxEarlyGroups = 8
+
+// endedOnAgent reports whether every one of steps has ended on the agent (a
+// background step: runs there), asking about them side by side.
 func endedOnAgent(ctx context.Context, c *client.Client, st *lease.Stage, steps []StepStatus) bool {
+	var ended atomic.Int64
+	var wg sync.WaitGroup
 	for _, step := range steps {
-		s, err := c.StepStatus(ctx, st.ID, step.ID, 0)
-		if err != nil || (!s.State.Ended() && !step.Background) || s.BootID != st.BootID {
-			return false
-		}
+		wg.Go(func() {
+			s, err := c.StepStatus(ctx, st.ID, step.ID, 0)
+			if err == nil && (s.State.Ended() || step.Background) && s.BootID == st.BootID {
+				ended.Add(1)
+			}
+		})
 	}
-	return true
+	wg.Wait()
+	return int(ended.Load()) == len(steps)
 }
 
 // stepIn reads the stage and finds the step the path names.

@@ -33,7 +33,7 @@ type Books interface {
 	EndStage(ctx context.Context, id, result, reason string) (*lease.Stage, error)
 	SetLaunched(ctx context.Context, id, launchID string) error
 	MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*lease.Stage, error)
-	LeaseForStage(ctx context.Context, st *lease.Stage, leaseDeadline time.Time) (*lease.VM, error)
+	LeaseForStage(ctx context.Context, st *lease.Stage, leaseDeadline time.Time) (vm *lease.VM, fresh bool, err error)
 	DropStageVM(ctx context.Context, stageID, launchID string) (*lease.VM, error)
 	ReleaseStage(ctx context.Context, stageID, result, reason string) (*lease.VM, error)
 	ForgetSecrets(ctx context.Context, stageID string, groups []lease.Group) error

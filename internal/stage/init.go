@@ -84,20 +84,15 @@ func (h *Init) handle(ctx context.Context, in Input) (Output, error) {
 		if now.After(st.Deadline) {
 			return out, h.end(ctx, st.ID, TimedOut, "the stage's deadline passed before it got a VM")
 		}
-		vm, err := h.Books.LeaseForStage(ctx, st, st.Deadline.Add(set.LeaseMargin))
+		vm, fresh, err := h.Books.LeaseForStage(ctx, st, st.Deadline.Add(set.LeaseMargin))
 		if errors.Is(err, lease.ErrNoIdle) {
 			return h.noIdle(ctx, st, spec, now)
 		}
 		if err != nil {
 			return Output{}, err
 		}
-		if st.VM == "" { // leased by this call: count the wait once
-			warm := vm.LaunchID != st.Launched
-			h.emit(st.Pool,
-				metrics.Metric{Name: metrics.LeaseWaitMs, Unit: metrics.Milliseconds, Value: float64(h.now().Sub(st.CreatedAt).Milliseconds())},
-				metrics.Metric{Name: metrics.WarmHit, Unit: metrics.Count, Value: b2f(warm)},
-				metrics.Metric{Name: metrics.ColdStart, Unit: metrics.Count, Value: b2f(!warm)},
-			)
+		if fresh {
+			h.countLease(st, vm)
 		}
 		bound, err := h.bind(ctx, st, spec, vm)
 		if err != nil {
@@ -158,7 +153,7 @@ func (h *Init) bind(ctx context.Context, st *lease.Stage, spec *storedStage, vm 
 	if err != nil {
 		return false, err
 	}
-	health, err := c.BindStage(ctx, &agentapi.Stage{ID: st.ID, Env: spec.Env, Secrets: secrets, Files: spec.Files})
+	health, err := c.BindStage(ctx, agentStage(st.ID, spec, secrets))
 	clear(secrets)
 	var refused *client.APIError
 	if errors.As(err, &refused) {
@@ -176,6 +171,23 @@ func (h *Init) bind(ctx context.Context, st *lease.Stage, spec *storedStage, vm 
 	}
 	_, err = h.Books.MarkBound(ctx, st.ID, vm, health.BootID)
 	return err == nil, err
+}
+
+// countLease emits a lease's metrics, once, by whoever leased the VM: how
+// long the stage waited for it, and whether it was warm.
+func (d *Deps) countLease(st *lease.Stage, vm *lease.VM) {
+	warm := vm.LaunchID != st.Launched
+	d.emit(st.Pool,
+		metrics.Metric{Name: metrics.LeaseWaitMs, Unit: metrics.Milliseconds, Value: float64(d.now().Sub(st.CreatedAt).Milliseconds())},
+		metrics.Metric{Name: metrics.WarmHit, Unit: metrics.Count, Value: b2f(warm)},
+		metrics.Metric{Name: metrics.ColdStart, Unit: metrics.Count, Value: b2f(!warm)},
+	)
+}
+
+// agentStage is what binds a VM's agent to a stage; a bind repeated with
+// the same (a concurrent or retried one) is the same bind.
+func agentStage(id string, spec *storedStage, secrets map[string]string) *agentapi.Stage {
+	return &agentapi.Stage{ID: id, Env: spec.Env, Secrets: secrets, Files: spec.Files}
 }
 
 func (h *Init) end(ctx context.Context, id, result, reason string) error {
