@@ -182,11 +182,13 @@ func TestCancelMidStep(t *testing.T) {
 	t.Parallel()
 	rt := runtime(t)
 	create(t, rt, stage.Spec{ID: "cancel-me", Pool: "cancel", Groups: []stage.Group{group(true, s("long", "echo started; sleep 300"))}})
+	// The step's first line, not only the stage's phase: the API binds a
+	// warm VM at create, before the state machine starts the step.
 	until(t, time.Minute, "the step running", func() bool {
-		st := get(t, rt, "cancel-me")
-		return st.Phase == stage.PhaseRunning
+		var chunk stage.LogChunk
+		return call(t, rt, "GET", "/v1/stages/cancel-me/steps/long/logs?offset=0", nil, &chunk) == http.StatusOK &&
+			string(chunk.Data) == "started\n"
 	})
-	time.Sleep(500 * time.Millisecond)
 	start := time.Now()
 	var st stage.Status
 	if code := call(t, rt, "DELETE", "/v1/stages/cancel-me", nil, &st); code != http.StatusAccepted {
