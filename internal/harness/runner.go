@@ -425,7 +425,7 @@ func (r *Runner) addStep(ctx context.Context, id string, step stage.Step) (*stag
 	case err != nil:
 		return nil, fromSlipway(err)
 	default:
-		if s, ok := status.Step(step.ID); ok && s.State != stage.StatePending && s.State != stage.StateRunning {
+		if s, ok := status.Step(step.ID); ok && s.Settled() {
 			return s, nil
 		}
 	}
@@ -438,7 +438,7 @@ func (r *Runner) awaitStep(ctx context.Context, id, step string) (*stage.StepSta
 		if err != nil {
 			return nil, fromSlipway(err)
 		}
-		if status.State != stage.StatePending && status.State != stage.StateRunning {
+		if status.Settled() {
 			return status, nil
 		}
 	}

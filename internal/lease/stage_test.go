@@ -34,13 +34,17 @@ func TestStageLeaseIsOnePerStage(t *testing.T) {
 	// Ten concurrent acquires of one stage (retries, a duplicated event) get one VM.
 	vms := make([]*lease.VM, 10)
 	read := stageRecord(t, s, "s1")
+	var fresh atomic.Int64
 	var wg sync.WaitGroup
 	for i := range vms {
 		wg.Go(func() {
-			vm, _, err := s.LeaseForStage(ctx, read, deadline)
+			vm, won, err := s.LeaseForStage(ctx, read, deadline)
 			if err != nil {
 				t.Error(err)
 				return
+			}
+			if won {
+				fresh.Add(1)
 			}
 			vms[i] = vm
 		})
@@ -50,6 +54,9 @@ func TestStageLeaseIsOnePerStage(t *testing.T) {
 		if vm == nil || vm.LaunchID != vms[0].LaunchID || vm.Stage != "s1" || !vm.LeaseDeadline.Equal(deadline) {
 			t.Fatalf("acquires disagree: %+v vs %+v", vm, vms[0])
 		}
+	}
+	if fresh.Load() != 1 {
+		t.Fatalf("%d acquires say they leased the VM, want 1 (the lease is counted once)", fresh.Load())
 	}
 	d, _ := s.Depth(ctx, "p")
 	if d.ByState[lease.Leased] != 1 || d.ByState[lease.Idle] != 4 {

@@ -525,12 +525,12 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	started := a.startNow(ctx, rec.Stage, s, added.Index, &g, q.wait)
+	started := a.startNow(ctx, rec.Stage, s, added.Index, &g, max(0, time.Until(until)))
 	if q.wait > 0 {
 		steps := s.Groups[added.Index].Steps
 		for i := range steps {
 			live, ok := started[steps[i].ID]
-			if !ok || !live.settled() {
+			if !ok || !live.Settled() {
 				if live, err = a.awaitStep(ctx, id, steps[i].ID, until); err != nil {
 					return err
 				}
@@ -569,9 +569,9 @@ func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index in
 	// have run at all: a stage bound by the API runs steps before its state
 	// machine reaches Init).
 	var unrecorded []StepStatus
-	for _, g := range s.Groups[st.Cursor:index] {
-		if g.State == StatePending || g.State == StateRunning {
-			unrecorded = append(unrecorded, g.Steps...)
+	for _, prior := range s.Groups[st.Cursor:index] {
+		if prior.State == StatePending || prior.State == StateRunning {
+			unrecorded = append(unrecorded, prior.Steps...)
 		}
 	}
 	if len(unrecorded) > 0 && !endedOnAgent(ctx, forGroup(c, len(unrecorded)), st, unrecorded) {
@@ -628,11 +628,20 @@ func endedOnAgent(ctx context.Context, c *client.Client, st *lease.Stage, steps 
 
 // stepIn reads the stage and finds the step the path names.
 func (a *API) stepIn(ctx context.Context, r *http.Request) (*lease.Records, *StepStatus, error) {
-	id, stepID := r.PathValue("id"), r.PathValue("step")
-	if err := errors.Join(agentapi.ValidateID("stage", id), agentapi.ValidateID("step", stepID)); err != nil {
-		return nil, nil, invalid(err)
+	id, stepID, err := stepPath(r)
+	if err != nil {
+		return nil, nil, err
 	}
 	return a.stepOf(ctx, id, stepID)
+}
+
+// stepPath is the stage and step ids the path names.
+func stepPath(r *http.Request) (id, stepID string, err error) {
+	id, stepID = r.PathValue("id"), r.PathValue("step")
+	if err := errors.Join(agentapi.ValidateID("stage", id), agentapi.ValidateID("step", stepID)); err != nil {
+		return "", "", invalid(err)
+	}
+	return id, stepID, nil
 }
 
 // stepOf reads the stage and finds one of its steps.
@@ -660,9 +669,9 @@ func (a *API) getStep(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	id, stepID := r.PathValue("id"), r.PathValue("step")
-	if err := errors.Join(agentapi.ValidateID("stage", id), agentapi.ValidateID("step", stepID)); err != nil {
-		return invalid(err)
+	id, stepID, err := stepPath(r)
+	if err != nil {
+		return err
 	}
 	step, err := a.awaitStep(r.Context(), id, stepID, time.Now().Add(q.wait))
 	if err != nil {
@@ -701,7 +710,7 @@ func (a *API) awaitStep(ctx context.Context, id, stepID string, until time.Time)
 				}
 			}
 		}
-		if step.settled() || remaining <= 0 {
+		if step.Settled() || remaining <= 0 {
 			return step, nil
 		}
 		if err := sleep(ctx, min(pause, remaining)); err != nil {

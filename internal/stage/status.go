@@ -141,9 +141,9 @@ func liveStep(recorded StepStatus, live *agentapi.StepStatus) StepStatus {
 	return s
 }
 
-// settled says whether the step is as a delegate that waits for it wants
+// Settled says whether the step is as a delegate that waits for it wants
 // it: ended, or (a background step) running beside the groups.
-func (s *StepStatus) settled() bool { return s.State != StatePending && s.State != StateRunning }
+func (s *StepStatus) Settled() bool { return s.State != StatePending && s.State != StateRunning }
 
 func fromAgent(id string, group int, st *agentapi.StepStatus) StepStatus {
 	s := StepStatus{
