@@ -21,7 +21,8 @@ import (
 // Variables that put drone-runner-aws beside the drop-in in BenchmarkDropIn:
 // the URL of the runner in delegate mode, and the address of the lite-engine
 // that serves its noop driver's warm "VM" (a new VM is a new certificate
-// there). docs/benchmarks.md says how the runner is built and run.
+// there). The README's notes on the benchmarks say how the runner is
+// built and run.
 const (
 	benchRunnerEnv   = "SLIPWAY_BENCH_RUNNER"
 	benchRunnerVMEnv = "SLIPWAY_BENCH_RUNNER_VM"
@@ -54,6 +55,13 @@ func BenchmarkDropIn(b *testing.B) {
 	}
 	const rounds, stepsPerRound = 8, 3
 	for b.Loop() {
+		// A round each, untimed: the first stage through a process that
+		// just started (a JIT's first compile, the first connections) is
+		// not what a delegate sees all day.
+		for _, t := range targets {
+			t.round(b, api, fmt.Sprintf("bench-%d-warmup", time.Now().UnixNano()), stepsPerRound)
+			t.setups, t.roundTrips, t.overheads, t.destroys = nil, nil, nil, nil
+		}
 		for r := range rounds {
 			// Each goes first in half the rounds: the machine's drift
 			// falls on both.

@@ -113,27 +113,37 @@ func decodeGroup(item map[string]types.AttributeValue) (*Group, error) {
 }
 
 // AddGroup appends a group to a stage that is open (its final group not
-// given), not ended and not released, and returns it. A step id the stage
-// used already is ErrStepExists; a closed stage ErrStageClosed; an ended one
-// ErrStageEnded. Adding the same group again (same SpecHash and steps, a
-// retried request) returns the group added the first time.
-func (s *Store) AddGroup(ctx context.Context, stageID string, g NewGroup) (*Group, error) {
+// given), not ended and not released, and returns it with the stage's
+// records as its write left them. read is what the caller read of the
+// stage (StageRecords) for the first attempt, nil to have it read; each
+// retry reads again. A step id the stage used already is ErrStepExists; a
+// closed stage ErrStageClosed; an ended one ErrStageEnded. Adding the same
+// group again (same SpecHash and steps, a retried request) returns the
+// group added the first time.
+func (s *Store) AddGroup(ctx context.Context, stageID string, read *Records, g NewGroup) (*Group, *Records, error) {
 	if len(g.StepIDs) == 0 || len(g.StepIDs) > MaxStepsPerGroup {
-		return nil, fmt.Errorf("add group to stage %s: %d steps, want 1 to %d", stageID, len(g.StepIDs), MaxStepsPerGroup)
+		return nil, nil, fmt.Errorf("add group to stage %s: %d steps, want 1 to %d", stageID, len(g.StepIDs), MaxStepsPerGroup)
 	}
 	for attempt := 0; ; attempt++ {
-		st, err := s.liveStage(ctx, stageID, "add a group to")
-		if err != nil {
-			return nil, err
+		r := read
+		if r == nil || attempt > 0 {
+			var err error
+			if r, err = s.StageRecords(ctx, stageID); err != nil {
+				return nil, nil, err
+			}
 		}
-		if existing, err := s.sameGroup(ctx, st, g); existing != nil || err != nil {
-			return existing, err
+		st := r.Stage
+		if !st.ReleasedAt.IsZero() {
+			return nil, nil, fmt.Errorf("add a group to stage %s: %w", stageID, ErrReleased)
+		}
+		if existing, err := sameGroup(r, g); existing != nil || err != nil {
+			return existing, r, err
 		}
 		switch {
 		case st.Result != "":
-			return nil, fmt.Errorf("add group to stage %s: %w (%s)", stageID, ErrStageEnded, st.Result)
+			return nil, nil, fmt.Errorf("add group to stage %s: %w (%s)", stageID, ErrStageEnded, st.Result)
 		case st.Final:
-			return nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrStageClosed)
+			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrStageClosed)
 		}
 		now := s.now()
 		c := stageChange{
@@ -151,25 +161,40 @@ func (s *Store) AddGroup(ctx context.Context, stageID string, g NewGroup) (*Grou
 		*update.UpdateExpression += " ADD #ids :ids"
 		update.ExpressionAttributeValues[":ids"] = &types.AttributeValueMemberSS{Value: g.StepIDs}
 		item := groupItem(stageID, st.Groups, g, now, num(st.Deadline.Add(recordRetention).Unix()))
-		err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
+		err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
 			{Update: update},
 			{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: aws.String("attribute_not_exists(pk)")}},
 		}}, errStageMoved, errStageMoved)
 		if err == nil {
-			return decodeGroup(item)
+			added, err := decodeGroup(item)
+			if err != nil {
+				return nil, nil, err
+			}
+			return added, r.withGroup(added, g.StepIDs), nil
 		}
 		if !errors.Is(err, errStageMoved) && !errors.Is(err, ErrConflict) {
-			return nil, fmt.Errorf("add group to stage %s: %w", stageID, err)
+			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, err)
 		}
 		// Another group was added meanwhile, or the stage moved on: look
 		// again. Each round one of the concurrent adds wins.
 		if attempt >= addGroupRounds {
-			return nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrConflict)
+			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrConflict)
 		}
 		if err := sleep(ctx, time.Duration(rand.IntN(5<<min(attempt, 4))+1)*time.Millisecond); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
+}
+
+// withGroup is r as AddGroup's write of g leaves it (r itself unchanged):
+// the stage's update applied, the group's record added.
+func (r *Records) withGroup(g *Group, stepIDs []string) *Records {
+	st := *r.Stage
+	st.Groups++
+	st.Final = g.Final
+	st.Version++
+	st.stepIDs = append(slices.Clip(st.stepIDs), stepIDs...)
+	return &Records{Stage: &st, Groups: append(slices.Clip(r.Groups), *g), Steps: r.Steps}
 }
 
 var errStageMoved = errors.New("the stage changed meanwhile")
@@ -180,26 +205,22 @@ const addGroupRounds = 50
 // sameGroup tells a retried add from a clash: if one of g's step ids is
 // taken, it returns the group that has it when that group is g, and
 // ErrStepExists otherwise.
-func (s *Store) sameGroup(ctx context.Context, st *Stage, g NewGroup) (*Group, error) {
+func sameGroup(r *Records, g NewGroup) (*Group, error) {
 	var taken []string
 	for _, id := range g.StepIDs {
-		if slices.Contains(st.stepIDs, id) {
+		if slices.Contains(r.Stage.stepIDs, id) {
 			taken = append(taken, id)
 		}
 	}
 	if len(taken) == 0 {
 		return nil, nil
 	}
-	r, err := s.StageRecords(ctx, st.ID)
-	if err != nil {
-		return nil, err
-	}
 	for i := range r.Groups {
 		if r.Groups[i].SpecHash == g.SpecHash && len(taken) == len(g.StepIDs) {
 			return &r.Groups[i], nil
 		}
 	}
-	return nil, fmt.Errorf("add group to stage %s: %w: %s", st.ID, ErrStepExists, strings.Join(taken, ", "))
+	return nil, fmt.Errorf("add group to stage %s: %w: %s", r.Stage.ID, ErrStepExists, strings.Join(taken, ", "))
 }
 
 // GetGroup reads one group of a stage.

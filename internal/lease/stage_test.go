@@ -3,6 +3,7 @@ package lease_test
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -203,7 +204,7 @@ func TestCreateStageWithGroups(t *testing.T) {
 	if err != nil || len(r.Groups) != 2 || r.Groups[1].Index != 1 || !r.Groups[1].Final || string(r.Groups[0].Spec) != "g0" {
 		t.Fatalf("records: %+v %v", r, err)
 	}
-	if _, err := s.AddGroup(ctx, "s1", group("g2", false, "d")); !errors.Is(err, lease.ErrStageClosed) {
+	if _, _, err := s.AddGroup(ctx, "s1", nil, group("g2", false, "d")); !errors.Is(err, lease.ErrStageClosed) {
 		t.Fatalf("a group added after the final one: %v", err)
 	}
 	if _, err := s.CreateStage(ctx, newStage("s2", deadline, make([]lease.NewGroup, 100)...)); err == nil {
@@ -211,10 +212,55 @@ func TestCreateStageWithGroups(t *testing.T) {
 	}
 }
 
+// The records an add answers are what a read after it says, and an add
+// given records read before another add (or before its own first try)
+// still lands right: the write's condition fails and it reads again.
+func TestAddGroupAnswersTheRecordsItLeft(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	if _, err := s.CreateStage(ctx, newStage("s3", time.Now().Add(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := s.StageRecords(ctx, "s3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, after, err := s.AddGroup(ctx, "s3", stale, group("a", false, "a"))
+	if err != nil || first.Index != 0 {
+		t.Fatalf("add: %+v %v", first, err)
+	}
+	read, err := s.StageRecords(ctx, "s3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := *after.Stage, *read.Stage; got.Version != want.Version || got.Groups != want.Groups || got.Final != want.Final || got.Version != stale.Stage.Version+1 {
+		t.Fatalf("answered stage %+v, read %+v", got, want)
+	}
+	if !reflect.DeepEqual(after.Groups, read.Groups) {
+		t.Fatalf("answered groups %+v, read %+v", after.Groups, read.Groups)
+	}
+	if len(stale.Groups) != 0 || stale.Stage.Groups != 0 {
+		t.Fatalf("the records given were changed: %+v", stale)
+	}
+	// The answered records know the step ids: the same add again is the
+	// same group, without another write.
+	if again, _, err := s.AddGroup(ctx, "s3", after, group("a", false, "a")); err != nil || again.Index != 0 {
+		t.Fatalf("retry with the answered records: %+v %v", again, err)
+	}
+	// The stale records know neither the group nor its step.
+	if again, _, err := s.AddGroup(ctx, "s3", stale, group("a", false, "a")); err != nil || again.Index != 0 {
+		t.Fatalf("retry with stale records: %+v %v", again, err)
+	}
+	second, after, err := s.AddGroup(ctx, "s3", stale, group("b", true, "b"))
+	if err != nil || second.Index != 1 || after.Stage.Groups != 2 || !after.Stage.Final {
+		t.Fatalf("add with stale records: %+v %+v %v", second, after.Stage, err)
+	}
+}
+
 func TestAddGroup(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
-	if _, err := s.AddGroup(ctx, "nope", group("g", false, "a")); !errors.Is(err, lease.ErrStageNotFound) {
+	if _, _, err := s.AddGroup(ctx, "nope", nil, group("g", false, "a")); !errors.Is(err, lease.ErrStageNotFound) {
 		t.Fatalf("a group of a stage that does not exist: %v", err)
 	}
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
@@ -226,7 +272,7 @@ func TestAddGroup(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 10 {
 		wg.Go(func() {
-			g, err := s.AddGroup(ctx, "s1", group(fmt.Sprint("g", i), false, fmt.Sprint("step-", i)))
+			g, _, err := s.AddGroup(ctx, "s1", nil, group(fmt.Sprint("g", i), false, fmt.Sprint("step-", i)))
 			if err != nil {
 				t.Error(err)
 				return
@@ -244,18 +290,18 @@ func TestAddGroup(t *testing.T) {
 		t.Fatalf("%d groups", len(seen))
 	}
 	// A retried request gets the same group; a step id reused is refused.
-	again, err := s.AddGroup(ctx, "s1", group("g3", false, "step-3"))
+	again, _, err := s.AddGroup(ctx, "s1", nil, group("g3", false, "step-3"))
 	if err != nil || again.SpecHash != "g3" {
 		t.Fatalf("retry: %+v %v", again, err)
 	}
-	if _, err := s.AddGroup(ctx, "s1", group("other", false, "new", "step-3")); !errors.Is(err, lease.ErrStepExists) {
+	if _, _, err := s.AddGroup(ctx, "s1", nil, group("other", false, "new", "step-3")); !errors.Is(err, lease.ErrStepExists) {
 		t.Fatalf("a step id used twice: %v", err)
 	}
-	last, err := s.AddGroup(ctx, "s1", group("last", true, "z"))
+	last, _, err := s.AddGroup(ctx, "s1", nil, group("last", true, "z"))
 	if err != nil || last.Index != 10 || !last.Final {
 		t.Fatalf("final group: %+v %v", last, err)
 	}
-	if _, err := s.AddGroup(ctx, "s1", group("late", false, "y")); !errors.Is(err, lease.ErrStageClosed) {
+	if _, _, err := s.AddGroup(ctx, "s1", nil, group("late", false, "y")); !errors.Is(err, lease.ErrStageClosed) {
 		t.Fatalf("after the final group: %v", err)
 	}
 	if st, _ := s.GetStage(ctx, "s1"); st.Groups != 11 || !st.Final {
@@ -268,7 +314,7 @@ func TestAddGroup(t *testing.T) {
 	if _, err := s.EndStage(ctx, "s2", "timed_out", "idle"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddGroup(ctx, "s2", group("g", false, "a")); !errors.Is(err, lease.ErrStageEnded) {
+	if _, _, err := s.AddGroup(ctx, "s2", nil, group("g", false, "a")); !errors.Is(err, lease.ErrStageEnded) {
 		t.Fatalf("a group added to an ended stage: %v", err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/client"
@@ -491,6 +492,9 @@ func (a *API) awaitStage(ctx context.Context, id string, until time.Time, done f
 // every step of the group has ended (a background step: runs), or when wait
 // has passed, the group's steps as the agent tells them: a delegate that
 // sends a step and waits for it (the drop-in) makes one call per step.
+// What does not depend on another runs side by side: the group's secrets
+// are sealed while the stage is read, and the agent is asked whether the
+// groups before it ended while the group is recorded.
 func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	q, err := parseQuery(r, "wait")
@@ -509,15 +513,24 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	if err := g.Validate(); err != nil {
 		return invalid(err)
 	}
-	ng, err := a.newGroup(ctx, id, g)
+	var ng *lease.NewGroup
+	var read *lease.Records
+	reads, readsCtx := errgroup.WithContext(ctx)
+	reads.Go(func() (err error) { ng, err = a.newGroup(readsCtx, id, g); return err })
+	reads.Go(func() (err error) { read, err = a.Books.StageRecords(readsCtx, id); return err })
+	if err := reads.Wait(); err != nil {
+		return err
+	}
+	before, err := statusOf(read)
 	if err != nil {
 		return err
 	}
-	added, err := a.Books.AddGroup(ctx, id, *ng)
-	if err != nil {
-		return err
-	}
-	rec, err := a.Books.StageRecords(ctx, id)
+	// The index the group is most likely to get: the next one.
+	next := read.Stage.Groups
+	ready := make(chan *client.Client, 1)
+	go func() { ready <- a.readyToStart(ctx, read.Stage, before, next) }()
+	added, rec, err := a.Books.AddGroup(ctx, id, read, *ng)
+	c := <-ready
 	if err != nil {
 		return err
 	}
@@ -525,7 +538,13 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	started := a.startNow(ctx, rec.Stage, s, added.Index, &g, max(0, time.Until(until)))
+	if added.Index != next {
+		c = a.readyToStart(ctx, rec.Stage, s, added.Index)
+	}
+	var started map[string]*StepStatus
+	if c != nil {
+		started = a.startGroup(ctx, c, rec.Stage, added.Index, &g, max(0, time.Until(until)))
+	}
 	if q.wait > 0 {
 		steps := s.Groups[added.Index].Steps
 		for i := range steps {
@@ -542,21 +561,16 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// startNow starts a group the delegate just added on the stage's VM when it
-// is the one to run now: every group before it ended, as the records say,
-// or as the agent says of the groups whose end RunGroup has not recorded
-// yet (a delegate that sends each step when the last one answered is that
-// fast, and a stage bound by the API runs before its state machine reaches
-// RunGroup). The delegate waits for the group, and RunGroup, which
-// follows and records it, would start it only at its next look at the
-// records. The request still holds the group's secrets, so nothing is
-// decrypted for it. RunGroup's own start of the same step spec is then
-// answered with the step already running (the agent is idempotent by step
-// id). Best effort: what is not started here RunGroup starts. With wait,
-// each start waits up to wait for its step's end (a background step's
-// does not wait), so that start and end are one call to the agent; it
-// returns the steps it started, as the agent tells them.
-func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index int, g *Group, wait time.Duration) map[string]*StepStatus {
+// readyToStart says whether the API starts the group at index on the
+// stage's VM itself, rather than leave it to RunGroup, and gives the
+// agent's client if so. It does when the group is the one to run now:
+// every group before it ended, as the records say, or as the agent says of
+// the groups whose end RunGroup has not recorded yet (a delegate that sends
+// each step when the last one answered is that fast, and a stage bound by
+// the API runs before its state machine reaches RunGroup). The delegate
+// waits for the group, and RunGroup, which follows and records it, would
+// start it only at its next look at the records.
+func (a *API) readyToStart(ctx context.Context, st *lease.Stage, s *Status, index int) *client.Client {
 	if index < st.Cursor || index > st.Cursor+maxEarlyGroups || st.Result != "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
 		return nil
 	}
@@ -566,10 +580,9 @@ func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index in
 		return nil
 	}
 	// The groups before it whose end is not recorded yet (RunGroup may not
-	// have run at all: a stage bound by the API runs steps before its state
-	// machine reaches Init).
+	// have run at all).
 	var unrecorded []StepStatus
-	for _, prior := range s.Groups[st.Cursor:index] {
+	for _, prior := range s.Groups[st.Cursor:min(index, len(s.Groups))] {
 		if prior.State == StatePending || prior.State == StateRunning {
 			unrecorded = append(unrecorded, prior.Steps...)
 		}
@@ -577,6 +590,18 @@ func (a *API) startNow(ctx context.Context, st *lease.Stage, s *Status, index in
 	if len(unrecorded) > 0 && !endedOnAgent(ctx, forGroup(c, len(unrecorded)), st, unrecorded) {
 		return nil
 	}
+	return c
+}
+
+// startGroup starts a group readyToStart found ready. The request still
+// holds the group's secrets, so nothing is decrypted for it. RunGroup's
+// own start of the same step spec is then answered with the step already
+// running (the agent is idempotent by step id). Best effort: what is not
+// started here RunGroup starts. With wait, each start waits up to wait for
+// its step's end (a background step's does not wait), so that start and
+// end are one call to the agent; it returns the steps it started, as the
+// agent tells them.
+func (a *API) startGroup(ctx context.Context, c *client.Client, st *lease.Stage, index int, g *Group, wait time.Duration) map[string]*StepStatus {
 	c = forGroup(c, len(g.Steps))
 	var mu sync.Mutex
 	started := map[string]*StepStatus{}

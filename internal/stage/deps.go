@@ -27,7 +27,7 @@ type Books interface {
 	GetStage(ctx context.Context, id string) (*lease.Stage, error)
 	ListStages(ctx context.Context, since time.Time, pool string, limit int) ([]lease.StageRef, error)
 	StageRecords(ctx context.Context, id string) (*lease.Records, error)
-	AddGroup(ctx context.Context, stageID string, g lease.NewGroup) (*lease.Group, error)
+	AddGroup(ctx context.Context, stageID string, read *lease.Records, g lease.NewGroup) (*lease.Group, *lease.Records, error)
 	GetGroup(ctx context.Context, stageID string, index int) (*lease.Group, error)
 	FinishGroup(ctx context.Context, st *lease.Stage, index int, end lease.GroupEnd) (*lease.Stage, error)
 	EndStage(ctx context.Context, id, result, reason string) (*lease.Stage, error)
