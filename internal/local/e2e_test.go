@@ -18,6 +18,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
+	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
@@ -335,10 +336,43 @@ func group(final bool, steps ...stage.Step) stage.Group {
 
 func s(id, script string) stage.Step { return stage.Step{ID: id, Step: step(script)} }
 
+// executionARN is the ARN of the execution of stage id.
+func executionARN(t testing.TB, rt *local.Runtime, id string) string {
+	t.Helper()
+	var arns []string
+	for _, e := range executionsOf(t, rt, id) {
+		arns = append(arns, aws.ToString(e.ExecutionArn))
+	}
+	if len(arns) != 1 {
+		t.Fatalf("stage %s: executions %v, want one", id, arns)
+	}
+	return arns[0]
+}
+
+// executionsOf lists the executions of stage id: named by its id and when
+// it was created (stage.ExecutionName).
+func executionsOf(t testing.TB, rt *local.Runtime, id string) []sfntypes.ExecutionListItem {
+	t.Helper()
+	var of []sfntypes.ExecutionListItem
+	p := sfn.NewListExecutionsPaginator(rt.StepFunctions, &sfn.ListExecutionsInput{StateMachineArn: aws.String(rt.StateMachineARN)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page.Executions {
+			if name := aws.ToString(e.Name); len(name) == len(id)+10 && strings.HasPrefix(name, id+"_") {
+				of = append(of, e)
+			}
+		}
+	}
+	return of
+}
+
 // history is the execution's Step Functions history.
 func history(t testing.TB, rt *local.Runtime, id string) []string {
 	t.Helper()
-	arn := strings.Replace(rt.StateMachineARN, ":stateMachine:", ":execution:", 1) + ":" + id
+	arn := executionARN(t, rt, id)
 	var types []string
 	p := sfn.NewGetExecutionHistoryPaginator(rt.StepFunctions, &sfn.GetExecutionHistoryInput{ExecutionArn: aws.String(arn)})
 	for p.HasMorePages() {
@@ -356,7 +390,7 @@ func history(t testing.TB, rt *local.Runtime, id string) []string {
 // executionStatus is the execution's status once it has ended.
 func executionStatus(t testing.TB, rt *local.Runtime, id string) string {
 	t.Helper()
-	arn := strings.Replace(rt.StateMachineARN, ":stateMachine:", ":execution:", 1) + ":" + id
+	arn := executionARN(t, rt, id)
 	var status string
 	until(t, time.Minute, "execution "+id+" ended", func() bool {
 		out, err := rt.StepFunctions.DescribeExecution(context.Background(), &sfn.DescribeExecutionInput{ExecutionArn: aws.String(arn)})

@@ -315,18 +315,8 @@ func TestDuplicateCreate(t *testing.T) {
 	if st.Result != stage.Succeeded {
 		t.Fatalf("stage %+v", st)
 	}
-	out, err := rt.StepFunctions.ListExecutions(context.Background(), &sfn.ListExecutionsInput{StateMachineArn: aws.String(rt.StateMachineARN)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, e := range out.Executions {
-		if aws.ToString(e.Name) == "twice" {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Fatalf("%d executions named twice", n)
+	if n := len(executionsOf(t, rt, "twice")); n != 1 {
+		t.Fatalf("%d executions of stage twice", n)
 	}
 	spec.Env = map[string]string{"OTHER": "body"}
 	if code := call(t, rt, "POST", "/v1/stages", spec, nil); code != http.StatusConflict {
@@ -343,7 +333,7 @@ func TestStopExecution(t *testing.T) {
 	rt := runtime(t)
 	create(t, rt, stage.Spec{ID: "stopped", Pool: "stop", Groups: []stage.Group{group(true, s("long", "sleep 300"))}})
 	until(t, time.Minute, "the step running", func() bool { return len(processesOfStage("stopped")) > 0 })
-	arn := strings.Replace(rt.StateMachineARN, ":stateMachine:", ":execution:", 1) + ":stopped"
+	arn := executionARN(t, rt, "stopped")
 	if _, err := rt.StepFunctions.StopExecution(context.Background(), &sfn.StopExecutionInput{ExecutionArn: aws.String(arn)}); err != nil {
 		t.Fatal(err)
 	}

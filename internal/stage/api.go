@@ -320,10 +320,10 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// Started on every create, so a retry after a failed start starts it; Step
-	// Functions runs one execution per name.
+	// Functions runs one execution per name, and a retry names the same one.
 	input, _ := json.Marshal(Input{StageID: spec.ID})
 	_, err = a.Executions.StartExecution(ctx, &sfn.StartExecutionInput{
-		StateMachineArn: aws.String(a.StateMachineARN), Name: aws.String(spec.ID), Input: aws.String(string(input)),
+		StateMachineArn: aws.String(a.StateMachineARN), Name: aws.String(ExecutionName(st)), Input: aws.String(string(input)),
 	})
 	var exists *sfntypes.ExecutionAlreadyExists
 	if err != nil && !errors.As(err, &exists) {
@@ -339,6 +339,17 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return a.writeStatus(ctx, w, status, spec.ID)
+}
+
+// ExecutionName names a stage's execution by its id and the millisecond its
+// record was created: Step Functions keeps an execution's name for 90 days
+// and refuses it to another (ExecutionAlreadyExists), while a stage's
+// records expire sooner, so a stage id used again gets an execution of its
+// own, and a retried create, which finds the same record, the same one. At
+// most 74 characters from [A-Za-z0-9_-] (Step Functions takes 80; logging
+// to CloudWatch wants those characters).
+func ExecutionName(st *lease.Stage) string {
+	return fmt.Sprintf("%s_%09s", st.ID, strconv.FormatInt(st.CreatedAt.UnixMilli(), 36))
 }
 
 // bindNowWithin bounds bindNow: a VM whose agent does not answer at once is

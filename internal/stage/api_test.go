@@ -3,6 +3,7 @@ package stage_test
 import (
 	"encoding/json"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -42,10 +43,71 @@ func TestCreateIsIdempotent(t *testing.T) {
 		t.Fatalf("another body: %d %s", clash.status, clash.body)
 	}
 	// Each create starts the execution (Step Functions keeps one per name),
-	// with the stage id as its only input.
+	// the same one, with the stage id as its only input.
 	calls := e.execs.started()
-	if len(calls) != 2 || aws.ToString(calls[0].Name) != "s1" || aws.ToString(calls[0].Input) != `{"stage_id":"s1"}` {
+	if len(calls) != 2 || !executionName.MatchString(aws.ToString(calls[0].Name)) || !strings.HasPrefix(aws.ToString(calls[0].Name), "s1_") ||
+		aws.ToString(calls[1].Name) != aws.ToString(calls[0].Name) || aws.ToString(calls[0].Input) != `{"stage_id":"s1"}` {
 		t.Fatalf("executions %+v", calls)
+	}
+}
+
+// executionName is what Step Functions takes as an execution's name (80
+// characters) in the characters its CloudWatch logging wants.
+var executionName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,80}$`)
+
+// A stage id used again once the first stage's records expired (after
+// days; Step Functions keeps an execution's name for 90) is a new stage
+// with an execution of its own, not one that never runs: Step Functions
+// answers a name of an execution that ended with ExecutionAlreadyExists.
+func TestStageIDUsedAgainGetsItsOwnExecution(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	ctx := t.Context()
+	long := strings.Repeat("x", agentapi.MaxIDLength)
+	for _, id := range []string{"again", long} {
+		spec := stage.Spec{ID: id, Pool: "p", Groups: []stage.Group{{Steps: []stage.Step{{ID: "build", Step: script("make")}}, Final: true}}}
+		if a := e.do(t, "POST", "/v1/stages", spec, true); a.status != http.StatusCreated {
+			t.Fatalf("create: %d %s", a.status, a.body)
+		}
+		calls := e.execs.started()
+		first := aws.ToString(calls[len(calls)-1].Name)
+		if !executionName.MatchString(first) {
+			t.Fatalf("execution name %q", first)
+		}
+		e.execs.end(first)
+		// The records expire (DynamoDB's TTL deletes them).
+		rec, err := e.store.StageRecords(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.expire(t, rec)
+		time.Sleep(2 * time.Millisecond)
+		if a := e.do(t, "POST", "/v1/stages", spec, true); a.status != http.StatusCreated {
+			t.Fatalf("create again: %d %s", a.status, a.body)
+		}
+		calls = e.execs.started()
+		second := aws.ToString(calls[len(calls)-1].Name)
+		if second == first || !executionName.MatchString(second) {
+			t.Fatalf("the second stage %s was given execution %q (the first: %q)", id, second, first)
+		}
+	}
+}
+
+// The release an execution's end triggers (EventBridge's status change)
+// finds the stage by the execution's input.
+func TestCleanupOfAnExecutionThatFailed(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	if a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "failed", Pool: "p"}, true); a.status != http.StatusCreated {
+		t.Fatalf("create: %d %s", a.status, a.body)
+	}
+	run := e.execs.started()[0]
+	change := &stage.ExecutionChange{Name: aws.ToString(run.Name), Status: "FAILED", Error: "States.Runtime", Input: aws.ToString(run.Input)}
+	out, err := (&stage.Cleanup{Deps: e.deps}).Handle(t.Context(), stage.CleanupInput{Detail: change})
+	if err != nil || out.StageID != "failed" {
+		t.Fatalf("cleanup: %+v %v", out, err)
+	}
+	st, err := e.store.GetStage(t.Context(), "failed")
+	if err != nil || st.ReleasedAt.IsZero() || st.Result != stage.Errored {
+		t.Fatalf("stage after the execution's failure: %+v %v", st, err)
 	}
 }
 

@@ -21,7 +21,8 @@ import (
 // state machine (its state: the stage id, and after a Catch the error), the
 // execution-status rule on an execution that was stopped, timed out or
 // failed (EventBridge's "Step Functions Execution Status Change" event,
-// whose detail names the execution after the stage), and the API's DELETE
+// whose detail carries the execution's input, which names the stage), and
+// the API's DELETE
 // (the stage id and a reason).
 type CleanupInput struct {
 	StageID string           `json:"stage_id"`
@@ -37,6 +38,19 @@ type ExecutionChange struct {
 	Status       string `json:"status"`
 	Error        string `json:"error"`
 	Cause        string `json:"cause"`
+	// Input is the execution's input (JSON), which names the stage: the
+	// name also says when the stage was created (ExecutionName).
+	Input string `json:"input"`
+}
+
+// stageID is the stage whose execution changed: the input's stage_id.
+func (c *ExecutionChange) stageID() string {
+	var in Input
+	if err := json.Unmarshal([]byte(c.Input), &in); err == nil && in.StageID != "" {
+		return in.StageID
+	}
+	// An execution started before its name said when (its name is the id).
+	return c.Name
 }
 
 // Cleanup releases a stage's VM, always and exactly once: it tears the stage
@@ -59,7 +73,7 @@ func (h *Cleanup) Handle(ctx context.Context, in CleanupInput) (Output, error) {
 func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 	id := in.StageID
 	if id == "" && in.Detail != nil {
-		id = in.Detail.Name
+		id = in.Detail.stageID()
 	}
 	out := Output{StageID: id, Status: StatusReleased}
 	if err := agentapi.ValidateID("stage", id); err != nil {

@@ -14,8 +14,11 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	dbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
+	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
 	verrors "github.com/pb33f/libopenapi-validator/errors"
@@ -34,19 +37,42 @@ import (
 	"github.com/slipway-ci/slipway/internal/warm"
 )
 
-// executions records StartExecution calls: Step Functions' part is tested
-// end to end on the real ASL engine (internal/local); here it is the API's
-// request that matters.
+// executions records StartExecution calls and answers a name used before
+// as Step Functions does (it keeps a name for 90 days): the same execution
+// while it runs and the input is the same, ExecutionAlreadyExists once it
+// ended or for another input. Step Functions' part is tested end to end on
+// the real ASL engine (internal/local); here it is the API's request that
+// matters.
 type executions struct {
-	mu    sync.Mutex
-	calls []sfn.StartExecutionInput
+	mu     sync.Mutex
+	calls  []sfn.StartExecutionInput
+	inputs map[string]string // by name
+	ended  map[string]bool
 }
 
 func (e *executions) StartExecution(_ context.Context, in *sfn.StartExecutionInput, _ ...func(*sfn.Options)) (*sfn.StartExecutionOutput, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.calls = append(e.calls, *in)
-	return &sfn.StartExecutionOutput{ExecutionArn: aws.String("arn:aws:states:us-east-1:000000000000:execution:s:" + aws.ToString(in.Name))}, nil
+	name, input := aws.ToString(in.Name), aws.ToString(in.Input)
+	if before, used := e.inputs[name]; used && (e.ended[name] || before != input) {
+		return nil, &sfntypes.ExecutionAlreadyExists{Message: aws.String("Execution Already Exists: " + name)}
+	}
+	if e.inputs == nil {
+		e.inputs = map[string]string{}
+	}
+	e.inputs[name] = input
+	return &sfn.StartExecutionOutput{ExecutionArn: aws.String("arn:aws:states:us-east-1:000000000000:execution:s:" + name)}, nil
+}
+
+// end ends the execution of that name.
+func (e *executions) end(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended == nil {
+		e.ended = map[string]bool{}
+	}
+	e.ended[name] = true
 }
 
 func (e *executions) started() []sfn.StartExecutionInput {
@@ -75,6 +101,7 @@ func (i *invoker) invoked() []lambda.InvokeInput {
 }
 
 type env struct {
+	db      *dynamodb.Client
 	deps    *stage.Deps
 	api     *stage.API
 	store   *lease.Store
@@ -118,7 +145,7 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 		Prober: &warm.AgentProber{RootCAs: roots, Certificate: identity.Certificate}, Metrics: emitter,
 	}
 	secretsKey := awstest.SymmetricKey(t, kms)
-	e := &env{store: store, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out}
+	e := &env{db: db, store: store, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out}
 	e.deps = &stage.Deps{
 		Books: store, Keeper: keeper, Pools: pools,
 		Sealer: &secret.Sealer{KMS: kms, KeyID: secretsKey}, Opener: &secret.Opener{KMS: kms},
@@ -141,6 +168,26 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 	}
 	e.spec = v
 	return e
+}
+
+// expire deletes a stage's records, as DynamoDB's TTL does once they are
+// past their retention (the stage's listing in its hour stays).
+func (e *env) expire(t *testing.T, rec *lease.Records) {
+	t.Helper()
+	out, err := e.db.Query(t.Context(), &dynamodb.QueryInput{
+		TableName:                 aws.String(e.store.Table),
+		KeyConditionExpression:    aws.String("pk = :pk"),
+		ExpressionAttributeValues: map[string]dbtypes.AttributeValue{":pk": &dbtypes.AttributeValueMemberS{Value: "STAGE#" + rec.Stage.ID}},
+	})
+	if err != nil || len(out.Items) < 1+len(rec.Groups) {
+		t.Fatalf("records of stage %s: %d items, %v", rec.Stage.ID, len(out.Items), err)
+	}
+	for _, item := range out.Items {
+		key := map[string]dbtypes.AttributeValue{"pk": item["pk"], "sk": item["sk"]}
+		if _, err := e.db.DeleteItem(t.Context(), &dynamodb.DeleteItemInput{TableName: aws.String(e.store.Table), Key: key}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // warmUp refills until the pool has n idle VMs.
