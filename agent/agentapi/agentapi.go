@@ -479,6 +479,41 @@ type ErrorDetail struct {
 	Message string `json:"message"`
 }
 
+// CarriedSecrets is every secret value a request body carries: the string
+// values of every "secrets" object in it, at any depth (a stage's, its
+// steps'), read leniently, since the body may be what a refusal is about.
+// A refusal quotes parts of the body; masked with these, it quotes none of
+// them.
+func CarriedSecrets(body []byte) []string {
+	var raw any
+	if json.Unmarshal(body, &raw) != nil {
+		return nil
+	}
+	var values []string
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for key, inner := range v {
+				if secrets, ok := inner.(map[string]any); ok && key == "secrets" {
+					for _, value := range secrets {
+						if s, ok := value.(string); ok && s != "" {
+							values = append(values, s)
+						}
+					}
+				}
+				walk(inner)
+			}
+		case []any:
+			for _, inner := range v {
+				walk(inner)
+			}
+		}
+	}
+	walk(raw)
+	return values
+}
+
 // DecodeStrict decodes one JSON value from r into v, refusing trailing
 // data, and keys that are not exactly the names of v's fields (every one of
 // them, by its path, with the []byte fields that are not base64).

@@ -361,20 +361,10 @@ func decodeBody[T any](w http.ResponseWriter, r *http.Request, known *mask.Match
 	return v, true
 }
 
-// maskRefusal masks a refusal of body with the secrets it carries, read
-// leniently (the body may be what was wrong), and those known.
+// maskRefusal masks a refusal of body with the secrets it carries and
+// those known.
 func maskRefusal(msg string, body []byte, known *mask.Matcher) string {
-	var carried struct {
-		Secrets map[string]any `json:"secrets"`
-	}
-	_ = json.Unmarshal(body, &carried)
-	var values []string
-	for _, v := range carried.Secrets {
-		if s, ok := v.(string); ok {
-			values = append(values, s)
-		}
-	}
-	msg = mask.New(values...).MaskString(msg)
+	msg = mask.New(agentapi.CarriedSecrets(body)...).MaskString(msg)
 	if known != nil {
 		msg = known.MaskString(msg)
 	}

@@ -1,11 +1,13 @@
 package stage
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/agent/mask"
 	"github.com/slipway-ci/slipway/internal/lease"
 )
 
@@ -111,11 +114,11 @@ type route struct {
 
 func (a *API) routes() []route {
 	return []route{
-		{"POST /v1/stages", a.create},
+		{"POST /v1/stages", maskRefusals(a.create)},
 		{"GET /v1/stages", a.list},
 		{"GET /v1/stages/{id}", a.get},
 		{"DELETE /v1/stages/{id}", a.cancel},
-		{"POST /v1/stages/{id}/groups", a.addGroup},
+		{"POST /v1/stages/{id}/groups", maskRefusals(a.addGroup)},
 		{"GET /v1/stages/{id}/steps/{step}", a.getStep},
 		{"GET /v1/stages/{id}/steps/{step}/logs", a.logs},
 		{"POST /v1/stages/{id}/steps/{step}/cancel", a.cancelStep},
@@ -177,8 +180,46 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if !errors.As(err, &ae) {
 		ae = a.translate(r, err)
 	}
-	writeJSON(w, ae.status, ErrorBody{Error: ErrorDetail{Code: ae.code, Message: ae.message}})
+	message := ae.message
+	var masked *maskedError
+	if errors.As(err, &masked) {
+		message = masked.secrets.MaskString(message)
+	}
+	writeJSON(w, ae.status, ErrorBody{Error: ErrorDetail{Code: ae.code, Message: message}})
 }
+
+// maskRefusals reads the body of a request that carries secrets before
+// handle does, and masks what handle answers other than 2xx (and what is
+// logged of it) with the secret values the body carries, read leniently
+// (agentapi.CarriedSecrets): a refusal quotes the request's names, ids,
+// paths and keys, and any of them may also be a secret's value.
+func maskRefusals(handle func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+		if err != nil {
+			return err
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		err = handle(w, r)
+		if err == nil {
+			return nil
+		}
+		secrets := agentapi.CarriedSecrets(body)
+		if len(secrets) == 0 {
+			return err
+		}
+		return &maskedError{err: err, secrets: mask.New(secrets...)}
+	}
+}
+
+// maskedError is err, whose text is masked with secrets.
+type maskedError struct {
+	err     error
+	secrets *mask.Matcher
+}
+
+func (e *maskedError) Error() string { return e.secrets.MaskString(e.err.Error()) }
+func (e *maskedError) Unwrap() error { return e.err }
 
 // translate maps the store's and the services' errors to answers.
 func (a *API) translate(r *http.Request, err error) *apiError {

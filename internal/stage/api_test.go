@@ -412,3 +412,71 @@ func TestAddedGroupStartsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A refusal quotes what was wrong: an id, a name, a path, a key. When that
+// is also the value of one of the request's secrets (the stage's or a
+// step's), the refusal masks it, as the agent masks a step's log. Each case
+// is also sent with an unrelated secret, to show that it quotes the value.
+func TestRefusalsMaskTheRequestsSecrets(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	if a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "open", Pool: "p"}, true); a.status != http.StatusCreated {
+		t.Fatalf("create: %d %s", a.status, a.body)
+	}
+	type obj = map[string]any
+	stageWith := func(secret string, set func(spec, step obj)) obj {
+		step := obj{"id": "build", "script": "make"}
+		spec := obj{"id": "masked", "pool": "p", "secrets": obj{"TOKEN": secret}, "groups": []any{obj{"steps": []any{step}, "final": true}}}
+		set(spec, step)
+		return spec
+	}
+	cases := []struct {
+		name, path, value string
+		body              func(secret string) obj
+	}{
+		{"env name", "/v1/stages", "s3cr3t v4lue", func(secret string) obj {
+			return stageWith(secret, func(spec, _ obj) { spec["env"] = obj{"s3cr3t v4lue": "x"} })
+		}},
+		{"stage id", "/v1/stages", "s3cr3t!v4lue", func(secret string) obj {
+			return stageWith(secret, func(spec, _ obj) { spec["id"] = "s3cr3t!v4lue" })
+		}},
+		{"step id", "/v1/stages", "s3cr3t!v4lue", func(secret string) obj {
+			return stageWith(secret, func(_, step obj) { step["id"] = "s3cr3t!v4lue" })
+		}},
+		{"pool", "/v1/stages", "s3cr3t-v4lue", func(secret string) obj {
+			return stageWith(secret, func(spec, _ obj) { spec["pool"] = "s3cr3t-v4lue" })
+		}},
+		{"shell", "/v1/stages", "s3cr3t-v4lue", func(secret string) obj {
+			return stageWith(secret, func(_, step obj) { step["shell"] = "s3cr3t-v4lue" })
+		}},
+		{"report glob", "/v1/stages", "s3cr3t[v4lue", func(secret string) obj {
+			return stageWith(secret, func(_, step obj) { step["reports"] = []string{"s3cr3t[v4lue"} })
+		}},
+		{"work dir", "/v1/stages", "../s3cr3t", func(secret string) obj {
+			return stageWith(secret, func(_, step obj) { step["work_dir"] = "../s3cr3t" })
+		}},
+		{"user", "/v1/stages", "s3cr3t v4lue", func(secret string) obj {
+			return stageWith(secret, func(_, step obj) { step["user"] = "s3cr3t v4lue" })
+		}},
+		{"file path", "/v1/stages", "/s3cr3t", func(secret string) obj {
+			return stageWith(secret, func(spec, _ obj) { spec["files"] = []any{obj{"path": "/s3cr3t", "data": "eA=="}} })
+		}},
+		{"unknown key", "/v1/stages", "s3cr3t_v4lue", func(secret string) obj {
+			return stageWith(secret, func(spec, _ obj) { spec["s3cr3t_v4lue"] = 1 })
+		}},
+		{"a step's secret, in a group added", "/v1/stages/open/groups", "s3cr3t!v4lue", func(secret string) obj {
+			return obj{"steps": []any{obj{"id": "s3cr3t!v4lue", "script": "make", "secrets": obj{"TOKEN": secret}}}}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			plain := e.do(t, "POST", c.path, c.body("unrelated"), false)
+			if plain.status != http.StatusBadRequest || !strings.Contains(plain.errorMessage(), c.value) {
+				t.Fatalf("with an unrelated secret: %d %s, want a 400 that quotes %q", plain.status, plain.body, c.value)
+			}
+			masked := e.do(t, "POST", c.path, c.body(c.value), false)
+			if masked.status != http.StatusBadRequest || strings.Contains(string(masked.body), c.value) {
+				t.Fatalf("with the secret: %d %s, want a 400 that does not quote it", masked.status, masked.body)
+			}
+		})
+	}
+}
