@@ -33,6 +33,18 @@ const (
 	LogDoneTrailer = "Slipway-Log-Done"
 )
 
+// Limits on a log read: the chunk a read without a limit gets, and the
+// largest a limit may ask for.
+const (
+	DefaultLogChunk = 1 << 20
+	MaxLogChunk     = 8 << 20
+)
+
+// MaxAnswerBytes bounds a JSON answer of the agent as its client reads it:
+// a status holds at most 1 MiB of outputs (6 MiB as JSON if every byte is
+// escaped) and a test summary. A VM is not trusted with its caller's memory.
+const MaxAnswerBytes = 16 << 20
+
 // Limits on requests.
 const (
 	MaxIDLength  = 64

@@ -128,7 +128,7 @@ func start(t testing.TB, cfg server.Config, protos []string) *Agent {
 			return c, nil
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := server.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -265,7 +265,11 @@ func (c *Client) call(ctx context.Context, method, path, stageID string, in, out
 		if out == nil {
 			return nil
 		}
-		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		data, err := readBounded(resp.Body, agentapi.MaxAnswerBytes)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", method, path, err)
+		}
+		if err := json.Unmarshal(data, out); err != nil {
 			return fmt.Errorf("decode %s %s answer: %w", method, path, err)
 		}
 		return nil
@@ -335,4 +339,24 @@ func checkStatus(resp *http.Response) error {
 		return &APIError{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Message: string(data)}
 	}
 	return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+}
+
+// readBounded reads body to its end, refusing one of over limit bytes
+// without reading further. A broken connection is a connError (retried).
+func readBounded(body io.Reader, limit int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil {
+		return nil, connError{err}
+	}
+	if int64(len(data)) > limit {
+		return nil, &AnswerTooLargeError{Limit: limit}
+	}
+	return data, nil
+}
+
+// AnswerTooLargeError is an agent's answer over what its client reads.
+type AnswerTooLargeError struct{ Limit int64 }
+
+func (e *AnswerTooLargeError) Error() string {
+	return fmt.Sprintf("the agent's answer is over %d bytes", e.Limit)
 }

@@ -1,12 +1,15 @@
 package client_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -322,5 +325,54 @@ func TestNewRejectsBadConfig(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// A VM's agent is not trusted with its caller's memory: an answer over the
+// bounds (a JSON answer, a log chunk) is an error, and is not read further.
+func TestAnswersAreBounded(t *testing.T) {
+	a := agenttest.Start(t, server.Config{}) // for its certificates
+	tlsConfig, err := (&server.CertFiles{CertPath: a.CertPath, KeyPath: a.KeyPath, ClientCAPath: a.CACertPath}).TLSConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A hostile agent answers every call with an endless body.
+	var sent atomic.Int64
+	endless := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		chunk := bytes.Repeat([]byte("a"), 64<<10)
+		_, _ = w.Write([]byte(`{"id":"`))
+		for sent.Load() < 256<<20 {
+			n, err := w.Write(chunk)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	})
+	srv := &http.Server{Handler: endless, ErrorLog: log.New(io.Discard, "", 0)}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	c, err := client.New(client.Config{
+		Addr: ln.Addr().String(), LaunchID: agenttest.LaunchID, RootCAs: a.Roots,
+		Certificate: client.StaticCertificate(a.ClientCert), Retries: 1, Backoff: 10 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := agenttest.Context(t)
+	var tooLarge *client.AnswerTooLargeError
+	if _, err := c.StepStatus(ctx, "s", "x", 0); !errors.As(err, &tooLarge) || tooLarge.Limit != agentapi.MaxAnswerBytes {
+		t.Fatalf("status: %v, want an answer over %d bytes", err, agentapi.MaxAnswerBytes)
+	}
+	if _, _, err := c.ReadLogs(ctx, "s", "x", 0, 0); !errors.As(err, &tooLarge) || tooLarge.Limit != agentapi.DefaultLogChunk {
+		t.Fatalf("log chunk: %v, want an answer over %d bytes", err, agentapi.DefaultLogChunk)
+	}
+	if n := sent.Load(); n > 128<<20 {
+		t.Fatalf("the client read on: the agent sent %d bytes", n)
 	}
 }

@@ -30,6 +30,10 @@ func logsPath(stepID string, offset, limit int64, follow bool) string {
 func (c *Client) ReadLogs(ctx context.Context, stageID, stepID string, offset, limit int64) ([]byte, bool, error) {
 	var data []byte
 	var done bool
+	want := limit
+	if want <= 0 {
+		want = agentapi.DefaultLogChunk
+	}
 	err := c.retry(ctx, func() error {
 		resp, err := c.do(ctx, http.MethodGet, logsPath(stepID, offset, limit, false), stageID, nil)
 		if err != nil {
@@ -39,8 +43,8 @@ func (c *Client) ReadLogs(ctx context.Context, stageID, stepID string, offset, l
 		if err := checkStatus(resp); err != nil {
 			return err
 		}
-		if data, err = io.ReadAll(resp.Body); err != nil {
-			return connError{err}
+		if data, err = readBounded(resp.Body, want); err != nil {
+			return err
 		}
 		done = resp.Trailer.Get(agentapi.LogDoneTrailer) == "1"
 		return nil

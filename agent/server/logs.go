@@ -11,9 +11,7 @@ import (
 
 // Log reads.
 const (
-	defaultLogChunk = 1 << 20
-	maxLogChunk     = 8 << 20
-	logCopyBuffer   = 256 << 10
+	logCopyBuffer = 256 << 10
 )
 
 var logBuffers = sync.Pool{New: func() any { b := make([]byte, logCopyBuffer); return &b }}
@@ -34,9 +32,9 @@ func (s *Server) stepLogs(w http.ResponseWriter, r *http.Request, st *stage, id 
 		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, fmt.Sprintf("offset %q: want a byte offset >= 0", q.Get("offset")))
 		return
 	}
-	limit, err := queryInt(q.Get("limit"), defaultLogChunk)
-	if err != nil || limit <= 0 || limit > maxLogChunk {
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, fmt.Sprintf("limit %q: want 1 to %d", q.Get("limit"), maxLogChunk))
+	limit, err := queryInt(q.Get("limit"), agentapi.DefaultLogChunk)
+	if err != nil || limit <= 0 || limit > agentapi.MaxLogChunk {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, fmt.Sprintf("limit %q: want 1 to %d", q.Get("limit"), agentapi.MaxLogChunk))
 		return
 	}
 	follow := q.Get("follow") == "1" || q.Get("follow") == "true"

@@ -16,6 +16,7 @@ import (
 	"log"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,6 +24,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"golang.org/x/net/netutil"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/executor"
@@ -188,22 +191,44 @@ func oneStageHeader(next http.Handler) http.Handler {
 
 // HTTPServer is the agent's HTTPS server around its handler: a client that
 // connects and sends nothing, or half a header, is cut off after
-// headerTimeout, and an idle kept-alive connection after idleTimeout. No
-// overall read or write deadline: long-polls and log follows last minutes.
+// headerTimeout, and an idle kept-alive connection after idleTimeout; a
+// request's headers are at most maxHeaderBytes. No overall read or write
+// deadline: long-polls and log follows last minutes.
 func HTTPServer(handler http.Handler, tlsConfig *tls.Config, errorLog *log.Logger) *http.Server {
 	return &http.Server{
 		Handler:           handler,
 		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          errorLog,
 	}
 }
+
+// Listen listens on addr for at most MaxConnections connections at once:
+// the next waits until one closes, so no number of connections (open
+// before their TLS handshake, which is what tells a caller from anyone
+// else) exhausts the agent's memory or file descriptors.
+func Listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return netutil.LimitListener(ln, MaxConnections), nil
+}
+
+// MaxConnections bounds the agent's open connections. Its callers share
+// one HTTP/2 connection per function instance for a group's calls, so a
+// stage uses a handful.
+const MaxConnections = 256
 
 const (
 	headerTimeout      = 10 * time.Second
 	idleTimeout        = 2 * time.Minute
 	defaultBodyTimeout = 30 * time.Second
+	// maxHeaderBytes bounds a request's headers: the agent's take a few
+	// hundred bytes.
+	maxHeaderBytes = 64 << 10
 )
 
 // removeStale removes the stage folders under root, but keep.

@@ -1,10 +1,13 @@
 package server_test
 
 import (
+	"context"
 	"crypto/ecdh"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -499,5 +502,57 @@ func TestConcurrentStepsAddSecrets(t *testing.T) {
 	run(t, a, "after", agentapi.Step{Script: `for i in 0 1 2 3 4; do echo concurrent-secret-$i; done`})
 	if got := logOf(t, a, "after"); strings.Contains(got, "concurrent-secret") {
 		t.Errorf("a later step printed earlier steps' secrets: %q", got)
+	}
+}
+
+// The agent bounds what anyone who reaches its port can make it hold: its
+// open connections (counted before the TLS handshake: the next waits until
+// one closes), and a request's headers.
+func TestConnectionsAndHeadersAreBounded(t *testing.T) {
+	a := agenttest.Start(t, server.Config{})
+	ctx := agenttest.Context(t)
+	// Every slot held by a socket that says nothing (each is cut off after
+	// the header timeout, 10 s, and frees its slot then).
+	conns := make([]net.Conn, 0, server.MaxConnections)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range server.MaxConnections {
+		c, err := net.Dial("tcp", a.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	waiting := a.NewClient(t, a.Addr)
+	if _, err := waiting.Health(waitCtx); err == nil {
+		t.Fatal("a connection past the bound was served")
+	}
+	// Its connection waits in the listen queue (Go's transport goes on
+	// dialling for the next request) and is served once a slot is free.
+	start := time.Now()
+	conns[0].Close()
+	conns = conns[1:]
+	if _, err := waiting.Health(ctx); err != nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("once a connection closed: %v after %s", err, time.Since(start))
+	}
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+a.Addr+"/v1/health", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Padding", strings.Repeat("x", 128<<10))
+	waiting.Close() // its slot, for the next
+	resp, err := a.HTTPClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("128 KiB of headers: %d", resp.StatusCode)
 	}
 }
