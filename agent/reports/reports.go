@@ -7,6 +7,8 @@ package reports
 import (
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,6 +18,7 @@ import (
 	"github.com/joshdk/go-junit"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/stepfile"
 )
 
 // Bounds of what one failure carries.
@@ -33,28 +36,23 @@ func Collect(workspace string, globs []string, mask func(string) string) *agenta
 		return nil
 	}
 	r := &agentapi.TestReport{}
-	files := match(workspace, globs, r)
+	// The workspace is the step's: a link in it leads nowhere outside it,
+	// and a report that is not a regular file (a FIFO) is not waited on.
+	root, err := os.OpenRoot(workspace)
+	if err != nil {
+		r.Notes = append(r.Notes, mask(err.Error()))
+		return r
+	}
+	defer root.Close()
+	files := match(root.FS(), globs, r)
 	var total int64
 	for _, rel := range files {
-		path := filepath.Join(workspace, filepath.FromSlash(rel))
-		info, err := os.Stat(path)
-		switch {
-		case err != nil:
-			r.Notes = append(r.Notes, fmt.Sprintf("%s: %v", rel, err))
-			continue
-		case info.Size() > agentapi.MaxReportBytes:
-			r.Notes = append(r.Notes, fmt.Sprintf("%s: %d bytes, over %d: not read", rel, info.Size(), agentapi.MaxReportBytes))
-			continue
-		case total+info.Size() > agentapi.MaxReportsBytes:
-			r.Notes = append(r.Notes, fmt.Sprintf("%s: the reports read come to %d bytes: this one and the rest not read", rel, total))
-			continue
-		}
-		total += info.Size()
-		data, err := os.ReadFile(path)
+		data, err := readReport(root, rel, total)
 		if err != nil {
 			r.Notes = append(r.Notes, fmt.Sprintf("%s: %v", rel, err))
 			continue
 		}
+		total += int64(len(data))
 		if strings.EqualFold(filepath.Ext(rel), ".trx") {
 			err = readTRX(data, r)
 		} else {
@@ -82,10 +80,29 @@ func Collect(workspace string, globs []string, mask func(string) string) *agenta
 
 // match lists the files the globs match, each once, in order, at most
 // MaxReportFiles.
-func match(workspace string, globs []string, r *agentapi.TestReport) []string {
+// readReport reads one report, read is what the reports before it came to.
+func readReport(root *os.Root, rel string, read int64) ([]byte, error) {
+	f, err := stepfile.Open(root, filepath.FromSlash(rel))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, err
+	case info.Size() > agentapi.MaxReportBytes:
+		return nil, fmt.Errorf("%d bytes, over %d: not read", info.Size(), agentapi.MaxReportBytes)
+	case read+info.Size() > agentapi.MaxReportsBytes:
+		return nil, fmt.Errorf("the reports read come to %d bytes: this one not read", read)
+	}
+	// It may grow as it is read (a background step still writes it).
+	return io.ReadAll(io.LimitReader(f, agentapi.MaxReportBytes))
+}
+
+func match(root fs.FS, globs []string, r *agentapi.TestReport) []string {
 	seen := map[string]bool{}
 	var files []string
-	root := os.DirFS(workspace)
 	for _, glob := range globs {
 		matches, err := doublestar.Glob(root, glob, doublestar.WithFilesOnly(), doublestar.WithFailOnIOErrors())
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/mask"
+	"github.com/slipway-ci/slipway/agent/stepfile"
 )
 
 // maxOutputBytes bounds the outputs file a step may write.
@@ -86,8 +87,10 @@ func readExports(path string) (map[string]string, error) {
 // readBounded reads at most maxOutputBytes of a file a step wrote, cut
 // after its last whole line within them (cut says so); a missing file is
 // empty. A step can write gigabytes: no more than the limit is ever read.
+// What is not a regular file there (a link out of its folder, a FIFO) is
+// refused (stepfile).
 func readBounded(path string) (data []byte, cut bool, err error) {
-	f, err := os.Open(path)
+	f, err := stepfile.OpenPath(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -136,7 +139,7 @@ func parseOutputs(data []byte) (map[string]string, []error) {
 		}
 		if name, delim, ok := strings.Cut(line, "<<"); ok && !strings.Contains(name, "=") {
 			if !agentapi.IsVarName(name) || delim == "" {
-				problems = append(problems, fmt.Errorf("line %d: bad heredoc %q", lineNo, quoted(line)))
+				problems = append(problems, fmt.Errorf("line %d: bad heredoc (want NAME<<DELIMITER)", lineNo))
 				continue
 			}
 			end := -1
@@ -147,7 +150,7 @@ func parseOutputs(data []byte) (map[string]string, []error) {
 				}
 			}
 			if end < 0 {
-				problems = append(problems, fmt.Errorf("line %d: %s<<%s is never closed", lineNo, name, quoted(delim)))
+				problems = append(problems, fmt.Errorf("line %d: the heredoc of %s is never closed", lineNo, name))
 				continue // the lines after it may still be outputs
 			}
 			value := make([]string, 0, end-i-1)
@@ -160,13 +163,10 @@ func parseOutputs(data []byte) (map[string]string, []error) {
 		}
 		name, value, ok := strings.Cut(line, "=")
 		if !ok || !agentapi.IsVarName(name) {
-			problems = append(problems, fmt.Errorf("line %d: want NAME=value or NAME<<DELIMITER, got %q", lineNo, quoted(line)))
+			problems = append(problems, fmt.Errorf("line %d: want NAME=value or NAME<<DELIMITER", lineNo))
 			continue
 		}
 		out[name] = value
 	}
 	return out, problems
 }
-
-// quoted cuts a line quoted in a problem to its first 60 bytes.
-func quoted(s string) string { return agentapi.Truncate(s, 60) }

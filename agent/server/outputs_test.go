@@ -20,7 +20,7 @@ func TestParseOutputs(t *testing.T) {
 		{name: "crlf", in: "A=1\r\nB<<E\r\nx\r\nE\r\n", want: map[string]string{"A": "1", "B": "x"}},
 		{name: "heredoc", in: "J<<EOF\n{\n  \"k\": 1\n}\nEOF\nK=v\n", want: map[string]string{"J": "{\n  \"k\": 1\n}", "K": "v"}},
 		{name: "empty heredoc", in: "J<<EOF\nEOF\n", want: map[string]string{"J": ""}},
-		{name: "unclosed heredoc", in: "J<<EOF\nA=1\n", want: map[string]string{"A": "1"}, wantErr: "line 1: J<<EOF is never closed"},
+		{name: "unclosed heredoc", in: "J<<EOF\nA=1\n", want: map[string]string{"A": "1"}, wantErr: "line 1: the heredoc of J is never closed"},
 		{name: "bad name", in: "A=1\n1X=2\nB=3\n", want: map[string]string{"A": "1", "B": "3"}, wantErr: "line 2"},
 		{name: "no separator", in: "just text\nA=1", want: map[string]string{"A": "1"}, wantErr: "line 1"},
 		{name: "empty delimiter", in: "J<<\n", want: map[string]string{}, wantErr: "bad heredoc"},

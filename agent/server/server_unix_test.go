@@ -3,6 +3,7 @@
 package server_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -178,6 +179,38 @@ func TestStepAsAnotherUser(t *testing.T) {
 	}
 	if uid := info.Sys().(*syscall.Stat_t).Uid; uid != 65534 {
 		t.Fatalf("file owned by %d", uid)
+	}
+}
+
+// A step that runs as another user cannot borrow the agent's root to read
+// what it may not: its $SLIPWAY_OUTPUT made a link to a root-only file, or
+// a report that links to one, comes back neither in its outputs, its error
+// nor its report; a report that is a FIFO does not hang the step.
+func TestStepFilesAreNotFollowedOutOfTheStep(t *testing.T) {
+	a := multiUserAgent(t)
+	secretFile := filepath.Join(t.TempDir(), "root-only")
+	if err := os.WriteFile(secretFile, []byte("ROOT_ONLY=t0p-s3cret\n<testsuite><testcase name=\"t0p-s3cret\"><failure message=\"t0p-s3cret\"/></testcase></testsuite>\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := run(t, a, "borrow", agentapi.Step{
+		Script:  fmt.Sprintf(`rm -f "$SLIPWAY_OUTPUT"; ln -s %s "$SLIPWAY_OUTPUT"; ln -s %s linked.xml; mkfifo fifo.xml`, secretFile, secretFile),
+		User:    "65534:65534",
+		Outputs: []string{"ROOT_ONLY"},
+		Reports: []string{"*.xml"},
+	})
+	answer, _ := json.Marshal(st)
+	if strings.Contains(string(answer), "t0p-s3cret") || strings.Contains(logOf(t, a, "borrow"), "t0p-s3cret") {
+		t.Fatalf("the root-only file came back: %s", answer)
+	}
+	if !strings.Contains(st.Error, "path escapes") {
+		t.Fatalf("error %q: want the link refused", st.Error)
+	}
+	if st.Tests == nil || st.Tests.Files != 0 {
+		t.Fatalf("reports %+v", st.Tests)
+	}
+	notes := strings.Join(st.Tests.Notes, "\n")
+	if !strings.Contains(notes, "linked.xml: path escapes") || !strings.Contains(notes, "fifo.xml: not a regular file") {
+		t.Fatalf("report notes %q", st.Tests.Notes)
 	}
 }
 
