@@ -412,3 +412,18 @@ func BenchmarkMaskLargeSecrets(b *testing.B) {
 		float64(build.Microseconds())/1000, total, len(m.depth), held, held*(1<<20)/float64(total), logBytes/1e6/time.Since(start).Seconds())
 	runtime.KeepAlive(m)
 }
+
+// Text masks a short text as a Matcher would, without building one.
+func TestTextMasksLikeAMatcher(t *testing.T) {
+	secrets := []string{"s3cr3t \"v4lue\"", "tok/en+=="}
+	for _, text := range []string{
+		`id "s3cr3t \"v4lue\"": want [A-Za-z0-9_-]`,
+		"env name s3cr3t \"v4lue\" and tok/en+== and tok%2Fen%2B%3D%3D",
+		"base64 " + base64.StdEncoding.EncodeToString([]byte("tok/en+==")),
+		"nothing secret here",
+	} {
+		if got, want := Text(text, secrets...), New(secrets...).MaskString(text); got != want {
+			t.Errorf("Text(%q) = %q, the matcher's %q", text, got, want)
+		}
+	}
+}

@@ -389,7 +389,7 @@ func decodeBody[T any](w http.ResponseWriter, r *http.Request, known *mask.Match
 // maskRefusal masks a refusal of body with the secrets it carries and
 // those known.
 func maskRefusal(msg string, body []byte, known *mask.Matcher) string {
-	msg = mask.New(agentapi.CarriedSecrets(body)...).MaskString(msg)
+	msg = mask.Text(msg, agentapi.CarriedSecrets(body)...)
 	if known != nil {
 		msg = known.MaskString(msg)
 	}

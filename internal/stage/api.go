@@ -183,7 +183,7 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	message := ae.message
 	var masked *maskedError
 	if errors.As(err, &masked) {
-		message = masked.secrets.MaskString(message)
+		message = mask.Text(message, masked.secrets...)
 	}
 	writeJSON(w, ae.status, ErrorBody{Error: ErrorDetail{Code: ae.code, Message: message}})
 }
@@ -208,17 +208,17 @@ func maskRefusals(handle func(http.ResponseWriter, *http.Request) error) func(ht
 		if len(secrets) == 0 {
 			return err
 		}
-		return &maskedError{err: err, secrets: mask.New(secrets...)}
+		return &maskedError{err: err, secrets: secrets}
 	}
 }
 
 // maskedError is err, whose text is masked with secrets.
 type maskedError struct {
 	err     error
-	secrets *mask.Matcher
+	secrets []string
 }
 
-func (e *maskedError) Error() string { return e.secrets.MaskString(e.err.Error()) }
+func (e *maskedError) Error() string { return mask.Text(e.err.Error(), e.secrets...) }
 func (e *maskedError) Unwrap() error { return e.err }
 
 // translate maps the store's and the services' errors to answers.
