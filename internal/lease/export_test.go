@@ -10,3 +10,6 @@ import (
 func (s *Store) TryLease(ctx context.Context, pool, launchID, stageID string, deadline time.Time) (*VM, error) {
 	return s.tryLease(ctx, pool, launchID, stageID, deadline)
 }
+
+// ItemBytes is an item's size as the store counts it.
+var ItemBytes = itemBytes

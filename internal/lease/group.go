@@ -161,6 +161,12 @@ func (s *Store) AddGroup(ctx context.Context, stageID string, read *Records, g N
 		*update.UpdateExpression += " ADD #ids :ids"
 		update.ExpressionAttributeValues[":ids"] = &types.AttributeValueMemberSS{Value: g.StepIDs}
 		item := groupItem(stageID, st.Groups, g, now, num(st.Deadline.Add(recordRetention).Unix()))
+		if err := tooLarge(
+			checkItemSize(fmt.Sprintf("the record of group %d of stage %s", st.Groups, stageID), item, MaxItemBytes-groupReserve),
+			st.checkGrowth(g.StepIDs),
+		); err != nil {
+			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, err)
+		}
 		err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
 			{Update: update},
 			{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: aws.String("attribute_not_exists(pk)")}},
@@ -194,7 +200,39 @@ func (r *Records) withGroup(g *Group, stepIDs []string) *Records {
 	st.Final = g.Final
 	st.Version++
 	st.stepIDs = append(slices.Clip(st.stepIDs), stepIDs...)
+	st.bytes += addedBytes(r.Stage, stepIDs)
 	return &Records{Stage: &st, Groups: append(slices.Clip(r.Groups), *g), Steps: r.Steps}
+}
+
+// checkGrowth says whether step ids would take the stage's record (which
+// keeps every step id) over its limit.
+func (st *Stage) checkGrowth(stepIDs []string) *OversizeRecord {
+	grown := st.bytes + addedBytes(st, stepIDs)
+	if grown <= MaxItemBytes-stageReserve {
+		return nil
+	}
+	ids := len(attrStepIDs)
+	for _, id := range append(slices.Clip(st.stepIDs), stepIDs...) {
+		ids += len(id)
+	}
+	parts := []RecordPart{
+		{partName(attrSpec), len(attrSpec) + len(st.Spec)}, {partName(attrSealed), len(attrSealed) + len(st.Sealed)}, {partName(attrStepIDs), ids},
+	}
+	slices.SortFunc(parts, func(a, b RecordPart) int { return b.Bytes - a.Bytes })
+	return &OversizeRecord{Record: "the record of stage " + st.ID, Bytes: grown, Limit: MaxItemBytes - stageReserve, Parts: parts}
+}
+
+// addedBytes is what adding stepIDs adds to the stage's record: the ids,
+// the set's name if it is new, and a few bytes for the counts that grow.
+func addedBytes(st *Stage, stepIDs []string) int {
+	n := 8
+	if len(st.stepIDs) == 0 {
+		n += len(attrStepIDs)
+	}
+	for _, id := range stepIDs {
+		n += len(id)
+	}
+	return n
 }
 
 var errStageMoved = errors.New("the stage changed meanwhile")
@@ -281,7 +319,13 @@ func (s *Store) FinishGroup(ctx context.Context, st *Stage, index int, end Group
 		item[attrStepState] = str(step.State)
 		item[attrExpiresAt] = expires
 		setBytes(item, attrStepResult, step.Result)
+		if err := tooLarge(checkItemSize(fmt.Sprintf("the record of step %s of stage %s", step.ID, st.ID), item, MaxItemBytes)); err != nil {
+			return nil, fmt.Errorf("finish group %d of stage %s: %w", index, st.ID, err)
+		}
 		writes = append(writes, types.TransactWriteItem{Put: &types.Put{TableName: aws.String(s.Table), Item: item}})
+	}
+	if err := tooLarge(checkTransactSize(fmt.Sprintf("the end of group %d of stage %s (one transaction)", index, st.ID), writes)); err != nil {
+		return nil, err
 	}
 	if err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, ErrGroupMoved, ErrNotFound); err != nil {
 		return nil, fmt.Errorf("finish group %d of stage %s: %w", index, st.ID, err)

@@ -105,6 +105,9 @@ type Stage struct {
 	// stepIDs are the ids of every step given, as read with the record:
 	// an add tells a retry from a clash by them.
 	stepIDs []string
+	// bytes is the record's size as DynamoDB counts it, when read: an add
+	// checks that the step ids it adds still fit.
+	bytes int
 }
 
 func stageKey(id string) map[string]types.AttributeValue {
@@ -117,6 +120,7 @@ func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 		Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed), Final: getBool(item, attrFinal),
 		VM: getString(item, attrVM), Launched: getString(item, attrLaunched), BootID: getString(item, attrBootID),
 		VMAddress: getString(item, attrVMAddress), Result: getString(item, attrResult), Reason: getString(item, attrReason),
+		bytes: itemBytes(item),
 	}
 	if set, ok := item[attrStepIDs].(*types.AttributeValueMemberSS); ok {
 		st.stepIDs = set.Value
@@ -195,10 +199,17 @@ func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
 		{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: notExists}},
 		{Put: &types.Put{TableName: aws.String(s.Table), Item: indexItem(ns.ID, ns.Pool, now, expires)}},
 	}
+	sizes := []*OversizeRecord{checkItemSize("the record of stage "+ns.ID, item, MaxItemBytes-stageReserve)}
 	for i, g := range ns.Groups {
+		gi := groupItem(ns.ID, i, g, now, expires)
+		sizes = append(sizes, checkItemSize(fmt.Sprintf("the record of group %d of stage %s", i, ns.ID), gi, MaxItemBytes-groupReserve))
 		writes = append(writes, types.TransactWriteItem{Put: &types.Put{
-			TableName: aws.String(s.Table), Item: groupItem(ns.ID, i, g, now, expires), ConditionExpression: notExists,
+			TableName: aws.String(s.Table), Item: gi, ConditionExpression: notExists,
 		}})
+	}
+	sizes = append(sizes, checkTransactSize("the records of stage "+ns.ID+" (written in one transaction)", writes))
+	if err := tooLarge(sizes...); err != nil {
+		return nil, fmt.Errorf("create stage %s: %w", ns.ID, err)
 	}
 	err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, ErrStageExists)
 	if errors.Is(err, ErrStageExists) {
@@ -295,7 +306,7 @@ func ending(c *stageChange, result, reason string, now time.Time) {
 	}
 	c.set = append(c.set, "#res = if_not_exists(#res, :res)", "#why = if_not_exists(#why, :why)", "#end = if_not_exists(#end, :end)")
 	c.names["#res"], c.names["#why"], c.names["#end"] = attrResult, attrReason, attrEndedAt
-	c.values[":res"], c.values[":why"], c.values[":end"] = str(result), str(reason), millis(now)
+	c.values[":res"], c.values[":why"], c.values[":end"] = str(result), str(truncateReason(reason)), millis(now)
 }
 
 // EndStage records the stage's result and why, unless it has one: then it

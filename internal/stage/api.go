@@ -224,9 +224,13 @@ func (e *maskedError) Unwrap() error { return e.err }
 // translate maps the store's and the services' errors to answers.
 func (a *API) translate(r *http.Request, err error) *apiError {
 	var tooLarge *http.MaxBytesError
+	var record *lease.RecordTooLargeError
 	switch {
 	case errors.As(err, &tooLarge):
 		return fail(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body is over %d bytes", tooLarge.Limit)
+	case errors.As(err, &record):
+		return fail(http.StatusRequestEntityTooLarge, CodeTooLarge, "%v: DynamoDB keeps at most 400 KiB in a record and 4 MiB in a write; "+
+			"fetch large files in a step, or give fewer steps or secrets at once", record)
 	case errors.Is(err, lease.ErrStageNotFound):
 		return fail(http.StatusNotFound, CodeNotFound, "no stage %q", r.PathValue("id"))
 	case errors.Is(err, lease.ErrStageClosed):

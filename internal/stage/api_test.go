@@ -1,7 +1,9 @@
 package stage_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
@@ -478,5 +480,59 @@ func TestRefusalsMaskTheRequestsSecrets(t *testing.T) {
 				t.Fatalf("with the secret: %d %s, want a 400 that does not quote it", masked.status, masked.body)
 			}
 		})
+	}
+}
+
+// Files, secrets and steps that each pass their own limit can together take
+// a record over DynamoDB's 400 KB: the request is a 413 naming the record
+// and its parts, nothing is recorded and nothing starts.
+func TestRecordOverTheItemLimitIsRefused(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	secrets := map[string]string{}
+	for i := range 4 {
+		secrets[fmt.Sprint("KEY_", i)] = strings.Repeat(fmt.Sprint(i), 30<<10)
+	}
+	big := stage.Spec{
+		ID: "big", Pool: "p", Secrets: secrets,
+		Files: []agentapi.File{{Path: "blob", Data: bytes.Repeat([]byte{0xfe}, 250<<10)}},
+	}
+	a := e.do(t, "POST", "/v1/stages", big, false)
+	if a.status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("create: %d %s, want 413", a.status, a.body)
+	}
+	for _, want := range []string{"the record of stage big would be", "settings (env, files, steps)", "secrets (sealed)", "fetch large files in a step"} {
+		if !strings.Contains(a.errorMessage(), want) {
+			t.Errorf("the message lacks %q: %s", want, a.errorMessage())
+		}
+	}
+	if strings.Contains(string(a.body), secrets["KEY_1"][:64]) {
+		t.Errorf("the message quotes a secret")
+	}
+	if got := e.do(t, "GET", "/v1/stages/big", nil, false); got.status != http.StatusNotFound {
+		t.Errorf("after the refusal: %d %s, want no stage", got.status, got.body)
+	}
+	if calls := e.execs.started(); len(calls) != 0 {
+		t.Errorf("%d executions started for a refused stage", len(calls))
+	}
+
+	// Each group of an open stage is a record of its own: one too large is
+	// refused, and the stage goes on.
+	if a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "open", Pool: "p"}, true); a.status != http.StatusCreated {
+		t.Fatalf("create: %d %s", a.status, a.body)
+	}
+	var steps []stage.Step
+	for i := range 40 {
+		s := script(strings.Repeat("echo padding; ", 9<<10/14))
+		if i < 2 {
+			s.Secrets = map[string]string{"STEP_KEY": strings.Repeat(fmt.Sprint(i), 30<<10)}
+		}
+		steps = append(steps, stage.Step{ID: fmt.Sprint("step-", i), Step: s})
+	}
+	a = e.do(t, "POST", "/v1/stages/open/groups", stage.Group{Steps: steps}, false)
+	if a.status != http.StatusRequestEntityTooLarge || !strings.Contains(a.errorMessage(), "the record of group 0 of stage open would be") {
+		t.Fatalf("add a group: %d %s, want a 413 naming the group", a.status, a.body)
+	}
+	if a := e.do(t, "POST", "/v1/stages/open/groups", stage.Group{Steps: steps[:2]}, true); a.status != http.StatusCreated && a.status != http.StatusOK {
+		t.Fatalf("a group that fits, after: %d %s", a.status, a.body)
 	}
 }

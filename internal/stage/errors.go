@@ -23,7 +23,8 @@ func (e *TransientError) Error() string { return e.Err.Error() }
 func (e *TransientError) Unwrap() error { return e.Err }
 
 // FaultError is a failure a retry cannot fix: a record that does not
-// decode, secrets that do not open, a payload without a stage id. The state
+// decode or would not fit, secrets that do not open, a payload without a
+// stage id. The state
 // machine goes straight to Cleanup, which records the stage's result as
 // error.
 type FaultError struct{ Err error }
@@ -41,12 +42,13 @@ func boundary(err error) error {
 	}
 	var fault *FaultError
 	var transient *TransientError
+	var tooLarge *lease.RecordTooLargeError
 	switch {
 	case errors.As(err, &fault):
 		return &FaultError{Err: err}
 	case errors.As(err, &transient):
 		return &TransientError{Err: err}
-	case errors.Is(err, secret.ErrOpen), errors.Is(err, lease.ErrStageNotFound):
+	case errors.Is(err, secret.ErrOpen), errors.Is(err, lease.ErrStageNotFound), errors.As(err, &tooLarge):
 		return &FaultError{Err: err}
 	}
 	var apiErr smithy.APIError

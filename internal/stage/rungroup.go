@@ -170,7 +170,7 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 	end := lease.GroupEnd{State: Succeeded, StartedAt: started, EndedAt: endedAt}
 	var firstFailed *StepStatus
 	for i := range statuses {
-		end.Steps = append(end.Steps, statuses[i].record())
+		end.Steps = append(end.Steps, statuses[i].record(resultLimit(len(statuses))))
 		if unsuccessful(statuses[i].State) && firstFailed == nil {
 			firstFailed = &statuses[i]
 		}
@@ -377,7 +377,7 @@ func (d *Deps) stopGroup(ctx context.Context, st *lease.Stage) {
 	started, ended, _ := span(statuses, d.now())
 	end := lease.GroupEnd{State: Canceled, StartedAt: started, EndedAt: ended}
 	for _, s := range statuses {
-		end.Steps = append(end.Steps, s.record())
+		end.Steps = append(end.Steps, s.record(resultLimit(len(statuses))))
 	}
 	if _, err := d.Books.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, lease.ErrGroupMoved) {
 		d.log().Warn("stop group: record", "stage", st.ID, "err", err)

@@ -2,6 +2,7 @@ package stage
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"time"
 
@@ -125,9 +126,18 @@ type stepResult struct {
 	Tests     *agentapi.TestReport `json:"tests,omitempty"`
 }
 
-// maxResultBytes keeps a group's end, one step result per item, far below
-// DynamoDB's 400 KB item.
-const maxResultBytes = 128 << 10
+// A step's result is one item of its group's end, a transaction: each is
+// kept far below DynamoDB's 400 KB item, and a group's together below its
+// 4 MB transaction (50 steps of 128 KiB would be 6.4 MB).
+const (
+	maxResultBytes    = 128 << 10
+	groupResultsBytes = 3 << 20
+)
+
+// resultLimit is the most one of a group's steps records.
+func resultLimit(steps int) int {
+	return min(maxResultBytes, groupResultsBytes/max(steps, 1))
+}
 
 // fromAgent is the step's status as the agent tells it.
 // liveStep is a step as its agent tells it while the records still say it
@@ -156,9 +166,10 @@ func fromAgent(id string, group int, st *agentapi.StepStatus) StepStatus {
 	return s
 }
 
-// record encodes a step's end for its record; outputs that would make the
-// record too large are dropped, and the error says so.
-func (s StepStatus) record() lease.StepRecord {
+// record encodes a step's end for its record in at most limit bytes:
+// failed tests' details, then outputs, that would make it larger are
+// dropped, and the record says so.
+func (s StepStatus) record(limit int) lease.StepRecord {
 	r := stepResult{ExitCode: s.ExitCode, OOMKilled: s.OOMKilled, Outputs: s.Outputs, Error: s.Error, LogBytes: s.LogBytes, LogError: s.LogError}
 	if s.Tests != nil {
 		tests := *s.Tests
@@ -172,20 +183,20 @@ func (s StepStatus) record() lease.StepRecord {
 		r.EndedAt = *s.EndedAt
 	}
 	data, _ := json.Marshal(r)
-	if len(data) > maxResultBytes && r.Tests != nil {
+	if len(data) > limit && r.Tests != nil {
 		// The failures' output first, then the failures: the totals stay.
 		for i := range r.Tests.Failures {
 			r.Tests.Failures[i].Output = ""
 		}
-		if data, _ = json.Marshal(r); len(data) > maxResultBytes {
+		if data, _ = json.Marshal(r); len(data) > limit {
 			r.Tests.Failures = nil
 		}
-		r.Tests.Notes = append(r.Tests.Notes, "failed tests' details dropped: over 128 KiB")
+		r.Tests.Notes = append(r.Tests.Notes, fmt.Sprintf("failed tests' details dropped: over %d KiB", limit>>10))
 		data, _ = json.Marshal(r)
 	}
-	if len(data) > maxResultBytes {
+	if len(data) > limit {
 		r.Outputs = nil
-		r.Error = agentapi.Truncate(r.Error, 4<<10) + " (outputs dropped: over 128 KiB)"
+		r.Error = agentapi.Truncate(r.Error, 4<<10) + fmt.Sprintf(" (outputs dropped: over %d KiB)", limit>>10)
 		data, _ = json.Marshal(r)
 	}
 	return lease.StepRecord{ID: s.ID, State: s.State, Result: data}
