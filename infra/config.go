@@ -63,6 +63,11 @@ type Config struct {
 	LogRetentionDays int
 	StepLogDays      int
 
+	// APIPrincipals are the IAM principals (ARNs, * allowed) the delegate
+	// API takes calls from, in its resource policy; empty: any of the
+	// deployment's account that IAM allows (DelegatePolicy), none of another.
+	APIPrincipals []string
+
 	// AssetRoot is the repository: bin/ holds the agents and bin/lambda
 	// the functions (make build lambdas). `go run ./infra` runs at the
 	// root; the tests run in infra/ and pass "..".
@@ -87,6 +92,7 @@ var contextDefaults = map[string]string{
 	"idleDeficitMinutes": "15",
 	"logRetentionDays":   "30",
 	"stepLogDays":        "30",
+	"apiPrincipals":      "",
 }
 
 var (
@@ -97,6 +103,7 @@ var (
 	subnetPattern     = regexp.MustCompile(`^subnet-[0-9a-f]{8,17}$`)
 	routeTablePattern = regexp.MustCompile(`^rtb-[0-9a-f]{8,17}$`)
 	emailPattern      = regexp.MustCompile(`^[^@\s]+@[^@\s]+\.[^@\s]+$`)
+	principalPattern  = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:(root|(role|user)/[A-Za-z0-9+=,.@_/*-]+)$`)
 )
 
 // LoadConfig reads the configuration through get (the CDK context: a
@@ -170,6 +177,7 @@ func LoadConfig(get func(key string) any, root string) (*Config, error) {
 		IdleDeficitMinutes: number("idleDeficitMinutes", 1, 1440),
 		LogRetentionDays:   number("logRetentionDays", 1, 3653),
 		StepLogDays:        number("stepLogDays", 1, 3653),
+		APIPrincipals:      list("apiPrincipals", principalPattern, "an IAM role or user ARN (arn:aws:iam::123456789012:role/name, * allowed)"),
 		AssetRoot:          root,
 	}
 	if _, ok := retentionDays[c.LogRetentionDays]; !ok {

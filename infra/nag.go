@@ -53,6 +53,9 @@ func (s *Stack) suppressions() {
 		"Alarm notifications carry alarm names and states only; a customer key for them would cost $1 a month")
 	stack("AwsSolutions-VPC7",
 		"Flow logs of build VMs' traffic would cost per GB of every build's downloads; enable them on the VPC when needed")
+	stack("AwsSolutions-SF1",
+		"The state machine logs errors only, without execution data: ALL would log every transition's input and output (stage ids, step "+
+			"results) for each of thousands of loops; the execution history keeps every event for 90 days")
 	stack("AwsSolutions-L1",
 		"The functions run on provided.al2023, the current OS-only runtime; the flagged function is CDK's own custom resource, if any")
 }

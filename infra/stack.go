@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
@@ -231,11 +233,11 @@ func (s *Stack) data() {
 	s.caKey = awskms.NewKey(s.Stack, jsii.String("CAKey"), &awskms.KeyProps{
 		Description: jsii.String("Slipway " + s.cfg.Deployment + " CA: signs the VMs' and the functions' certificates; the private key never leaves KMS"),
 		KeySpec:     awskms.KeySpec_ECC_NIST_P256, KeyUsage: awskms.KeyUsage_SIGN_VERIFY,
-		RemovalPolicy: awscdk.RemovalPolicy_RETAIN,
+		RemovalPolicy: awscdk.RemovalPolicy_RETAIN, Policy: keyAdministration(),
 	})
 	s.secretsKey = awskms.NewKey(s.Stack, jsii.String("SecretsKey"), &awskms.KeyProps{
 		Description:       jsii.String("Slipway " + s.cfg.Deployment + " stage secrets: data keys under the stage id's encryption context"),
-		EnableKeyRotation: jsii.Bool(true), RemovalPolicy: awscdk.RemovalPolicy_RETAIN,
+		EnableKeyRotation: jsii.Bool(true), RemovalPolicy: awscdk.RemovalPolicy_RETAIN, Policy: keyAdministration(),
 	})
 
 	s.logBucket = awss3.NewBucket(s.Stack, jsii.String("StepLogs"), &awss3.BucketProps{
@@ -248,6 +250,27 @@ func (s *Stack) data() {
 		}},
 		RemovalPolicy: awscdk.RemovalPolicy_RETAIN,
 	})
+}
+
+// keyAdministration is a key policy that lets the account administer the
+// key and nothing more: CDK's default gives the account kms:*, so any role
+// of it that IAM allowed kms:Sign could mint orchestrator certificates.
+// Whoever uses the key is named in its policy (grants), by role.
+func keyAdministration() awsiam.PolicyDocument {
+	return awsiam.NewPolicyDocument(&awsiam.PolicyDocumentProps{Statements: &[]awsiam.PolicyStatement{
+		awsiam.NewPolicyStatement(&awsiam.PolicyStatementProps{
+			Sid: jsii.String("AccountAdministersTheKey"), Principals: &[]awsiam.IPrincipal{awsiam.NewAccountRootPrincipal()},
+			Actions: jsii.Strings(keyAdminActions...), Resources: jsii.Strings("*"),
+		}),
+	}})
+}
+
+// keyAdminActions are AWS's key administrator actions: managing the key,
+// never using it (no Sign, Encrypt, Decrypt or GenerateDataKey).
+var keyAdminActions = []string{
+	"kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Revoke*",
+	"kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource",
+	"kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion", "kms:RotateKeyOnDemand",
 }
 
 // fleet is what the build VMs are launched with: the agent binaries (S3
@@ -309,8 +332,8 @@ func agentBinary(platform string) string {
 // network, launch templates and agent binaries.
 func (s *Stack) environment() (*map[string]*string, error) {
 	templates := map[string]string{}
-	for pool := range s.launchTemplates {
-		templates[pool] = s.name(pool)
+	for pool, lt := range s.launchTemplates {
+		templates[pool] = *lt.LaunchTemplateId()
 	}
 	launchTemplates, err := json.Marshal(templates)
 	if err != nil {
@@ -447,13 +470,19 @@ func (s *Stack) grants() {
 		})
 		s.allow(fn, s.caKey.KeyArn(), nil, "kms:Sign", "kms:GetPublicKey")
 	}
+	// Each function signs: its own client certificate (all call agents),
+	// and the launchers the VMs' server certificates. The key policy names
+	// them, and no one else may use the key.
+	s.keyUsers(s.caKey, "SignTheDeploymentsCertificates", nil, slices.Collect(maps.Values(f)), "kms:Sign", "kms:GetPublicKey")
 	// Stage secrets: the API seals (GenerateDataKey), init and step open
 	// (Decrypt), always under the stage id's encryption context.
 	stageContext := map[string]any{"Null": map[string]any{"kms:EncryptionContext:" + secret.ContextKey: "false"}}
 	s.allow(f[statemachine.API], s.secretsKey.KeyArn(), stageContext, "kms:GenerateDataKey")
+	s.keyUsers(s.secretsKey, "SealStageSecrets", stageContext, []awslambda.Function{f[statemachine.API]}, "kms:GenerateDataKey")
 	for _, name := range []string{statemachine.Init, statemachine.Step} {
 		s.allow(f[name], s.secretsKey.KeyArn(), stageContext, "kms:Decrypt")
 	}
+	s.keyUsers(s.secretsKey, "OpenStageSecrets", stageContext, []awslambda.Function{f[statemachine.Init], f[statemachine.Step]}, "kms:Decrypt")
 
 	// The API starts a stage's execution and invokes the release on a
 	// DELETE; the release asks for a refill.
@@ -468,22 +497,55 @@ func (s *Stack) grants() {
 		s.allow(f[name], objects, nil, "s3:PutObject", "s3:AbortMultipartUpload")
 	}
 	s.allow(f[statemachine.API], objects, nil, "s3:GetObject")
+	// Without s3:ListBucket, S3 answers a missing key 403, not 404: a log
+	// not archived yet (a running step's) would read as forbidden.
+	s.allow(f[statemachine.API], s.logBucket.BucketArn(), nil, "s3:ListBucket")
 
 	// The fleet: init (a pool short of VMs) and refill launch; they and
 	// cleanup terminate; refill lists (reconcile).
 	for _, name := range []string{statemachine.Init, statemachine.Refill} {
 		s.launcher(f[name])
 	}
+	// Only instances the deployment's templates launched: the deployment's
+	// tag alone can be put on any instance by whoever may tag; EC2's
+	// aws:ec2launchtemplate:id cannot.
 	for _, name := range []string{statemachine.Init, statemachine.Refill, statemachine.Cleanup} {
 		s.statement(f[name], &awsiam.PolicyStatementProps{
-			Actions:    jsii.Strings("ec2:TerminateInstances"),
-			Resources:  jsii.Strings(*s.ec2ARN("instance/*")),
-			Conditions: &map[string]any{"StringEquals": map[string]any{"aws:ResourceTag/" + fleet.TagDeployment: s.cfg.Deployment}},
+			Sid:       jsii.String("TerminateTheDeploymentsInstances"),
+			Actions:   jsii.Strings("ec2:TerminateInstances"),
+			Resources: jsii.Strings(*s.ec2ARN("instance/*")),
+			Conditions: &map[string]any{"StringEquals": map[string]any{
+				"aws:ResourceTag/" + fleet.TagDeployment:       s.cfg.Deployment,
+				"aws:ResourceTag/" + fleet.TagLaunchTemplateID: s.templateIDs(),
+			}},
 		})
 	}
 	s.statement(f[statemachine.Refill], &awsiam.PolicyStatementProps{
 		Actions: jsii.Strings("ec2:DescribeInstances"), Resources: jsii.Strings("*"),
 	})
+}
+
+// templateIDs are the deployment's launch templates' ids, by pool name.
+func (s *Stack) templateIDs() []*string {
+	var ids []*string
+	for _, name := range slices.Sorted(maps.Keys(s.launchTemplates)) {
+		ids = append(ids, s.launchTemplates[name].LaunchTemplateId())
+	}
+	return ids
+}
+
+// keyUsers names functions' roles in a key's policy for actions, under
+// conditions.
+func (s *Stack) keyUsers(key awskms.Key, sid string, conditions map[string]any, fns []awslambda.Function, actions ...string) {
+	var roles []awsiam.IPrincipal
+	for _, fn := range fns {
+		roles = append(roles, awsiam.NewArnPrincipal(fn.Role().RoleArn()))
+	}
+	props := &awsiam.PolicyStatementProps{Sid: jsii.String(sid), Principals: &roles, Actions: jsii.Strings(actions...), Resources: jsii.Strings("*")}
+	if conditions != nil {
+		props.Conditions = &conditions
+	}
+	key.AddToResourcePolicy(awsiam.NewPolicyStatement(props), jsii.Bool(false))
 }
 
 func (s *Stack) ec2ARN(resource string) *string {
@@ -514,23 +576,39 @@ func (s *Stack) launcher(fn awslambda.Function) {
 		Resources:  jsii.Strings(*s.ec2ARN("volume/*")),
 		Conditions: &map[string]any{"Bool": map[string]any{"ec2:Encrypted": "true"}},
 	})
-	network := jsii.Strings(*s.ec2ARN("network-interface/*"), *s.ec2ARN("subnet/*"), *s.ec2ARN("security-group/*"),
-		*s.FormatArn(&awscdk.ArnComponents{Service: jsii.String("ec2"), Account: jsii.String(""), Resource: jsii.String("image/*")}))
-	// What the pools ask for beyond that: their key pairs by name, and
-	// spot requests where a pool is spot.
+	// The network: subnets and interfaces of the deployment's VPC, and
+	// exactly the security groups the VMs get (the deployment's and those
+	// the pools name), in that VPC.
+	network := jsii.Strings(*s.ec2ARN("network-interface/*"), *s.ec2ARN("subnet/*"), *s.ec2ARN("security-group/" + *s.vmSG.SecurityGroupId()))
+	groups := map[string]bool{}
+	for _, p := range s.cfg.pools() {
+		for _, sg := range p.SecurityGroups {
+			if sg != validationNetwork.SecurityGroups[0] && !groups[sg] {
+				groups[sg] = true
+				*network = append(*network, s.ec2ARN("security-group/"+sg))
+			}
+		}
+	}
+	s.statement(fn, &awsiam.PolicyStatementProps{
+		Sid: jsii.String("LaunchIntoTheDeploymentsVPC"), Actions: jsii.Strings("ec2:RunInstances"), Resources: network,
+		Conditions: &map[string]any{"ArnEquals": map[string]any{"ec2:Vpc": s.ec2ARN("vpc/" + *s.vpc.VpcId())}},
+	})
+	// Images (any: the pools name them by id or SSM path), the pools' key
+	// pairs by name, and spot requests where a pool is spot.
+	images := jsii.Strings(*s.FormatArn(&awscdk.ArnComponents{Service: jsii.String("ec2"), Account: jsii.String(""), Resource: jsii.String("image/*")}))
 	keyPairs, spot := map[string]bool{}, false
 	for _, p := range s.cfg.pools() {
 		if p.KeyPair != "" && !keyPairs[p.KeyPair] {
 			keyPairs[p.KeyPair] = true
-			*network = append(*network, s.ec2ARN("key-pair/"+p.KeyPair))
+			*images = append(*images, s.ec2ARN("key-pair/"+p.KeyPair))
 		}
 		spot = spot || p.Spot.Enabled
 	}
 	if spot {
-		*network = append(*network, s.ec2ARN("spot-instances-request/*"))
+		*images = append(*images, s.ec2ARN("spot-instances-request/*"))
 	}
 	s.statement(fn, &awsiam.PolicyStatementProps{
-		Sid: jsii.String("LaunchIntoTheDeploymentsNetwork"), Actions: jsii.Strings("ec2:RunInstances"), Resources: network,
+		Sid: jsii.String("LaunchWithImagesAndKeyPairs"), Actions: jsii.Strings("ec2:RunInstances"), Resources: images,
 	})
 	s.statement(fn, &awsiam.PolicyStatementProps{
 		Sid: jsii.String("TagWhatItLaunches"), Actions: jsii.Strings("ec2:CreateTags"),
@@ -611,7 +689,9 @@ func (s *Stack) orchestration() error {
 		StateMachineType: awsstepfunctions.StateMachineType_STANDARD,
 		DefinitionBody:   awsstepfunctions.DefinitionBody_FromString(jsii.String(string(definition))),
 		Logs: &awsstepfunctions.LogOptions{
-			Destination: logs, Level: awsstepfunctions.LogLevel_ALL, IncludeExecutionData: jsii.Bool(true),
+			// Errors only, without execution data: inputs and outputs carry
+			// stage ids and step results, and ALL logs every transition.
+			Destination: logs, Level: awsstepfunctions.LogLevel_ERROR, IncludeExecutionData: jsii.Bool(false),
 		},
 		TracingEnabled: jsii.Bool(true),
 	})
@@ -646,6 +726,33 @@ func (s *Stack) orchestration() error {
 	return nil
 }
 
+// apiPolicy is the API's resource policy: calls from the deployment's
+// account (and the accounts apiPrincipals name), and, when apiPrincipals
+// are given, from those principals only. IAM auth still needs each
+// caller's own execute-api:Invoke (DelegatePolicy).
+func (s *Stack) apiPolicy() awsiam.PolicyDocument {
+	accounts := map[string]bool{s.cfg.Account: true}
+	for _, arn := range s.cfg.APIPrincipals {
+		accounts[strings.Split(arn, ":")[4]] = true
+	}
+	var principals []awsiam.IPrincipal
+	for _, account := range slices.Sorted(maps.Keys(accounts)) {
+		principals = append(principals, awsiam.NewAccountPrincipal(jsii.String(account)))
+	}
+	statements := []awsiam.PolicyStatement{awsiam.NewPolicyStatement(&awsiam.PolicyStatementProps{
+		Sid: jsii.String("CallsFromTheDeploymentsAccounts"), Principals: &principals,
+		Actions: jsii.Strings("execute-api:Invoke"), Resources: jsii.Strings("execute-api:/*"),
+	})}
+	if len(s.cfg.APIPrincipals) > 0 {
+		statements = append(statements, awsiam.NewPolicyStatement(&awsiam.PolicyStatementProps{
+			Sid: jsii.String("OnlyTheNamedPrincipals"), Effect: awsiam.Effect_DENY, Principals: &[]awsiam.IPrincipal{awsiam.NewAnyPrincipal()},
+			Actions: jsii.Strings("execute-api:Invoke"), Resources: jsii.Strings("execute-api:/*"),
+			Conditions: &map[string]any{"ArnNotLike": map[string]any{"aws:PrincipalArn": s.cfg.APIPrincipals}},
+		}))
+	}
+	return awsiam.NewPolicyDocument(&awsiam.PolicyDocumentProps{Statements: &statements})
+}
+
 // delegateAPI is the delegate API: REST, a method for each operation of
 // its OpenAPI document (nothing else reaches the handler), IAM auth on
 // every method, the parameters validated, access logs; and the policy a
@@ -658,6 +765,7 @@ func (s *Stack) delegateAPI() error {
 	access := s.logGroup("APIAccessLogs")
 	s.api = awsapigateway.NewRestApi(s.Stack, jsii.String("API"), &awsapigateway.RestApiProps{
 		RestApiName:                 jsii.String(s.name("api")),
+		Policy:                      s.apiPolicy(),
 		Description:                 jsii.String("Slipway delegate API (SigV4)"),
 		EndpointTypes:               &[]awsapigateway.EndpointType{awsapigateway.EndpointType_REGIONAL},
 		CloudWatchRole:              jsii.Bool(true),

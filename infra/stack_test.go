@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -272,7 +273,7 @@ func TestDefaultDeployment(t *testing.T) {
 		common = append(common, tableActions...)
 		launch := []string{"ec2:RunInstances", "ec2:CreateTags", "iam:PassRole", "ec2:DescribeImages", "ssm:GetParameter", "s3:GetObject", "ec2:TerminateInstances"}
 		want := map[string][]string{
-			statemachine.API:     {"kms:GenerateDataKey", "states:StartExecution", "lambda:InvokeFunction", "s3:GetObject"},
+			statemachine.API:     {"kms:GenerateDataKey", "states:StartExecution", "lambda:InvokeFunction", "s3:GetObject", "s3:ListBucket"},
 			statemachine.Init:    append([]string{"kms:Decrypt"}, launch...),
 			statemachine.Step:    {"kms:Decrypt", "s3:PutObject", "s3:AbortMultipartUpload"},
 			statemachine.Cleanup: {"ec2:TerminateInstances", "lambda:InvokeFunction", "s3:PutObject", "s3:AbortMultipartUpload"},
@@ -360,6 +361,91 @@ func TestDefaultDeployment(t *testing.T) {
 		}
 	})
 
+	t.Run("key policies: the account administers the keys, only the named roles use them", func(t *testing.T) {
+		roles := map[string]string{} // role logical id -> function
+		for name, id := range s.functionsByName(t) {
+			roles[strings.Trim(strings.Split(flatten(s.resources[id].Properties["Role"]), ".")[0], "<")] = name
+		}
+		uses := map[string]map[string][]string{} // key -> action -> functions
+		for id, k := range s.ofType("AWS::KMS::Key") {
+			uses[id] = map[string][]string{}
+			doc, _ := k.Properties["KeyPolicy"].(map[string]any)
+			sts, _ := doc["Statement"].([]any)
+			if len(sts) == 0 {
+				t.Fatalf("key %s has no policy of its own: CDK's default gives the account kms:*", id)
+			}
+			for _, raw := range sts {
+				st := raw.(map[string]any)
+				principal, _ := st["Principal"].(map[string]any)
+				arns := strs(principal["AWS"])
+				cond, _ := json.Marshal(st["Condition"])
+				for _, a := range strs(st["Action"]) {
+					admin := slices.Contains(keyAdminActions, a)
+					for _, arn := range arns {
+						role := strings.TrimSuffix(strings.TrimPrefix(arn, "<"), ".Arn>")
+						switch fn, isRole := roles[role]; {
+						case strings.HasSuffix(arn, ":root") && admin:
+						case isRole && !admin:
+							uses[id][a] = append(uses[id][a], fn)
+							if (a == "kms:Decrypt" || a == "kms:GenerateDataKey") && !strings.Contains(string(cond), `"kms:EncryptionContext:`+secret.ContextKey+`":"false"`) {
+								t.Errorf("key %s: %s for %s without the stage's encryption context: %s", id, a, fn, cond)
+							}
+						default:
+							t.Errorf("key %s: %s for %s: only the account administers, only functions use", id, a, arn)
+						}
+					}
+				}
+			}
+		}
+		ca := s.logicalIDOf(t, s.stack.caKey)
+		secrets := s.logicalIDOf(t, s.stack.secretsKey)
+		all := slices.Sorted(slices.Values([]string{statemachine.API, statemachine.Init, statemachine.Step, statemachine.Cleanup, statemachine.Refill}))
+		for key, want := range map[string]map[string][]string{
+			ca:      {"kms:Sign": all, "kms:GetPublicKey": all},
+			secrets: {"kms:GenerateDataKey": {statemachine.API}, "kms:Decrypt": {statemachine.Init, statemachine.Step}},
+		} {
+			got := uses[key]
+			for a := range got {
+				slices.Sort(got[a])
+			}
+			for a := range want {
+				slices.Sort(want[a])
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("key %s is used by %v, want %v", key, got, want)
+			}
+		}
+	})
+
+	t.Run("the API reads logs as S3 needs: objects, and the bucket's listing (else a missing key is a 403)", func(t *testing.T) {
+		bucket := s.logicalIDOf(t, s.stack.logBucket)
+		var list, get bool
+		for _, st := range s.statements(t)[statemachine.API] {
+			switch {
+			case slices.Equal(st.Actions, []string{"s3:ListBucket"}):
+				list = slices.Equal(st.Resources, []string{"<" + bucket + ".Arn>"})
+			case slices.Equal(st.Actions, []string{"s3:GetObject"}):
+				get = slices.Equal(st.Resources, []string{"<" + bucket + ".Arn>/*"})
+			}
+		}
+		if !list || !get {
+			t.Errorf("api: s3:ListBucket on the bucket %v, s3:GetObject on its objects %v", list, get)
+		}
+	})
+
+	t.Run("the API's resource policy: the deployment's account only", func(t *testing.T) {
+		_, api := s.one(t, "AWS::ApiGateway::RestApi")
+		doc, _ := json.Marshal(api.Properties["Policy"])
+		for _, want := range []string{`"Effect":"Allow"`, `"execute-api:Invoke"`, `":iam::` + s.stack.cfg.Account + `:root"`} {
+			if !strings.Contains(string(doc), want) {
+				t.Errorf("resource policy lacks %s: %s", want, doc)
+			}
+		}
+		if strings.Contains(string(doc), `"AWS":"*"`) && !strings.Contains(string(doc), `"Effect":"Deny"`) {
+			t.Errorf("resource policy allows any principal: %s", doc)
+		}
+	})
+
 	t.Run("instances: launched only from the deployment's templates, tagged, IMDSv2, encrypted; terminated only if tagged", func(t *testing.T) {
 		checked := map[string][]string{} // what was checked, by whom
 		for name, sts := range s.statements(t) {
@@ -376,12 +462,36 @@ func TestDefaultDeployment(t *testing.T) {
 						if !strings.Contains(c, `"aws:ResourceTag/`+fleet.TagDeployment+`":"`+s.stack.cfg.Deployment+`"`) {
 							t.Errorf("%s: terminates untagged instances: %s", name, c)
 						}
+						// The deployment's tag anyone may put on an instance;
+						// EC2's launch template tag only a launch from the
+						// template.
+						templates := map[string]bool{}
+						for _, ref := range strs(st.Condition["StringEquals"].(map[string]any)["aws:ResourceTag/"+fleet.TagLaunchTemplateID]) {
+							templates[ref] = true
+						}
+						for pool, lt := range s.stack.launchTemplates {
+							if !templates["<Ref "+s.logicalIDOf(t, lt)+">"] || len(templates) != len(s.stack.launchTemplates) {
+								t.Errorf("%s: terminates instances not launched from pool %s's template (or others'): %s", name, pool, c)
+							}
+						}
 					case strings.HasSuffix(r, ":instance/*") && slices.Contains(st.Actions, "ec2:RunInstances"):
 						checked["launch"] = append(checked["launch"], name)
 						for _, want := range []string{`"aws:RequestTag/` + fleet.TagDeployment + `":"` + s.stack.cfg.Deployment + `"`, `"ec2:MetadataHttpTokens":"required"`, `"ec2:LaunchTemplate"`} {
 							if !strings.Contains(c, want) {
 								t.Errorf("%s: launches instances without %s: %s", name, want, c)
 							}
+						}
+					case slices.Contains(st.Actions, "ec2:RunInstances") && (strings.Contains(r, ":subnet/") || strings.Contains(r, ":network-interface/") || strings.Contains(r, ":security-group/")):
+						checked["network"] = append(checked["network"], name)
+						vpc := "<?" // the VPC's ARN, a join around its id
+						if arn, ok := st.Condition["ArnEquals"].(map[string]any); ok {
+							vpc = flatten(arn["ec2:Vpc"])
+						}
+						if !strings.Contains(vpc, ":vpc/<Ref "+s.logicalIDOf(t, s.stack.vpc)+">") {
+							t.Errorf("%s: launches into %s outside the deployment's VPC: %s", name, r, c)
+						}
+						if strings.HasSuffix(r, ":security-group/*") {
+							t.Errorf("%s: launches with any security group", name)
 						}
 					case strings.HasSuffix(r, ":volume/*") && slices.Contains(st.Actions, "ec2:RunInstances"):
 						checked["volume"] = append(checked["volume"], name)
@@ -399,7 +509,7 @@ func TestDefaultDeployment(t *testing.T) {
 		}
 		launchers := []string{statemachine.Init, statemachine.Refill}
 		for what, want := range map[string][]string{
-			"launch": launchers, "volume": launchers, "tags": launchers,
+			"launch": launchers, "volume": launchers, "tags": launchers, "network": launchers,
 			"terminate": {statemachine.Cleanup, statemachine.Init, statemachine.Refill},
 		} {
 			got := checked[what]
@@ -566,7 +676,8 @@ func TestDefaultDeployment(t *testing.T) {
 			}
 			logs, _ := sm.Properties["LoggingConfiguration"].(map[string]any)
 			tracing, _ := sm.Properties["TracingConfiguration"].(map[string]any)
-			if logs["Level"] != "ALL" || tracing["Enabled"] != true {
+			// Errors only, without execution data (inputs and outputs).
+			if logs["Level"] != "ERROR" || logs["IncludeExecutionData"] != false || tracing["Enabled"] != true {
 				t.Errorf("logging %v, tracing %v", logs, tracing)
 			}
 			if sm.Properties["StateMachineName"] != s.stack.name("stage") {
@@ -635,7 +746,7 @@ func TestDefaultDeployment(t *testing.T) {
 				t.Errorf("%s: %v", f.Name, err)
 			}
 			for _, p := range s.stack.cfg.pools() {
-				if fl.LaunchTemplates[p.Name] != s.stack.name(p.Name) {
+				if want := "<Ref " + s.logicalIDOf(t, s.stack.launchTemplates[p.Name]) + ">"; fl.LaunchTemplates[p.Name] != want {
 					t.Errorf("%s: pool %s's launch template %q", f.Name, p.Name, fl.LaunchTemplates[p.Name])
 				}
 				if a := fl.Agents[p.OS+"/"+p.Arch]; !strings.HasPrefix(a.Bucket, "cdk-") || a.Key == "" {
@@ -982,6 +1093,36 @@ func TestExistingVPC(t *testing.T) {
 	}
 }
 
+// Named principals, of this account and another, are the only ones the
+// API takes: the other account is allowed in the resource policy, and
+// everyone else denied, whatever their own policies say.
+func TestAPIPrincipals(t *testing.T) {
+	named := []string{"arn:aws:iam::123456789012:role/ci-delegate", "arn:aws:iam::210987654321:role/team-*"}
+	s := synthesize(t, map[string]any{"apiPrincipals": strings.Join(named, ",")})
+	_, api := s.one(t, "AWS::ApiGateway::RestApi")
+	doc, _ := api.Properties["Policy"].(map[string]any)
+	var allowed []string
+	var denied bool
+	for _, raw := range doc["Statement"].([]any) {
+		st := raw.(map[string]any)
+		switch st["Effect"] {
+		case "Allow":
+			for _, p := range strs(st["Principal"].(map[string]any)["AWS"]) {
+				allowed = append(allowed, regexp.MustCompile(`iam::([0-9]{12}):root$`).FindStringSubmatch(p)[1])
+			}
+		case "Deny":
+			cond, _ := st["Condition"].(map[string]any)
+			notLike, _ := cond["ArnNotLike"].(map[string]any)
+			denied = st["Principal"] == "*" || reflect.DeepEqual(st["Principal"], map[string]any{"AWS": "*"})
+			denied = denied && slices.Equal(strs(notLike["aws:PrincipalArn"]), named)
+		}
+	}
+	slices.Sort(allowed)
+	if !slices.Equal(allowed, []string{"123456789012", "210987654321"}) || !denied {
+		t.Errorf("accounts allowed %v, others denied %v: %v", allowed, denied, doc)
+	}
+}
+
 func TestBadContextNamesEveryProblem(t *testing.T) {
 	pools := filepath.Join(t.TempDir(), "pools.yaml")
 	if err := os.WriteFile(pools, []byte(`pools:
@@ -992,7 +1133,7 @@ func TestBadContextNamesEveryProblem(t *testing.T) {
 	ctx := map[string]any{
 		"deployment": "Prod", "account": "12345", "region": "mars", "pools": pools,
 		"subnetIds": "subnet-0a1b2c3d4e5f60001", "natGateways": "four", "interfaceEndpoints": "maybe",
-		"alarmEmail": "ops", "logRetentionDays": 42, "leaseWaitTargetMs": 5,
+		"alarmEmail": "ops", "logRetentionDays": 42, "leaseWaitTargetMs": 5, "apiPrincipals": "arn:aws:iam::123456789012:role/ci,ci-delegate",
 	}
 	_, err := LoadConfig(func(k string) any { return ctx[k] }, root)
 	if err == nil {
@@ -1001,7 +1142,7 @@ func TestBadContextNamesEveryProblem(t *testing.T) {
 	for _, want := range []string{
 		"context deployment:", "context account:", "context region:", "context subnetIds: only with vpcId",
 		"context natGateways:", "context interfaceEndpoints:", "context alarmEmail:", "context logRetentionDays: 42",
-		"context leaseWaitTargetMs:", "pool Bad_Name: name",
+		"context leaseWaitTargetMs:", "pool Bad_Name: name", `context apiPrincipals: "ci-delegate" is not an IAM role or user ARN`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the error does not say %q:\n%v", want, err)

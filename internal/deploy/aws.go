@@ -43,7 +43,7 @@ const (
 	// none; EnvVMSecurityGroups (comma-separated) are added to every pool's.
 	EnvSubnets          = "SLIPWAY_SUBNETS"
 	EnvVMSecurityGroups = "SLIPWAY_VM_SECURITY_GROUPS"
-	// EnvLaunchTemplates is a JSON object: pool name to launch template name.
+	// EnvLaunchTemplates is a JSON object: pool name to launch template id.
 	EnvLaunchTemplates = "SLIPWAY_LAUNCH_TEMPLATES"
 	// EnvAgentObjects is a JSON object: platform ("linux/arm64") to the
 	// agent binary's S3 object, {"bucket": ..., "key": ...}.
@@ -66,7 +66,7 @@ func FleetFromEnv(getenv func(string) string) (Fleet, error) {
 	var errs []error
 	if v := getenv(EnvLaunchTemplates); v != "" {
 		if err := json.Unmarshal([]byte(v), &f.LaunchTemplates); err != nil {
-			errs = append(errs, fmt.Errorf("%s: want a JSON object of pool names to launch template names: %w", EnvLaunchTemplates, err))
+			errs = append(errs, fmt.Errorf("%s: want a JSON object of pool names to launch template ids: %w", EnvLaunchTemplates, err))
 		}
 	}
 	if v := getenv(EnvAgentObjects); v != "" {

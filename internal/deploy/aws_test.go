@@ -14,7 +14,7 @@ func TestFleetFromEnv(t *testing.T) {
 	env := map[string]string{
 		deploy.EnvSubnets:          "subnet-0f0f0f0f0f0f0f0f1, subnet-0f0f0f0f0f0f0f0f2",
 		deploy.EnvVMSecurityGroups: "sg-0f0f0f0f0f0f0f0f3",
-		deploy.EnvLaunchTemplates:  `{"linux":"slipway-x-linux"}`,
+		deploy.EnvLaunchTemplates:  `{"linux":"lt-0123456789abcdef0"}`,
 		deploy.EnvAgentObjects:     `{"linux/arm64":{"bucket":"assets","key":"abc"}}`,
 	}
 	f, err := deploy.FleetFromEnv(func(k string) string { return env[k] })
@@ -25,7 +25,7 @@ func TestFleetFromEnv(t *testing.T) {
 		!slices.Equal(f.Network.SecurityGroups, []string{"sg-0f0f0f0f0f0f0f0f3"}) {
 		t.Errorf("network %+v", f.Network)
 	}
-	if !maps.Equal(f.LaunchTemplates, map[string]string{"linux": "slipway-x-linux"}) ||
+	if !maps.Equal(f.LaunchTemplates, map[string]string{"linux": "lt-0123456789abcdef0"}) ||
 		!maps.Equal(f.Agents, map[string]fleet.Object{"linux/arm64": {Bucket: "assets", Key: "abc"}}) {
 		t.Errorf("templates %v, agents %v", f.LaunchTemplates, f.Agents)
 	}

@@ -58,8 +58,12 @@ type EC2 struct {
 	SSM SSMAPI
 	// Deployment names this deployment in the slipway:deployment tag.
 	Deployment string
-	// LaunchTemplates optionally names a launch template per pool (by
-	// name); the pool's settings override what it holds.
+	// LaunchTemplates optionally names a launch template per pool, by id;
+	// the pool's settings override what it holds. With templates, the
+	// deployment's instances are those launched from them: EC2 tags each
+	// with its template's id (aws:ec2launchtemplate:id), a tag no caller can
+	// set, so an instance someone else tagged as the deployment's is not
+	// listed (and the functions' role may not terminate it).
 	LaunchTemplates map[string]string
 	// Agents optionally holds the agent binary per platform ("linux/arm64")
 	// in S3: a VM whose boot names no agent URL downloads its platform's
@@ -291,7 +295,7 @@ func (e *EC2) runInput(p *pool.Pool, launchID string, img imageInfo, itype, subn
 	if lt := e.LaunchTemplates[p.Name]; lt != "" {
 		// $Latest: the deployment updates the template in place, and a
 		// template's default version stays the first unless set.
-		in.LaunchTemplate = &types.LaunchTemplateSpecification{LaunchTemplateName: aws.String(lt), Version: aws.String("$Latest")}
+		in.LaunchTemplate = &types.LaunchTemplateSpecification{LaunchTemplateId: aws.String(lt), Version: aws.String("$Latest")}
 	}
 	return in
 }
@@ -359,9 +363,12 @@ func (e *EC2) Terminate(ctx context.Context, ids ...string) error {
 // List returns this deployment's instances, all pages.
 func (e *EC2) List(ctx context.Context) ([]Instance, error) {
 	var out []Instance
-	p := ec2.NewDescribeInstancesPaginator(e.EC2, &ec2.DescribeInstancesInput{
-		Filters: []types.Filter{{Name: aws.String("tag:" + TagDeployment), Values: []string{e.Deployment}}},
-	})
+	filters := []types.Filter{{Name: aws.String("tag:" + TagDeployment), Values: []string{e.Deployment}}}
+	if len(e.LaunchTemplates) > 0 {
+		templates := slices.Sorted(maps.Values(e.LaunchTemplates))
+		filters = append(filters, types.Filter{Name: aws.String("tag:" + TagLaunchTemplateID), Values: slices.Compact(templates)})
+	}
+	p := ec2.NewDescribeInstancesPaginator(e.EC2, &ec2.DescribeInstancesInput{Filters: filters})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {

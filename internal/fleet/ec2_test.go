@@ -259,7 +259,8 @@ func TestTerminateAndList(t *testing.T) {
 // binaries are S3 objects, downloaded through a URL presigned per launch.
 func TestLaunchWithTheStacksTemplatesAndAgentObjects(t *testing.T) {
 	e, fake := newEC2(t)
-	e.LaunchTemplates = map[string]string{"linux": "slipway-test-linux", "windows": "slipway-test-windows"}
+	templates := map[string]string{"linux": "lt-0123456789abcdef0", "windows": "lt-0fedcba9876543210"}
+	e.LaunchTemplates = templates
 	e.Agents = map[string]fleet.Object{
 		"linux/amd64":   {Bucket: "assets", Key: "0a1b.agent-linux-amd64"},
 		"windows/amd64": {Bucket: "assets", Key: "2c3d.agent-windows-amd64"},
@@ -288,7 +289,7 @@ func TestLaunchWithTheStacksTemplatesAndAgentObjects(t *testing.T) {
 		"windows": {"2c3d.agent-windows-amd64", "New-Service -Name 'slipway-agent'", "X-Amz-Expires=1200"},
 	} {
 		in := byPool[name]
-		if in.LaunchTemplate != "slipway-test-"+name+"@$Latest" {
+		if in.LaunchTemplate != templates[name]+"@$Latest" {
 			t.Errorf("%s: launch template %q", name, in.LaunchTemplate)
 		}
 		ud := string(in.UserData)
@@ -296,6 +297,20 @@ func TestLaunchWithTheStacksTemplatesAndAgentObjects(t *testing.T) {
 			!strings.Contains(ud, "X-Amz-Signature=") || !strings.Contains(ud, want.expires) {
 			t.Errorf("%s: the user data does not download its platform's agent through a presigned URL (%s):\n%s", name, want.expires, ud)
 		}
+	}
+
+	// The deployment's instances are those its templates launched: one
+	// tagged as the deployment's by someone else is not (EC2's own tag,
+	// which no caller can set, says which template launched an instance).
+	fake.AddInstance(ec2fake.Instance{State: "running", Tags: map[string]string{
+		fleet.TagDeployment: "test", fleet.TagPool: "linux", fleet.TagLaunchID: lease.NewLaunchID(),
+	}})
+	listed, err := e.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != 2 || len(fake.Instances()) != 3 {
+		t.Errorf("listed %d of %d instances, want the 2 the templates launched: %+v", len(listed), len(fake.Instances()), listed)
 	}
 
 	arm := testPool(func(p *pool.Pool) { p.Name, p.Arch = "arm", "arm64" })

@@ -17,6 +17,10 @@ const (
 	TagDeployment = "slipway:deployment"
 	TagPool       = "slipway:pool"
 	TagLaunchID   = "slipway:launch-id"
+	// TagLaunchTemplateID is the tag EC2 itself puts on an instance launched
+	// from a launch template; the aws: prefix is reserved, so no caller can
+	// set or change it.
+	TagLaunchTemplateID = "aws:ec2launchtemplate:id"
 )
 
 // State is an instance's state as the provider reports it.

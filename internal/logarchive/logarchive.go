@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,8 +24,15 @@ import (
 	"github.com/slipway-ci/slipway/agent/agentapi"
 )
 
-// ErrNotFound means the step's log was not archived.
-var ErrNotFound = errors.New("the step's log is not archived")
+// Errors of a read.
+var (
+	// ErrNotFound means the step's log was not archived.
+	ErrNotFound = errors.New("the step's log is not archived")
+	// ErrForbidden means the store refused the read. S3 answers so for a
+	// key that does not exist too, unless the caller may s3:ListBucket:
+	// the reader's role needs both that and s3:GetObject.
+	ErrForbidden = errors.New("the log archive refused the read (the reader needs s3:GetObject and s3:ListBucket on the bucket)")
+)
 
 // Archive stores and reads step logs.
 type Archive interface {
@@ -83,9 +91,14 @@ func (a *S3) Read(ctx context.Context, stageID, stepID string, offset, limit int
 	switch {
 	case errors.As(err, &apiErr) && (apiErr.ErrorCode() == "NoSuchKey" || apiErr.ErrorCode() == "NotFound"):
 		return nil, 0, ErrNotFound
+	case forbidden(err):
+		return nil, 0, fmt.Errorf("read log %s: %w: %w", key, ErrForbidden, err)
 	case errors.As(err, &apiErr) && apiErr.ErrorCode() == "InvalidRange":
 		// At or past the end (S3 refuses the range): the size alone.
 		head, err := a.Client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.Bucket), Key: aws.String(key)})
+		if forbidden(err) {
+			return nil, 0, fmt.Errorf("read log %s: %w: %w", key, ErrForbidden, err)
+		}
 		if err != nil {
 			return nil, 0, fmt.Errorf("read log %s: %w", key, err)
 		}
@@ -107,6 +120,17 @@ func (a *S3) Read(ctx context.Context, stageID, stepID string, offset, limit int
 		}
 	}
 	return data, size, nil
+}
+
+// forbidden tells S3's refusal: AccessDenied with a body, a bare 403 to a
+// HEAD (which has none).
+func forbidden(err error) bool {
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode() == "AccessDenied" || apiErr.ErrorCode() == "Forbidden") {
+		return true
+	}
+	var status interface{ HTTPStatusCode() int }
+	return errors.As(err, &status) && status.HTTPStatusCode() == http.StatusForbidden
 }
 
 // rangeTotal reads the size from a Content-Range ("bytes 0-99/1234").

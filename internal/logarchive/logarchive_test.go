@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -86,5 +89,66 @@ func TestReadsGiveTheSameBytes(t *testing.T) {
 				t.Fatal("a stage id with a path in it was taken")
 			}
 		})
+	}
+}
+
+// awsLikeS3 answers as S3 does a caller without s3:ListBucket: a read of a
+// key that does not exist is 403 AccessDenied (a HEAD a bare 403), not 404,
+// so that the caller learns nothing of the bucket's keys. gofakes3 answers
+// 404 whatever the caller may do.
+func awsLikeS3(t *testing.T, mayList bool) *logarchive.S3 {
+	backend := s3mem.New()
+	fake := gofakes3.New(backend).Server()
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		bucket, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		if !mayList && key != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			if _, err := backend.HeadObject(bucket, key); err != nil {
+				w.Header().Set("Content-Type", "application/xml")
+				w.WriteHeader(http.StatusForbidden)
+				if r.Method == http.MethodGet {
+					_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>`)
+				}
+				return
+			}
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(server.Close)
+	client := s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(server.URL), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider("test", "test", ""),
+	})
+	if _, err := client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String("logs")}); err != nil {
+		t.Fatal(err)
+	}
+	return &logarchive.S3{Client: client, Bucket: "logs"}
+}
+
+// A log not archived is ErrNotFound only where S3 may say so (the reader
+// may list the bucket: the deployment grants the API s3:ListBucket); where
+// it may not, S3's 403 is ErrForbidden, never taken for a missing log or a
+// store that did not answer.
+func TestAMissingLogWithoutListBucketIsForbidden(t *testing.T) {
+	ctx := context.Background()
+	listing, notListing := awsLikeS3(t, true), awsLikeS3(t, false)
+	if _, _, err := listing.Read(ctx, "st-1", "never", 0, 10); !errors.Is(err, logarchive.ErrNotFound) {
+		t.Errorf("with s3:ListBucket, a log never put: %v, want ErrNotFound", err)
+	}
+	_, _, err := notListing.Read(ctx, "st-1", "never", 0, 10)
+	if !errors.Is(err, logarchive.ErrForbidden) || errors.Is(err, logarchive.ErrNotFound) {
+		t.Errorf("without s3:ListBucket, a log never put: %v, want ErrForbidden", err)
+	}
+	// A log that exists reads the same with or without, to its end (the
+	// read past it asks for the size with a HEAD).
+	for name, a := range map[string]*logarchive.S3{"listing": listing, "not listing": notListing} {
+		if err := a.Put(ctx, "st-1", "built", strings.NewReader("hello\n")); err != nil {
+			t.Fatal(err)
+		}
+		if data, size, err := a.Read(ctx, "st-1", "built", 0, 100); err != nil || string(data) != "hello\n" || size != 6 {
+			t.Errorf("%s: %q %d %v", name, data, size, err)
+		}
+		if data, size, err := a.Read(ctx, "st-1", "built", 6, 100); err != nil || len(data) != 0 || size != 6 {
+			t.Errorf("%s, at the end: %q %d %v", name, data, size, err)
+		}
 	}
 }

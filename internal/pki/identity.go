@@ -12,8 +12,8 @@ import (
 // CA, issued again when it nears its end. No long-lived client key exists.
 type Identity struct {
 	CA *CA
-	// Lifetime of each certificate (default 12 h); one is renewed in its last
-	// quarter.
+	// Lifetime of each certificate (default DefaultClientLifetime); one is
+	// renewed in its last quarter.
 	Lifetime time.Duration
 
 	mu       sync.Mutex
@@ -22,6 +22,12 @@ type Identity struct {
 	notAfter time.Time
 }
 
+// DefaultClientLifetime is an orchestrator certificate's: a function's
+// certificate that leaks (with its environment) opens the agents for an
+// hour at most, and a warm function renews it every 45 minutes (one
+// kms:Sign).
+const DefaultClientLifetime = time.Hour
+
 // Certificate returns the current client certificate, issuing one when none
 // is valid for a while yet. It suits client.Config.Certificate.
 func (id *Identity) Certificate() (*tls.Certificate, error) {
@@ -29,7 +35,7 @@ func (id *Identity) Certificate() (*tls.Certificate, error) {
 	defer id.mu.Unlock()
 	lifetime := id.Lifetime
 	if lifetime <= 0 {
-		lifetime = 12 * time.Hour
+		lifetime = DefaultClientLifetime
 	}
 	now := time.Now()
 	if id.cert != nil && now.Before(id.notAfter.Add(-lifetime/4)) {

@@ -159,10 +159,15 @@ func TestIdentityRenews(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := &Identity{CA: ca, Lifetime: time.Hour}
+	// By default a certificate lives about an hour: one that leaks with a
+	// function's environment opens the agents for no longer.
+	id := &Identity{CA: ca}
 	first, err := id.Certificate()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if life := time.Until(first.Leaf.NotAfter); life > time.Hour+5*time.Minute || life < 50*time.Minute {
+		t.Errorf("a default certificate lives %v, want about an hour", life)
 	}
 	if first.Leaf.Subject.CommonName != OrchestratorCN || first.Leaf.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
 		t.Fatalf("certificate %+v", first.Leaf.Subject)

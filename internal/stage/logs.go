@@ -33,6 +33,10 @@ func (a *API) archivedLog(ctx context.Context, stageID, stepID string, offset, l
 	if errors.Is(err, logarchive.ErrNotFound) {
 		return LogChunk{}, false, nil
 	}
+	if errors.Is(err, logarchive.ErrForbidden) {
+		// The deployment's grants are wrong: no retry mends that.
+		return LogChunk{}, false, err
+	}
 	if err != nil {
 		return LogChunk{}, false, fail(http.StatusServiceUnavailable, CodeUnavailable, "the log archive did not answer: %v", err)
 	}

@@ -44,8 +44,8 @@ type Instance struct {
 	HTTPTokens                                                  string
 	RootVolumeSize                                              int
 	RootVolumeEncrypted                                         bool
-	// LaunchTemplate (name@version) and SecurityGroups are as RunInstances
-	// named them.
+	// LaunchTemplate (id or name, @version) and SecurityGroups are as
+	// RunInstances named them.
 	LaunchTemplate string
 	SecurityGroups []string
 }
@@ -271,6 +271,12 @@ func (s *Server) runInstances(w http.ResponseWriter, form url.Values) {
 			tags[form.Get(p+".Tag."+strconv.Itoa(j)+".Key")] = form.Get(p + ".Tag." + strconv.Itoa(j) + ".Value")
 		}
 	}
+	for k := range tags {
+		if strings.HasPrefix(strings.ToLower(k), "aws:") {
+			// EC2 refuses it: the prefix is AWS's own.
+			problems = append(problems, "tag "+k+": the aws: prefix is reserved")
+		}
+	}
 	for _, t := range RequiredTags {
 		if tags[t] == "" {
 			problems = append(problems, "instance tag "+t+" missing")
@@ -330,8 +336,14 @@ func (s *Server) runInstances(w http.ResponseWriter, form url.Values) {
 		PrivateIP: fmt.Sprintf("10.0.%d.%d", s.nextID/250, s.nextID%250+1), ClientToken: req.ClientToken, State: "pending",
 		Market: req.Market, Tags: tags, UserData: userData, LaunchTime: time.Now().UTC(), StateTime: time.Now(),
 		HTTPTokens: form.Get("MetadataOptions.HttpTokens"), RootVolumeSize: size, RootVolumeEncrypted: encrypted,
-		LaunchTemplate: strings.TrimSuffix(form.Get("LaunchTemplate.LaunchTemplateName")+"@"+form.Get("LaunchTemplate.Version"), "@"),
+		LaunchTemplate: strings.TrimSuffix(form.Get("LaunchTemplate.LaunchTemplateId")+form.Get("LaunchTemplate.LaunchTemplateName")+"@"+form.Get("LaunchTemplate.Version"), "@"),
 		SecurityGroups: list(form, "SecurityGroupId"),
+	}
+	if id := form.Get("LaunchTemplate.LaunchTemplateId"); id != "" {
+		// EC2 tags an instance with the template it was launched from, in
+		// tags no caller may set.
+		in.Tags["aws:ec2launchtemplate:id"] = id
+		in.Tags["aws:ec2launchtemplate:version"] = "1"
 	}
 	s.instances[in.ID] = in
 	s.tokens[req.ClientToken] = in.ID
