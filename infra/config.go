@@ -67,6 +67,9 @@ type Config struct {
 	// API takes calls from, in its resource policy; empty: any of the
 	// deployment's account that IAM allows (DelegatePolicy), none of another.
 	APIPrincipals []string
+	// Operators are the principals (ARN patterns) who see and act on every
+	// stage: a platform team's role. Delegates see their own stages.
+	Operators []string
 
 	// AssetRoot is the repository: bin/ holds the agents and bin/lambda
 	// the functions (make build lambdas). `go run ./infra` runs at the
@@ -93,6 +96,7 @@ var contextDefaults = map[string]string{
 	"logRetentionDays":   "30",
 	"stepLogDays":        "30",
 	"apiPrincipals":      "",
+	"operators":          "",
 }
 
 var (
@@ -178,6 +182,7 @@ func LoadConfig(get func(key string) any, root string) (*Config, error) {
 		LogRetentionDays:   number("logRetentionDays", 1, 3653),
 		StepLogDays:        number("stepLogDays", 1, 3653),
 		APIPrincipals:      list("apiPrincipals", principalPattern, "an IAM role or user ARN (arn:aws:iam::123456789012:role/name, * allowed)"),
+		Operators:          list("operators", principalPattern, "an IAM role or user ARN (arn:aws:iam::123456789012:role/name, * allowed)"),
 		AssetRoot:          root,
 	}
 	if _, ok := retentionDays[c.LogRetentionDays]; !ok {

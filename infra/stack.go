@@ -358,6 +358,7 @@ func (s *Stack) environment() (*map[string]*string, error) {
 		deploy.EnvPoolsFile:        jsii.String("/opt/" + poolsFileName),
 		deploy.EnvSubnets:          awscdk.Fn_Join(jsii.String(","), subnets),
 		deploy.EnvVMSecurityGroups: s.vmSG.SecurityGroupId(),
+		deploy.EnvOperators:        jsii.String(strings.Join(s.cfg.Operators, ",")),
 		deploy.EnvLaunchTemplates:  jsii.String(string(launchTemplates)),
 		deploy.EnvAgentObjects:     jsii.String("{" + strings.Join(agents, ",") + "}"),
 	}

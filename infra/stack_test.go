@@ -1098,7 +1098,15 @@ func TestExistingVPC(t *testing.T) {
 // everyone else denied, whatever their own policies say.
 func TestAPIPrincipals(t *testing.T) {
 	named := []string{"arn:aws:iam::123456789012:role/ci-delegate", "arn:aws:iam::210987654321:role/team-*"}
-	s := synthesize(t, map[string]any{"apiPrincipals": strings.Join(named, ",")})
+	operators := "arn:aws:iam::123456789012:role/platform/*"
+	s := synthesize(t, map[string]any{"apiPrincipals": strings.Join(named, ","), "operators": operators})
+	for name, id := range s.functionsByName(t) {
+		env, _ := s.resources[id].Properties["Environment"].(map[string]any)
+		vars, _ := env["Variables"].(map[string]any)
+		if vars[deploy.EnvOperators] != operators {
+			t.Errorf("%s: operators %v", name, vars[deploy.EnvOperators])
+		}
+	}
 	_, api := s.one(t, "AWS::ApiGateway::RestApi")
 	doc, _ := api.Properties["Policy"].(map[string]any)
 	var allowed []string

@@ -50,6 +50,9 @@ func Request(ctx context.Context, ev events.APIGatewayProxyRequest) (*http.Reque
 		}
 	}
 	u := &url.URL{Path: ev.Path, RawQuery: query.Encode()}
+	if arn := ev.RequestContext.Identity.UserArn; arn != "" {
+		ctx = WithCaller(ctx, arn)
+	}
 	req, err := http.NewRequestWithContext(ctx, ev.HTTPMethod, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("proxy event: %w", err)
@@ -86,4 +89,19 @@ func Response(status int, header http.Header, body []byte) events.APIGatewayProx
 		resp.IsBase64Encoded = true
 	}
 	return resp
+}
+
+type callerKey struct{}
+
+// WithCaller is ctx carrying the caller API Gateway authenticated: the IAM
+// ARN of requestContext.identity.userArn. Only what stands in for API
+// Gateway sets it (Request, and `slipway local`'s server).
+func WithCaller(ctx context.Context, arn string) context.Context {
+	return context.WithValue(ctx, callerKey{}, arn)
+}
+
+// Caller is the authenticated caller's ARN, empty when none was.
+func Caller(ctx context.Context) string {
+	arn, _ := ctx.Value(callerKey{}).(string)
+	return arn
 }

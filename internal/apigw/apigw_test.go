@@ -40,6 +40,10 @@ func TestProxyEventRoundTrip(t *testing.T) {
 	if seen.Method != http.MethodPost || seen.URL.Path != "/v1/stages/build-7/groups" || seen.RemoteAddr != "10.0.3.17" {
 		t.Fatalf("request %s %s from %s", seen.Method, seen.URL.Path, seen.RemoteAddr)
 	}
+	// The caller IAM authenticated, as the event names it.
+	if got := apigw.Caller(seen.Context()); got != "arn:aws:sts::111122223333:assumed-role/harness-delegate/i-0123456789abcdef0" {
+		t.Errorf("caller %q", got)
+	}
 	if q := seen.URL.Query(); q.Get("wait") != "5s" || !slices.Equal(q["tag"], []string{"a", "b"}) {
 		t.Fatalf("query %v", q)
 	}

@@ -43,6 +43,9 @@ const (
 	// none; EnvVMSecurityGroups (comma-separated) are added to every pool's.
 	EnvSubnets          = "SLIPWAY_SUBNETS"
 	EnvVMSecurityGroups = "SLIPWAY_VM_SECURITY_GROUPS"
+	// EnvOperators (comma-separated IAM ARN patterns, * allowed) are the
+	// principals who see and act on every stage.
+	EnvOperators = "SLIPWAY_OPERATORS"
 	// EnvLaunchTemplates is a JSON object: pool name to launch template id.
 	EnvLaunchTemplates = "SLIPWAY_LAUNCH_TEMPLATES"
 	// EnvAgentObjects is a JSON object: platform ("linux/arm64") to the
@@ -144,5 +147,5 @@ func AWS(ctx context.Context) (*Deployment, error) {
 		},
 		Logs: &logarchive.S3{Client: s3Client, Bucket: s.LogBucket},
 	}
-	return Build(ctx, s, clients, pools.Pools, stage.Settings{}, os.Stderr, os.Stdout)
+	return Build(ctx, s, clients, pools.Pools, stage.Settings{Operators: list(os.Getenv(EnvOperators))}, os.Stderr, os.Stdout)
 }

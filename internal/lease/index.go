@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -21,8 +22,8 @@ const (
 	indexHour      = "2006-01-02T15"
 )
 
-func indexItem(id, pool string, created time.Time, expires types.AttributeValue) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{
+func indexItem(id, pool, owner string, created time.Time, expires types.AttributeValue) map[string]types.AttributeValue {
+	item := map[string]types.AttributeValue{
 		attrPK:        str(indexKeyPrefix + created.UTC().Format(indexHour)),
 		attrSK:        str(fmt.Sprintf("%013d#%s", created.UnixMilli(), id)),
 		attrStageID:   str(id),
@@ -30,17 +31,27 @@ func indexItem(id, pool string, created time.Time, expires types.AttributeValue)
 		attrCreatedAt: millis(created),
 		attrExpiresAt: expires,
 	}
+	if owner != "" {
+		item[attrOwner] = str(owner)
+	}
+	return item
 }
 
 // StageRef is a stage's entry in the index.
 type StageRef struct {
-	ID, Pool  string
-	CreatedAt time.Time
+	ID, Pool, Owner string
+	CreatedAt       time.Time
+}
+
+// StageFilter picks stages from the index: of a pool, of an owner (each
+// only when not empty).
+type StageFilter struct {
+	Pool, Owner string
 }
 
 // ListStages lists the stages created since, newest first, at most limit,
-// of pool only when pool is not empty.
-func (s *Store) ListStages(ctx context.Context, since time.Time, pool string, limit int) ([]StageRef, error) {
+// that f picks.
+func (s *Store) ListStages(ctx context.Context, since time.Time, f StageFilter, limit int) ([]StageRef, error) {
 	var refs []StageRef
 	now := s.now().UTC()
 	for hour := now.Truncate(time.Hour); !hour.Before(since.UTC().Truncate(time.Hour)) && len(refs) < limit; hour = hour.Add(-time.Hour) {
@@ -53,10 +64,17 @@ func (s *Store) ListStages(ctx context.Context, since time.Time, pool string, li
 			},
 			ScanIndexForward: aws.Bool(false),
 		}
-		if pool != "" {
-			in.FilterExpression = aws.String("#pool = :pool")
-			in.ExpressionAttributeNames = map[string]string{"#pool": attrPool}
-			in.ExpressionAttributeValues[":pool"] = str(pool)
+		var filters []string
+		names := map[string]string{}
+		if f.Pool != "" {
+			filters, names["#pool"], in.ExpressionAttributeValues[":pool"] = append(filters, "#pool = :pool"), attrPool, str(f.Pool)
+		}
+		if f.Owner != "" {
+			filters, names["#owner"], in.ExpressionAttributeValues[":owner"] = append(filters, "#owner = :owner"), attrOwner, str(f.Owner)
+		}
+		if len(filters) > 0 {
+			in.FilterExpression = aws.String(strings.Join(filters, " AND "))
+			in.ExpressionAttributeNames = names
 		}
 		for {
 			out, err := s.DB.Query(ctx, in)
@@ -68,7 +86,7 @@ func (s *Store) ListStages(ctx context.Context, since time.Time, pool string, li
 				if err != nil {
 					return nil, err
 				}
-				refs = append(refs, StageRef{ID: getString(item, attrStageID), Pool: getString(item, attrPool), CreatedAt: created})
+				refs = append(refs, StageRef{ID: getString(item, attrStageID), Pool: getString(item, attrPool), Owner: getString(item, attrOwner), CreatedAt: created})
 				if len(refs) == limit {
 					return refs, nil
 				}

@@ -28,7 +28,11 @@ func TestListStages(t *testing.T) {
 		if i%2 == 1 {
 			pool = "b"
 		}
-		if _, err := store.CreateStage(ctx, lease.NewStage{ID: fmt.Sprintf("s%d", i), Pool: pool, Deadline: clock.Add(time.Hour)}); err != nil {
+		owner := "team-x"
+		if i%3 == 0 {
+			owner = "team-y"
+		}
+		if _, err := store.CreateStage(ctx, lease.NewStage{ID: fmt.Sprintf("s%d", i), Pool: pool, Owner: owner, Deadline: clock.Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
 		clock = clock.Add(15 * time.Minute)
@@ -41,22 +45,25 @@ func TestListStages(t *testing.T) {
 		return s
 	}
 	for _, tt := range []struct {
-		since time.Duration
-		pool  string
-		limit int
-		want  string
+		since  time.Duration
+		filter lease.StageFilter
+		limit  int
+		want   string
 	}{
-		{3 * time.Hour, "", 100, "s6 s5 s4 s3 s2 s1 s0 "},
-		{3 * time.Hour, "", 3, "s6 s5 s4 "},
-		{3 * time.Hour, "b", 100, "s5 s3 s1 "},
-		{40 * time.Minute, "", 100, "s6 s5 "},
+		{3 * time.Hour, lease.StageFilter{}, 100, "s6 s5 s4 s3 s2 s1 s0 "},
+		{3 * time.Hour, lease.StageFilter{}, 3, "s6 s5 s4 "},
+		{3 * time.Hour, lease.StageFilter{Pool: "b"}, 100, "s5 s3 s1 "},
+		{3 * time.Hour, lease.StageFilter{Owner: "team-y"}, 100, "s6 s3 s0 "},
+		{3 * time.Hour, lease.StageFilter{Owner: "team-x", Pool: "a"}, 100, "s4 s2 "},
+		{3 * time.Hour, lease.StageFilter{Owner: "team-z"}, 100, ""},
+		{40 * time.Minute, lease.StageFilter{}, 100, "s6 s5 "},
 	} {
-		refs, err := store.ListStages(ctx, clock.Add(-tt.since), tt.pool, tt.limit)
+		refs, err := store.ListStages(ctx, clock.Add(-tt.since), tt.filter, tt.limit)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got := ids(refs); got != tt.want {
-			t.Errorf("since %s, pool %q, limit %d: %s, want %s", tt.since, tt.pool, tt.limit, got, tt.want)
+			t.Errorf("since %s, %+v, limit %d: %s, want %s", tt.since, tt.filter, tt.limit, got, tt.want)
 		}
 	}
 }

@@ -42,6 +42,7 @@ const (
 	attrReason       = "reason"
 	attrEndedAt      = "ended_at"
 	attrGroupEndedAt = "group_ended_at"
+	attrOwner        = "owner"
 	recordRetention  = 7 * 24 * time.Hour
 	stageKeyPrefix   = "STAGE#"
 	maxTransactItems = 100
@@ -71,6 +72,10 @@ var (
 type Stage struct {
 	ID   string
 	Pool string
+	// Owner is the principal that created the stage: only it (and the
+	// deployment's operators) may see it and act on it. Empty for records
+	// written before stages had owners.
+	Owner string
 	// SpecHash identifies the request that created the stage; Spec is its
 	// settings as the orchestrator encodes them, without secrets; Sealed its
 	// secrets, encrypted (nil once released).
@@ -116,7 +121,7 @@ func stageKey(id string) map[string]types.AttributeValue {
 
 func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 	st := &Stage{
-		ID: getString(item, attrStageID), Pool: getString(item, attrPool), SpecHash: getString(item, attrSpecHash),
+		ID: getString(item, attrStageID), Pool: getString(item, attrPool), Owner: getString(item, attrOwner), SpecHash: getString(item, attrSpecHash),
 		Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed), Final: getBool(item, attrFinal),
 		VM: getString(item, attrVM), Launched: getString(item, attrLaunched), BootID: getString(item, attrBootID),
 		VMAddress: getString(item, attrVMAddress), Result: getString(item, attrResult), Reason: getString(item, attrReason),
@@ -151,6 +156,7 @@ func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 // NewStage is what CreateStage records.
 type NewStage struct {
 	ID, Pool string
+	Owner    string
 	SpecHash string
 	Spec     []byte
 	Sealed   []byte
@@ -175,6 +181,9 @@ func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
 	item := stageKey(ns.ID)
 	item[attrStageID] = str(ns.ID)
 	item[attrPool] = str(ns.Pool)
+	if ns.Owner != "" {
+		item[attrOwner] = str(ns.Owner)
+	}
 	item[attrSpecHash] = str(ns.SpecHash)
 	item[attrCreatedAt] = millis(now)
 	item[attrDeadline] = millis(ns.Deadline)
@@ -197,7 +206,7 @@ func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
 	notExists := aws.String("attribute_not_exists(pk)")
 	writes := []types.TransactWriteItem{
 		{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: notExists}},
-		{Put: &types.Put{TableName: aws.String(s.Table), Item: indexItem(ns.ID, ns.Pool, now, expires)}},
+		{Put: &types.Put{TableName: aws.String(s.Table), Item: indexItem(ns.ID, ns.Pool, ns.Owner, now, expires)}},
 	}
 	sizes := []*OversizeRecord{checkItemSize("the record of stage "+ns.ID, item, MaxItemBytes-stageReserve)}
 	for i, g := range ns.Groups {

@@ -80,7 +80,15 @@ var testPools = []pool.Pool{
 	local.LocalPool("metrics", 0, 1),
 	local.LocalPool("misc", 1, 6),
 	local.LocalPool("reports", 1, 2),
+	tenantsPool,
 }
+
+// tenantsPool takes stages from the teams' roles only.
+var tenantsPool = func() pool.Pool {
+	p := local.LocalPool("tenants", 1, 2)
+	p.Principals = []string{"arn:aws:iam::" + local.Account + ":role/team-*"}
+	return p
+}()
 
 // runtime starts the shared runtime once, on DynamoDB Local and local-kms
 // (awstest: without them the test fails in CI and is skipped elsewhere).
@@ -151,6 +159,12 @@ func buildAgent() (string, error) {
 // out; it returns the status code.
 func call(t *testing.T, rt *local.Runtime, method, path string, body, out any) int {
 	t.Helper()
+	return callAs(t, rt, "", method, path, body, out)
+}
+
+// callAs calls as caller (local.CallerHeader; none: the local role).
+func callAs(t *testing.T, rt *local.Runtime, caller, method, path string, body, out any) int {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		data, err := json.Marshal(body)
@@ -162,6 +176,9 @@ func call(t *testing.T, rt *local.Runtime, method, path string, body, out any) i
 	req, err := http.NewRequest(method, rt.APIURL+path, rd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if caller != "" {
+		req.Header.Set(local.CallerHeader, caller)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

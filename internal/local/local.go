@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -396,9 +397,36 @@ func (rt *Runtime) serveAPI() error {
 	rt.serveOn(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		defer func() { rt.endpoint.bill(statemachine.API, time.Since(start)) }()
-		api.ServeHTTP(w, r)
+		caller, err := localCaller(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		api.ServeHTTP(w, r.WithContext(apigw.WithCaller(r.Context(), caller)))
 	}))
 	return nil
+}
+
+// CallerHeader names the caller of `slipway local`'s API, where API
+// Gateway's IAM auth would: an IAM ARN, or a name that stands for a role of
+// the local account ("team-a" is arn:aws:iam::<Account>:role/team-a).
+// Without it the caller is the role "local". It is taken from loopback
+// only: on AWS the caller is who signed the request, and no header counts.
+const CallerHeader = "X-Slipway-Caller"
+
+func localCaller(r *http.Request) (string, error) {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return "", fmt.Errorf("slipway local takes calls from loopback only, not %s", r.RemoteAddr)
+	}
+	name := r.Header.Get(CallerHeader)
+	switch {
+	case name == "":
+		name = "local"
+	case strings.HasPrefix(name, "arn:"):
+		return name, nil
+	}
+	return fmt.Sprintf("arn:aws:iam::%s:role/%s", Account, name), nil
 }
 
 func (rt *Runtime) serve(addr string, h http.Handler) error {

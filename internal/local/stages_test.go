@@ -543,3 +543,72 @@ func TestStartFailsCleanly(t *testing.T) {
 		t.Fatalf("started on endpoints nothing listens on: %v", err)
 	}
 }
+
+// TestTenants: a stage is its creator's. Another team cannot read it, its
+// steps or logs, cancel it or its steps, or extend it with a group that
+// would get its secrets; to the other team it does not exist, while it runs
+// on untouched. A pool that names its principals takes no one else's
+// stages.
+func TestTenants(t *testing.T) {
+	t.Parallel()
+	rt := runtime(t)
+	const a, b = "team-a", "team-b"
+	spec := stage.Spec{ID: "tenant-a", Pool: "tenants", Secrets: map[string]string{"TOKEN": "team-a-s3cret"},
+		Groups: []stage.Group{group(false, s("long", "echo started; sleep 2; echo done"))}}
+	var st stage.Status
+	if code := callAs(t, rt, a, "POST", "/v1/stages", spec, &st); code != http.StatusCreated {
+		t.Fatalf("a creates: %d %+v", code, st)
+	}
+	until(t, time.Minute, "a's step running", func() bool {
+		var chunk stage.LogChunk
+		return callAs(t, rt, a, "GET", "/v1/stages/tenant-a/steps/long/logs?offset=0", nil, &chunk) == http.StatusOK &&
+			string(chunk.Data) == "started\n"
+	})
+	steal := group(true, s("steal", "echo $TOKEN"))
+	for _, c := range []struct {
+		method, path string
+		body         any
+	}{
+		{"GET", "/v1/stages/tenant-a", nil},
+		{"GET", "/v1/stages/tenant-a/steps/long", nil},
+		{"GET", "/v1/stages/tenant-a/steps/long/logs?offset=0", nil},
+		{"POST", "/v1/stages/tenant-a/groups", steal},
+		{"POST", "/v1/stages/tenant-a/steps/long/cancel", nil},
+		{"DELETE", "/v1/stages/tenant-a", nil},
+	} {
+		var refusal stage.ErrorBody
+		if code := callAs(t, rt, b, c.method, c.path, c.body, &refusal); code != http.StatusNotFound || refusal.Error.Message != `no stage "tenant-a"` {
+			t.Errorf("b: %s %s: %d %+v, want the 404 of no such stage", c.method, c.path, code, refusal)
+		}
+	}
+	var list stage.StageList
+	callAs(t, rt, b, "GET", "/v1/stages", nil, &list)
+	for _, other := range list.Stages {
+		if other.ID == "tenant-a" {
+			t.Errorf("b lists a's stage")
+		}
+	}
+	var refusal stage.ErrorBody
+	if code := callAs(t, rt, "outsider", "POST", "/v1/stages", stage.Spec{ID: "tenant-x", Pool: "tenants"}, &refusal); code != http.StatusForbidden {
+		t.Errorf("an outsider in the teams' pool: %d %+v", code, refusal)
+	}
+	// a's stage ran on as if b had never called, and a ends it.
+	if code := callAs(t, rt, a, "POST", "/v1/stages/tenant-a/groups", group(true, s("last", "echo last")), &st); code != http.StatusCreated && code != http.StatusOK {
+		t.Fatalf("a adds its last group: %d %+v", code, st)
+	}
+	var final stage.Status
+	until(t, time.Minute, "a's stage released", func() bool {
+		return callAs(t, rt, a, "GET", "/v1/stages/tenant-a", nil, &final) == http.StatusOK && final.Phase == stage.PhaseReleased
+	})
+	if final.Result != stage.Succeeded || len(final.Groups) != 2 {
+		t.Fatalf("a's stage: %+v", final)
+	}
+	for _, g := range final.Groups {
+		for _, step := range g.Steps {
+			if step.ID == "steal" || step.State != stage.Succeeded {
+				t.Errorf("a's step %s: %s", step.ID, step.State)
+			}
+		}
+	}
+	settled(t, rt, "tenants", "tenant-a")
+}

@@ -52,6 +52,48 @@ type Pool struct {
 	// UserData is a script run after the agent is installed (shell on
 	// Linux, PowerShell on Windows).
 	UserData string `yaml:"user_data,omitempty"`
+	// Principals are who may run stages in the pool: IAM role or user ARNs
+	// as the delegate API names its callers (an assumed role's session is
+	// its role), * matching any run of characters as in IAM's ArnLike.
+	// Empty: every caller the API admits.
+	Principals []string `yaml:"principals,omitempty"`
+}
+
+// Admits reports whether principal may run stages in the pool.
+func (p *Pool) Admits(principal string) bool {
+	return len(p.Principals) == 0 || MatchesAny(p.Principals, principal)
+}
+
+// MatchesAny reports whether principal matches one of patterns, where *
+// matches any run of characters and ? one (IAM's ArnLike).
+func MatchesAny(patterns []string, principal string) bool {
+	for _, p := range patterns {
+		if globMatch(p, principal) {
+			return true
+		}
+	}
+	return false
+}
+
+func globMatch(pattern, s string) bool {
+	// The last * seen and where s stood then: on a mismatch, the star takes
+	// one more character.
+	star, from := -1, 0
+	for i, j := 0, 0; j < len(s) || i < len(pattern); {
+		switch {
+		case i < len(pattern) && pattern[i] == '*':
+			star, from = i, j
+			i++
+		case i < len(pattern) && j < len(s) && (pattern[i] == '?' || pattern[i] == s[j]):
+			i, j = i+1, j+1
+		case star >= 0 && from < len(s):
+			from++
+			i, j = star+1, from
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Volume is the root volume.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/robfig/cron/v3"
 )
@@ -138,6 +139,11 @@ func (p *Pool) validate(pr *problems) {
 			pr.add("tags", "key %q: the slipway: prefix is Slipway's own (deployment, pool, launch id)", k)
 		case len(v) > 256:
 			pr.add("tags", "%s: value over 256 characters", k)
+		}
+	}
+	for i, who := range p.Principals {
+		if who == "" || len(who) > 512 || strings.ContainsFunc(who, unicode.IsSpace) {
+			pr.add(fmt.Sprintf("principals[%d]", i), "%q: want an IAM role or user ARN (arn:aws:iam::123456789012:role/ci), * allowed", who)
 		}
 	}
 	if len(p.UserData) > MaxUserDataBytes {

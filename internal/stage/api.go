@@ -39,6 +39,7 @@ const (
 	CodeInvalid        = "invalid"
 	CodeTooLarge       = "too_large"
 	CodeNotFound       = "not_found"
+	CodeForbidden      = "forbidden"
 	CodeMethod         = "method_not_allowed"
 	CodeConflict       = "conflict"
 	CodeStageClosed    = "stage_closed"
@@ -116,12 +117,13 @@ func (a *API) routes() []route {
 	return []route{
 		{"POST /v1/stages", maskRefusals(a.create)},
 		{"GET /v1/stages", a.list},
-		{"GET /v1/stages/{id}", a.get},
-		{"DELETE /v1/stages/{id}", a.cancel},
+		{"GET /v1/stages/{id}", a.owned([]string{"wait", "version"}, a.get)},
+		{"DELETE /v1/stages/{id}", a.owned(nil, a.cancel)},
+		// addGroup checks the owner on the records it reads anyway.
 		{"POST /v1/stages/{id}/groups", maskRefusals(a.addGroup)},
-		{"GET /v1/stages/{id}/steps/{step}", a.getStep},
-		{"GET /v1/stages/{id}/steps/{step}/logs", a.logs},
-		{"POST /v1/stages/{id}/steps/{step}/cancel", a.cancelStep},
+		{"GET /v1/stages/{id}/steps/{step}", a.owned([]string{"wait"}, a.getStep)},
+		{"GET /v1/stages/{id}/steps/{step}/logs", a.owned([]string{"offset", "limit", "wait"}, a.logs)},
+		{"POST /v1/stages/{id}/steps/{step}/cancel", a.owned(nil, a.cancelStep)},
 		{"GET /v1/pools", a.pools},
 		{"GET /v1/openapi.yaml", func(w http.ResponseWriter, _ *http.Request) error {
 			w.Header().Set("Content-Type", "application/yaml")
@@ -232,7 +234,7 @@ func (a *API) translate(r *http.Request, err error) *apiError {
 		return fail(http.StatusRequestEntityTooLarge, CodeTooLarge, "%v: DynamoDB keeps at most 400 KiB in a record and 4 MiB in a write; "+
 			"fetch large files in a step, or give fewer steps or secrets at once", record)
 	case errors.Is(err, lease.ErrStageNotFound):
-		return fail(http.StatusNotFound, CodeNotFound, "no stage %q", r.PathValue("id"))
+		return notFound(r.PathValue("id"))
 	case errors.Is(err, lease.ErrStageClosed):
 		return fail(http.StatusConflict, CodeStageClosed, "stage %s: its final group was given already", r.PathValue("id"))
 	case errors.Is(err, lease.ErrStageEnded), errors.Is(err, lease.ErrReleased):
@@ -342,6 +344,10 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	until := time.Now().Add(q.wait)
+	principal, err := a.caller(r)
+	if err != nil {
+		return err
+	}
 	var spec Spec
 	if err := decode(w, r, &spec); err != nil {
 		return err
@@ -349,13 +355,22 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if err := spec.Validate(a.poolNames()); err != nil {
 		return invalid(err)
 	}
+	if p := a.pool(spec.Pool); p != nil && !p.Admits(principal) && !a.operator(principal) {
+		return fail(http.StatusForbidden, CodeForbidden, "pool %s does not take stages from %s (its principals)", spec.Pool, principal)
+	}
 	ns, err := a.newStage(ctx, &spec)
 	if err != nil {
 		return err
 	}
+	ns.Owner = principal
 	st, err := a.Books.CreateStage(ctx, *ns)
 	status := http.StatusCreated
 	if errors.Is(err, lease.ErrStageExists) {
+		if st.Owner != principal && st.Owner != "" {
+			// Another owner's: nothing of it is told, not even whether the
+			// bodies match.
+			return fail(http.StatusConflict, CodeConflict, "stage id %s is taken: choose another", spec.ID)
+		}
 		if st.SpecHash != ns.SpecHash {
 			return fail(http.StatusConflict, CodeConflict, "stage %s exists, created with another body", spec.ID)
 		}
@@ -574,8 +589,15 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	reads, readsCtx := errgroup.WithContext(ctx)
 	reads.Go(func() (err error) { ng, err = a.newGroup(readsCtx, id, g); return err })
 	reads.Go(func() (err error) { read, err = a.Books.StageRecords(readsCtx, id); return err })
+	principal, err := a.caller(r)
+	if err != nil {
+		return err
+	}
 	if err := reads.Wait(); err != nil {
 		return err
+	}
+	if !a.mayAct(principal, read.Stage) {
+		return notFound(id)
 	}
 	before, err := statusOf(read)
 	if err != nil {

@@ -25,7 +25,7 @@ import (
 type Books interface {
 	CreateStage(ctx context.Context, ns lease.NewStage) (*lease.Stage, error)
 	GetStage(ctx context.Context, id string) (*lease.Stage, error)
-	ListStages(ctx context.Context, since time.Time, pool string, limit int) ([]lease.StageRef, error)
+	ListStages(ctx context.Context, since time.Time, f lease.StageFilter, limit int) ([]lease.StageRef, error)
 	StageRecords(ctx context.Context, id string) (*lease.Records, error)
 	AddGroup(ctx context.Context, stageID string, read *lease.Records, g lease.NewGroup) (*lease.Group, *lease.Records, error)
 	GetGroup(ctx context.Context, stageID string, index int) (*lease.Group, error)
@@ -95,6 +95,9 @@ type Settings struct {
 	// MaxBadVMs is how many VMs whose agent never answered a stage gives up
 	// on before it fails (default 3).
 	MaxBadVMs int
+	// Operators are the principals (patterns, * allowed) who see and act on
+	// every stage: a platform team's role.
+	Operators []string
 }
 
 func (s Settings) withDefaults() Settings {
@@ -167,6 +170,16 @@ func (d *Deps) poolNames() []string {
 		names[i] = p.Name
 	}
 	return names
+}
+
+// pool is the pool named name, nil if none is.
+func (d *Deps) pool(name string) *pool.Pool {
+	for i := range d.Pools {
+		if d.Pools[i].Name == name {
+			return &d.Pools[i]
+		}
+	}
+	return nil
 }
 
 func (d *Deps) emit(pool string, ms ...metrics.Metric) {

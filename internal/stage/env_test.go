@@ -25,6 +25,7 @@ import (
 	"github.com/pb33f/libopenapi-validator/helpers"
 
 	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/internal/apigw"
 	"github.com/slipway-ci/slipway/internal/awstest"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -110,6 +111,25 @@ type env struct {
 	invoker *invoker
 	metrics *bytes.Buffer
 	spec    validator.Validator
+	// caller is whom API Gateway authenticated for each call (callerA
+	// unless a test says otherwise).
+	caller string
+}
+
+// Callers of the tests: two delegates' roles, sessions of them, and an
+// operator.
+const (
+	callerA        = "arn:aws:iam::123456789012:role/delegate-a"
+	callerASession = "arn:aws:sts::123456789012:assumed-role/delegate-a/i-0123456789abcdef0"
+	callerB        = "arn:aws:iam::123456789012:role/delegate-b"
+	callerOperator = "arn:aws:iam::123456789012:role/platform/slipway-operator"
+)
+
+// as is e calling as caller.
+func (e *env) as(caller string) *env {
+	other := *e
+	other.caller = caller
+	return &other
 }
 
 // newEnv is a deployment on DynamoDB Local and local-kms, its VMs agent
@@ -145,14 +165,14 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 		Prober: &warm.AgentProber{RootCAs: roots, Certificate: identity.Certificate}, Metrics: emitter,
 	}
 	secretsKey := awstest.SymmetricKey(t, kms)
-	e := &env{db: db, store: store, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out}
+	e := &env{db: db, store: store, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out, caller: callerA}
 	e.deps = &stage.Deps{
 		Books: store, Keeper: keeper, Pools: pools,
 		Sealer: &secret.Sealer{KMS: kms, KeyID: secretsKey}, Opener: &secret.Opener{KMS: kms},
 		Agents:     &stage.Agents{Roots: roots, Certificate: identity.Certificate},
 		Executions: e.execs, StateMachineARN: "arn:aws:states:us-east-1:000000000000:stateMachine:s",
 		Invoker: e.invoker, CleanupFunction: "cleanup", RefillFunction: "refill", Logs: &logarchive.Dir{Root: t.TempDir()},
-		Metrics: emitter, Settings: stage.Settings{AcquirePoll: time.Second, AgentGrace: 2 * time.Second},
+		Metrics: emitter, Settings: stage.Settings{AcquirePoll: time.Second, AgentGrace: 2 * time.Second, Operators: []string{"arn:aws:iam::123456789012:role/platform/*"}},
 	}
 	e.api = &stage.API{Deps: e.deps}
 	doc, err := libopenapi.NewDocument(stage.OpenAPI)
@@ -243,6 +263,9 @@ func (e *env) do(t *testing.T, method, path string, body any, valid bool) answer
 	}
 	newReq := func() *http.Request {
 		req := httptest.NewRequest(method, "http://127.0.0.1:8079"+path, bytes.NewReader(data))
+		if e.caller != "" {
+			req = req.WithContext(apigw.WithCaller(req.Context(), e.caller))
+		}
 		if data != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}

@@ -36,8 +36,8 @@ const (
 	MaxListLimit     = 100
 )
 
-// list handles GET /v1/stages: the stages created since ?since= ago,
-// newest first, of ?pool= only if given.
+// list handles GET /v1/stages: the caller's stages (an operator's: every
+// stage) created since ?since= ago, newest first, of ?pool= only if given.
 func (a *API) list(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	values := r.URL.Query()
@@ -60,7 +60,15 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) error {
 	if err := errors.Join(errs...); err != nil {
 		return invalid(err)
 	}
-	refs, err := a.Books.ListStages(ctx, a.now().Add(-since), values.Get("pool"), limit)
+	principal, err := a.caller(r)
+	if err != nil {
+		return err
+	}
+	filter := lease.StageFilter{Pool: values.Get("pool"), Owner: principal}
+	if a.operator(principal) {
+		filter.Owner = ""
+	}
+	refs, err := a.Books.ListStages(ctx, a.now().Add(-since), filter, limit)
 	if err != nil {
 		return err
 	}
