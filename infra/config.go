@@ -70,6 +70,11 @@ type Config struct {
 	// Operators are the principals (ARN patterns) who see and act on every
 	// stage: a platform team's role. Delegates see their own stages.
 	Operators []string
+	// MaxActiveStages is the most stages one principal may have active;
+	// APIConcurrency the API function's reserved concurrency, its cap (0:
+	// unreserved).
+	MaxActiveStages int
+	APIConcurrency  int
 
 	// AssetRoot is the repository: bin/ holds the agents and bin/lambda
 	// the functions (make build lambdas). `go run ./infra` runs at the
@@ -97,6 +102,8 @@ var contextDefaults = map[string]string{
 	"stepLogDays":        "30",
 	"apiPrincipals":      "",
 	"operators":          "",
+	"maxActiveStages":    "50",
+	"apiConcurrency":     "200",
 }
 
 var (
@@ -183,6 +190,8 @@ func LoadConfig(get func(key string) any, root string) (*Config, error) {
 		StepLogDays:        number("stepLogDays", 1, 3653),
 		APIPrincipals:      list("apiPrincipals", principalPattern, "an IAM role or user ARN (arn:aws:iam::123456789012:role/name, * allowed)"),
 		Operators:          list("operators", principalPattern, "an IAM role or user ARN (arn:aws:iam::123456789012:role/name, * allowed)"),
+		MaxActiveStages:    number("maxActiveStages", 1, 100_000),
+		APIConcurrency:     number("apiConcurrency", 0, 10_000),
 		AssetRoot:          root,
 	}
 	if _, ok := retentionDays[c.LogRetentionDays]; !ok {

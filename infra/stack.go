@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
@@ -359,6 +360,7 @@ func (s *Stack) environment() (*map[string]*string, error) {
 		deploy.EnvSubnets:          awscdk.Fn_Join(jsii.String(","), subnets),
 		deploy.EnvVMSecurityGroups: s.vmSG.SecurityGroupId(),
 		deploy.EnvOperators:        jsii.String(strings.Join(s.cfg.Operators, ",")),
+		deploy.EnvMaxActiveStages:  jsii.String(strconv.Itoa(s.cfg.MaxActiveStages)),
 		deploy.EnvLaunchTemplates:  jsii.String(string(launchTemplates)),
 		deploy.EnvAgentObjects:     jsii.String("{" + strings.Join(agents, ",") + "}"),
 	}
@@ -428,22 +430,31 @@ func (s *Stack) lambdas() error {
 				"ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"),
 			Resources: jsii.Strings("*"),
 		}))
+		reserved := f.Reserved
+		if f.Name == statemachine.API {
+			reserved = s.cfg.APIConcurrency
+		}
+		var reservedConcurrency *float64
+		if reserved > 0 {
+			reservedConcurrency = jsii.Number(float64(reserved))
+		}
 		s.functions[f.Name] = awslambda.NewFunction(s.Stack, jsii.String("Function-"+f.Name), &awslambda.FunctionProps{
-			FunctionName:   jsii.String(s.name(f.Name)),
-			Description:    jsii.String("Slipway " + f.Name),
-			Runtime:        awslambda.Runtime_PROVIDED_AL2023(),
-			Architecture:   awslambda.Architecture_ARM_64(),
-			Handler:        jsii.String("bootstrap"),
-			Code:           awslambda.Code_FromAsset(jsii.String(zip), nil),
-			Timeout:        awscdk.Duration_Seconds(jsii.Number(f.Timeout.Seconds())),
-			MemorySize:     jsii.Number(float64(f.MemoryMB)),
-			Role:           role,
-			LogGroup:       logs,
-			Layers:         &[]awslambda.ILayerVersion{layer},
-			Environment:    env,
-			Vpc:            s.vpc,
-			VpcSubnets:     s.subnets,
-			SecurityGroups: &[]awsec2.ISecurityGroup{s.functionsSG},
+			ReservedConcurrentExecutions: reservedConcurrency,
+			FunctionName:                 jsii.String(s.name(f.Name)),
+			Description:                  jsii.String("Slipway " + f.Name),
+			Runtime:                      awslambda.Runtime_PROVIDED_AL2023(),
+			Architecture:                 awslambda.Architecture_ARM_64(),
+			Handler:                      jsii.String("bootstrap"),
+			Code:                         awslambda.Code_FromAsset(jsii.String(zip), nil),
+			Timeout:                      awscdk.Duration_Seconds(jsii.Number(f.Timeout.Seconds())),
+			MemorySize:                   jsii.Number(float64(f.MemoryMB)),
+			Role:                         role,
+			LogGroup:                     logs,
+			Layers:                       &[]awslambda.ILayerVersion{layer},
+			Environment:                  env,
+			Vpc:                          s.vpc,
+			VpcSubnets:                   s.subnets,
+			SecurityGroups:               &[]awsec2.ISecurityGroup{s.functionsSG},
 		})
 	}
 	s.grants()

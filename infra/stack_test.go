@@ -707,6 +707,15 @@ func TestDefaultDeployment(t *testing.T) {
 			if p["Runtime"] != "provided.al2023" || !slices.Equal(strs(p["Architectures"]), []string{"arm64"}) || p["Handler"] != "bootstrap" {
 				t.Errorf("%s: runtime %v %v", f.Name, p["Runtime"], p["Architectures"])
 			}
+			// Cleanup and refill always run; the API's long-polls are capped
+			// (200 by default); init and step share the rest.
+			wantReserved := map[string]any{statemachine.Cleanup: 20.0, statemachine.Refill: 2.0, statemachine.API: 200.0}[f.Name]
+			if p["ReservedConcurrentExecutions"] != wantReserved {
+				t.Errorf("%s: reserved concurrency %v, want %v", f.Name, p["ReservedConcurrentExecutions"], wantReserved)
+			}
+			if env := p["Environment"].(map[string]any)["Variables"].(map[string]any); env[deploy.EnvMaxActiveStages] != "50" {
+				t.Errorf("%s: max active stages %v", f.Name, env[deploy.EnvMaxActiveStages])
+			}
 			if p["Timeout"] != f.Timeout.Seconds() || p["MemorySize"] != float64(f.MemoryMB) {
 				t.Errorf("%s: timeout %v, memory %v; want statemachine.Functions' %v, %d", f.Name, p["Timeout"], p["MemorySize"], f.Timeout, f.MemoryMB)
 			}

@@ -33,6 +33,11 @@ type Function struct {
 	// MemoryMB is the function's memory size, which Lambda bills by: the
 	// handlers mostly wait on the network, and 128 MB holds them.
 	MemoryMB int
+	// Reserved is the function's reserved concurrency (0: none): what it
+	// may always run, and at most. Cleanup and refill must run whatever
+	// else does (a VM not released is paid for); the API's long-polls must
+	// not take the account's concurrency from init, step and cleanup.
+	Reserved int
 }
 
 // The functions, by name.
@@ -49,11 +54,13 @@ var Functions = []Function{
 	{Name: Init, Placeholder: "InitFunctionArn", Timeout: 60 * time.Second, MemoryMB: 128},
 	// RunGroup long-polls the agent for up to a minute, then records results.
 	{Name: Step, Placeholder: "StepFunctionArn", Timeout: 90 * time.Second, MemoryMB: 128},
-	{Name: Cleanup, Placeholder: "CleanupFunctionArn", Timeout: 60 * time.Second, MemoryMB: 128},
-	// API Gateway gives up on an integration after 29 s.
-	{Name: API, Timeout: 29 * time.Second, MemoryMB: 128},
-	// Refill launches and probes many VMs at once, and reads every pool.
-	{Name: Refill, Timeout: 5 * time.Minute, MemoryMB: 256},
+	{Name: Cleanup, Placeholder: "CleanupFunctionArn", Timeout: 60 * time.Second, MemoryMB: 128, Reserved: 20},
+	// API Gateway gives up on an integration after 29 s. Its reserve is a
+	// cap too: the deployment's apiConcurrency sets it.
+	{Name: API, Timeout: 29 * time.Second, MemoryMB: 128, Reserved: 200},
+	// Refill launches and probes many VMs at once, and reads every pool;
+	// one a minute, and one a release asks for.
+	{Name: Refill, Timeout: 5 * time.Minute, MemoryMB: 256, Reserved: 2},
 }
 
 // Lookup returns the function named name.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -46,6 +47,8 @@ const (
 	// EnvOperators (comma-separated IAM ARN patterns, * allowed) are the
 	// principals who see and act on every stage.
 	EnvOperators = "SLIPWAY_OPERATORS"
+	// EnvMaxActiveStages is the most active stages one principal may have.
+	EnvMaxActiveStages = "SLIPWAY_MAX_ACTIVE_STAGES"
 	// EnvLaunchTemplates is a JSON object: pool name to launch template id.
 	EnvLaunchTemplates = "SLIPWAY_LAUNCH_TEMPLATES"
 	// EnvAgentObjects is a JSON object: platform ("linux/arm64") to the
@@ -147,5 +150,11 @@ func AWS(ctx context.Context) (*Deployment, error) {
 		},
 		Logs: &logarchive.S3{Client: s3Client, Bucket: s.LogBucket},
 	}
-	return Build(ctx, s, clients, pools.Pools, stage.Settings{Operators: list(os.Getenv(EnvOperators))}, os.Stderr, os.Stdout)
+	tuning := stage.Settings{Operators: list(os.Getenv(EnvOperators))}
+	if v := os.Getenv(EnvMaxActiveStages); v != "" {
+		if tuning.MaxActiveStages, err = strconv.Atoi(v); err != nil || tuning.MaxActiveStages < 1 {
+			return nil, fmt.Errorf("deployment: %s %q: want a whole number above 0", EnvMaxActiveStages, v)
+		}
+	}
+	return Build(ctx, s, clients, pools.Pools, tuning, os.Stderr, os.Stdout)
 }

@@ -113,6 +113,9 @@ type Stage struct {
 	// bytes is the record's size as DynamoDB counts it, when read: an add
 	// checks that the step ids it adds still fit.
 	bytes int
+	// counted says the stage counts among its owner's active stages until
+	// its release.
+	counted bool
 }
 
 func stageKey(id string) map[string]types.AttributeValue {
@@ -125,7 +128,7 @@ func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 		Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed), Final: getBool(item, attrFinal),
 		VM: getString(item, attrVM), Launched: getString(item, attrLaunched), BootID: getString(item, attrBootID),
 		VMAddress: getString(item, attrVMAddress), Result: getString(item, attrResult), Reason: getString(item, attrReason),
-		bytes: itemBytes(item),
+		bytes: itemBytes(item), counted: getBool(item, attrCounted),
 	}
 	if set, ok := item[attrStepIDs].(*types.AttributeValueMemberSS); ok {
 		st.stepIDs = set.Value
@@ -157,10 +160,14 @@ func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 type NewStage struct {
 	ID, Pool string
 	Owner    string
-	SpecHash string
-	Spec     []byte
-	Sealed   []byte
-	Deadline time.Time
+	// OwnerLimit, when above 0, is the most active stages Owner may have:
+	// the stage is counted for its owner until its release, and refused
+	// with an OwnerLimitError past it.
+	OwnerLimit int
+	SpecHash   string
+	Spec       []byte
+	Sealed     []byte
+	Deadline   time.Time
 	// Groups are the groups given at creation, the last one final or not.
 	Groups []NewGroup
 }
@@ -183,6 +190,10 @@ func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
 	item[attrPool] = str(ns.Pool)
 	if ns.Owner != "" {
 		item[attrOwner] = str(ns.Owner)
+	}
+	counted := ns.Owner != "" && ns.OwnerLimit > 0
+	if counted {
+		item[attrCounted] = &types.AttributeValueMemberBOOL{Value: true}
 	}
 	item[attrSpecHash] = str(ns.SpecHash)
 	item[attrCreatedAt] = millis(now)
@@ -220,7 +231,22 @@ func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
 	if err := tooLarge(sizes...); err != nil {
 		return nil, fmt.Errorf("create stage %s: %w", ns.ID, err)
 	}
-	err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, ErrStageExists)
+	reasons := make([]error, len(writes))
+	reasons[0] = ErrStageExists
+	if counted {
+		// Last, so that the reasons of the others keep their places.
+		writes = append(writes, types.TransactWriteItem{Update: s.countStage(ns.Owner, ns.OwnerLimit)})
+		reasons = append(reasons, ErrOwnerLimit)
+	}
+	err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, reasons...)
+	if errors.Is(err, ErrOwnerLimit) {
+		// A retry of a create that counted finds its stage: not a refusal.
+		if existing, gerr := s.GetStage(ctx, ns.ID); gerr == nil {
+			return existing, fmt.Errorf("create stage %s: %w", ns.ID, ErrStageExists)
+		}
+		active, _ := s.ActiveStages(ctx, ns.Owner)
+		return nil, fmt.Errorf("create stage %s: %w", ns.ID, &OwnerLimitError{Owner: ns.Owner, Active: active, Most: ns.OwnerLimit})
+	}
 	if errors.Is(err, ErrStageExists) {
 		existing, gerr := s.GetStage(ctx, ns.ID)
 		if gerr != nil {
@@ -481,15 +507,23 @@ func (s *Store) ReleaseStage(ctx context.Context, stageID, result, reason string
 		return nil, err
 	}
 	now := s.now()
+	// The stage's own writes (its record, its owner's count), then its VM's.
 	items := []types.TransactWriteItem{{Update: s.releaseUpdate(stageID, st.VM, result, reason, now)}}
+	reasons := []error{ErrReleased}
+	if st.counted {
+		items = append(items, types.TransactWriteItem{Update: s.uncountStage(st.Owner)})
+		reasons = append(reasons, nil)
+	}
+	own := len(items)
 	if st.VM != "" {
 		items = append(items, types.TransactWriteItem{Update: s.moveUpdate(st.Pool, st.VM, releaseMove(stageID), now)})
+		reasons = append(reasons, errVMMoved)
 	}
-	err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items}, ErrReleased, errVMMoved)
+	err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items}, reasons...)
 	if errors.Is(err, errVMMoved) {
 		// The reaper released the lease past its deadline, or reconcile removed
 		// a VM whose instance was gone: the stage's VM is already on its way out.
-		err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items[:1]}, ErrReleased)
+		err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items[:own]}, ErrReleased)
 		if err == nil {
 			return nil, nil
 		}

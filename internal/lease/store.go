@@ -100,7 +100,7 @@ func (s *Store) Remove(ctx context.Context, pool, launchID string, from State) e
 var errCapacityNegative = errors.New("pool capacity would go below zero: its books are inconsistent")
 
 // transact runs a transaction, retrying conflicts, and translates a failed
-// condition of item i into reasons[i].
+// condition of item i into reasons[i] (when there is one, not nil).
 func (s *Store) transact(ctx context.Context, in *dynamodb.TransactWriteItemsInput, reasons ...error) error {
 	for attempt := 0; ; attempt++ {
 		_, err := s.DB.TransactWriteItems(ctx, in)
@@ -115,7 +115,7 @@ func (s *Store) transact(ctx context.Context, in *dynamodb.TransactWriteItemsInp
 		for i, r := range canceled.CancellationReasons {
 			switch aws.ToString(r.Code) {
 			case "ConditionalCheckFailed":
-				if i < len(reasons) {
+				if i < len(reasons) && reasons[i] != nil {
 					return reasons[i]
 				}
 				return err

@@ -40,6 +40,7 @@ const (
 	CodeTooLarge       = "too_large"
 	CodeNotFound       = "not_found"
 	CodeForbidden      = "forbidden"
+	CodeTooMany        = "too_many_stages"
 	CodeMethod         = "method_not_allowed"
 	CodeConflict       = "conflict"
 	CodeStageClosed    = "stage_closed"
@@ -187,6 +188,9 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &masked) {
 		message = mask.Text(message, masked.secrets...)
 	}
+	if ae.status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "30")
+	}
 	writeJSON(w, ae.status, ErrorBody{Error: ErrorDetail{Code: ae.code, Message: message}})
 }
 
@@ -227,9 +231,13 @@ func (e *maskedError) Unwrap() error { return e.err }
 func (a *API) translate(r *http.Request, err error) *apiError {
 	var tooLarge *http.MaxBytesError
 	var record *lease.RecordTooLargeError
+	var ownerLimit *lease.OwnerLimitError
 	switch {
 	case errors.As(err, &tooLarge):
 		return fail(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body is over %d bytes", tooLarge.Limit)
+	case errors.As(err, &ownerLimit):
+		return fail(http.StatusTooManyRequests, CodeTooMany,
+			"%v: the deployment's limit of active stages per principal (maxActiveStages); one may start when another is released", ownerLimit)
 	case errors.As(err, &record):
 		return fail(http.StatusRequestEntityTooLarge, CodeTooLarge, "%v: DynamoDB keeps at most 400 KiB in a record and 4 MiB in a write; "+
 			"fetch large files in a step, or give fewer steps or secrets at once", record)
@@ -362,7 +370,7 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ns.Owner = principal
+	ns.Owner, ns.OwnerLimit = principal, a.settings().MaxActiveStages
 	st, err := a.Books.CreateStage(ctx, *ns)
 	status := http.StatusCreated
 	if errors.Is(err, lease.ErrStageExists) {

@@ -98,7 +98,15 @@ type Settings struct {
 	// Operators are the principals (patterns, * allowed) who see and act on
 	// every stage: a platform team's role.
 	Operators []string
+	// MaxActiveStages is the most stages one principal may have created and
+	// not yet released (default DefaultMaxActiveStages): one delegate cannot
+	// hold every VM of a pool, or crowd the others out of the deployment.
+	MaxActiveStages int
 }
+
+// DefaultMaxActiveStages is a principal's limit of active stages unless
+// the deployment sets one.
+const DefaultMaxActiveStages = 50
 
 func (s Settings) withDefaults() Settings {
 	def := func(d *time.Duration, v time.Duration) {
@@ -118,6 +126,9 @@ func (s Settings) withDefaults() Settings {
 	}
 	if s.MaxBadVMs <= 0 {
 		s.MaxBadVMs = 3
+	}
+	if s.MaxActiveStages <= 0 {
+		s.MaxActiveStages = DefaultMaxActiveStages
 	}
 	return s
 }

@@ -229,6 +229,7 @@ func (e *env) warmUp(t *testing.T, name string, n int) {
 // answer is one call's outcome.
 type answer struct {
 	status int
+	header http.Header
 	body   []byte
 }
 
@@ -288,7 +289,7 @@ func (e *env) do(t *testing.T, method, path string, body any, valid bool) answer
 		}
 		t.Errorf("%s %s: answer %d %s does not fit the OpenAPI document:\n%s", method, path, resp.StatusCode, got, strings.Join(msgs, "\n"))
 	}
-	return answer{status: resp.StatusCode, body: got}
+	return answer{status: resp.StatusCode, header: resp.Header, body: got}
 }
 
 func testPool(name string, minIdle, maxInstances int) pool.Pool {

@@ -123,3 +123,37 @@ func TestPrincipalOfASession(t *testing.T) {
 		}
 	}
 }
+
+// A principal has at most MaxActiveStages stages created and not released:
+// the next is a 429 that names the limit; a release makes room, and
+// another principal is not held back.
+func TestActiveStagesPerPrincipal(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 4))
+	e.deps.Settings.MaxActiveStages = 2
+	for _, id := range []string{"a1", "a2"} {
+		if got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: id, Pool: "p"}, true); got.status != http.StatusCreated {
+			t.Fatalf("create %s: %d %s", id, got.status, got.body)
+		}
+	}
+	got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "a3", Pool: "p"}, true)
+	if got.status != http.StatusTooManyRequests || got.header.Get("Retry-After") == "" ||
+		!strings.Contains(got.errorMessage(), callerA+" has 2 active stages, its most (2)") || !strings.Contains(got.errorMessage(), "maxActiveStages") {
+		t.Fatalf("a third: %d %s (Retry-After %q)", got.status, got.body, got.header.Get("Retry-After"))
+	}
+	// A retry of a stage that counted is that stage.
+	if got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "a1", Pool: "p"}, true); got.status != http.StatusOK {
+		t.Errorf("a retried create at the limit: %d %s", got.status, got.body)
+	}
+	if got := e.as(callerB).do(t, "POST", "/v1/stages", stage.Spec{ID: "b1", Pool: "p"}, true); got.status != http.StatusCreated {
+		t.Errorf("another principal: %d %s", got.status, got.body)
+	}
+	if got := e.do(t, "DELETE", "/v1/stages/a1", nil, true); got.status != http.StatusAccepted {
+		t.Fatalf("cancel: %d %s", got.status, got.body)
+	}
+	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(t.Context(), stage.CleanupInput{StageID: "a1"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "a3", Pool: "p"}, true); got.status != http.StatusCreated {
+		t.Errorf("after a release: %d %s", got.status, got.body)
+	}
+}
