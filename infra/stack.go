@@ -465,15 +465,30 @@ func (s *Stack) lambdas() error {
 // the resources its handler uses.
 func (s *Stack) grants() {
 	f := s.functions
-	for _, fn := range f {
+	for name, fn := range f {
 		// Every function uses the table through the lease store (its
 		// lease.DB; TransactWriteItems is checked against the actions it
-		// holds), and signs its own client certificate with the CA key at
-		// cold start.
+		// holds, item by item), writing only the partitions its handler
+		// writes (deploy.Partitions, which `slipway local` enforces too),
+		// and signs its own client certificate with the CA key at cold
+		// start.
 		s.statement(fn, &awsiam.PolicyStatementProps{
-			Sid:       jsii.String("LeaseStore"),
-			Actions:   jsii.Strings(tableActions...),
+			Sid:       jsii.String("LeaseStoreReads"),
+			Actions:   jsii.Strings(tableReads...),
 			Resources: jsii.Strings(*s.table.TableArn()),
+		})
+		var partitions []string
+		for _, p := range deploy.Partitions[name] {
+			if strings.HasSuffix(p, "#") {
+				p += "*"
+			}
+			partitions = append(partitions, p)
+		}
+		s.statement(fn, &awsiam.PolicyStatementProps{
+			Sid:        jsii.String("LeaseStoreWritesItsPartitions"),
+			Actions:    jsii.Strings(tableWrites...),
+			Resources:  jsii.Strings(*s.table.TableArn()),
+			Conditions: &map[string]any{"ForAllValues:StringLike": map[string]any{"dynamodb:LeadingKeys": partitions}},
 		})
 		s.statement(fn, &awsiam.PolicyStatementProps{
 			Sid:       jsii.String("LeaseStoreIdleIndex"),
@@ -666,11 +681,12 @@ func (s *Stack) launcher(fn awslambda.Function) {
 
 // tableActions are what the lease store's calls need: GetItem, UpdateItem
 // and Query, and inside TransactWriteItems Put, Update, Delete and
-// ConditionCheck.
-var tableActions = []string{
-	"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem",
-	"dynamodb:ConditionCheckItem",
-}
+// ConditionCheck. The writes are bound to each function's partitions.
+var (
+	tableReads   = []string{"dynamodb:GetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem"}
+	tableWrites  = []string{"dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:DeleteItem"}
+	tableActions = append(slices.Clone(tableReads), tableWrites...)
+)
 
 func (s *Stack) statement(fn awslambda.Function, props *awsiam.PolicyStatementProps) {
 	fn.Role().AddToPrincipalPolicy(awsiam.NewPolicyStatement(props))

@@ -306,6 +306,38 @@ func TestDefaultDeployment(t *testing.T) {
 		}
 	})
 
+	t.Run("each function writes only its partitions of the table (dynamodb:LeadingKeys)", func(t *testing.T) {
+		for name, sts := range s.statements(t) {
+			var bound []string
+			for _, st := range sts {
+				for _, a := range st.Actions {
+					if !slices.Contains(tableWrites, a) {
+						continue
+					}
+					like, _ := st.Condition["ForAllValues:StringLike"].(map[string]any)
+					keys := strs(like["dynamodb:LeadingKeys"])
+					if len(keys) == 0 {
+						t.Errorf("%s: %s on any partition", name, a)
+					}
+					bound = keys
+				}
+			}
+			var want []string
+			for _, p := range deploy.Partitions[name] {
+				if strings.HasSuffix(p, "#") {
+					p += "*"
+				}
+				want = append(want, p)
+			}
+			if !slices.Equal(bound, want) || len(want) == 0 {
+				t.Errorf("%s writes %v, want %v (deploy.Partitions)", name, bound, want)
+			}
+		}
+		if slices.Contains(deploy.Partitions[statemachine.Step], lease.PoolPartitions) || slices.Contains(deploy.Partitions[statemachine.Refill], lease.StagePartitions) {
+			t.Error("step may write VMs, or refill stages")
+		}
+	})
+
 	t.Run("the lease store's calls are all granted", func(t *testing.T) {
 		for m := range reflect.TypeFor[lease.DB]().Methods() {
 			action := "dynamodb:" + m.Name

@@ -50,6 +50,11 @@ func TestMain(m *testing.M) {
 		if rt == nil {
 			continue
 		}
+		// Every write each function made, its role would be allowed on AWS.
+		if refused := rt.Refusals(); len(refused) > 0 {
+			fmt.Fprintf(os.Stderr, "writes outside the functions' partitions (deploy.Partitions):\n%s\n", strings.Join(refused, "\n"))
+			code = 1
+		}
 		dir := rt.Dir
 		rt.Close()
 		// Ctrl-C and the tests' end alike: nothing the runtime started lives on.

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -160,10 +161,16 @@ type Runtime struct {
 	// deployment makes.
 	Capacity localaws.Capacity
 
-	opts                 Options
-	logger               *slog.Logger
-	endpoint             *LambdaEndpoint
-	servers              []*http.Server
+	opts     Options
+	logger   *slog.Logger
+	endpoint *LambdaEndpoint
+	servers  []*http.Server
+	// functions are each function's deployment (Deployment is one for
+	// reading the books, with every grant).
+	functions map[string]*deploy.Deployment
+	// refusals are the writes a function's role would not be allowed.
+	refusalsMu           sync.Mutex
+	refusals             []string
 	procs                []*proc // started services, stopped last
 	shim                 *proc
 	stopTick             context.CancelFunc
@@ -319,20 +326,34 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 		StateMachineARN: rt.StateMachineARN, CleanupFunction: rt.Functions[statemachine.Cleanup], RefillFunction: rt.Functions[statemachine.Refill],
 	}
 	executions := &lazyExecutions{rt: rt}
-	d, err := deploy.Build(ctx, settings, deploy.Clients{
-		DynamoDB: rt.DynamoDB, KMS: kmsClient, Executions: executions, Invoker: rt.Lambda, Fleet: rt.Fleet,
-		Logs: &logarchive.Dir{Root: filepath.Join(o.Dir, "logs")},
-	}, o.Pools, o.Settings, o.Logs, o.Metrics)
+	build := func(db lease.DB) (*deploy.Deployment, error) {
+		return deploy.Build(ctx, settings, deploy.Clients{
+			DynamoDB: db, KMS: kmsClient, Executions: executions, Invoker: rt.Lambda, Fleet: rt.Fleet,
+			Logs: &logarchive.Dir{Root: filepath.Join(o.Dir, "logs")},
+		}, o.Pools, o.Settings, o.Logs, o.Metrics)
+	}
+	d, err := build(rt.DynamoDB)
 	if err != nil {
 		return err
 	}
 	rt.Deployment = d
+	// Each function as on AWS: a deployment of its own, whose store writes
+	// only the partitions its role may (deploy.Partitions, guarded as IAM's
+	// dynamodb:LeadingKeys would).
+	rt.functions = map[string]*deploy.Deployment{}
+	for _, f := range statemachine.Functions {
+		guard := &lease.WriteGuard{DB: rt.DynamoDB, Function: f.Name, Partitions: deploy.Partitions[f.Name], Refused: rt.refused}
+		if rt.functions[f.Name], err = build(guard); err != nil {
+			return err
+		}
+	}
+	fn := rt.functions
 	handlers := map[string]lambda.Handler{
-		statemachine.Init:    lambda.NewHandler((&stage.Init{Deps: d.Deps}).Handle),
-		statemachine.Step:    lambda.NewHandler((&stage.RunGroup{Deps: d.Deps}).Handle),
-		statemachine.Cleanup: lambda.NewHandler((&stage.Cleanup{Deps: d.Deps}).Handle),
-		statemachine.Refill:  lambda.NewHandler(d.Keeper.Handle),
-		statemachine.API:     lambda.NewHandler(apigw.Handler(&stage.API{Deps: d.Deps})),
+		statemachine.Init:    lambda.NewHandler((&stage.Init{Deps: fn[statemachine.Init].Deps}).Handle),
+		statemachine.Step:    lambda.NewHandler((&stage.RunGroup{Deps: fn[statemachine.Step].Deps}).Handle),
+		statemachine.Cleanup: lambda.NewHandler((&stage.Cleanup{Deps: fn[statemachine.Cleanup].Deps}).Handle),
+		statemachine.Refill:  lambda.NewHandler(fn[statemachine.Refill].Keeper.Handle),
+		statemachine.API:     lambda.NewHandler(apigw.Handler(&stage.API{Deps: fn[statemachine.API].Deps})),
 	}
 	rt.endpoint = &LambdaEndpoint{Functions: map[string]Function{}, Logger: rt.logger.With("part", "lambda"), Inject: o.Inject}
 	for _, f := range statemachine.Functions {
@@ -385,13 +406,30 @@ func (rt *Runtime) stepFunctions(ctx context.Context) error {
 	return nil
 }
 
+// refused records a write a function's role would be refused on AWS, and
+// says so on the runtime's log.
+func (rt *Runtime) refused(err *lease.PartitionError) {
+	rt.logger.Error("a write outside the function's partitions (its role would be refused on AWS)", "err", err)
+	rt.refusalsMu.Lock()
+	defer rt.refusalsMu.Unlock()
+	rt.refusals = append(rt.refusals, err.Error())
+}
+
+// Refusals are the writes the functions made that their roles' grants
+// (deploy.Partitions) would refuse on AWS: none, if the grants are right.
+func (rt *Runtime) Refusals() []string {
+	rt.refusalsMu.Lock()
+	defer rt.refusalsMu.Unlock()
+	return slices.Clone(rt.refusals)
+}
+
 func (rt *Runtime) serveAPI() error {
 	ln, err := net.Listen("tcp", rt.opts.Listen)
 	if err != nil {
 		return fmt.Errorf("delegate API on %s: %w", rt.opts.Listen, err)
 	}
 	rt.APIURL = "http://" + ln.Addr().String()
-	api := &stage.API{Deps: rt.Deployment.Deps}
+	api := &stage.API{Deps: rt.functions[statemachine.API].Deps}
 	// Served here directly, not through the Lambda endpoint: billed as the
 	// api function all the same, for the cost figures.
 	rt.serveOn(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
