@@ -11,8 +11,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/stage"
 )
 
 // Config is what a deployment is made of, from the CDK context (cdk.json,
@@ -75,6 +77,10 @@ type Config struct {
 	// unreserved).
 	MaxActiveStages int
 	APIConcurrency  int
+	// MaxStageTimeout and MaxIdleTimeout bound what a stage may ask for:
+	// how long it runs, how long it waits (holding its VM) for its next
+	// group.
+	MaxStageTimeout, MaxIdleTimeout time.Duration
 
 	// AssetRoot is the repository: bin/ holds the agents and bin/lambda
 	// the functions (make build lambdas). `go run ./infra` runs at the
@@ -104,6 +110,8 @@ var contextDefaults = map[string]string{
 	"operators":          "",
 	"maxActiveStages":    "50",
 	"apiConcurrency":     "200",
+	"maxStageTimeout":    "48h",
+	"maxIdleTimeout":     "2h",
 }
 
 var (
@@ -174,6 +182,13 @@ func LoadConfig(get func(key string) any, root string) (*Config, error) {
 		}
 		return b
 	}
+	duration := func(key string, lo, hi time.Duration) time.Duration {
+		d, err := time.ParseDuration(str(key))
+		if err != nil || d < lo || d > hi {
+			errs = append(errs, fmt.Errorf("context %s: %q: want a duration from %s to %s", key, str(key), lo, hi))
+		}
+		return d
+	}
 	c := &Config{
 		Deployment: str("deployment"), Account: str("account"), Region: str("region"),
 		PoolsFile: str("pools"), VPCID: str("vpcId"),
@@ -192,6 +207,8 @@ func LoadConfig(get func(key string) any, root string) (*Config, error) {
 		Operators:          list("operators", principalPattern, "an IAM role or user ARN (arn:aws:iam::123456789012:role/name, * allowed)"),
 		MaxActiveStages:    number("maxActiveStages", 1, 100_000),
 		APIConcurrency:     number("apiConcurrency", 0, 10_000),
+		MaxStageTimeout:    duration("maxStageTimeout", time.Minute, stage.MaxStageTimeout),
+		MaxIdleTimeout:     duration("maxIdleTimeout", stage.MinIdleTimeout, stage.MaxStageTimeout),
 		AssetRoot:          root,
 	}
 	if _, ok := retentionDays[c.LogRetentionDays]; !ok {

@@ -361,6 +361,8 @@ func (s *Stack) environment() (*map[string]*string, error) {
 		deploy.EnvVMSecurityGroups: s.vmSG.SecurityGroupId(),
 		deploy.EnvOperators:        jsii.String(strings.Join(s.cfg.Operators, ",")),
 		deploy.EnvMaxActiveStages:  jsii.String(strconv.Itoa(s.cfg.MaxActiveStages)),
+		deploy.EnvMaxStageTimeout:  jsii.String(s.cfg.MaxStageTimeout.String()),
+		deploy.EnvMaxIdleTimeout:   jsii.String(s.cfg.MaxIdleTimeout.String()),
 		deploy.EnvLaunchTemplates:  jsii.String(string(launchTemplates)),
 		deploy.EnvAgentObjects:     jsii.String("{" + strings.Join(agents, ",") + "}"),
 	}
@@ -754,6 +756,12 @@ func (s *Stack) orchestration() error {
 	return nil
 }
 
+// The API's throttle, for all callers together.
+const (
+	apiRate  = 200
+	apiBurst = 400
+)
+
 // apiPolicy is the API's resource policy: calls from the deployment's
 // account (and the accounts apiPrincipals name), and, when apiPrincipals
 // are given, from those principals only. IAM auth still needs each
@@ -805,8 +813,8 @@ func (s *Stack) delegateAPI() error {
 			LoggingLevel:         awsapigateway.MethodLoggingLevel_ERROR,
 			DataTraceEnabled:     jsii.Bool(false), // bodies carry secrets
 			TracingEnabled:       jsii.Bool(true),
-			ThrottlingRateLimit:  jsii.Number(200),
-			ThrottlingBurstLimit: jsii.Number(400),
+			ThrottlingRateLimit:  jsii.Number(apiRate),
+			ThrottlingBurstLimit: jsii.Number(apiBurst),
 		},
 	})
 	validator := s.api.AddRequestValidator(jsii.String("Validator"), &awsapigateway.RequestValidatorOptions{
@@ -817,18 +825,27 @@ func (s *Stack) delegateAPI() error {
 		Description: jsii.String("A JSON object: the handler validates the rest against the OpenAPI document"),
 		Schema:      &awsapigateway.JsonSchema{Schema: awsapigateway.JsonSchemaVersion_DRAFT4, Type: awsapigateway.JsonSchemaType_OBJECT},
 	})
-	// Refusals in the API's own error shape, as the handler's.
+	// Refusals in the API's own error shape, as the handler's; a throttled
+	// call names the limit.
 	for id, r := range map[string]struct {
-		kind    awsapigateway.ResponseType
-		message string
+		kind          awsapigateway.ResponseType
+		status, code  string
+		message       string
+		retryAfterSec string
 	}{
-		"BadBody":       {awsapigateway.ResponseType_BAD_REQUEST_BODY(), "the body is not a JSON object"},
-		"BadParameters": {awsapigateway.ResponseType_BAD_REQUEST_PARAMETERS(), "a required parameter is missing"},
+		"BadBody":       {awsapigateway.ResponseType_BAD_REQUEST_BODY(), "400", "invalid", "the body is not a JSON object", ""},
+		"BadParameters": {awsapigateway.ResponseType_BAD_REQUEST_PARAMETERS(), "400", "invalid", "a required parameter is missing", ""},
+		"Throttled": {awsapigateway.ResponseType_THROTTLED(), "429", "throttled",
+			fmt.Sprintf("the API takes %d requests a second (bursts of %d) from all callers together: retry after a moment", apiRate, apiBurst), "1"},
 	} {
-		s.api.AddGatewayResponse(jsii.String(id), &awsapigateway.GatewayResponseOptions{
-			Type: r.kind, StatusCode: jsii.String("400"),
-			Templates: &map[string]*string{"application/json": jsii.String(`{"error":{"code":"invalid","message":"` + r.message + `"}}`)},
-		})
+		opts := &awsapigateway.GatewayResponseOptions{
+			Type: r.kind, StatusCode: jsii.String(r.status),
+			Templates: &map[string]*string{"application/json": jsii.String(`{"error":{"code":"` + r.code + `","message":"` + r.message + `"}}`)},
+		}
+		if r.retryAfterSec != "" {
+			opts.ResponseHeaders = &map[string]*string{"Retry-After": jsii.String("'" + r.retryAfterSec + "'")}
+		}
+		s.api.AddGatewayResponse(jsii.String(id), opts)
 	}
 	integration := awsapigateway.NewLambdaIntegration(s.functions[statemachine.API], &awsapigateway.LambdaIntegrationOptions{
 		// One permission for the API, not one per method.

@@ -745,8 +745,9 @@ func TestDefaultDeployment(t *testing.T) {
 			if p["ReservedConcurrentExecutions"] != wantReserved {
 				t.Errorf("%s: reserved concurrency %v, want %v", f.Name, p["ReservedConcurrentExecutions"], wantReserved)
 			}
-			if env := p["Environment"].(map[string]any)["Variables"].(map[string]any); env[deploy.EnvMaxActiveStages] != "50" {
-				t.Errorf("%s: max active stages %v", f.Name, env[deploy.EnvMaxActiveStages])
+			if env := p["Environment"].(map[string]any)["Variables"].(map[string]any); env[deploy.EnvMaxActiveStages] != "50" ||
+				env[deploy.EnvMaxStageTimeout] != "48h0m0s" || env[deploy.EnvMaxIdleTimeout] != "2h0m0s" {
+				t.Errorf("%s: max active stages %v, stage timeout %v, idle timeout %v", f.Name, env[deploy.EnvMaxActiveStages], env[deploy.EnvMaxStageTimeout], env[deploy.EnvMaxIdleTimeout])
 			}
 			if p["Timeout"] != f.Timeout.Seconds() || p["MemorySize"] != float64(f.MemoryMB) {
 				t.Errorf("%s: timeout %v, memory %v; want statemachine.Functions' %v, %d", f.Name, p["Timeout"], p["MemorySize"], f.Timeout, f.MemoryMB)
@@ -842,16 +843,27 @@ func TestDefaultDeployment(t *testing.T) {
 			}
 		}
 		responses := s.ofType("AWS::ApiGateway::GatewayResponse")
-		if len(responses) != 2 {
-			t.Errorf("%d gateway responses, want the bad body's and the bad parameters'", len(responses))
+		if len(responses) != 3 {
+			t.Errorf("%d gateway responses, want the bad body's, the bad parameters' and the throttled", len(responses))
 		}
 		for _, r := range responses {
 			tmpl, _ := r.Properties["ResponseTemplates"].(map[string]any)
 			var e struct {
 				Error struct{ Code, Message string } `json:"error"`
 			}
-			if err := json.Unmarshal([]byte(tmpl["application/json"].(string)), &e); err != nil || e.Error.Code != stage.CodeInvalid || e.Error.Message == "" {
-				t.Errorf("gateway response %v: not the API's error shape: %v", r.Properties["ResponseType"], err)
+			err := json.Unmarshal([]byte(tmpl["application/json"].(string)), &e)
+			switch r.Properties["ResponseType"] {
+			case "THROTTLED":
+				// A throttled call is a 429 that names the limit.
+				headers, _ := r.Properties["ResponseParameters"].(map[string]any)
+				if err != nil || r.Properties["StatusCode"] != "429" || e.Error.Code != "throttled" || !strings.Contains(e.Error.Message, "200 requests a second") ||
+					headers["gatewayresponse.header.Retry-After"] != "'1'" {
+					t.Errorf("throttled: %v %v", r.Properties, err)
+				}
+			default:
+				if err != nil || e.Error.Code != stage.CodeInvalid || e.Error.Message == "" {
+					t.Errorf("gateway response %v: not the API's error shape: %v", r.Properties["ResponseType"], err)
+				}
 			}
 		}
 	})
@@ -1182,7 +1194,7 @@ func TestBadContextNamesEveryProblem(t *testing.T) {
 	ctx := map[string]any{
 		"deployment": "Prod", "account": "12345", "region": "mars", "pools": pools,
 		"subnetIds": "subnet-0a1b2c3d4e5f60001", "natGateways": "four", "interfaceEndpoints": "maybe",
-		"alarmEmail": "ops", "logRetentionDays": 42, "leaseWaitTargetMs": 5, "apiPrincipals": "arn:aws:iam::123456789012:role/ci,ci-delegate",
+		"alarmEmail": "ops", "logRetentionDays": 42, "leaseWaitTargetMs": 5, "apiPrincipals": "arn:aws:iam::123456789012:role/ci,ci-delegate", "maxIdleTimeout": "forever",
 	}
 	_, err := LoadConfig(func(k string) any { return ctx[k] }, root)
 	if err == nil {
@@ -1191,7 +1203,7 @@ func TestBadContextNamesEveryProblem(t *testing.T) {
 	for _, want := range []string{
 		"context deployment:", "context account:", "context region:", "context subnetIds: only with vpcId",
 		"context natGateways:", "context interfaceEndpoints:", "context alarmEmail:", "context logRetentionDays: 42",
-		"context leaseWaitTargetMs:", "pool Bad_Name: name", `context apiPrincipals: "ci-delegate" is not an IAM role or user ARN`,
+		"context leaseWaitTargetMs:", "pool Bad_Name: name", `context apiPrincipals: "ci-delegate" is not an IAM role or user ARN`, "context maxIdleTimeout:",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the error does not say %q:\n%v", want, err)

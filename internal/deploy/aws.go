@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -49,6 +50,10 @@ const (
 	EnvOperators = "SLIPWAY_OPERATORS"
 	// EnvMaxActiveStages is the most active stages one principal may have.
 	EnvMaxActiveStages = "SLIPWAY_MAX_ACTIVE_STAGES"
+	// EnvMaxStageTimeout and EnvMaxIdleTimeout (Go durations) are the
+	// longest a stage may run and wait for its next group.
+	EnvMaxStageTimeout = "SLIPWAY_MAX_STAGE_TIMEOUT"
+	EnvMaxIdleTimeout  = "SLIPWAY_MAX_IDLE_TIMEOUT"
 	// EnvLaunchTemplates is a JSON object: pool name to launch template id.
 	EnvLaunchTemplates = "SLIPWAY_LAUNCH_TEMPLATES"
 	// EnvAgentObjects is a JSON object: platform ("linux/arm64") to the
@@ -154,6 +159,13 @@ func AWS(ctx context.Context) (*Deployment, error) {
 	if v := os.Getenv(EnvMaxActiveStages); v != "" {
 		if tuning.MaxActiveStages, err = strconv.Atoi(v); err != nil || tuning.MaxActiveStages < 1 {
 			return nil, fmt.Errorf("deployment: %s %q: want a whole number above 0", EnvMaxActiveStages, v)
+		}
+	}
+	for env, d := range map[string]*time.Duration{EnvMaxStageTimeout: &tuning.MaxStageTimeout, EnvMaxIdleTimeout: &tuning.MaxIdleTimeout} {
+		if v := os.Getenv(env); v != "" {
+			if *d, err = time.ParseDuration(v); err != nil || *d <= 0 {
+				return nil, fmt.Errorf("deployment: %s %q: want a duration such as 2h", env, v)
+			}
 		}
 	}
 	return Build(ctx, s, clients, pools.Pools, tuning, os.Stderr, os.Stdout)

@@ -592,6 +592,20 @@ func TestTenants(t *testing.T) {
 	if code := callAs(t, rt, "outsider", "POST", "/v1/stages", stage.Spec{ID: "tenant-x", Pool: "tenants"}, &refusal); code != http.StatusForbidden {
 		t.Errorf("an outsider in the teams' pool: %d %+v", code, refusal)
 	}
+	// a's id is taken, and b learns nothing else of it.
+	if code := callAs(t, rt, b, "POST", "/v1/stages", stage.Spec{ID: "tenant-a", Pool: "tenants"}, &refusal); code != http.StatusConflict ||
+		refusal.Error.Message != "stage id tenant-a is taken: choose another" {
+		t.Errorf("b creates a's id: %d %+v", code, refusal)
+	}
+	// The operator sees a's stage, listed and whole.
+	var seen stage.Status
+	if code := callAs(t, rt, "ops", "GET", "/v1/stages/tenant-a", nil, &seen); code != http.StatusOK || seen.ID != "tenant-a" {
+		t.Errorf("the operator reads a's stage: %d %+v", code, seen)
+	}
+	callAs(t, rt, "ops", "GET", "/v1/stages?pool=tenants", nil, &list)
+	if len(list.Stages) == 0 || list.Stages[0].ID != "tenant-a" {
+		t.Errorf("the operator lists %+v", list.Stages)
+	}
 	// a's stage ran on as if b had never called, and a ends it.
 	if code := callAs(t, rt, a, "POST", "/v1/stages/tenant-a/groups", group(true, s("last", "echo last")), &st); code != http.StatusCreated && code != http.StatusOK {
 		t.Fatalf("a adds its last group: %d %+v", code, st)

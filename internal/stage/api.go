@@ -363,6 +363,9 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if err := spec.Validate(a.poolNames()); err != nil {
 		return invalid(err)
 	}
+	if err := a.withinDeploymentLimits(&spec); err != nil {
+		return invalid(err)
+	}
 	if p := a.pool(spec.Pool); p != nil && !p.Admits(principal) && !a.operator(principal) {
 		return fail(http.StatusForbidden, CodeForbidden, "pool %s does not take stages from %s (its principals)", spec.Pool, principal)
 	}

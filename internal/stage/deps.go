@@ -102,7 +102,15 @@ type Settings struct {
 	// not yet released (default DefaultMaxActiveStages): one delegate cannot
 	// hold every VM of a pool, or crowd the others out of the deployment.
 	MaxActiveStages int
+	// MaxStageTimeout and MaxIdleTimeout are the longest a stage may run and
+	// wait for its next group (defaults MaxStageTimeout, DefaultMaxIdle): a
+	// stage that waits holds its VM, and a platform team bounds how long.
+	MaxStageTimeout, MaxIdleTimeout time.Duration
 }
+
+// DefaultMaxIdle is the longest a stage may wait for its next group unless
+// the deployment says otherwise.
+const DefaultMaxIdle = 2 * time.Hour
 
 // DefaultMaxActiveStages is a principal's limit of active stages unless
 // the deployment sets one.
@@ -127,6 +135,8 @@ func (s Settings) withDefaults() Settings {
 	if s.MaxBadVMs <= 0 {
 		s.MaxBadVMs = 3
 	}
+	def(&s.MaxStageTimeout, MaxStageTimeout)
+	def(&s.MaxIdleTimeout, DefaultMaxIdle)
 	if s.MaxActiveStages <= 0 {
 		s.MaxActiveStages = DefaultMaxActiveStages
 	}

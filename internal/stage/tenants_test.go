@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/slipway-ci/slipway/internal/stage"
 )
@@ -155,5 +156,21 @@ func TestActiveStagesPerPrincipal(t *testing.T) {
 	}
 	if got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "a3", Pool: "p"}, true); got.status != http.StatusCreated {
 		t.Errorf("after a release: %d %s", got.status, got.body)
+	}
+}
+
+// A deployment bounds what a stage may ask for below the API's own limits:
+// how long it runs, and how long it waits (holding its VM) for a group.
+func TestDeploymentTimeouts(t *testing.T) {
+	e := newEnv(t, testPool("p", 0, 2))
+	e.deps.Settings.MaxStageTimeout, e.deps.Settings.MaxIdleTimeout = 2*time.Hour, 30*time.Minute
+	got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "long", Pool: "p", TimeoutSeconds: 3 * 3600, IdleTimeoutSeconds: 3600}, true)
+	for _, want := range []string{"timeout_seconds: 10800, at most 7200 in this deployment (maxStageTimeout)", "idle_timeout_seconds: 3600, at most 1800 in this deployment (maxIdleTimeout)"} {
+		if got.status != http.StatusBadRequest || !strings.Contains(got.errorMessage(), want) {
+			t.Errorf("over the deployment's timeouts: %d %s, want %q", got.status, got.body, want)
+		}
+	}
+	if got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "fits", Pool: "p", TimeoutSeconds: 7200, IdleTimeoutSeconds: 1800}, true); got.status != http.StatusCreated {
+		t.Errorf("at the deployment's timeouts: %d %s", got.status, got.body)
 	}
 }
