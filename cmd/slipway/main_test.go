@@ -131,6 +131,7 @@ func TestHelpExitsZero(t *testing.T) {
 		{"harness-runner --help", "-listen"}, {"stage run --help", "-endpoint"}, {"stage status -h", "-endpoint"},
 		{"pools --help", "-endpoint"}, {"local --help", "-listen"}, {"demo --help", "-agent"},
 		{"pki init --help", "-dir"}, {"pki issue server --help", "-name"}, {"--help", "harness-runner"},
+		{"pools check --help", "check FILE"}, {"pools import -h", "import FILE"},
 	} {
 		t.Run(tt.args, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0])

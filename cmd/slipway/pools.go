@@ -9,7 +9,17 @@ import (
 	"github.com/slipway-ci/slipway/internal/pool"
 )
 
+const poolsUsage = `usage: slipway pools check FILE | slipway pools import FILE
+
+  check FILE    read a pools file and report every problem at once, each with its pool and key
+  import FILE   convert a drone-runner-aws pool file to Slipway's, on standard output
+`
+
 func runPools(args []string, out io.Writer) error {
+	if len(args) == 2 && (args[1] == "-h" || args[1] == "--help" || args[1] == "-help") {
+		fmt.Fprint(out, poolsUsage)
+		return errHelp
+	}
 	if len(args) != 2 || (args[0] != "check" && args[0] != "import") {
 		return errors.New("pools: want `pools check FILE` or `pools import FILE`")
 	}

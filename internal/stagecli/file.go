@@ -32,7 +32,9 @@ func LoadStageFile(path string) (*stage.Spec, error) {
 
 // ParseStageFile decodes and checks a stage file. Secrets are refused: a
 // file is no place for them (--secret NAME=env:VAR reads one from the
-// environment).
+// environment). A file gives the whole stage: its last group is final
+// whether it says so or not (else the stage would wait out its idle
+// timeout for a group that never comes).
 func ParseStageFile(data []byte) (*stage.Spec, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
@@ -61,6 +63,9 @@ func ParseStageFile(data []byte) (*stage.Spec, error) {
 		}
 		if spec.ID == "" {
 			spec.ID = newID()
+		}
+		if n := len(spec.Groups); n > 0 {
+			spec.Groups[n-1].Final = true
 		}
 		// The pool is the API's to check: it knows the deployment's pools.
 		if err := spec.Validate([]string{spec.Pool}); err != nil {
@@ -123,12 +128,50 @@ func checkNode(n *yaml.Node, t reflect.Type, path string, lines map[string]int, 
 	case t.Kind() == reflect.Map:
 		if n.Kind != yaml.MappingNode {
 			*problems = append(*problems, lineError{n.Line, fmt.Sprintf("%s: want a mapping", orTop(path))})
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			checkNode(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), lines, problems)
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
 			*problems = append(*problems, lineError{n.Line, fmt.Sprintf("%s: want a single value", orTop(path))})
+			return
+		}
+		if want := scalarWant(n, t); want != "" {
+			*problems = append(*problems, lineError{n.Line, fmt.Sprintf("%s: %s is not %s", orTop(path), n.Value, want)})
 		}
 	}
+}
+
+// scalarWant says what a value should have been when YAML read it as
+// another kind than the field's ("script: true" is a boolean, not a
+// script), in the file's terms; "" when it fits.
+func scalarWant(n *yaml.Node, t reflect.Type) string {
+	tag := n.ShortTag()
+	if tag == "!!null" {
+		return ""
+	}
+	switch t.Kind() {
+	case reflect.String:
+		if tag != "!!str" {
+			return fmt.Sprintf("a string (YAML reads it as %s: quote it, \"%s\")", strings.TrimPrefix(tag, "!!"), n.Value)
+		}
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		if tag != "!!int" {
+			return "a whole number"
+		}
+	case reflect.Float32, reflect.Float64:
+		if tag != "!!int" && tag != "!!float" {
+			return "a number"
+		}
+	case reflect.Bool:
+		if tag != "!!bool" {
+			return "true or false"
+		}
+	}
+	return ""
 }
 
 // jsonFields are a struct's fields by JSON name, embedded structs' too.

@@ -49,6 +49,20 @@ groups:
       - id: "bad id"
         script: y
 `, []string{"line 3: groups[0]: final, but groups follow it", "line 8: groups[1].steps[0].id:"}},
+		{"values of the wrong kind, in the file's terms", `pool: p
+timeout_seconds: soon
+groups:
+  - steps:
+      - id: a
+        script: true
+        env:
+          PORT: 8080
+          DEBUG: "yes"
+        privileged: maybe
+`, []string{`line 2: timeout_seconds: soon is not a whole number`,
+			`line 6: groups[0].steps[0].script: true is not a string (YAML reads it as bool: quote it, "true")`,
+			`line 8: groups[0].steps[0].env.PORT: 8080 is not a string (YAML reads it as int: quote it, "8080")`,
+			`line 10: groups[0].steps[0].privileged: maybe is not true or false`}},
 		{"not YAML", "pool: [", []string{"yaml:"}},
 		{"empty", "", []string{"line 1: the file is empty"}},
 	} {
@@ -63,5 +77,22 @@ groups:
 				t.Error("the error echoes a secret")
 			}
 		})
+	}
+}
+
+// A file is the whole stage: its last group is final though it does not
+// say so, so the stage ends when its steps do instead of waiting out its
+// idle timeout for a group that never comes.
+func TestAStageFileIsFinal(t *testing.T) {
+	spec, err := stagecli.ParseStageFile([]byte(`pool: p
+groups:
+  - steps: [{id: build, script: make}]
+  - steps: [{id: test, script: make test}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Groups[0].Final || !spec.Groups[1].Final || !spec.Closed() {
+		t.Errorf("groups %+v", spec.Groups)
 	}
 }
