@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
+	"github.com/slipway-ci/slipway/internal/awsclient"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/logarchive"
 	"github.com/slipway-ci/slipway/internal/pool"
@@ -139,7 +140,7 @@ func AWS(ctx context.Context) (*Deployment, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := config.LoadDefaultConfig(ctx)
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithHTTPClient(awsclient.HTTPClient()))
 	if err != nil {
 		return nil, fmt.Errorf("aws configuration: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
+
+	"github.com/slipway-ci/slipway/internal/awsclient"
 )
 
 // Variables that name the stand-ins' URLs (set by .ci/with-services).
@@ -20,7 +22,10 @@ const (
 )
 
 func config() aws.Config {
-	return aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
+	return aws.Config{
+		Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("local", "local", ""),
+		HTTPClient: awsclient.HTTPClient(),
+	}
 }
 
 // DynamoDB returns a client of the DynamoDB at endpoint.

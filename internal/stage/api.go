@@ -147,6 +147,11 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	start := time.Now()
+	if deadline, ok := r.Context().Deadline(); !ok || time.Until(deadline) > requestBudget {
+		ctx, cancel := context.WithTimeout(r.Context(), requestBudget)
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	if _, pattern := a.mux.Handler(r); pattern == "" {
 		a.writeError(rec, r, a.unrouted(r))
@@ -188,8 +193,11 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &masked) {
 		message = mask.Text(message, masked.secrets...)
 	}
-	if ae.status == http.StatusTooManyRequests {
+	switch ae.status {
+	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", "30")
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", retryAfterUnavailable)
 	}
 	writeJSON(w, ae.status, ErrorBody{Error: ErrorDetail{Code: ae.code, Message: message}})
 }
@@ -249,8 +257,12 @@ func (a *API) translate(r *http.Request, err error) *apiError {
 		return fail(http.StatusConflict, CodeStageEnded, "stage %s has ended", r.PathValue("id"))
 	case errors.Is(err, lease.ErrStepExists):
 		return fail(http.StatusConflict, CodeConflict, "%v", err)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, lease.ErrConflict):
+	case errors.Is(err, lease.ErrConflict):
 		return fail(http.StatusServiceUnavailable, CodeUnavailable, "try again: %v", err)
+	}
+	if ae, ok := unavailable(err); ok {
+		a.log().Warn("api: a dependency did not answer", "method", r.Method, "path", r.URL.Path, "err", err)
+		return ae
 	}
 	a.log().Error("api", "method", r.Method, "path", r.URL.Path, "err", err)
 	return fail(http.StatusInternalServerError, CodeInternal, "internal error (logged)")
