@@ -120,7 +120,12 @@ Try:
 
 Ctrl-C stops everything.
 `, rt.APIURL, rt.LambdaURL, rt.StepFunctionsURL, rt.Dir, poolNames(rt), rt.Deployment.Deps.Pools[0].Name)
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-rt.Died():
+		fmt.Fprintf(out, "slipway local: %v; stopping everything (start slipway local again: it begins with empty books)\n", rt.Err())
+		return &exitError{1, nil}
+	}
 	fmt.Fprintln(out, "slipway local: stopping")
 	if errors.Is(context.Cause(ctx), context.Canceled) {
 		return nil

@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
@@ -168,6 +169,12 @@ type Runtime struct {
 	// functions are each function's deployment (Deployment is one for
 	// reading the books, with every grant).
 	functions map[string]*deploy.Deployment
+	// died closes when a part exits on its own (watch); closing says Close
+	// began, so parts it stops are not taken for dead.
+	died     chan struct{}
+	diedOnce sync.Once
+	diedErr  error
+	closing  atomic.Bool
 	// refusals are the writes a function's role would not be allowed.
 	refusalsMu           sync.Mutex
 	refusals             []string
@@ -185,7 +192,7 @@ type Runtime struct {
 func Start(ctx context.Context, o Options) (rt *Runtime, err error) {
 	// The returns below set rt to nil on an error: close what was started
 	// through its own pointer.
-	started := &Runtime{opts: o}
+	started := &Runtime{opts: o, died: make(chan struct{})}
 	rt = started
 	defer func() {
 		if err != nil {
@@ -273,6 +280,7 @@ func (rt *Runtime) services(ctx context.Context) error {
 			return err
 		}
 		rt.procs = append(rt.procs, p)
+		rt.watch(p, "DynamoDB Local")
 		o.DynamoDBEndpoint = url
 	} else {
 		rt.dropTable = true // a shared DynamoDB: leave it as it was
@@ -283,6 +291,7 @@ func (rt *Runtime) services(ctx context.Context) error {
 			return err
 		}
 		rt.procs = append(rt.procs, p)
+		rt.watch(p, "local-kms")
 		o.KMSEndpoint = url
 	}
 	return nil
@@ -401,9 +410,47 @@ func (rt *Runtime) stepFunctions(ctx context.Context) error {
 		return err
 	}
 	rt.shim = p
+	rt.watch(p, "the Step Functions engine")
 	rt.StepFunctionsURL = url
 	rt.StepFunctions = localaws.StepFunctions(url)
 	return nil
+}
+
+// watch tells Died when p exits while the runtime is not closing: the
+// deployment cannot go on without it (DynamoDB Local holds the books in
+// memory, so a restarted one would know no stage), so whoever runs the
+// runtime says which part died and stops it whole.
+func (rt *Runtime) watch(p *proc, what string) {
+	go func() {
+		<-p.done
+		if rt.closing.Load() {
+			return
+		}
+		cause := p.err
+		if cause == nil {
+			cause = errors.New("exit status 0")
+		}
+		err := fmt.Errorf("%s (pid %d) exited (%w): the deployment cannot go on without it", what, p.cmd.Process.Pid, cause)
+		rt.logger.Error("a part of slipway local died", "part", what, "err", p.err)
+		rt.diedOnce.Do(func() {
+			rt.diedErr = err
+			close(rt.died)
+		})
+	}()
+}
+
+// Died is closed when a part the runtime started exits on its own; Err
+// then says which.
+func (rt *Runtime) Died() <-chan struct{} { return rt.died }
+
+// Err says which part died, once Died is closed.
+func (rt *Runtime) Err() error {
+	select {
+	case <-rt.died:
+		return rt.diedErr
+	default:
+		return nil
+	}
 }
 
 // refused records a write a function's role would be refused on AWS, and
@@ -538,6 +585,7 @@ func (rt *Runtime) Usage() map[string]Usage { return rt.endpoint.Usage() }
 // services. It leaves no process behind.
 func (rt *Runtime) Close() {
 	rt.closeOnce.Do(func() {
+		rt.closing.Store(true)
 		if rt.stopTick != nil {
 			rt.stopTick()
 			rt.ticks.Wait()
