@@ -228,7 +228,7 @@ func TestAgentKilledMidStep(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := released(t, rt, "agent-dies", time.Minute)
-	if st.Result != stage.Failed || st.Groups[0].Steps[0].State != "error" || !strings.Contains(st.Groups[0].Steps[0].Error, "the agent did not answer for 2s") {
+	if st.Result != stage.Errored || st.Groups[0].Steps[0].State != "error" || !strings.Contains(st.Groups[0].Steps[0].Error, "the agent did not answer for 2s") {
 		t.Fatalf("stage %+v", st)
 	}
 	// The step's own process died with its agent's kill? Not necessarily:

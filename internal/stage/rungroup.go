@@ -179,16 +179,14 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 		end.State = Failed
 	}
 	switch {
-	case firstFailed != nil && spec.Closed:
-		end.Result, end.Reason = Failed, describeFailure(firstFailed)
-	case g.Final && firstFailed != nil:
-		end.Result, end.Reason = Failed, describeFailure(firstFailed)
+	case firstFailed != nil && (spec.Closed || g.Final):
+		end.Result, end.Reason = resultOf(firstFailed), describeFailure(firstFailed)
 	case g.Final:
 		end.Result = Succeeded
 		if earlier, err := h.earlierFailure(ctx, st.ID); err != nil {
 			return false, 0, err
-		} else if earlier != "" {
-			end.Result, end.Reason = Failed, earlier
+		} else if earlier != nil {
+			end.Result, end.Reason = resultOf(earlier), describeFailure(earlier)
 		}
 	}
 	if _, err := h.Books.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, lease.ErrGroupMoved) {
@@ -404,25 +402,36 @@ func (h *RunGroup) awaitGroup(ctx context.Context, st *lease.Stage, until time.T
 	return false, nil
 }
 
-// earlierFailure describes the first failed step of the stage's ended
-// groups, "" when none failed.
-func (h *RunGroup) earlierFailure(ctx context.Context, id string) (string, error) {
+// earlierFailure is the first step that did not succeed of the stage's ended
+// groups, nil when all did.
+func (h *RunGroup) earlierFailure(ctx context.Context, id string) (*StepStatus, error) {
 	r, err := h.Books.StageRecords(ctx, id)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	s, err := statusOf(r)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	for _, g := range s.Groups {
 		for i := range g.Steps {
 			if unsuccessful(g.Steps[i].State) {
-				return describeFailure(&g.Steps[i]), nil
+				return &g.Steps[i], nil
 			}
 		}
 	}
-	return "", nil
+	return nil, nil
+}
+
+// resultOf is the stage's result for a step that did not succeed: a step
+// that could not be run at all (its agent did not answer or restarted, the
+// VM has no container engine: state error) is ours, "error", not the
+// build's "failed".
+func resultOf(s *StepStatus) string {
+	if s.State == string(agentapi.StepError) {
+		return Errored
+	}
+	return Failed
 }
 
 // delay is the wait before the next RunGroup while a group has run for

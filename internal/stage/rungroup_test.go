@@ -61,7 +61,7 @@ func TestRecheckWindows(t *testing.T) {
 	}
 	st = e.status(t, "recheck")
 	step := st.Groups[0].Steps[0]
-	if st.Result != stage.Failed || step.State != "error" || !strings.Contains(step.Error, "the agent did not answer for 1.5s") {
+	if st.Result != stage.Errored || step.State != "error" || !strings.Contains(step.Error, "the agent did not answer for 1.5s") {
 		t.Fatalf("stage after the agent died: %+v", st)
 	}
 	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(ctx, stage.CleanupInput{StageID: "recheck"}); err != nil {
