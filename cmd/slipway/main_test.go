@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -149,5 +150,16 @@ func TestHelpExitsZero(t *testing.T) {
 	cmd.Env = append(os.Environ(), "SLIPWAY_RUN_MAIN=stage run --no-such-flag")
 	if err := cmd.Run(); err == nil {
 		t.Error("a flag that does not exist exits 0")
+	}
+}
+
+// An endpoint where nothing listens says what to do: start slipway local.
+func TestNothingListeningSaysWhatToDo(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "SLIPWAY_RUN_MAIN=stage list --endpoint http://127.0.0.1:1")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 || !strings.Contains(string(out), "start slipway local") {
+		t.Errorf("%v: %s", err, out)
 	}
 }

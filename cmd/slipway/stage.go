@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/aws/aws-sdk-go-v2/config"
 	"golang.org/x/term"
@@ -202,6 +203,9 @@ func printUsage(fs *flag.FlagSet, want int, out io.Writer) error {
 func exit(code int, err error) error {
 	if code == 0 && err == nil {
 		return nil
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		err = fmt.Errorf("%w\nnothing listens at the endpoint: start slipway local (make local) in another terminal, or give --endpoint", err)
 	}
 	return &exitError{code, err}
 }
