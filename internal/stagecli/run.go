@@ -217,15 +217,25 @@ func (e *Env) follow(ctx context.Context, id, phase string) (*stage.Status, erro
 		}()
 	}
 	following := map[string]bool{}
+	if phase == stage.PhaseQueued && e.view == nil {
+		// Without the live view's spinner, say what the silence is.
+		e.linef("stage %s: queued, waiting for a VM", id)
+	}
+	var released string
 	st, err := e.API.Follow(ctx, id, func(st *stage.Status) {
 		if e.view != nil {
 			e.view.update(st)
 		}
 		if st.Phase != phase {
 			phase = st.Phase
-			if phase == stage.PhaseRunning && st.Timings.BoundAt != nil {
+			switch {
+			case phase == stage.PhaseReleased:
+				// Said once the logs are read to their end, after their
+				// last lines.
+				released = fmt.Sprintf("stage %s: %s", st.ID, phase)
+			case phase == stage.PhaseRunning && st.Timings.BoundAt != nil:
 				e.linef("stage %s: running on %s (waited %s for it)", st.ID, st.VM, st.Timings.BoundAt.Sub(st.Timings.QueuedAt).Round(time.Millisecond))
-			} else {
+			default:
 				e.linef("stage %s: %s", st.ID, phase)
 			}
 		}
@@ -247,6 +257,9 @@ func (e *Env) follow(ctx context.Context, id, phase string) (*stage.Status, erro
 	}
 	// Released: the followers read the rest from the archive and end.
 	wg.Wait()
+	if released != "" {
+		e.linef("%s", released)
+	}
 	return st, err
 }
 
@@ -323,7 +336,8 @@ func (e *Env) summary(st *stage.Status) {
 			steps += g.EndedAt.Sub(*g.StartedAt)
 		}
 	}
-	fmt.Fprintf(e.Out, "timings: queued 0s, leased %s, bound %s, steps %s, released %s\n",
+	// From the stage's creation: the wait for a VM is the time to its lease.
+	fmt.Fprintf(e.Out, "timings from the create: a VM after %s, its agent ready after %s, steps ran %s, released after %s\n",
 		since(t.LeasedAt), since(t.BoundAt), steps.Round(time.Millisecond), since(t.ReleasedAt))
 }
 

@@ -50,13 +50,17 @@ func TestCommands(t *testing.T) {
 			Steps: []string{`echo "hello $WHO"; echo "token $TOK"`, `echo "V=7" >> "$SLIPWAY_OUTPUT"; printf 'no newline'`}})
 		got := out.String()
 		for _, want := range []string{"[step-1] hello world\n", "[step-1] token ******\n", "[step-2] no newline\n",
-			"stage cli-pass: succeeded\n", "step-2               succeeded, exit code 0", "timings: queued 0s, leased "} {
+			"stage cli-pass: succeeded\n", "step-2               succeeded, exit code 0", "timings from the create: a VM after "} {
 			if !strings.Contains(got, want) {
 				t.Errorf("output lacks %q", want)
 			}
 		}
 		if code != stagecli.ExitSucceeded || strings.Contains(got, "tok-9f8e7d6c") {
 			t.Errorf("exit %d, output:\n%s", code, got)
+		}
+		// "released" comes after the logs' last lines, not among them.
+		if last, rel := strings.LastIndex(got, "[step-"), strings.Index(got, "stage cli-pass: released"); rel < last {
+			t.Errorf("released at %d, a log line at %d:\n%s", rel, last, got)
 		}
 		// The released stage's log, read back whole.
 		e, out = env(false)
