@@ -5,6 +5,8 @@
 package reports
 
 import (
+	"bytes"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/bmatcuk/doublestar/v4"
@@ -137,11 +140,12 @@ func readJUnit(data []byte, r *agentapi.TestReport) error {
 	if len(suites) == 0 {
 		return fmt.Errorf("no <testsuite> in it")
 	}
+	var cases int64
 	var walk func(s junit.Suite)
 	walk = func(s junit.Suite) {
 		for _, t := range s.Tests {
 			r.Tests++
-			r.DurationMs += t.Duration.Milliseconds()
+			cases += t.Duration.Milliseconds()
 			switch t.Status {
 			case junit.StatusSkipped:
 				r.Skipped++
@@ -172,7 +176,58 @@ func readJUnit(data []byte, r *agentapi.TestReport) error {
 	for _, s := range suites {
 		walk(s)
 	}
+	// The suites' own time, where the file gives it: tests that ran in
+	// parallel took less than their sum, and setup more.
+	if ms, ok := suiteTime(data); ok {
+		r.DurationMs += ms
+	} else {
+		r.DurationMs += cases
+	}
 	return nil
+}
+
+// suiteTime is the time="" (seconds) of a file's outermost element, a
+// <testsuites> or a <testsuite>, or else the sum of its top-level
+// <testsuite>s'; ok is false when they do not say.
+func suiteTime(data []byte) (ms int64, ok bool) {
+	dec := xml.NewDecoder(bytes.NewReader(data))
+	depth, sum, suites := 0, 0.0, 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			break
+		}
+		switch el := tok.(type) {
+		case xml.StartElement:
+			depth++
+			seconds, has := attrSeconds(el)
+			switch {
+			case depth == 1 && has:
+				return int64(seconds * 1000), true
+			case depth == 1 && el.Name.Local == "testsuite":
+				return 0, false
+			case depth == 2 && el.Name.Local == "testsuite":
+				if !has {
+					return 0, false
+				}
+				sum += seconds
+				suites++
+			}
+		case xml.EndElement:
+			depth--
+		}
+	}
+	return int64(sum * 1000), suites > 0
+}
+
+func attrSeconds(el xml.StartElement) (float64, bool) {
+	for _, a := range el.Attr {
+		if a.Name.Local == "time" {
+			s, err := strconv.ParseFloat(strings.ReplaceAll(a.Value, ",", ""), 64)
+			return s, err == nil && s >= 0
+		}
+	}
+	return 0, false
 }
 
 // firstLines joins the non-empty parts and keeps their first lines.
