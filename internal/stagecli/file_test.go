@@ -1,6 +1,7 @@
 package stagecli_test
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -94,5 +95,25 @@ groups:
 	}
 	if spec.Groups[0].Final || !spec.Groups[1].Final || !spec.Closed() {
 		t.Errorf("groups %+v", spec.Groups)
+	}
+}
+
+// The worked example of docs/stage-file.md is a stage file that parses.
+func TestTheDocumentedExampleParses(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/stage-file.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\n")
+	example, _, closed := strings.Cut(rest, "```")
+	if !ok || !closed {
+		t.Fatal("no yaml block in docs/stage-file.md")
+	}
+	spec, err := stagecli.ParseStageFile([]byte(example))
+	if err != nil {
+		t.Fatalf("the documented example:\n%v", err)
+	}
+	if len(spec.Groups) != 3 || !spec.Groups[2].Final || !spec.Groups[1].Steps[0].Background || len(spec.Files) != 1 {
+		t.Errorf("spec %+v", spec)
 	}
 }
