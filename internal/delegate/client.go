@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -190,6 +192,7 @@ func (c *Client) Pools(ctx context.Context) (*stage.Pools, error) {
 // the stage is released (then its last status) or ctx ends.
 func (c *Client) Follow(ctx context.Context, id string, seen func(*stage.Status)) (*stage.Status, error) {
 	var version int64 = -1
+	var r retry
 	for {
 		wait := stage.MaxWait
 		if version < 0 {
@@ -197,8 +200,12 @@ func (c *Client) Follow(ctx context.Context, id string, seen func(*stage.Status)
 		}
 		st, err := c.Status(ctx, id, version, wait)
 		if err != nil {
+			if r.again(ctx, err) {
+				continue
+			}
 			return nil, err
 		}
+		r = retry{}
 		if st.Version != version {
 			version = st.Version
 			if seen != nil {
@@ -216,11 +223,16 @@ func (c *Client) Follow(ctx context.Context, id string, seen func(*stage.Status)
 // that brought nothing (each read is also a long-poll of the API).
 func (c *Client) FollowLog(ctx context.Context, id, step string, pause time.Duration, seen func([]byte) error) error {
 	var offset int64
+	var r retry
 	for {
 		chunk, err := c.Logs(ctx, id, step, offset, stage.MaxWait)
 		if err != nil {
+			if r.again(ctx, err) {
+				continue // from the same offset: nothing is read twice
+			}
 			return err
 		}
+		r = retry{}
 		if err := seen(chunk.Data); err != nil {
 			return err
 		}
@@ -236,6 +248,55 @@ func (c *Client) FollowLog(ctx context.Context, id, step string, pause time.Dura
 			}
 		}
 	}
+}
+
+// retry carries a follower over a connection that broke or an API that
+// asked to be asked again: reads are idempotent, and a watcher that gives
+// up leaves a stage running with nobody watching.
+type retry struct {
+	since time.Time
+	wait  time.Duration
+}
+
+// retryFor is how long a follower keeps trying before it gives up.
+const retryFor = 2 * time.Minute
+
+// again waits before the next attempt and says whether to make it: yes for
+// a transient failure, while retryFor has not passed.
+func (r *retry) again(ctx context.Context, err error) bool {
+	if !transient(err) || ctx.Err() != nil {
+		return false
+	}
+	if r.since.IsZero() {
+		r.since, r.wait = time.Now(), 250*time.Millisecond
+	}
+	if time.Since(r.since) > retryFor {
+		return false
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(r.wait):
+	}
+	r.wait = min(2*r.wait, 5*time.Second)
+	return true
+}
+
+// transient is a failure a later attempt may not meet: the connection (a
+// reset, a refusal while the endpoint restarts, a timeout), or the API's
+// 502, 503, 504 and 429.
+func transient(err error) bool {
+	var apiErr *Error
+	if errors.As(err, &apiErr) {
+		switch apiErr.Status {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusTooManyRequests:
+			return true
+		}
+		return false
+	}
+	var netErr net.Error
+	var urlErr *url.Error
+	return errors.As(err, &netErr) || errors.As(err, &urlErr) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 func stepPath(id, step string) string {

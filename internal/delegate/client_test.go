@@ -3,11 +3,13 @@ package delegate_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/stage"
@@ -117,5 +119,58 @@ func TestHugeAnswerRefused(t *testing.T) {
 	c, _ := delegate.New(srv.URL, delegate.Options{})
 	if _, err := c.Status(context.Background(), "s1", -1, 0); err == nil || !strings.Contains(err.Error(), "over") {
 		t.Errorf("a 5 MiB answer: %v", err)
+	}
+}
+
+// A connection that breaks while a log is followed is not the end of it:
+// the follower asks again from the offset it had, and no byte is lost or
+// read twice; a 503 is asked again too.
+func TestFollowLogResumesAfterAReset(t *testing.T) {
+	log := "line 1\nline 2\nline 3\n"
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		switch n {
+		case 2: // the connection breaks mid-answer
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = conn.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"offs"))
+			conn.Close()
+			return
+		case 3:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"error":{"code":"unavailable","message":"DynamoDB did not answer (Query): try again"}}`))
+			return
+		}
+		offset := 0
+		_, _ = fmt.Sscan(r.URL.Query().Get("offset"), &offset)
+		end := min(offset+7, len(log))
+		_ = json.NewEncoder(w).Encode(stage.LogChunk{Offset: int64(offset), NextOffset: int64(end), Data: []byte(log[offset:end]), Done: end == len(log)})
+	}))
+	defer srv.Close()
+	c, err := delegate.New(srv.URL, delegate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got strings.Builder
+	if err := c.FollowLog(context.Background(), "s1", "build", time.Millisecond, func(b []byte) error { got.Write(b); return nil }); err != nil {
+		t.Fatalf("follow: %v", err)
+	}
+	if got.String() != log || calls.Load() < 5 {
+		t.Errorf("read %q in %d calls", got.String(), calls.Load())
+	}
+	// What the API refuses for good is not asked again.
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no stage \"s1\""}}`))
+	}))
+	defer refusing.Close()
+	c, _ = delegate.New(refusing.URL, delegate.Options{})
+	start := time.Now()
+	if err := c.FollowLog(context.Background(), "s1", "build", time.Millisecond, func([]byte) error { return nil }); !delegate.IsCode(err, stage.CodeNotFound) || time.Since(start) > time.Second {
+		t.Errorf("a 404: %v after %s", err, time.Since(start))
 	}
 }

@@ -176,6 +176,18 @@ func newID() string {
 // its release.
 func Run(ctx context.Context, e *Env, spec *stage.Spec) (int, error) {
 	st, err := e.API.Create(ctx, spec, 0)
+	if err != nil && ctx.Err() != nil {
+		// Interrupted with the create in flight: it may have reached the
+		// API, and a stage nobody watches would run on. Cancel the id this
+		// run chose; one that was never created is not found.
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		e.linef("stage %s: interrupted while it was being created: canceling it", spec.ID)
+		if _, derr := e.API.Delete(bg, spec.ID); derr != nil && !delegate.IsCode(derr, stage.CodeNotFound) {
+			return ExitError, fmt.Errorf("%w; canceling stage %s: %w", err, spec.ID, derr)
+		}
+		return ExitError, err
+	}
 	if err != nil {
 		return ExitError, err
 	}

@@ -3,7 +3,11 @@ package stagecli_test
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,5 +195,42 @@ func TestRunOptions(t *testing.T) {
 		if stagecli.ExitCode(result) != code {
 			t.Errorf("exit code of %s: %d", result, stagecli.ExitCode(result))
 		}
+	}
+}
+
+// Interrupted while its create is in flight, run cancels the id it chose:
+// the create may have reached the API, and nobody would watch that stage.
+func TestInterruptedCreateIsCanceled(t *testing.T) {
+	var deleted atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPost:
+			// The create hangs until the client gives up (the server hears
+			// of it once the body is read).
+			_, _ = io.Copy(io.Discard, r.Body)
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
+		case http.MethodDelete:
+			deleted.Store(r.URL.Path)
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = w.Write([]byte(`{"id":"run-x","phase":"releasing","result":"canceled","version":2}`))
+		}
+	}))
+	defer srv.Close()
+	api, err := delegate.New(srv.URL, delegate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	out := &agenttest.Buffer{}
+	code, err := stagecli.Run(ctx, &stagecli.Env{API: api, Out: out}, &stage.Spec{ID: "run-x", Pool: "p"})
+	if code != stagecli.ExitError || err == nil {
+		t.Errorf("exit %d, %v", code, err)
+	}
+	if got, _ := deleted.Load().(string); got != "/v1/stages/run-x" {
+		t.Errorf("canceled %q, want the stage it was creating; output:\n%s", got, out)
 	}
 }
