@@ -23,7 +23,7 @@ FUNCTIONS := $(notdir $(wildcard functions/*))
 # The CDK CLI's telemetry and notices would call out: both are off.
 CDK_ENV := PATH=$(if $(filter node,$(NODE)),,$(dir $(NODE)):)$$PATH CDK_DISABLE_CLI_TELEMETRY=true
 
-.PHONY: all build deps test unit fuzz lint asl bench demo local lambdas synth clean
+.PHONY: all build host deps test unit fuzz lint asl bench demo local lambdas synth clean
 
 all: build
 
@@ -105,12 +105,22 @@ synth: deps build lambdas
 bench: deps build
 	.ci/with-services go test -p 1 -run '^$$' -bench . -benchtime 1x -count 1 ./... | tee $(CACHE)/bench.txt | grep -E '^(BENCH|FAIL|ok|---)'
 
-demo: deps build
-	.ci/with-services ./bin/slipway demo --agent ./bin/slipway-agent-$$(go env GOOS)-$$(go env GOARCH)
+# demo builds only what it runs (this machine's agent and the command), not
+# every platform's agent, and says so: a first build compiles the AWS SDK.
+HOST_AGENT := bin/slipway-agent-$(shell go env GOOS)-$(shell go env GOARCH)
+
+demo: deps host
+	.ci/with-services ./bin/slipway demo --agent ./$(HOST_AGENT)
+
+host:
+	@mkdir -p bin
+	@echo "demo: building this machine's agent and the slipway command (a first build compiles the AWS SDK: a few minutes)"
+	@CGO_ENABLED=0 go build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o $(HOST_AGENT) ./agent
+	@CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/slipway ./cmd/slipway
 
 # local: slipway local with its defaults until Ctrl-C (it starts DynamoDB
 # Local and local-kms itself).
-local: deps build
+local: deps host
 	./bin/slipway local
 
 clean:
