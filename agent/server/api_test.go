@@ -52,6 +52,7 @@ func TestBadRequestsGetClearErrors(t *testing.T) {
 		{name: "destroy another stage", method: "DELETE", path: "/v1/stage", stage: "other", wantStatus: 409, wantCode: agentapi.CodeStageMismatch},
 		{name: "wrong method", method: "POST", path: "/v1/steps/s1", stage: stageID, wantStatus: 405, wantCode: agentapi.CodeMethodNotAllowed, wantMsg: "allowed: GET, HEAD, PUT"},
 		{name: "wrong method on health", method: "DELETE", path: "/v1/health", wantStatus: 405, wantCode: agentapi.CodeMethodNotAllowed, wantMsg: "GET"},
+		{name: "a container step without an engine says how to get one", method: "PUT", path: "/v1/steps/s1", stage: stageID, body: `{"image":"busybox"}`, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "start dockerd and run slipway local with DOCKER_HOST set"},
 		{name: "two stage headers", method: "GET", path: "/v1/steps/s1", stage: stageID + "," + stageID, wantStatus: 400, wantCode: agentapi.CodeInvalid, wantMsg: "more than once"},
 	}
 	for _, tt := range tests {

@@ -96,7 +96,9 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 		return
 	}
 	if spec.Image != "" && s.cfg.Docker == nil {
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, "container steps need docker, which this agent does not reach")
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalid, "container steps need a Docker engine, which this agent does not reach "+
+			"(it looks for one in DOCKER_HOST at start; under slipway local, start dockerd and run slipway local with DOCKER_HOST set, "+
+			"as .ci/with-services does)")
 		return
 	}
 	key := canonical(spec)
