@@ -40,6 +40,9 @@ func (s *Stack) suppressions() {
 	stack("AwsSolutions-IAM5",
 		"The delegate policy is for the CI system's role: it calls every method and path of the API (internal/stage/openapi.yaml) on its one stage",
 		`/^Resource::arn:<AWS::Partition>:execute-api:[a-z0-9-]+:[0-9]{12}:<API[0-9A-F]+>\/api\/\*\/\*$/`)
+	stack("AwsSolutions-IAM5",
+		"Executions are named by stage id and creation time, made at run time; refill's watchdog may only describe those of the deployment's one state machine",
+		`/^Resource::arn:<AWS::Partition>:states:[a-z0-9-]+:[0-9]{12}:execution:[a-z0-9-]+-stage:\*$/`)
 	stack("AwsSolutions-IAM4",
 		"API Gateway's account-level CloudWatch role (access logs) uses AWS's AmazonAPIGatewayPushToCloudWatchLogs, the documented policy for it",
 		`/^Policy::arn:<AWS::Partition>:iam::aws:policy\/service-role\/AmazonAPIGatewayPushToCloudWatchLogs$/`)

@@ -518,6 +518,13 @@ func (s *Stack) grants() {
 	s.allow(f[statemachine.API], s.stateMachineARN(), nil, "states:StartExecution")
 	s.allow(f[statemachine.API], s.functionARN(statemachine.Cleanup), nil, "lambda:InvokeFunction")
 	s.allow(f[statemachine.Cleanup], s.functionARN(statemachine.Refill), nil, "lambda:InvokeFunction")
+	// Refill's watchdog asks after the executions of stages that are not
+	// progressing and hands those stuck to the release.
+	s.allow(f[statemachine.Refill], s.FormatArn(&awscdk.ArnComponents{
+		Service: jsii.String("states"), Resource: jsii.String("execution"),
+		ResourceName: jsii.String(s.name("stage") + ":*"), ArnFormat: awscdk.ArnFormat_COLON_RESOURCE_NAME,
+	}), nil, "states:DescribeExecution")
+	s.allow(f[statemachine.Refill], s.functionARN(statemachine.Cleanup), nil, "lambda:InvokeFunction")
 
 	// Step logs: RunGroup and the release archive them, the API reads
 	// them back.

@@ -277,7 +277,7 @@ func TestDefaultDeployment(t *testing.T) {
 			statemachine.Init:    append([]string{"kms:Decrypt"}, launch...),
 			statemachine.Step:    {"kms:Decrypt", "s3:PutObject", "s3:AbortMultipartUpload"},
 			statemachine.Cleanup: {"ec2:TerminateInstances", "lambda:InvokeFunction", "s3:PutObject", "s3:AbortMultipartUpload"},
-			statemachine.Refill:  append([]string{"ec2:DescribeInstances"}, launch...),
+			statemachine.Refill:  append([]string{"ec2:DescribeInstances", "states:DescribeExecution", "lambda:InvokeFunction"}, launch...),
 		}
 		unscopable := []string{"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets", "ec2:DeleteNetworkInterface",
 			"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses", "ec2:DescribeInstances", "ec2:DescribeImages"}

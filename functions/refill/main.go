@@ -1,6 +1,6 @@
 // Command refill is the refill function: on the schedule it refills, reaps
-// and reconciles every pool; after a release it refills that pool
-// (warm.Keeper.Handle).
+// and reconciles every pool and releases the stages that are not
+// progressing; after a release it refills that pool (deploy.Refill).
 package main
 
 import (
@@ -19,5 +19,5 @@ func main() {
 		slog.Error("refill function: start", "err", err)
 		os.Exit(1)
 	}
-	lambda.Start(d.Keeper.Handle)
+	lambda.Start(d.Refill)
 }

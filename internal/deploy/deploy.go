@@ -135,3 +135,23 @@ func Build(ctx context.Context, s Settings, c Clients, pools []pool.Pool, tuning
 	}
 	return &Deployment{Settings: s, Store: store, CA: ca, Identity: identity, Keeper: keeper, Deps: deps}, nil
 }
+
+// RefillReport is what the refill function answers.
+type RefillReport struct {
+	warm.Report
+	Watched *stage.Watched `json:"watched,omitempty"`
+}
+
+// Refill is the refill function: the pools (warm.Keeper.Handle) and, on
+// its schedule (a request for no pool in particular), the stages that are
+// not progressing (stage.Watchdog).
+func (d *Deployment) Refill(ctx context.Context, req warm.Request) (RefillReport, error) {
+	r, err := d.Keeper.Handle(ctx, req)
+	out := RefillReport{Report: r}
+	if req.Pool == "" {
+		w, werr := (&stage.Watchdog{Deps: d.Deps}).Check(ctx)
+		out.Watched = &w
+		err = errors.Join(err, werr)
+	}
+	return out, err
+}

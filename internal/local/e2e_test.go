@@ -105,7 +105,10 @@ func runtime(t *testing.T) *local.Runtime {
 		shared.rt, shared.err = startRuntime(local.Options{
 			DynamoDBEndpoint: ddb, KMSEndpoint: kms,
 			Pools: testPools, Tick: time.Second, Metrics: shared.metrics, Logs: shared.logs,
-			Settings: stage.Settings{AgentGrace: 2 * time.Second, AcquirePoll: time.Second, Operators: []string{"arn:aws:iam::" + local.Account + ":role/ops"}},
+			Settings: stage.Settings{
+				AgentGrace: 2 * time.Second, AcquirePoll: time.Second, Operators: []string{"arn:aws:iam::" + local.Account + ":role/ops"},
+				WatchGrace: 10 * time.Second,
+			},
 			Inject: func(function string, payload []byte) *local.Fault {
 				var in struct {
 					StageID string `json:"stage_id"`

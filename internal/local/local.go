@@ -361,7 +361,7 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 		statemachine.Init:    lambda.NewHandler((&stage.Init{Deps: fn[statemachine.Init].Deps}).Handle),
 		statemachine.Step:    lambda.NewHandler((&stage.RunGroup{Deps: fn[statemachine.Step].Deps}).Handle),
 		statemachine.Cleanup: lambda.NewHandler((&stage.Cleanup{Deps: fn[statemachine.Cleanup].Deps}).Handle),
-		statemachine.Refill:  lambda.NewHandler(fn[statemachine.Refill].Keeper.Handle),
+		statemachine.Refill:  lambda.NewHandler(fn[statemachine.Refill].Refill),
 		statemachine.API:     lambda.NewHandler(apigw.Handler(&stage.API{Deps: fn[statemachine.API].Deps})),
 	}
 	rt.endpoint = &LambdaEndpoint{Functions: map[string]Function{}, Logger: rt.logger.With("part", "lambda"), Inject: o.Inject}
@@ -380,6 +380,13 @@ func (l *lazyExecutions) StartExecution(ctx context.Context, in *sfn.StartExecut
 		return nil, errors.New("the local Step Functions is not up yet")
 	}
 	return l.rt.StepFunctions.StartExecution(ctx, in, opts...)
+}
+
+func (l *lazyExecutions) DescribeExecution(ctx context.Context, in *sfn.DescribeExecutionInput, opts ...func(*sfn.Options)) (*sfn.DescribeExecutionOutput, error) {
+	if l.rt.StepFunctions == nil {
+		return nil, errors.New("the local Step Functions is not up yet")
+	}
+	return l.rt.StepFunctions.DescribeExecution(ctx, in, opts...)
 }
 
 func createKey(ctx context.Context, c *kms.Client, in *kms.CreateKeyInput) (string, error) {

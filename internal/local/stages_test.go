@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/local"
 	"github.com/slipway-ci/slipway/internal/local/localtest"
 	"github.com/slipway-ci/slipway/internal/stage"
@@ -625,4 +626,33 @@ func TestTenants(t *testing.T) {
 		}
 	}
 	settled(t, rt, "tenants", "tenant-a")
+}
+
+// TestStuckStagesAreReleased: a stage recorded whose execution never
+// started (StartExecution failed after the create wrote it), and one whose
+// result is known but whose release never ran (the store was down then),
+// are noticed by refill's watchdog once past its grace and released: the
+// first ends error with the reason, the second keeps its result.
+func TestStuckStagesAreReleased(t *testing.T) {
+	t.Parallel()
+	rt := runtime(t)
+	ctx := context.Background()
+	store := rt.Deployment.Store
+	for _, id := range []string{"stuck-unstarted", "stuck-unreleased"} {
+		if _, err := store.CreateStage(ctx, lease.NewStage{ID: id, Pool: "misc", SpecHash: "h", Spec: []byte(`{}`), Deadline: time.Now().Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := store.EndStage(ctx, "stuck-unreleased", stage.Failed, "step build failed (exit code 1)"); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]struct{ result, reason string }{
+		"stuck-unstarted":  {stage.Errored, "the stage was not progressing: its execution never started"},
+		"stuck-unreleased": {stage.Failed, "step build failed (exit code 1)"},
+	} {
+		st := released(t, rt, id, time.Minute)
+		if st.Result != want.result || st.Reason != want.reason {
+			t.Errorf("%s: %s (%s), want %s (%s)", id, st.Result, st.Reason, want.result, want.reason)
+		}
+	}
 }

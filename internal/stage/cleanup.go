@@ -29,6 +29,8 @@ type CleanupInput struct {
 	Error   *TaskError       `json:"error,omitempty"`
 	Reason  string           `json:"reason,omitempty"`
 	Detail  *ExecutionChange `json:"detail,omitempty"`
+	// Stuck says why the Watchdog found the stage not progressing.
+	Stuck string `json:"stuck,omitempty"`
 }
 
 // ExecutionChange is the detail of EventBridge's execution status event.
@@ -158,6 +160,8 @@ func (in CleanupInput) outcome() (result, reason string, implied bool) {
 		return TimedOut, "the stage's execution timed out", true
 	case in.Detail != nil:
 		return Errored, fmt.Sprintf("the stage's execution ended %s: %s", in.Detail.Status, agentapi.Truncate(in.Detail.Error+" "+in.Detail.Cause, 1000)), true
+	case in.Stuck != "":
+		return Errored, "the stage was not progressing: " + in.Stuck, true
 	case in.Reason != "":
 		return Canceled, in.Reason, true
 	default:

@@ -56,6 +56,7 @@ type Keeper interface {
 // Executions starts state machine executions; *sfn.Client satisfies it.
 type Executions interface {
 	StartExecution(ctx context.Context, params *sfn.StartExecutionInput, optFns ...func(*sfn.Options)) (*sfn.StartExecutionOutput, error)
+	DescribeExecution(ctx context.Context, params *sfn.DescribeExecutionInput, optFns ...func(*sfn.Options)) (*sfn.DescribeExecutionOutput, error)
 }
 
 // Invoker invokes Lambda functions; *lambda.Client satisfies it.
@@ -106,6 +107,10 @@ type Settings struct {
 	// wait for its next group (defaults MaxStageTimeout, DefaultMaxIdle): a
 	// stage that waits holds its VM, and a platform team bounds how long.
 	MaxStageTimeout, MaxIdleTimeout time.Duration
+	// WatchGrace is how long a stage may look stuck (no execution, an
+	// execution that ended, a result without a release) before the
+	// Watchdog releases it (default 5 min).
+	WatchGrace time.Duration
 }
 
 // DefaultMaxIdle is the longest a stage may wait for its next group unless
@@ -137,6 +142,7 @@ func (s Settings) withDefaults() Settings {
 	}
 	def(&s.MaxStageTimeout, MaxStageTimeout)
 	def(&s.MaxIdleTimeout, DefaultMaxIdle)
+	def(&s.WatchGrace, 5*time.Minute)
 	if s.MaxActiveStages <= 0 {
 		s.MaxActiveStages = DefaultMaxActiveStages
 	}

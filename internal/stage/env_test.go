@@ -66,6 +66,23 @@ func (e *executions) StartExecution(_ context.Context, in *sfn.StartExecutionInp
 	return &sfn.StartExecutionOutput{ExecutionArn: aws.String("arn:aws:states:us-east-1:000000000000:execution:s:" + name)}, nil
 }
 
+// DescribeExecution answers as Step Functions does: running until ended,
+// ExecutionDoesNotExist for a name never started.
+func (e *executions) DescribeExecution(_ context.Context, in *sfn.DescribeExecutionInput, _ ...func(*sfn.Options)) (*sfn.DescribeExecutionOutput, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	arn := aws.ToString(in.ExecutionArn)
+	name := arn[strings.LastIndex(arn, ":")+1:]
+	if _, ok := e.inputs[name]; !ok {
+		return nil, &sfntypes.ExecutionDoesNotExist{Message: aws.String("Execution Does Not Exist: '" + arn + "'")}
+	}
+	out := &sfn.DescribeExecutionOutput{ExecutionArn: in.ExecutionArn, Status: sfntypes.ExecutionStatusRunning}
+	if e.ended[name] {
+		out.Status, out.StopDate = sfntypes.ExecutionStatusSucceeded, aws.Time(time.Now().Add(-time.Hour))
+	}
+	return out, nil
+}
+
 // end ends the execution of that name.
 func (e *executions) end(name string) {
 	e.mu.Lock()
