@@ -21,19 +21,24 @@ import (
 )
 
 func archives(t *testing.T) map[string]logarchive.Archive {
-	fake := httptest.NewServer(gofakes3.New(s3mem.New()).Server())
-	t.Cleanup(fake.Close)
+	return map[string]logarchive.Archive{
+		"s3":  bucketAt(t, gofakes3.New(s3mem.New()).Server()),
+		"dir": &logarchive.Dir{Root: t.TempDir()},
+	}
+}
+
+// bucketAt is the archive in a bucket "logs" of the S3 that h serves.
+func bucketAt(t *testing.T, h http.Handler) *logarchive.S3 {
+	server := httptest.NewServer(h)
+	t.Cleanup(server.Close)
 	client := s3.New(s3.Options{
-		Region: "us-east-1", BaseEndpoint: aws.String(fake.URL), UsePathStyle: true,
+		Region: "us-east-1", BaseEndpoint: aws.String(server.URL), UsePathStyle: true,
 		Credentials: credentials.NewStaticCredentialsProvider("test", "test", ""),
 	})
 	if _, err := client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String("logs")}); err != nil {
 		t.Fatal(err)
 	}
-	return map[string]logarchive.Archive{
-		"s3":  &logarchive.S3{Client: client, Bucket: "logs"},
-		"dir": &logarchive.Dir{Root: t.TempDir()},
-	}
+	return &logarchive.S3{Client: client, Bucket: "logs"}
 }
 
 // TestReadsGiveTheSameBytes: whatever the offset and limit, a read gives
@@ -99,7 +104,7 @@ func TestReadsGiveTheSameBytes(t *testing.T) {
 func awsLikeS3(t *testing.T, mayList bool) *logarchive.S3 {
 	backend := s3mem.New()
 	fake := gofakes3.New(backend).Server()
-	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return bucketAt(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		bucket, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 		if !mayList && key != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 			if _, err := backend.HeadObject(bucket, key); err != nil {
@@ -113,15 +118,6 @@ func awsLikeS3(t *testing.T, mayList bool) *logarchive.S3 {
 		}
 		fake.ServeHTTP(w, r)
 	}))
-	t.Cleanup(server.Close)
-	client := s3.New(s3.Options{
-		Region: "us-east-1", BaseEndpoint: aws.String(server.URL), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider("test", "test", ""),
-	})
-	if _, err := client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String("logs")}); err != nil {
-		t.Fatal(err)
-	}
-	return &logarchive.S3{Client: client, Bucket: "logs"}
 }
 
 // A log not archived is ErrNotFound only where S3 may say so (the reader
