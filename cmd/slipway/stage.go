@@ -36,7 +36,7 @@ func (e *exitError) Error() string {
 
 // apiFlags are the flags every command of the delegate API takes.
 type apiFlags struct {
-	endpoint, output, region string
+	endpoint, output, region, as string
 }
 
 func (f *apiFlags) register(fs *flag.FlagSet) {
@@ -47,6 +47,7 @@ func (f *apiFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.endpoint, "endpoint", def, "the delegate API (default $"+EnvEndpoint+", else slipway local's); API Gateway endpoints are signed with SigV4")
 	fs.StringVar(&f.output, "output", "text", "text, or json for scripts")
 	fs.StringVar(&f.region, "region", "", "the endpoint's region (default: from an execute-api host name)")
+	fs.StringVar(&f.as, "as", "", "slipway local only: call as this role (a name, or an ARN), to see how tenants are kept apart")
 }
 
 // env connects to the API. Only an endpoint that is not loopback reads the
@@ -55,7 +56,7 @@ func (f *apiFlags) env(ctx context.Context, out io.Writer) (*stagecli.Env, error
 	if f.output != "text" && f.output != "json" {
 		return nil, &stagecli.UsageError{Err: fmt.Errorf("--output %q: want text or json", f.output)}
 	}
-	o := delegate.Options{Region: f.region}
+	o := delegate.Options{Region: f.region, As: f.as}
 	if u, err := url.Parse(f.endpoint); err == nil && !delegate.IsLoopback(u.Hostname()) {
 		cfg, err := config.LoadDefaultConfig(ctx)
 		if err != nil {
@@ -93,7 +94,7 @@ const stageUsage = `usage: slipway stage <command> [flags]
   list [--since 24h] [--pool P] [--limit 20]
                        the recent stages, newest first
 
-every command: --endpoint URL (default $SLIPWAY_ENDPOINT), --output text|json, --region R
+every command: --endpoint URL (default $SLIPWAY_ENDPOINT), --output text|json, --region R, --as NAME (slipway local only: call as that role)
 `
 
 func runStage(ctx context.Context, args []string, out io.Writer) error {

@@ -30,6 +30,7 @@ type Client struct {
 	base   string
 	http   *http.Client
 	signer *signer // nil for a loopback endpoint
+	as     string  // the caller named to slipway local
 }
 
 // Options say how to reach the API.
@@ -45,7 +46,15 @@ type Options struct {
 	Region string
 	// Now is the signing clock (default time.Now).
 	Now func() time.Time
+	// As names the caller to slipway local (its X-Slipway-Caller header,
+	// which it takes from loopback only); refused for any other endpoint,
+	// where the caller is who signs.
+	As string
 }
+
+// CallerHeader is slipway local's stand-in for API Gateway's IAM auth
+// (local.CallerHeader).
+const CallerHeader = "X-Slipway-Caller"
 
 // New is a client of the API at endpoint (its base URL, without /v1). A
 // loopback endpoint (slipway local) gets plain HTTP; any other is signed,
@@ -55,12 +64,15 @@ func New(endpoint string, o Options) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("endpoint %q: want an http or https URL", endpoint)
 	}
-	c := &Client{base: strings.TrimRight(endpoint, "/"), http: o.HTTP}
+	c := &Client{base: strings.TrimRight(endpoint, "/"), http: o.HTTP, as: o.As}
 	if c.http == nil {
 		c.http = &http.Client{}
 	}
 	if IsLoopback(u.Hostname()) {
 		return c, nil
+	}
+	if o.As != "" {
+		return nil, fmt.Errorf("--as %s: only slipway local (a loopback endpoint) takes a caller by name; elsewhere the caller is whoever signs", o.As)
 	}
 	if o.Credentials == nil {
 		return nil, fmt.Errorf("endpoint %s is not loopback: its requests are signed, and no AWS credentials were given", u.Host)
@@ -329,6 +341,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.as != "" {
+		req.Header.Set(CallerHeader, c.as)
+	}
 	if c.signer != nil {
 		if err := c.signer.sign(ctx, req, payload); err != nil {
 			return err

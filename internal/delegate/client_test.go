@@ -174,3 +174,27 @@ func TestFollowLogResumesAfterAReset(t *testing.T) {
 		t.Errorf("a 404: %v after %s", err, time.Since(start))
 	}
 }
+
+// As names the caller to slipway local, on loopback only: elsewhere the
+// caller is whoever signs, and a name would be a lie the API ignores.
+func TestAsNamesTheCallerOnLoopbackOnly(t *testing.T) {
+	var seen atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.Header.Get(delegate.CallerHeader))
+		_, _ = w.Write([]byte(`{"stages":[]}`))
+	}))
+	defer srv.Close()
+	c, err := delegate.New(srv.URL, delegate.Options{As: "team-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.List(context.Background(), 0, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := seen.Load().(string); got != "team-a" {
+		t.Errorf("caller header %q", got)
+	}
+	if _, err := delegate.New("https://abc.execute-api.eu-west-1.amazonaws.com/api", delegate.Options{As: "team-a"}); err == nil || !strings.Contains(err.Error(), "only slipway local") {
+		t.Errorf("--as with API Gateway: %v", err)
+	}
+}

@@ -35,6 +35,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/internal/apigw"
+	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/deploy"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -504,7 +505,7 @@ func (rt *Runtime) serveAPI() error {
 // the local account ("team-a" is arn:aws:iam::<Account>:role/team-a).
 // Without it the caller is the role "local". It is taken from loopback
 // only: on AWS the caller is who signed the request, and no header counts.
-const CallerHeader = "X-Slipway-Caller"
+const CallerHeader = delegate.CallerHeader
 
 func localCaller(r *http.Request) (string, error) {
 	host, _, _ := net.SplitHostPort(r.RemoteAddr)
