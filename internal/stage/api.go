@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/lambda"
-	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
 	"golang.org/x/sync/errgroup"
@@ -375,7 +373,7 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if err := spec.Validate(a.poolNames()); err != nil {
 		return invalid(err)
 	}
-	if err := a.withinDeploymentLimits(&spec); err != nil {
+	if err := spec.withinDeployment(a.settings()); err != nil {
 		return invalid(err)
 	}
 	if p := a.pool(spec.Pool); p != nil && !p.Admits(principal) && !a.operator(principal) {
@@ -969,10 +967,7 @@ func (a *API) cancel(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	a.cancelRunning(ctx, st)
-	payload, _ := json.Marshal(CleanupInput{StageID: id, Reason: "canceled by the delegate"})
-	if _, err := a.Invoker.Invoke(ctx, &lambda.InvokeInput{
-		FunctionName: aws.String(a.CleanupFunction), InvocationType: lambdatypes.InvocationTypeEvent, Payload: payload,
-	}); err != nil {
+	if err := a.invokeAsync(ctx, a.CleanupFunction, CleanupInput{StageID: id, Reason: "canceled by the delegate"}); err != nil {
 		// The stage's execution releases it when it next looks.
 		a.log().Warn("invoke the release", "stage", id, "err", err)
 	}

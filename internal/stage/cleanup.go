@@ -7,10 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/lambda"
-	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
-
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/metrics"
@@ -201,12 +197,9 @@ func (h *Cleanup) refill(ctx context.Context, pool string) {
 	if h.Invoker == nil || h.RefillFunction == "" {
 		return
 	}
-	payload, _ := json.Marshal(warm.Request{Pool: pool})
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := h.Invoker.Invoke(ctx, &lambda.InvokeInput{
-		FunctionName: aws.String(h.RefillFunction), InvocationType: lambdatypes.InvocationTypeEvent, Payload: payload,
-	}); err != nil {
+	if err := h.invokeAsync(ctx, h.RefillFunction, warm.Request{Pool: pool}); err != nil {
 		h.log().Warn("trigger a refill", "pool", pool, "err", err)
 	}
 }

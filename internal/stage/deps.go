@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/agent/client"
@@ -197,6 +200,23 @@ func (d *Deps) poolNames() []string {
 		names[i] = p.Name
 	}
 	return names
+}
+
+// invokeAsync invokes function with input as its event, not waiting for
+// it: the release after a cancel or a stuck stage, a refill after a
+// release.
+func (d *Deps) invokeAsync(ctx context.Context, function string, input any) error {
+	payload, err := json.Marshal(input)
+	if err != nil {
+		return err
+	}
+	_, err = d.Invoker.Invoke(ctx, &lambda.InvokeInput{
+		FunctionName: aws.String(function), InvocationType: lambdatypes.InvocationTypeEvent, Payload: payload,
+	})
+	if err != nil {
+		return fmt.Errorf("invoke %s: %w", function, err)
+	}
+	return nil
 }
 
 // pool is the pool named name, nil if none is.

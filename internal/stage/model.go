@@ -156,6 +156,20 @@ func (s *Spec) Validate(pools []string) error {
 	return errors.Join(errs...)
 }
 
+// withinDeployment checks the spec's timeouts against the deployment's,
+// which may be below the API's own (Validate).
+func (s *Spec) withinDeployment(set Settings) error {
+	var errs []error
+	if d := s.Timeout(); d > set.MaxStageTimeout {
+		errs = append(errs, fmt.Errorf("timeout_seconds: %d, at most %d in this deployment (maxStageTimeout)", int64(d/time.Second), int64(set.MaxStageTimeout/time.Second)))
+	}
+	if d := s.IdleTimeout(); d > set.MaxIdleTimeout {
+		errs = append(errs, fmt.Errorf("idle_timeout_seconds: %d, at most %d in this deployment (maxIdleTimeout): a stage that waits holds its VM",
+			int64(d/time.Second), int64(set.MaxIdleTimeout/time.Second)))
+	}
+	return errors.Join(errs...)
+}
+
 // Validate reports every problem of a group at once.
 func (g *Group) Validate() error { return g.validate("", map[string]string{}) }
 

@@ -1,11 +1,8 @@
 package stage
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/internal/apigw"
@@ -95,21 +92,6 @@ func (a *API) owned(params []string, handle func(http.ResponseWriter, *http.Requ
 		}
 		return handle(w, r)
 	}
-}
-
-// withinDeploymentLimits checks the spec's timeouts against the
-// deployment's, which may be below the API's own.
-func (a *API) withinDeploymentLimits(spec *Spec) error {
-	set := a.settings()
-	var errs []error
-	if d := spec.Timeout(); d > set.MaxStageTimeout {
-		errs = append(errs, fmt.Errorf("timeout_seconds: %d, at most %d in this deployment (maxStageTimeout)", int64(d/time.Second), int64(set.MaxStageTimeout/time.Second)))
-	}
-	if d := spec.IdleTimeout(); d > set.MaxIdleTimeout {
-		errs = append(errs, fmt.Errorf("idle_timeout_seconds: %d, at most %d in this deployment (maxIdleTimeout): a stage that waits holds its VM",
-			int64(d/time.Second), int64(set.MaxIdleTimeout/time.Second)))
-	}
-	return errors.Join(errs...)
 }
 
 // notFound is the answer for a stage that does not exist, or is not the

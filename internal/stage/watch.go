@@ -2,15 +2,14 @@ package stage
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/lambda"
-	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
 
@@ -48,35 +47,61 @@ func (w *Watchdog) Check(ctx context.Context) (Watched, error) {
 	if err != nil {
 		return out, err
 	}
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	slots := make(chan struct{}, 10) // reads side by side, as a list's
 	for _, ref := range refs {
-		st, err := w.Books.GetStage(ctx, ref.ID)
-		if errors.Is(err, lease.ErrStageNotFound) {
-			continue
+		if now.Sub(ref.CreatedAt) < set.WatchGrace {
+			continue // too young to be stuck: not even read
 		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if !st.ReleasedAt.IsZero() || now.Sub(st.CreatedAt) < set.WatchGrace {
-			continue
-		}
-		out.Checked++
-		why, err := w.stuck(ctx, st, now)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if why == "" {
-			continue
-		}
-		out.Stuck = append(out.Stuck, st.ID+": "+why)
-		w.log().Warn("a stage is not progressing: releasing it", "stage", st.ID, "why", why)
-		if err := w.release(ctx, st.ID, why); err != nil {
-			errs = append(errs, err)
-		}
+		wg.Go(func() {
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			why, err := w.check(ctx, ref.ID, now)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case errors.Is(err, errNotWatched):
+			case err != nil:
+				errs = append(errs, err)
+			case why == "":
+				out.Checked++
+			default:
+				out.Checked++
+				out.Stuck = append(out.Stuck, ref.ID+": "+why)
+			}
+		})
 	}
+	wg.Wait()
+	sort.Strings(out.Stuck)
 	return out, errors.Join(errs...)
+}
+
+// errNotWatched: the stage is released, or its records expired.
+var errNotWatched = errors.New("not watched")
+
+// check reads one stage and, if it is stuck, hands it to the release; it
+// says why it was stuck.
+func (w *Watchdog) check(ctx context.Context, id string, now time.Time) (string, error) {
+	st, err := w.Books.GetStage(ctx, id)
+	if errors.Is(err, lease.ErrStageNotFound) {
+		return "", errNotWatched
+	}
+	if err != nil {
+		return "", err
+	}
+	if !st.ReleasedAt.IsZero() {
+		return "", errNotWatched
+	}
+	why, err := w.stuck(ctx, st, now)
+	if err != nil || why == "" {
+		return "", err
+	}
+	w.log().Warn("a stage is not progressing: releasing it", "stage", st.ID, "why", why)
+	return why, w.invokeAsync(ctx, w.CleanupFunction, CleanupInput{StageID: st.ID, Stuck: why})
 }
 
 // stuck says why st is not progressing, "" when it is.
@@ -103,16 +128,4 @@ func (w *Watchdog) stuck(ctx context.Context, st *lease.Stage, now time.Time) (s
 		return fmt.Sprintf("its execution ended %s while the stage did not", ex.Status), nil
 	}
 	return "", nil
-}
-
-// release invokes the release of a stuck stage, asynchronously.
-func (w *Watchdog) release(ctx context.Context, id, why string) error {
-	payload, _ := json.Marshal(CleanupInput{StageID: id, Stuck: why})
-	_, err := w.Invoker.Invoke(ctx, &lambda.InvokeInput{
-		FunctionName: aws.String(w.CleanupFunction), InvocationType: lambdatypes.InvocationTypeEvent, Payload: payload,
-	})
-	if err != nil {
-		return fmt.Errorf("release stuck stage %s: %w", id, err)
-	}
-	return nil
 }
