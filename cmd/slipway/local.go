@@ -118,7 +118,7 @@ Try:
   curl -s -XPOST %[1]s/v1/stages -d '{"id":"hello","pool":"%[6]s","groups":[{"final":true,"steps":[{"id":"hi","script":"echo hello from $(hostname)"}]}]}'
   curl -s '%[1]s/v1/stages/hello?wait=25s'
 
-Ctrl-C stops everything.
+Ctrl-C stops everything, and so does a kill: the books live in this process, the next run starts empty.
 `, rt.APIURL, rt.LambdaURL, rt.StepFunctionsURL, rt.Dir, poolNames(rt), rt.Deployment.Deps.Pools[0].Name)
 	select {
 	case <-ctx.Done():

@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/agent/executor"
+	"github.com/slipway-ci/slipway/internal/busyboximage"
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
@@ -120,4 +124,131 @@ func children() []string {
 		found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
 	}
 	return found
+}
+
+// TestKilledLocalLeavesNoStep kills `slipway local` with SIGKILL under a
+// running stage, as a crash or an OOM kill would: its agents, their step
+// processes and their containers end too, rather than running on as
+// orphans nobody will ever stop.
+func TestKilledLocalLeavesNoStep(t *testing.T) {
+	agent := agenttest.BuildAgent(t)
+	tmp := t.TempDir()
+	slipway := filepath.Join(tmp, "slipway")
+	if out, err := exec.Command("go", "build", "-o", slipway, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build slipway: %v\n%s", err, out)
+	}
+	dir := filepath.Join(tmp, "rt")
+	out := &agenttest.Buffer{}
+	cmd := exec.Command(slipway, "local", "--listen", "127.0.0.1:0", "--agent", agent, "--dir", dir, "--pool", "kill=1/1", "--tick", "1s")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	defer func() { _ = cmd.Process.Kill(); <-exited }()
+	apiURL := ""
+	for deadline := time.Now().Add(time.Minute); apiURL == ""; time.Sleep(100 * time.Millisecond) {
+		if m := regexp.MustCompile(`delegate API\s+(http://\S+)`).FindStringSubmatch(out.String()); m != nil {
+			apiURL = m[1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slipway local did not come up:\n%s", out.String())
+		}
+	}
+	api, err := delegate.New(apiURL, delegate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(tmp, "sleeper.pid")
+	steps := []stage.Step{{ID: "host", Step: agentapi.Step{
+		// The sleeper leaves the step's process group, as a daemon would.
+		Script: "setsid sleep 300 & echo $! > " + pidFile + "; wait",
+	}}}
+	docker, _ := executor.NewDockerClient()
+	if os.Getenv("DOCKER_HOST") != "" {
+		if err := busyboximage.Ensure(context.Background(), docker); err != nil {
+			t.Fatal(err)
+		}
+		steps = append(steps, stage.Step{ID: "box", Step: agentapi.Step{
+			Image: busyboximage.Tag, Pull: agentapi.PullNever, Script: "sleep 300",
+		}})
+	}
+	ctx := context.Background()
+	if _, err := api.Create(ctx, &stage.Spec{ID: "kill-1", Pool: "kill", Groups: []stage.Group{{Final: true, Steps: steps}}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	sleeper := 0
+	for deadline := time.Now().Add(time.Minute); sleeper == 0; time.Sleep(100 * time.Millisecond) {
+		data, _ := os.ReadFile(pidFile)
+		sleeper, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		if time.Now().After(deadline) {
+			t.Fatalf("the step did not start:\n%s", out.String())
+		}
+	}
+	container := "slipway-kill-1-box"
+	if docker != nil && len(steps) > 1 {
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+			if c, err := docker.ContainerInspect(ctx, container); err == nil && c.State.Running {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the container step did not start:\n%s", out.String())
+			}
+		}
+	}
+	agents := processesUnder(dir)
+	if len(agents) == 0 {
+		t.Fatal("no agent process found under the runtime's folder")
+	}
+
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-exited
+	// The agents' stop grace (10 s) and a little more.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		var left []string
+		if alive(sleeper) {
+			left = append(left, "the step's sleeper")
+		}
+		left = append(left, processesUnder(dir)...)
+		if docker != nil && len(steps) > 1 {
+			if _, err := docker.ContainerInspect(ctx, container); err == nil {
+				left = append(left, "container "+container)
+			}
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after slipway local was killed, still there: %v", left)
+		}
+	}
+}
+
+// processesUnder lists the live processes whose command line names dir:
+// the agents of a runtime, whose flags name their folders in it.
+func processesUnder(dir string) []string {
+	var found []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !alive(pid) {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if strings.Contains(string(cmdline), dir+"/") {
+			found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+	return found
+}
+
+// alive says whether pid runs (a zombie has ended).
+func alive(pid int) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	return len(fields) > 0 && fields[0] != "Z"
 }

@@ -224,11 +224,17 @@ func Start(ctx context.Context, o Options) (rt *Runtime, err error) {
 func (rt *Runtime) prepare() error {
 	o := &rt.opts
 	if o.Dir == "" {
-		dir, err := os.MkdirTemp("", "slipway-local-")
+		removed := removeDeadDirs(os.TempDir())
+		dir, err := os.MkdirTemp("", leftoverName(os.Getpid()))
 		if err != nil {
 			return err
 		}
 		o.Dir, rt.removeDir = dir, true
+		defer func() {
+			if len(removed) > 0 {
+				rt.logger.Info("removed the folders of runs that were killed", "folders", removed)
+			}
+		}()
 	}
 	rt.Dir = o.Dir
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
@@ -304,7 +310,16 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 	o := &rt.opts
 	rt.DynamoDB = localaws.DynamoDB(o.DynamoDBEndpoint, rt.Capacity.Option)
 	kmsClient := localaws.KMS(o.KMSEndpoint)
-	table := fmt.Sprintf("slipway-local-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
+	if rt.dropTable {
+		dropped, err := dropDeadTables(ctx, rt.DynamoDB)
+		if len(dropped) > 0 {
+			rt.logger.Info("dropped the tables of runs that were killed", "tables", dropped)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	table := fmt.Sprintf("%s%d", leftoverName(os.Getpid()), time.Now().UnixNano()%1e9)
 	if err := lease.CreateTable(ctx, rt.DynamoDB, table); err != nil {
 		return err
 	}
