@@ -29,6 +29,8 @@ all: build
 
 deps:
 	@.ci/deps
+	@if go list -m -f '{{if not (or .Main .Indirect .Dir)}}missing{{end}}' all 2>/dev/null | grep -q missing; then \
+	  echo "deps: downloading the Go modules (a first run fetches a few hundred MB)"; fi
 	@go mod download
 
 build:

@@ -44,6 +44,11 @@ type Settings struct {
 	AgentURL string
 	// LogBucket is the S3 bucket of the step log archive.
 	LogBucket string
+	// ReconcileGrace is how long reconcile waits before it believes a fleet
+	// that lists an instance missing or an orphan (default warm.DefaultGrace:
+	// EC2's listing is eventually consistent). A fleet that lists exactly
+	// what runs needs less patience.
+	ReconcileGrace time.Duration
 }
 
 // check reports every missing setting.
@@ -123,7 +128,7 @@ func Build(ctx context.Context, s Settings, c Clients, pools []pool.Pool, tuning
 	keeper := &warm.Keeper{
 		Books: store, Fleet: c.Fleet, Pools: pools, CA: ca,
 		Prober:  &warm.AgentProber{RootCAs: roots, Certificate: identity.Certificate},
-		Metrics: emitter, Logger: logger, AgentURL: s.AgentURL,
+		Metrics: emitter, Logger: logger, AgentURL: s.AgentURL, Grace: s.ReconcileGrace,
 	}
 	deps := &stage.Deps{
 		Books: store, Keeper: keeper, Pools: pools,

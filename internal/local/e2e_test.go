@@ -415,9 +415,15 @@ func history(t testing.TB, rt *local.Runtime, id string) []string {
 // executionStatus is the execution's status once it has ended.
 func executionStatus(t testing.TB, rt *local.Runtime, id string) string {
 	t.Helper()
+	return executionStatusWithin(t, rt, id, time.Minute)
+}
+
+// executionStatusWithin waits up to within for the execution to end.
+func executionStatusWithin(t testing.TB, rt *local.Runtime, id string, within time.Duration) string {
+	t.Helper()
 	arn := executionARN(t, rt, id)
 	var status string
-	until(t, time.Minute, "execution "+id+" ended", func() bool {
+	until(t, within, "execution "+id+" ended", func() bool {
 		out, err := rt.StepFunctions.DescribeExecution(context.Background(), &sfn.DescribeExecutionInput{ExecutionArn: aws.String(arn)})
 		if err != nil {
 			t.Fatal(err)

@@ -28,10 +28,13 @@ type Function struct {
 	Timeout time.Duration
 }
 
-// Fault makes one invocation fail as if the function had returned an error
-// of type Type: for tests of the state machine's Catch paths.
+// Fault makes one invocation fail, for tests of the state machine's Retry
+// and Catch paths: as if the function had returned an error of type Type,
+// or, with a Status, as Lambda itself answers when it cannot run the
+// function (a 5xx: ServiceException, TooManyRequestsException...).
 type Fault struct {
 	Type, Message string
+	Status        int
 }
 
 // LambdaEndpoint serves the Lambda Invoke API (POST
@@ -108,11 +111,19 @@ func (e *LambdaEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		payload = []byte("{}")
 	}
 	arn := "arn:aws:lambda:" + Region + ":" + Account + ":function:" + name
+	var fault *Fault
+	if e.Inject != nil {
+		fault = e.Inject(fn.Name, payload)
+	}
+	if fault != nil && fault.Status != 0 {
+		lambdaError(w, fault.Status, fault.Type, fault.Message)
+		return
+	}
 	switch r.Header.Get("X-Amz-Invocation-Type") {
 	case "Event":
 		// Lambda queues the event and answers at once; the function runs later.
 		e.wg.Go(func() {
-			if _, fnErr := e.invoke(context.Background(), fn, arn, payload); fnErr != nil {
+			if _, fnErr := e.invoke(context.Background(), fn, arn, payload, fault); fnErr != nil {
 				e.log().Warn("asynchronous invocation failed", "function", name, "err_type", fnErr.Type, "err", fnErr.Message)
 			}
 		})
@@ -120,7 +131,7 @@ func (e *LambdaEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "DryRun":
 		w.WriteHeader(http.StatusNoContent)
 	default:
-		out, fnErr := e.invoke(r.Context(), fn, arn, payload)
+		out, fnErr := e.invoke(r.Context(), fn, arn, payload, fault)
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Amz-Executed-Version", "$LATEST")
 		if fnErr != nil {
@@ -135,12 +146,10 @@ func (e *LambdaEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (e *LambdaEndpoint) Wait() { e.wg.Wait() }
 
 // invoke runs the handler with Lambda's context: the function's deadline
-// and the invocation's metadata.
-func (e *LambdaEndpoint) invoke(parent context.Context, fn Function, arn string, payload []byte) ([]byte, *messages.InvokeResponse_Error) {
-	if e.Inject != nil {
-		if f := e.Inject(fn.Name, payload); f != nil {
-			return nil, &messages.InvokeResponse_Error{Type: f.Type, Message: f.Message}
-		}
+// and the invocation's metadata; an injected fault is its error instead.
+func (e *LambdaEndpoint) invoke(parent context.Context, fn Function, arn string, payload []byte, fault *Fault) ([]byte, *messages.InvokeResponse_Error) {
+	if fault != nil {
+		return nil, &messages.InvokeResponse_Error{Type: fault.Type, Message: fault.Message}
 	}
 	requestID := newRequestID()
 	start := time.Now()

@@ -349,6 +349,9 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 	settings := deploy.Settings{
 		Deployment: "local", Table: table, CAKeyID: caKey, SecretsKeyID: secretsKey,
 		StateMachineARN: rt.StateMachineARN, CleanupFunction: rt.Functions[statemachine.Cleanup], RefillFunction: rt.Functions[statemachine.Refill],
+		// The local fleet lists its agents as they are: a VM whose agent
+		// died is gone at once, not after EC2's listing catches up.
+		ReconcileGrace: localReconcileGrace,
 	}
 	executions := &lazyExecutions{rt: rt}
 	build := func(db lease.DB) (*deploy.Deployment, error) {
@@ -387,6 +390,11 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 	}
 	return rt.serve(lambdaAddr, rt.endpoint)
 }
+
+// localReconcileGrace is reconcile's patience with the local fleet: longer
+// than a local launch (an instance whose item is being written), far less
+// than EC2 needs.
+const localReconcileGrace = 20 * time.Second
 
 // lazyExecutions is the Step Functions client once the shim listens.
 type lazyExecutions struct{ rt *Runtime }
@@ -465,6 +473,19 @@ func (rt *Runtime) watch(p *proc, what string) {
 // Died is closed when a part the runtime started exits on its own; Err
 // then says which.
 func (rt *Runtime) Died() <-chan struct{} { return rt.died }
+
+// PIDs are the process ids of the services the runtime started, by name
+// ("DynamoDB Local", "local-kms", "the Step Functions engine"): what fault
+// tests pause and kill.
+func (rt *Runtime) PIDs() map[string]int {
+	pids := map[string]int{}
+	for _, p := range append(slices.Clone(rt.procs), rt.shim) {
+		if p != nil && p.cmd.Process != nil {
+			pids[p.name] = p.cmd.Process.Pid
+		}
+	}
+	return pids
+}
 
 // Err says which part died, once Died is closed.
 func (rt *Runtime) Err() error {

@@ -201,7 +201,7 @@ func startShim(ctx context.Context, o *Options, shim, definition, stateMachineAR
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := spawn("the local Step Functions", cmd, log)
+	p, err := spawn("the Step Functions engine", cmd, log)
 	if err != nil {
 		return nil, "", err
 	}

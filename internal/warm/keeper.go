@@ -69,6 +69,12 @@ type Keeper struct {
 // DefaultGrace is reconcile's patience.
 const DefaultGrace = 10 * time.Minute
 
+// minReleaseGrace is the least time reap lets a release run before it
+// finishes it itself, whatever the Grace: longer than the cleanup function
+// may run (60 s), so a release still archiving logs from its agent never
+// has its VM terminated under it.
+const minReleaseGrace = 2 * time.Minute
+
 func (k *Keeper) now() time.Time {
 	if k.Now != nil {
 		return k.Now()

@@ -47,7 +47,7 @@ func (k *Keeper) reapPool(ctx context.Context, p *pool.Pool) (ReapReport, error)
 			if err == nil {
 				retired.Add(1)
 			}
-		case vm.State == lease.Releasing && now.Sub(vm.StateAt) > k.grace():
+		case vm.State == lease.Releasing && now.Sub(vm.StateAt) > max(k.grace(), minReleaseGrace):
 			end = &vm
 		default:
 			return nil
