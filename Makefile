@@ -104,8 +104,12 @@ synth: deps build lambdas
 
 # bench: every benchmark once, one package at a time (so none measures on a
 # machine loaded by another); each prints `BENCH <name> <value> <unit>`.
+# bench: only the packages that have benchmarks, so it never compiles the
+# CDK app's test binary (minutes) to run none.
+BENCH_PKGS = $(shell grep -rl --include='*_test.go' -E '^func Benchmark' --exclude-dir=node_modules --exclude-dir=.cache . | xargs -r -n1 dirname | sort -u)
+
 bench: deps build
-	.ci/with-services go test -p 1 -run '^$$' -bench . -benchtime 1x -count 1 ./... | tee $(CACHE)/bench.txt | grep -E '^(BENCH|FAIL|ok|---)'
+	.ci/with-services go test -p 1 -run '^$$' -bench . -benchtime 1x -count 1 $(BENCH_PKGS) | tee $(CACHE)/bench.txt | grep -E '^(BENCH|FAIL|ok|---)'
 
 # demo builds only what it runs (this machine's agent and the command), not
 # every platform's agent, and says so: a first build compiles the AWS SDK.

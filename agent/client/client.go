@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/internal/clock"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
 
@@ -137,20 +138,9 @@ func (c *Client) WaitHealthy(ctx context.Context, timeout, interval time.Duratio
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, fmt.Errorf("agent did not answer in %s: %w", timeout, err)
 		}
-		if err := sleepCtx(ctx, interval); err != nil {
+		if err := clock.Sleep(ctx, interval); err != nil {
 			return nil, err
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"github.com/slipway-ci/slipway/agent/executor"
 	"github.com/slipway-ci/slipway/internal/busyboximage"
 	"github.com/slipway-ci/slipway/internal/localaws"
+	"github.com/slipway-ci/slipway/internal/loopback"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
 
@@ -58,7 +58,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "server certificate for %s, client certificate for CN=%s\n", pki.ServerName(demoLaunchID), pki.OrchestratorCN)
 
-	addr, err := freeAddr()
+	addr, err := loopback.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -195,15 +195,6 @@ func destroyAndShow(ctx context.Context, out io.Writer, c *client.Client, stageI
 	fmt.Fprintf(out, "usage: %d steps, %.3f s CPU, peak memory %d KiB, disk %d bytes\n",
 		usage.Steps, usage.CPUSeconds, usage.PeakMemoryByte/1024, usage.DiskBytes)
 	return nil
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 func demoImage(ctx context.Context) error {

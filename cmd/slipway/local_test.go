@@ -126,10 +126,11 @@ func children() []string {
 	return found
 }
 
-// TestKilledLocalLeavesNoStep kills `slipway local` with SIGKILL under a
-// running stage, as a crash or an OOM kill would: its agents, their step
-// processes and their containers end too, rather than running on as
-// orphans nobody will ever stop.
+// TestKilledLocalLeavesNoStep pauses `slipway local` under a stage (it
+// passes once let go on), then kills it with SIGKILL under a running stage,
+// as a crash or an OOM kill would: its agents, their step processes and
+// their containers end too, rather than running on as orphans nobody will
+// ever stop.
 func TestKilledLocalLeavesNoStep(t *testing.T) {
 	agent := agenttest.BuildAgent(t)
 	tmp := t.TempDir()
@@ -160,6 +161,37 @@ func TestKilledLocalLeavesNoStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx := context.Background()
+
+	// Paused (SIGSTOP) for 12 s mid-step, past every call's deadline, and
+	// let go on: the stage passes with its whole log.
+	paused := &stage.Spec{ID: "paused-1", Pool: "kill", Groups: []stage.Group{{Final: true, Steps: []stage.Step{
+		{ID: "build", Step: agentapi.Step{Script: "echo start; sleep 3; echo done"}},
+	}}}}
+	if _, err := api.Create(ctx, paused, 0); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		st, err := api.Status(ctx, paused.ID, -1, 0)
+		if err == nil && st.Phase == stage.PhaseRunning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stage %s not running: %+v, %v", paused.ID, st, err)
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(12 * time.Second)
+	_ = cmd.Process.Signal(syscall.SIGCONT)
+	st, err := api.Follow(ctx, paused.ID, nil)
+	if err != nil || st.Result != stage.Succeeded {
+		t.Fatalf("stage %s after a pause: %+v, %v", paused.ID, st, err)
+	}
+	var log []byte
+	if err := api.FollowLog(ctx, paused.ID, "build", time.Second, func(b []byte) error { log = append(log, b...); return nil }); err != nil || string(log) != "start\ndone\n" {
+		t.Fatalf("stage %s's log after a pause: %q, %v", paused.ID, log, err)
+	}
+
 	pidFile := filepath.Join(tmp, "sleeper.pid")
 	steps := []stage.Step{{ID: "host", Step: agentapi.Step{
 		// The sleeper leaves the step's process group, as a daemon would.
@@ -174,7 +206,6 @@ func TestKilledLocalLeavesNoStep(t *testing.T) {
 			Image: busyboximage.Tag, Pull: agentapi.PullNever, Script: "sleep 300",
 		}})
 	}
-	ctx := context.Background()
 	if _, err := api.Create(ctx, &stage.Spec{ID: "kill-1", Pool: "kill", Groups: []stage.Group{{Final: true, Steps: steps}}}, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/slipway-ci/slipway/internal/loopback"
 )
 
 // Local runs each "instance" as an agent process on 127.0.0.1 with its own
@@ -41,7 +43,7 @@ type localInstance struct {
 // Launch writes the VM's files and starts its agent.
 func (l *Local) Launch(_ context.Context, req LaunchRequest) (*Instance, error) {
 	b := req.Boot
-	port, err := freePort()
+	port, err := loopback.FreePort()
 	if err != nil {
 		return nil, fmt.Errorf("local launch %s: %w", b.LaunchID, err)
 	}
@@ -98,15 +100,6 @@ func (l *Local) Launch(_ context.Context, req LaunchRequest) (*Instance, error) 
 	l.instances[b.LaunchID] = in
 	inst := in.Instance
 	return &inst, nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Terminate stops the agents (SIGTERM, then SIGKILL after 10 s) and removes

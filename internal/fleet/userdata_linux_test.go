@@ -18,6 +18,7 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/internal/busyboximage"
+	"github.com/slipway-ci/slipway/internal/loopback"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
 
@@ -55,7 +56,7 @@ func TestLinuxUserDataBootsAnAgent(t *testing.T) {
 	}
 	certPEM, _ := os.ReadFile(pair.CertPath)
 	keyPEM, _ := os.ReadFile(pair.KeyPath)
-	port, err := freePort()
+	port, err := loopback.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}

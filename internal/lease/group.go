@@ -12,6 +12,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/slipway-ci/slipway/internal/clock"
 )
 
 // Group and step items. A group's steps run in parallel; the groups of a
@@ -186,7 +188,7 @@ func (s *Store) AddGroup(ctx context.Context, stageID string, read *Records, g N
 		if attempt >= addGroupRounds {
 			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrConflict)
 		}
-		if err := sleep(ctx, time.Duration(rand.IntN(5<<min(attempt, 4))+1)*time.Millisecond); err != nil {
+		if err := clock.Sleep(ctx, time.Duration(rand.IntN(5<<min(attempt, 4))+1)*time.Millisecond); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/smithy-go"
+
+	"github.com/slipway-ci/slipway/internal/clock"
 )
 
 // Launch describes a VM about to be launched.
@@ -129,20 +131,9 @@ func (s *Store) transact(ctx context.Context, in *dynamodb.TransactWriteItemsInp
 		if attempt >= transactRetries {
 			return ErrConflict
 		}
-		if err := sleep(ctx, time.Duration(rand.IntN(10<<attempt)+1)*time.Millisecond); err != nil {
+		if err := clock.Sleep(ctx, time.Duration(rand.IntN(10<<attempt)+1)*time.Millisecond); err != nil {
 			return err
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
@@ -277,7 +268,7 @@ func (s *Store) leaseAny(ctx context.Context, pool string, try func(launchID str
 		}
 		// Every candidate was taken meanwhile; the index, eventually
 		// consistent, may also still list VMs leased a moment ago.
-		if err := sleep(ctx, time.Duration(rand.IntN(5)+1)*time.Millisecond); err != nil {
+		if err := clock.Sleep(ctx, time.Duration(rand.IntN(5)+1)*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}

@@ -41,6 +41,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/localaws"
 	"github.com/slipway-ci/slipway/internal/logarchive"
+	"github.com/slipway-ci/slipway/internal/loopback"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/statemachine"
@@ -334,7 +335,7 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 		return err
 	}
 
-	lambdaAddr, err := freeAddr()
+	lambdaAddr, err := loopback.FreeAddr()
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/slipway-ci/slipway/internal/loopback"
 )
 
 // proc is a child process the runtime started and stops.
@@ -82,15 +84,6 @@ func (p *proc) waitReady(ctx context.Context, timeout time.Duration, ready func(
 	return nil
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
 // answers reports whether anything answers HTTP at url.
 func answers(url string) bool {
 	c := http.Client{Timeout: time.Second}
@@ -112,7 +105,7 @@ func startDynamoDB(ctx context.Context, dir string, log io.Writer) (*proc, strin
 	if _, err := exec.LookPath("java"); err != nil {
 		return nil, "", errors.New("DynamoDB Local needs Java 17: install it, or pass --dynamodb-endpoint")
 	}
-	addr, err := freeAddr()
+	addr, err := loopback.FreeAddr()
 	if err != nil {
 		return nil, "", err
 	}
@@ -138,7 +131,7 @@ func startKMS(ctx context.Context, binary, dataDir string, log io.Writer) (*proc
 	if binary == "" {
 		return nil, "", errors.New("local-kms is not built: run `make deps`, or pass --kms-endpoint")
 	}
-	addr, err := freeAddr()
+	addr, err := loopback.FreeAddr()
 	if err != nil {
 		return nil, "", err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/agent/mask"
+	"github.com/slipway-ci/slipway/internal/clock"
 	"github.com/slipway-ci/slipway/internal/lease"
 )
 
@@ -49,16 +50,13 @@ const (
 	CodeInternal       = "internal"
 )
 
-// ErrorBody is the body of every 4xx and 5xx answer.
-type ErrorBody struct {
-	Error ErrorDetail `json:"error"`
-}
+// ErrorBody is the body of every 4xx and 5xx answer, in the agent API's
+// shape ({"error": {"code", "message"}}): both of Slipway's APIs answer
+// errors alike. The message names the field where one was wrong.
+type ErrorBody = agentapi.ErrorBody
 
-// ErrorDetail says what was wrong, naming the field where one was.
-type ErrorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
+// ErrorDetail says what was wrong.
+type ErrorDetail = agentapi.ErrorDetail
 
 // PoolDepth is a pool as GET /v1/pools shows it.
 type PoolDepth struct {
@@ -571,7 +569,7 @@ func (a *API) awaitStage(ctx context.Context, id string, until time.Time, done f
 		if done(st) || !time.Now().Before(until) {
 			return nil
 		}
-		if err := sleep(ctx, min(pause, time.Until(until))); err != nil {
+		if err := clock.Sleep(ctx, min(pause, time.Until(until))); err != nil {
 			return err
 		}
 		if time.Now().After(quick) {
@@ -837,7 +835,7 @@ func (a *API) awaitStep(ctx context.Context, id, stepID string, until time.Time)
 		if step.Settled() || remaining <= 0 {
 			return step, nil
 		}
-		if err := sleep(ctx, min(pause, remaining)); err != nil {
+		if err := clock.Sleep(ctx, min(pause, remaining)); err != nil {
 			return nil, err
 		}
 		pause = min(pause*3/2, 250*time.Millisecond)
@@ -874,7 +872,7 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
 			writeJSON(w, http.StatusOK, chunk)
 			return nil
 		}
-		if err := sleep(ctx, min(pause, time.Until(until))); err != nil {
+		if err := clock.Sleep(ctx, min(pause, time.Until(until))); err != nil {
 			return err
 		}
 		pause = min(pause*3/2, 500*time.Millisecond)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/internal/clock"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/metrics"
 )
@@ -283,7 +284,7 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage
 				unreachableSince = callStart
 			}
 			// Not past the grace's end: the loop's top decides there.
-			if sleep(ctx, min(time.Second, time.Until(unreachableSince.Add(grace)))) != nil {
+			if clock.Sleep(ctx, min(time.Second, time.Until(unreachableSince.Add(grace)))) != nil {
 				return running, false
 			}
 			continue
@@ -387,7 +388,7 @@ func (d *Deps) stopGroup(ctx context.Context, st *lease.Stage) {
 func (h *RunGroup) awaitGroup(ctx context.Context, st *lease.Stage, until time.Time) (bool, error) {
 	pause := 20 * time.Millisecond
 	for h.now().Before(until) {
-		if err := sleep(ctx, min(pause, time.Until(until))); err != nil {
+		if err := clock.Sleep(ctx, min(pause, time.Until(until))); err != nil {
 			return false, err
 		}
 		pause = min(pause*3/2, time.Second)
@@ -499,15 +500,4 @@ func minTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
