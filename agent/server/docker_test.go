@@ -155,13 +155,16 @@ func TestContainerSteps(t *testing.T) {
 }
 
 func TestContainerStepCancel(t *testing.T) {
-	a, _ := dockerAgent(t)
+	a, d := dockerAgent(t)
 	ctx := agenttest.Context(t)
 	st, err := a.Client.StartStep(ctx, stageID, "sleepy", &agentapi.Step{Image: busyboximage.Tag, Pull: agentapi.PullNever, Command: []string{"sleep", "300"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second) // let it start
+	agenttest.Until(t, time.Minute, "the container running", func() bool {
+		c, err := d.API.ContainerInspect(ctx, "slipway-"+stageID+"-sleepy")
+		return err == nil && c.State.Running
+	})
 	canceledAt := time.Now()
 	if _, err := a.Client.CancelStep(ctx, stageID, "sleepy"); err != nil {
 		t.Fatal(err)
