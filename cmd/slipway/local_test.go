@@ -111,12 +111,7 @@ func children() []string {
 	self := strconv.Itoa(os.Getpid())
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces, so read after ')'.
-		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		fields := statFields(e.Name())
 		if len(fields) < 2 || fields[1] != self || fields[0] == "Z" {
 			continue
 		}
@@ -276,10 +271,17 @@ func processesUnder(dir string) []string {
 
 // alive says whether pid runs (a zombie has ended).
 func alive(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return false
-	}
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	fields := statFields(strconv.Itoa(pid))
 	return len(fields) > 0 && fields[0] != "Z"
+}
+
+// statFields are the fields of /proc/<pid>/stat after the command name
+// (state, ppid, ...); none when the process is gone. The name may hold
+// spaces, so they are read after its closing ')'.
+func statFields(pid string) []string {
+	stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
 }
