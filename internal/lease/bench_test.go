@@ -23,101 +23,134 @@ const (
 	benchDuration = 10 * time.Second
 )
 
-// BenchmarkLeaseAcquire: 50 goroutines lease and return VMs of one pool of
-// 200 for 10 s, against the same 50 doing the raw work without contention,
-// each on a pool of its own: one idle-index query and the lease's
-// conditional UpdateItem, then the same Return. After a warm-up (DynamoDB
-// Local runs on a JVM), the two alternate in halves of 5 s so that both see
-// the same machine.
+// BenchmarkLeaseAcquire measures the lease production runs: a stage's
+// LeaseForStage (the idle index read, then one transaction on the VM item
+// and the stage record). 50 workers each create a stage, lease it a VM of
+// one shared pool of 200, then end it as cleanup does (ReleaseStage, the
+// VM removed, a new idle VM in its place, as refill would), for 10 s. The
+// same 50 do the raw work without contention, each on a pool of its own:
+// one idle-index query and one attempt of the transaction. After a warm-up
+// (DynamoDB Local runs on a JVM), the two alternate in halves of 5 s so
+// that both see the same machine. Only the lease is timed; the ratio
+// compares the mean lease times.
 func BenchmarkLeaseAcquire(b *testing.B) {
 	s := newStore(b)
-	addIdle(b, s, "shared", benchPoolSize, benchPoolSize)
+	addIdle(b, s, "shared", benchPoolSize, 2*benchPoolSize)
 	for w := range benchWorkers {
 		addIdle(b, s, fmt.Sprintf("own-%d", w), benchPoolSize/benchWorkers, benchPoolSize)
 	}
 	counting := &countingDB{DB: s.DB}
 	s.DB = counting
-	leased := make([]string, benchWorkers) // each worker's current vm
+	stages := make([]*lease.Stage, benchWorkers) // each worker's next stage
 
-	// Contended: the store's Lease and Return on the shared pool.
 	var mu sync.Mutex
 	holder := map[string]string{}
 	doubles := 0
-	contendedAcquire := func(ctx context.Context, w, i int) error {
-		stage := fmt.Sprintf("w%d-%d", w, i)
-		vm, err := s.Lease(ctx, "shared", stage, time.Now().Add(time.Hour))
+	contendedLease := func(ctx context.Context, w int) error {
+		st := stages[w]
+		vm, _, err := s.LeaseForStage(counted(ctx), st, time.Now().Add(time.Hour))
 		if err != nil {
 			return err
 		}
 		mu.Lock()
+		defer mu.Unlock()
 		if _, taken := holder[vm.LaunchID]; taken {
 			doubles++
 		}
-		holder[vm.LaunchID] = stage
-		mu.Unlock()
-		leased[w] = vm.LaunchID
+		holder[vm.LaunchID] = st.ID
 		return nil
 	}
-	contendedRelease := func(ctx context.Context, w, i int) error {
-		mu.Lock()
-		delete(holder, leased[w])
-		mu.Unlock()
-		_, err := s.Return(ctx, "shared", leased[w], fmt.Sprintf("w%d-%d", w, i))
-		return err
-	}
-
-	// Raw: the same calls by hand, each worker on its own pool.
-	rawAcquire := func(ctx context.Context, w, _ int) error {
-		pool := fmt.Sprintf("own-%d", w)
+	rawLease := func(ctx context.Context, w int) error {
+		st := stages[w]
 		out, err := s.DB.Query(ctx, &dynamodb.QueryInput{
 			TableName: aws.String(s.Table), IndexName: aws.String(lease.IdleIndex),
 			KeyConditionExpression:    aws.String("idle_pk = :p"),
-			ExpressionAttributeValues: map[string]types.AttributeValue{":p": &types.AttributeValueMemberS{Value: pool}},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":p": &types.AttributeValueMemberS{Value: st.Pool}},
 			Limit:                     aws.Int32(8),
 		})
 		if err != nil {
 			return fmt.Errorf("raw query: %w", err)
 		}
 		if len(out.Items) == 0 {
-			return fmt.Errorf("raw query: pool %s has no idle vm", pool)
+			return fmt.Errorf("raw query: pool %s has no idle vm", st.Pool)
 		}
-		leased[w] = out.Items[0]["launch_id"].(*types.AttributeValueMemberS).Value
-		_, err = s.TryLease(ctx, pool, leased[w], fmt.Sprintf("raw-%d", w), time.Now().Add(time.Hour))
+		launchID := out.Items[0]["launch_id"].(*types.AttributeValueMemberS).Value
+		_, err = s.TryLeaseForStage(ctx, st, launchID, time.Now().Add(time.Hour))
 		return err
 	}
-	rawRelease := func(ctx context.Context, w, _ int) error {
-		_, err := s.Return(ctx, fmt.Sprintf("own-%d", w), leased[w], fmt.Sprintf("raw-%d", w))
+	// newStage creates the worker's next stage in pool.
+	var made atomic.Int64
+	newStage := func(ctx context.Context, w int, pool string) error {
+		st, err := s.CreateStage(ctx, lease.NewStage{
+			ID: fmt.Sprintf("stage-%d", made.Add(1)), Pool: pool, SpecHash: "h", Spec: []byte(`{}`),
+			Deadline: time.Now().Add(time.Hour),
+		})
+		stages[w] = st
 		return err
+	}
+	// end releases the worker's stage and puts a new idle VM in its VM's place.
+	end := func(ctx context.Context, w int) error {
+		st := stages[w]
+		vm, err := s.ReleaseStage(ctx, st.ID, "passed", "")
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		delete(holder, vm.LaunchID)
+		mu.Unlock()
+		if err := s.Remove(ctx, st.Pool, vm.LaunchID, lease.Releasing); err != nil {
+			return err
+		}
+		return addIdleVM(ctx, s, st.Pool, 2*benchPoolSize)
+	}
+	contended := cycle{
+		prepare: func(ctx context.Context, w int) error { return newStage(ctx, w, "shared") },
+		lease:   contendedLease, end: end,
+	}
+	raw := cycle{
+		prepare: func(ctx context.Context, w int) error { return newStage(ctx, w, fmt.Sprintf("own-%d", w)) },
+		lease:   rawLease, end: end,
 	}
 
-	run(b, 3*time.Second, rawAcquire, rawRelease) // warm-up
-	var latencies []time.Duration
-	var leases, rawLeases int
-	var calls int64
+	run(b, 3*time.Second, raw) // warm-up
+	var latencies, rawLatencies []time.Duration
 	for range 2 {
-		before := counting.calls.Load()
-		l, n := run(b, benchDuration/2, contendedAcquire, contendedRelease)
-		calls += counting.calls.Load() - before
-		latencies, leases = append(latencies, l...), leases+n
-		_, n = run(b, benchDuration/2, rawAcquire, rawRelease)
-		rawLeases += n
+		latencies = append(latencies, run(b, benchDuration/2, contended)...)
+		rawLatencies = append(rawLatencies, run(b, benchDuration/2, raw)...)
 	}
 
 	slices.Sort(latencies)
 	pct := func(p float64) float64 {
 		return float64(latencies[int(p*float64(len(latencies)-1))]) / float64(time.Millisecond)
 	}
+	mean := func(ds []time.Duration) time.Duration {
+		var sum time.Duration
+		for _, d := range ds {
+			sum += d
+		}
+		return sum / time.Duration(len(ds))
+	}
+	leases := len(latencies)
 	fmt.Printf("BENCH lease_double_leases %d count leases=%d\n", doubles, leases)
-	fmt.Printf("BENCH lease_acquire_ratio_to_raw %.3f x leases_per_s=%.0f raw_per_s=%.0f calls_per_cycle=%.2f raw_calls_per_cycle=3 workers=%d pool=%d\n",
-		float64(leases)/float64(rawLeases), float64(leases)/benchDuration.Seconds(), float64(rawLeases)/benchDuration.Seconds(),
-		float64(calls)/float64(leases), benchWorkers, benchPoolSize)
+	fmt.Printf("BENCH lease_acquire_ratio_to_raw %.3f x mean_ms=%.2f raw_mean_ms=%.2f calls_per_lease=%.2f raw_calls_per_lease=3 leases=%d raw_leases=%d workers=%d pool=%d\n",
+		float64(mean(rawLatencies))/float64(mean(latencies)),
+		float64(mean(latencies))/float64(time.Millisecond), float64(mean(rawLatencies))/float64(time.Millisecond),
+		float64(counting.calls.Load())/float64(leases), leases, len(rawLatencies), benchWorkers, benchPoolSize)
 	fmt.Printf("BENCH lease_acquire_p50 %.2f ms\n", pct(0.50))
 	fmt.Printf("BENCH lease_acquire_p99 %.2f ms\n", pct(0.99))
 }
 
-// run has benchWorkers goroutines call acquire then release in a loop for
-// d; it returns the acquire latencies and the acquire count.
-func run(b *testing.B, d time.Duration, acquire, release func(ctx context.Context, w, i int) error) ([]time.Duration, int) {
+// cycle is one worker's round: prepare a stage (untimed), lease it a VM
+// (timed), end it (untimed).
+type cycle struct {
+	prepare func(ctx context.Context, w int) error
+	lease   func(ctx context.Context, w int) error
+	end     func(ctx context.Context, w int) error
+}
+
+// run has benchWorkers goroutines go round c for d; it returns the lease
+// latencies.
+func run(b *testing.B, d time.Duration, c cycle) []time.Duration {
 	ctx := context.Background()
 	stop := time.Now().Add(d)
 	var mu sync.Mutex
@@ -126,14 +159,18 @@ func run(b *testing.B, d time.Duration, acquire, release func(ctx context.Contex
 	for w := range benchWorkers {
 		wg.Go(func() {
 			var mine []time.Duration
-			for i := 0; time.Now().Before(stop); i++ {
+			for time.Now().Before(stop) {
+				if err := c.prepare(ctx, w); err != nil {
+					b.Error(err)
+					return
+				}
 				start := time.Now()
-				if err := acquire(ctx, w, i); err != nil {
+				if err := c.lease(ctx, w); err != nil {
 					b.Error(err)
 					return
 				}
 				mine = append(mine, time.Since(start))
-				if err := release(ctx, w, i); err != nil {
+				if err := c.end(ctx, w); err != nil {
 					b.Error(err)
 					return
 				}
@@ -147,22 +184,51 @@ func run(b *testing.B, d time.Duration, acquire, release func(ctx context.Contex
 	if b.Failed() {
 		b.FailNow()
 	}
-	return all, len(all)
+	return all
 }
 
-// countingDB counts the calls the contended cycle makes, to tell contention
-// (retried writes, re-read candidates) from the cost of the calls.
+// addIdleVM records one VM in pool and brings it to idle.
+func addIdleVM(ctx context.Context, s *lease.Store, pool string, max int) error {
+	id := lease.NewLaunchID()
+	if _, err := s.RecordLaunch(ctx, lease.Launch{Pool: pool, LaunchID: id, Max: max}); err != nil {
+		return err
+	}
+	if _, err := s.MarkProvisioning(ctx, pool, id, "i-"+id[3:], "127.0.0.1:1", "t3.small"); err != nil {
+		return err
+	}
+	_, err := s.MarkIdle(ctx, pool, id)
+	return err
+}
+
+type countedKey struct{}
+
+// counted marks the calls of a contended lease, which countingDB counts: to
+// tell contention (retried transactions, re-read candidates) from the cost
+// of the calls.
+func counted(ctx context.Context) context.Context { return context.WithValue(ctx, countedKey{}, true) }
+
 type countingDB struct {
 	lease.DB
 	calls atomic.Int64
 }
 
+func (c *countingDB) count(ctx context.Context) {
+	if ctx.Value(countedKey{}) != nil {
+		c.calls.Add(1)
+	}
+}
+
 func (c *countingDB) Query(ctx context.Context, in *dynamodb.QueryInput, opts ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error) {
-	c.calls.Add(1)
+	c.count(ctx)
 	return c.DB.Query(ctx, in, opts...)
 }
 
-func (c *countingDB) UpdateItem(ctx context.Context, in *dynamodb.UpdateItemInput, opts ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error) {
-	c.calls.Add(1)
-	return c.DB.UpdateItem(ctx, in, opts...)
+func (c *countingDB) GetItem(ctx context.Context, in *dynamodb.GetItemInput, opts ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error) {
+	c.count(ctx)
+	return c.DB.GetItem(ctx, in, opts...)
+}
+
+func (c *countingDB) TransactWriteItems(ctx context.Context, in *dynamodb.TransactWriteItemsInput, opts ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error) {
+	c.count(ctx)
+	return c.DB.TransactWriteItems(ctx, in, opts...)
 }

@@ -2,13 +2,19 @@ package lease
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
-// TryLease is the single conditional write of a lease, for the benchmark's
-// uncontended baseline.
-func (s *Store) TryLease(ctx context.Context, pool, launchID, stageID string, deadline time.Time) (*VM, error) {
-	return s.tryLease(ctx, pool, launchID, stageID, deadline)
+// TryLeaseForStage is one attempt of the stage's lease on one VM (its
+// transaction and the read of the VM), for the benchmark's uncontended
+// baseline.
+func (s *Store) TryLeaseForStage(ctx context.Context, st *Stage, launchID string, leaseDeadline time.Time) (*VM, error) {
+	vm, taken, _, err := s.tryLeaseForStage(ctx, st, launchID, leaseDeadline)
+	if taken {
+		return nil, fmt.Errorf("vm %s was taken", launchID)
+	}
+	return vm, err
 }
 
 // ItemBytes is an item's size as the store counts it.

@@ -33,24 +33,29 @@ func ctxT(t testing.TB) context.Context {
 }
 
 // addIdle records n VMs in pool and brings them to idle.
-func addIdle(t testing.TB, s *lease.Store, pool string, n, max int) []string {
+func addIdle(t testing.TB, s *lease.Store, pool string, n, max int) {
 	t.Helper()
 	ctx := ctxT(t)
-	var ids []string
 	for range n {
-		id := lease.NewLaunchID()
-		if _, err := s.RecordLaunch(ctx, lease.Launch{Pool: pool, LaunchID: id, Max: max}); err != nil {
+		if err := addIdleVM(ctx, s, pool, max); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.MarkProvisioning(ctx, pool, id, "i-"+id[3:], "127.0.0.1:1", "t3.small"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.MarkIdle(ctx, pool, id); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
 	}
-	return ids
+}
+
+// leaseStage creates a stage of pool and leases it a VM until deadline, as
+// init does.
+func leaseStage(t testing.TB, s *lease.Store, pool, id string, deadline time.Time) (*lease.VM, error) {
+	t.Helper()
+	ctx := ctxT(t)
+	ns := newStage(id, deadline)
+	ns.Pool = pool
+	st, err := s.CreateStage(ctx, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, _, err := s.LeaseForStage(ctx, st, deadline)
+	return vm, err
 }
 
 func TestLifecycle(t *testing.T) {
@@ -72,24 +77,24 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(time.Hour).Truncate(time.Millisecond)
-	vm, err = s.Lease(ctx, "p", "stage-a", deadline)
+	vm, err = leaseStage(t, s, "p", "stage-a", deadline)
 	if err != nil || vm.LaunchID != id || vm.Stage != "stage-a" || !vm.LeaseDeadline.Equal(deadline) {
 		t.Fatalf("lease: %+v %v", vm, err)
 	}
-	if _, err := s.Lease(ctx, "p", "stage-b", deadline); !errors.Is(err, lease.ErrNoIdle) {
+	if _, err := leaseStage(t, s, "p", "stage-b", deadline); !errors.Is(err, lease.ErrNoIdle) {
 		t.Fatalf("second lease: %v, want ErrNoIdle", err)
 	}
-	if _, err := s.Release(ctx, "p", id, "stage-b"); !errors.Is(err, lease.ErrNotHolder) {
-		t.Fatalf("release by another stage: %v, want ErrNotHolder", err)
+	if vm, err := s.ReleaseStage(ctx, "stage-b", "error", "no vm"); err != nil || vm != nil {
+		t.Fatalf("release of a stage without a vm: %+v %v", vm, err)
 	}
 	if err := s.Remove(ctx, "p", id, lease.Releasing); !errors.Is(err, lease.ErrState) {
 		t.Fatalf("remove while leased: %v, want ErrState", err)
 	}
-	vm, err = s.Release(ctx, "p", id, "stage-a")
+	vm, err = s.ReleaseStage(ctx, "stage-a", "passed", "")
 	if err != nil || vm.State != lease.Releasing {
 		t.Fatalf("release: %+v %v", vm, err)
 	}
-	if _, err := s.Release(ctx, "p", id, "stage-a"); !errors.Is(err, lease.ErrReleased) {
+	if _, err := s.ReleaseStage(ctx, "stage-a", "passed", ""); !errors.Is(err, lease.ErrReleased) {
 		t.Fatalf("second release: %v, want ErrReleased", err)
 	}
 	if c, _ := s.Capacity(ctx, "p"); c != 1 {
@@ -97,9 +102,6 @@ func TestLifecycle(t *testing.T) {
 	}
 	if err := s.Remove(ctx, "p", id, lease.Releasing); err != nil {
 		t.Fatal(err)
-	}
-	if _, err := s.Release(ctx, "p", id, "stage-a"); !errors.Is(err, lease.ErrReleased) {
-		t.Fatalf("release after removal: %v, want ErrReleased", err)
 	}
 	if c, _ := s.Capacity(ctx, "p"); c != 0 {
 		t.Fatalf("capacity %d after remove, want 0", c)
@@ -168,7 +170,7 @@ func TestBadInput(t *testing.T) {
 			_, err := s.RecordLaunch(ctx, lease.Launch{Pool: "p", LaunchID: lease.NewLaunchID()})
 			return err
 		}},
-		{name: "empty stage", call: func() error { _, err := s.Lease(ctx, "p", "", time.Now()); return err }},
+		{name: "empty stage", call: func() error { _, err := s.CreateStage(ctx, lease.NewStage{Pool: "p"}); return err }},
 		{name: "no instance id", call: func() error {
 			_, err := s.MarkProvisioning(ctx, "p", lease.NewLaunchID(), "", "", "")
 			return err
@@ -187,16 +189,15 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-func TestReturnAndExpiry(t *testing.T) {
+func TestLeaseExpiry(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
-	ids := addIdle(t, s, "p", 2, 5)
-	past := time.Now().Add(-time.Minute)
-	a, err := s.Lease(ctx, "p", "stage-a", past)
+	addIdle(t, s, "p", 3, 5)
+	a, err := leaseStage(t, s, "p", "stage-a", time.Now().Add(-time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.Lease(ctx, "p", "stage-b", time.Now().Add(time.Hour))
+	b, err := leaseStage(t, s, "p", "stage-b", time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,81 +207,50 @@ func TestReturnAndExpiry(t *testing.T) {
 	if vm, err := s.ReleaseExpired(ctx, "p", a.LaunchID); err != nil || vm.State != lease.Releasing {
 		t.Fatalf("expire: %+v %v", vm, err)
 	}
-	if _, err := s.Return(ctx, "p", b.LaunchID, "stage-a"); !errors.Is(err, lease.ErrNotHolder) {
-		t.Fatalf("return by another stage: %v", err)
-	}
-	if vm, err := s.Return(ctx, "p", b.LaunchID, "stage-b"); err != nil || vm.State != lease.Idle || vm.Stage != "" {
-		t.Fatalf("return: %+v %v", vm, err)
-	}
-	again, err := s.Lease(ctx, "p", "stage-c", time.Now().Add(time.Hour))
-	if err != nil || again.LaunchID != b.LaunchID {
-		t.Fatalf("lease the returned vm: %+v %v (vms %v)", again, err, ids)
+	if _, err := s.ReleaseExpired(ctx, "p", a.LaunchID); !errors.Is(err, lease.ErrState) {
+		t.Fatalf("expire twice: %v, want ErrState", err)
 	}
 	d, err := s.Depth(ctx, "p")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Capacity != 2 || d.ByState[lease.Leased] != 1 || d.ByState[lease.Releasing] != 1 {
+	if d.Capacity != 3 || d.ByState[lease.Idle] != 1 || d.ByState[lease.Leased] != 1 || d.ByState[lease.Releasing] != 1 {
 		t.Fatalf("depth %s", d)
 	}
 }
 
-func TestReleaseRaceFreesOnce(t *testing.T) {
-	s := newStore(t)
-	ctx := ctxT(t)
-	for round := range 20 {
-		addIdle(t, s, "p", 1, 100)
-		stage := fmt.Sprintf("stage-%d", round)
-		vm, err := s.Lease(ctx, "p", stage, time.Now().Add(time.Hour))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The state machine's Catch and the EventBridge rule both clean up.
-		var released, refused atomic.Int64
-		var wg sync.WaitGroup
-		for range 2 {
-			wg.Go(func() {
-				_, err := s.Release(ctx, "p", vm.LaunchID, stage)
-				switch {
-				case err == nil:
-					released.Add(1)
-					if err := s.Remove(ctx, "p", vm.LaunchID, lease.Releasing); err != nil {
-						t.Error(err)
-					}
-				case errors.Is(err, lease.ErrReleased):
-					refused.Add(1)
-				default:
-					t.Error(err)
-				}
-			})
-		}
-		wg.Wait()
-		if released.Load() != 1 || refused.Load() != 1 {
-			t.Fatalf("round %d: %d releases, %d refusals", round, released.Load(), refused.Load())
-		}
-	}
-	if c, _ := s.Capacity(ctx, "p"); c != 0 {
-		t.Fatalf("capacity %d, want 0", c)
-	}
-}
-
-// TestContention: 100 concurrent acquirers, 20 idle VMs, 50 rounds: never two
-// leases on one VM, no lease lost, every acquirer gets a VM or ErrNoIdle.
+// TestContention: 100 stages lease at once from 20 idle VMs, 25 rounds:
+// never two leases on one VM, no lease lost, every stage gets a VM or
+// ErrNoIdle.
 func TestContention(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
-	const acquirers, vms, rounds = 100, 20, 50
+	const acquirers, vms, rounds = 100, 20, 25
 	for round := range rounds {
 		pool := fmt.Sprintf("pool-%d", round)
 		addIdle(t, s, pool, vms, vms)
 		var mu sync.Mutex
 		holder := map[string]string{} // launch id -> stage
 		var noIdle atomic.Int64
+		stages := make([]*lease.Stage, acquirers)
 		var wg sync.WaitGroup
-		for a := range acquirers {
+		for a := range stages {
 			wg.Go(func() {
-				stage := fmt.Sprintf("r%d-a%d", round, a)
-				vm, err := s.Lease(ctx, pool, stage, time.Now().Add(time.Hour))
+				ns := newStage(fmt.Sprintf("r%d-a%d", round, a), time.Now().Add(time.Hour))
+				ns.Pool = pool
+				var err error
+				if stages[a], err = s.CreateStage(ctx, ns); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		if wg.Wait(); t.Failed() {
+			t.FailNow()
+		}
+		for a, st := range stages {
+			wg.Go(func() {
+				stage := st.ID
+				vm, _, err := s.LeaseForStage(ctx, st, time.Now().Add(time.Hour))
 				if errors.Is(err, lease.ErrNoIdle) {
 					noIdle.Add(1)
 					return

@@ -223,29 +223,6 @@ func (s *Store) Retire(ctx context.Context, pool, launchID string, from State) (
 	return vm, nil
 }
 
-// Lease gives an idle VM of the pool to the stage until deadline. It reads a
-// few idle candidates from a random point of the idle index, tries them in
-// random order with a conditional write each, and reads again when all were
-// taken by others; ErrNoIdle when the index has none.
-func (s *Store) Lease(ctx context.Context, pool, stageID string, deadline time.Time) (*VM, error) {
-	if err := checkPool(pool); err != nil {
-		return nil, err
-	}
-	if stageID == "" {
-		return nil, errors.New("lease: stage id is empty")
-	}
-	return s.leaseAny(ctx, pool, func(launchID string) (*VM, bool, error) {
-		vm, err := s.tryLease(ctx, pool, launchID, stageID, deadline)
-		if isConditionFailed(err) {
-			return nil, true, nil
-		}
-		if err != nil {
-			return nil, false, fmt.Errorf("lease vm %s: %w", launchID, err)
-		}
-		return vm, false, nil
-	})
-}
-
 // leaseAny reads idle candidates and tries them in random order until try
 // leases one (taken: another lessee had it), reading again when all were
 // taken; ErrNoIdle when the index has none.
@@ -273,14 +250,6 @@ func (s *Store) leaseAny(ctx context.Context, pool string, try func(launchID str
 		}
 	}
 	return nil, fmt.Errorf("lease in pool %s: %w", pool, ErrNoIdle)
-}
-
-func (s *Store) tryLease(ctx context.Context, pool, launchID, stageID string, deadline time.Time) (*VM, error) {
-	out, err := s.DB.UpdateItem(ctx, updateItem(s.moveUpdate(pool, launchID, leaseMove(stageID, deadline), s.now())))
-	if err != nil {
-		return nil, err
-	}
-	return decodeVM(out.Attributes)
 }
 
 // idleCandidates reads up to Candidates launch ids from the idle index,
@@ -331,58 +300,6 @@ func (s *Store) idleCandidates(ctx context.Context, pool string) ([]string, erro
 		ids = append(ids, id)
 	}
 	return ids, nil
-}
-
-// Release ends the stage's lease: the VM goes to releasing, to be
-// terminated and removed. Only the stage that holds the lease releases it,
-// and only once: a second release gets ErrReleased, another stage
-// ErrNotHolder.
-func (s *Store) Release(ctx context.Context, pool, launchID, stageID string) (*VM, error) {
-	out, err := s.DB.UpdateItem(ctx, updateItem(s.moveUpdate(pool, launchID, releaseMove(stageID), s.now())))
-	if isConditionFailed(err) {
-		err = s.explainRelease(ctx, pool, launchID, stageID)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("release vm %s for stage %s: %w", launchID, stageID, err)
-	}
-	return decodeVM(out.Attributes)
-}
-
-func (s *Store) explainRelease(ctx context.Context, pool, launchID, stageID string) error {
-	vm, err := s.Get(ctx, pool, launchID)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return ErrReleased // released and removed already
-	case err != nil:
-		return err
-	case vm.Stage != stageID:
-		return fmt.Errorf("%w: vm %s is %s for stage %q", ErrNotHolder, launchID, vm.State, vm.Stage)
-	case vm.State == Releasing:
-		return ErrReleased
-	default:
-		return fmt.Errorf("%w: it is %s", ErrState, vm.State)
-	}
-}
-
-// Return gives an unused lease back: the VM goes back to idle. For a stage
-// canceled before anything ran on its VM.
-func (s *Store) Return(ctx context.Context, pool, launchID, stageID string) (*VM, error) {
-	m := move{
-		from: Leased, to: Idle,
-		set:    []string{"#idle = :pool"},
-		remove: []string{"#stage", "#dl"},
-		cond:   "#stage = :stage",
-		names:  map[string]string{"#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": attrIdlePK},
-		values: map[string]types.AttributeValue{":stage": str(stageID), ":pool": str(pool)},
-	}
-	out, err := s.DB.UpdateItem(ctx, updateItem(s.moveUpdate(pool, launchID, m, s.now())))
-	if isConditionFailed(err) {
-		err = s.explainRelease(ctx, pool, launchID, stageID)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("return vm %s for stage %s: %w", launchID, stageID, err)
-	}
-	return decodeVM(out.Attributes)
 }
 
 // ReleaseExpired releases a lease whose deadline passed, whoever holds it.

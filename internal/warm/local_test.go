@@ -38,7 +38,7 @@ func TestWarmPoolOfRealAgents(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	vm, err := e.store.Lease(ctx, "local", "stage-1", time.Now().Add(time.Hour))
+	vm, err := e.leaseStage(t, "local", "stage-1", time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestWarmPoolOfRealAgents(t *testing.T) {
 		t.Fatalf("step on the leased vm: %+v %v", st, err)
 	}
 	// Release, terminate, remove: the agent process is gone, capacity back.
-	if _, err := e.store.Release(ctx, "local", vm.LaunchID, "stage-1"); err != nil {
+	if _, err := e.store.ReleaseStage(ctx, "stage-1", "passed", ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := local.Terminate(ctx, vm.InstanceID); err != nil {

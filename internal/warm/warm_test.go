@@ -70,6 +70,18 @@ type env struct {
 	metrics *bytes.Buffer
 }
 
+// leaseStage creates a stage of pool and leases it a VM until deadline, as
+// init does.
+func (e *env) leaseStage(t testing.TB, pool, id string, deadline time.Time) (*lease.VM, error) {
+	t.Helper()
+	st, err := e.store.CreateStage(t.Context(), lease.NewStage{ID: id, Pool: pool, SpecHash: "h", Deadline: deadline})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, _, err := e.store.LeaseForStage(t.Context(), st, deadline)
+	return vm, err
+}
+
 func testPool(name string, minIdle, maxInstances int) pool.Pool {
 	return pool.Pool{
 		Name: name, OS: "linux", Arch: "amd64",
@@ -283,14 +295,14 @@ func TestConcurrentRefillsHoldTheMax(t *testing.T) {
 		e.checkBooks(t, "p")
 		// Churn: two stages lease and end their VMs.
 		for i := range 2 {
-			vm, err := e.store.Lease(ctx, "p", fmt.Sprintf("r%d-%d", round, i), e.clock.Now().Add(time.Hour))
+			vm, err := e.leaseStage(t, "p", fmt.Sprintf("r%d-%d", round, i), e.clock.Now().Add(time.Hour))
 			if errors.Is(err, lease.ErrNoIdle) {
 				continue
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := e.store.Release(ctx, "p", vm.LaunchID, vm.Stage); err != nil {
+			if _, err := e.store.ReleaseStage(ctx, vm.Stage, "passed", ""); err != nil {
 				t.Fatal(err)
 			}
 			if err := e.keeper.Fleet.Terminate(ctx, vm.InstanceID); err != nil {
@@ -311,11 +323,11 @@ func TestReap(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	expiring, err := e.store.Lease(ctx, "p", "late-stage", e.clock.Now().Add(30*time.Minute))
+	expiring, err := e.leaseStage(t, "p", "late-stage", e.clock.Now().Add(30*time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
-	live, err := e.store.Lease(ctx, "p", "long-stage", e.clock.Now().Add(7*time.Hour))
+	live, err := e.leaseStage(t, "p", "long-stage", e.clock.Now().Add(7*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
