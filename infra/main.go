@@ -1,6 +1,6 @@
 // Command infra is the CDK app that deploys Slipway into an AWS account
 // (cdk.json runs it: `go run ./infra`). Its configuration is the CDK
-// context: see Config and the README's deploy guide. cdk-nag's AwsSolutions
+// context: see Config and docs/deploy.md. cdk-nag's AwsSolutions
 // checks run on every synth; an unsuppressed finding fails it.
 package main
 

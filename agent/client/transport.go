@@ -15,7 +15,7 @@ import (
 // goroutines on the agent). Calls made side by side, as a group's steps are,
 // go through a multiplexed transport: one HTTP/2 connection carries them all,
 // so a group's first calls to a new VM cost one TLS handshake, not one each.
-// The README's benchmark table has the figures.
+// docs/benchmarks.md has the figures.
 func newHTTP1(dialer *net.Dialer, tlsConfig *tls.Config) *http.Transport {
 	config := tlsConfig.Clone()
 	config.NextProtos = []string{"http/1.1"}

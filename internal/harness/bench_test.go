@@ -21,7 +21,7 @@ import (
 // Variables that put drone-runner-aws beside the drop-in in BenchmarkDropIn:
 // the URL of the runner in delegate mode, and the address of the lite-engine
 // that serves its noop driver's warm "VM" (a new VM is a new certificate
-// there). The README's notes on the benchmarks say how the runner is
+// there). docs/benchmarks.md's notes say how the runner is
 // built and run.
 const (
 	benchRunnerEnv   = "SLIPWAY_BENCH_RUNNER"

@@ -3,7 +3,7 @@ package harness
 import "encoding/json"
 
 // The wire types of the Harness delegate's VM runner API. Two sources, both
-// read for facts only (neither module can be a dependency, see the README):
+// read for facts only (neither module can be a dependency, see docs/harness.md):
 //
 //   - the client: harness-core's request beans, which the delegate serialises
 //     with Retrofit's default Jackson mapper, so every declared field arrives,
@@ -185,7 +185,7 @@ type LogConfig struct {
 }
 
 // TIConfig is Harness Test Intelligence's service. Reports are parsed by
-// Slipway's agent and summed up in the step's log instead (see the README).
+// Slipway's agent and summed up in the step's log instead (see docs/harness.md).
 type TIConfig struct {
 	URL          string `json:"url"`
 	Token        string `json:"token"`
@@ -260,7 +260,7 @@ type StartStep struct {
 	// DeleteTempStepFiles: Slipway removes its step files with the stage.
 	DeleteTempStepFiles bool `json:"delete_temp_step_files"`
 	// ProcessConfig tunes how lite-engine ends a step's processes; Slipway
-	// always ends the whole process tree (see the README).
+	// always ends the whole process tree (see docs/harness.md).
 	ProcessConfig ProcessConfig `json:"process_config"`
 
 	Image      string        `json:"image"`
