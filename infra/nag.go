@@ -35,7 +35,7 @@ func (s *Stack) suppressions() {
 		"Step log objects are named by stage and step id, created at run time; access is limited to the one log bucket",
 		`/^Resource::<StepLogs[0-9A-F]+\.Arn>\/\*$/`)
 	stack("AwsSolutions-IAM5",
-		"The state machine (init, step, cleanup) and the schedule (refill) may invoke any version of the functions they call: what the CDK grants give",
+		"The state machine (init, rungroup, cleanup) and the schedule (refill) may invoke any version of the functions they call: what the CDK grants give",
 		`/^Resource::<Function.*\.Arn>:\*$/`)
 	stack("AwsSolutions-IAM5",
 		"The delegate policy is for the CI system's role: it calls every method and path of the API (internal/stage/openapi.yaml) on its one stage",

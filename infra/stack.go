@@ -28,9 +28,9 @@ import (
 	"github.com/aws/constructs-go/constructs/v10"
 	"github.com/aws/jsii-runtime-go"
 
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/deploy"
 	"github.com/slipway-ci/slipway/internal/fleet"
-	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/secret"
 	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/statemachine"
@@ -210,7 +210,7 @@ func routeTables(cfg *Config) *[]*string {
 
 // data is the table, the keys and the step log bucket.
 func (s *Stack) data() {
-	def := lease.TableInput("")
+	def := ddb.TableInput("")
 	attr := func(name string) *awsdynamodb.Attribute {
 		return &awsdynamodb.Attribute{Name: jsii.String(name), Type: awsdynamodb.AttributeType_STRING}
 	}
@@ -221,7 +221,7 @@ func (s *Stack) data() {
 		BillingMode:                      awsdynamodb.BillingMode_PAY_PER_REQUEST,
 		PointInTimeRecoverySpecification: &awsdynamodb.PointInTimeRecoverySpecification{PointInTimeRecoveryEnabled: jsii.Bool(true)},
 		Encryption:                       awsdynamodb.TableEncryption_AWS_MANAGED,
-		TimeToLiveAttribute:              jsii.String(lease.TTLAttribute),
+		TimeToLiveAttribute:              jsii.String(ddb.TTLAttribute),
 		RemovalPolicy:                    awscdk.RemovalPolicy_RETAIN,
 	})
 	s.table.AddGlobalSecondaryIndex(&awsdynamodb.GlobalSecondaryIndexProps{
@@ -468,8 +468,8 @@ func (s *Stack) lambdas() error {
 func (s *Stack) grants() {
 	f := s.functions
 	for name, fn := range f {
-		// Every function uses the table through the lease store (its
-		// lease.DB; TransactWriteItems is checked against the actions it
+		// Every function uses the table through its records (their
+		// ddb.DB; TransactWriteItems is checked against the actions it
 		// holds, item by item), writing only the partitions its handler
 		// writes (deploy.Partitions, which `slipway local` enforces too),
 		// and signs its own client certificate with the CA key at cold
@@ -495,7 +495,7 @@ func (s *Stack) grants() {
 		s.statement(fn, &awsiam.PolicyStatementProps{
 			Sid:       jsii.String("LeaseStoreIdleIndex"),
 			Actions:   jsii.Strings("dynamodb:Query"),
-			Resources: jsii.Strings(*s.table.TableArn() + "/index/" + lease.IdleIndex),
+			Resources: jsii.Strings(*s.table.TableArn() + "/index/" + ddb.IdleIndex),
 		})
 		s.allow(fn, s.caKey.KeyArn(), nil, "kms:Sign", "kms:GetPublicKey")
 	}
@@ -508,10 +508,10 @@ func (s *Stack) grants() {
 	stageContext := map[string]any{"Null": map[string]any{"kms:EncryptionContext:" + secret.ContextKey: "false"}}
 	s.allow(f[statemachine.API], s.secretsKey.KeyArn(), stageContext, "kms:GenerateDataKey")
 	s.keyUsers(s.secretsKey, "SealStageSecrets", stageContext, []awslambda.Function{f[statemachine.API]}, "kms:GenerateDataKey")
-	for _, name := range []string{statemachine.Init, statemachine.Step} {
+	for _, name := range []string{statemachine.Init, statemachine.RunGroup} {
 		s.allow(f[name], s.secretsKey.KeyArn(), stageContext, "kms:Decrypt")
 	}
-	s.keyUsers(s.secretsKey, "OpenStageSecrets", stageContext, []awslambda.Function{f[statemachine.Init], f[statemachine.Step]}, "kms:Decrypt")
+	s.keyUsers(s.secretsKey, "OpenStageSecrets", stageContext, []awslambda.Function{f[statemachine.Init], f[statemachine.RunGroup]}, "kms:Decrypt")
 
 	// The API starts a stage's execution and invokes the release on a
 	// DELETE; the release asks for a refill.
@@ -529,7 +529,7 @@ func (s *Stack) grants() {
 	// Step logs: RunGroup and the release archive them, the API reads
 	// them back.
 	objects := jsii.String(*s.logBucket.BucketArn() + "/*")
-	for _, name := range []string{statemachine.Step, statemachine.Cleanup} {
+	for _, name := range []string{statemachine.RunGroup, statemachine.Cleanup} {
 		s.allow(f[name], objects, nil, "s3:PutObject", "s3:AbortMultipartUpload")
 	}
 	s.allow(f[statemachine.API], objects, nil, "s3:GetObject")
@@ -688,7 +688,7 @@ func (s *Stack) launcher(fn awslambda.Function) {
 	s.statement(fn, &awsiam.PolicyStatementProps{Sid: jsii.String("PresignAgentDownloads"), Actions: jsii.Strings("s3:GetObject"), Resources: &agents})
 }
 
-// tableActions are what the lease store's calls need: GetItem, UpdateItem
+// tableActions are what the records' calls need (ddb.DB): GetItem, UpdateItem
 // and Query, and inside TransactWriteItems Put, Update, Delete and
 // ConditionCheck. The writes are bound to each function's partitions.
 var (
@@ -732,7 +732,7 @@ func (s *Stack) orchestration() error {
 		},
 		TracingEnabled: jsii.Bool(true),
 	})
-	for _, name := range []string{statemachine.Init, statemachine.Step, statemachine.Cleanup} {
+	for _, name := range []string{statemachine.Init, statemachine.RunGroup, statemachine.Cleanup} {
 		s.functions[name].GrantInvoke(s.stateMachine)
 	}
 

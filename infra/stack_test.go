@@ -22,9 +22,9 @@ import (
 	"github.com/aws/jsii-runtime-go"
 	"github.com/pb33f/libopenapi"
 
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/deploy"
 	"github.com/slipway-ci/slipway/internal/fleet"
-	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/metrics"
 	"github.com/slipway-ci/slipway/internal/secret"
 	"github.com/slipway-ci/slipway/internal/stage"
@@ -273,11 +273,11 @@ func TestDefaultDeployment(t *testing.T) {
 		common = append(common, tableActions...)
 		launch := []string{"ec2:RunInstances", "ec2:CreateTags", "iam:PassRole", "ec2:DescribeImages", "ssm:GetParameter", "s3:GetObject", "ec2:TerminateInstances"}
 		want := map[string][]string{
-			statemachine.API:     {"kms:GenerateDataKey", "states:StartExecution", "lambda:InvokeFunction", "s3:GetObject", "s3:ListBucket"},
-			statemachine.Init:    append([]string{"kms:Decrypt"}, launch...),
-			statemachine.Step:    {"kms:Decrypt", "s3:PutObject", "s3:AbortMultipartUpload"},
-			statemachine.Cleanup: {"ec2:TerminateInstances", "lambda:InvokeFunction", "s3:PutObject", "s3:AbortMultipartUpload"},
-			statemachine.Refill:  append([]string{"ec2:DescribeInstances", "states:DescribeExecution", "lambda:InvokeFunction"}, launch...),
+			statemachine.API:      {"kms:GenerateDataKey", "states:StartExecution", "lambda:InvokeFunction", "s3:GetObject", "s3:ListBucket"},
+			statemachine.Init:     append([]string{"kms:Decrypt"}, launch...),
+			statemachine.RunGroup: {"kms:Decrypt", "s3:PutObject", "s3:AbortMultipartUpload"},
+			statemachine.Cleanup:  {"ec2:TerminateInstances", "lambda:InvokeFunction", "s3:PutObject", "s3:AbortMultipartUpload"},
+			statemachine.Refill:   append([]string{"ec2:DescribeInstances", "states:DescribeExecution", "lambda:InvokeFunction"}, launch...),
 		}
 		unscopable := []string{"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets", "ec2:DeleteNetworkInterface",
 			"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses", "ec2:DescribeInstances", "ec2:DescribeImages"}
@@ -333,19 +333,19 @@ func TestDefaultDeployment(t *testing.T) {
 				t.Errorf("%s writes %v, want %v (deploy.Partitions)", name, bound, want)
 			}
 		}
-		if slices.Contains(deploy.Partitions[statemachine.Step], lease.PoolPartitions) || slices.Contains(deploy.Partitions[statemachine.Refill], lease.StagePartitions) {
-			t.Error("step may write VMs, or refill stages")
+		if slices.Contains(deploy.Partitions[statemachine.RunGroup], ddb.PoolPartitions) || slices.Contains(deploy.Partitions[statemachine.Refill], ddb.StagePartitions) {
+			t.Error("rungroup may write VMs, or refill stages")
 		}
 	})
 
-	t.Run("the lease store's calls are all granted", func(t *testing.T) {
-		for m := range reflect.TypeFor[lease.DB]().Methods() {
+	t.Run("the table's calls are all granted", func(t *testing.T) {
+		for m := range reflect.TypeFor[ddb.DB]().Methods() {
 			action := "dynamodb:" + m.Name
 			if m.Name == "TransactWriteItems" {
 				continue // authorized by the actions it holds
 			}
 			if !slices.Contains(tableActions, action) {
-				t.Errorf("lease.DB calls %s, which no function may", m.Name)
+				t.Errorf("ddb.DB calls %s, which no function may", m.Name)
 			}
 		}
 	})
@@ -431,10 +431,10 @@ func TestDefaultDeployment(t *testing.T) {
 		}
 		ca := s.logicalIDOf(t, s.stack.caKey)
 		secrets := s.logicalIDOf(t, s.stack.secretsKey)
-		all := slices.Sorted(slices.Values([]string{statemachine.API, statemachine.Init, statemachine.Step, statemachine.Cleanup, statemachine.Refill}))
+		all := slices.Sorted(slices.Values([]string{statemachine.API, statemachine.Init, statemachine.RunGroup, statemachine.Cleanup, statemachine.Refill}))
 		for key, want := range map[string]map[string][]string{
 			ca:      {"kms:Sign": all, "kms:GetPublicKey": all},
-			secrets: {"kms:GenerateDataKey": {statemachine.API}, "kms:Decrypt": {statemachine.Init, statemachine.Step}},
+			secrets: {"kms:GenerateDataKey": {statemachine.API}, "kms:Decrypt": {statemachine.Init, statemachine.RunGroup}},
 		} {
 			got := uses[key]
 			for a := range got {
@@ -646,11 +646,11 @@ func TestDefaultDeployment(t *testing.T) {
 				t.Errorf("table: sse %v, pitr %v", sse, pitr)
 			}
 			ttl, _ := tbl.Properties["TimeToLiveSpecification"].(map[string]any)
-			if ttl["AttributeName"] != lease.TTLAttribute {
+			if ttl["AttributeName"] != ddb.TTLAttribute {
 				t.Errorf("table TTL %v", ttl)
 			}
 			gsis, _ := json.Marshal(tbl.Properties["GlobalSecondaryIndexes"])
-			if !strings.Contains(string(gsis), `"IndexName":"`+lease.IdleIndex+`"`) {
+			if !strings.Contains(string(gsis), `"IndexName":"`+ddb.IdleIndex+`"`) {
 				t.Errorf("no idle index: %s", gsis)
 			}
 		}
@@ -697,7 +697,7 @@ func TestDefaultDeployment(t *testing.T) {
 				tasks++
 				fn := strings.ToLower(strings.TrimSuffix(name, "Group"))
 				if name == "RunGroup" {
-					fn = statemachine.Step
+					fn = statemachine.RunGroup
 				}
 				if want := "<" + fns[fn] + ".Arn>"; st.Resource != want {
 					t.Errorf("task %s invokes %s, want %s", name, st.Resource, want)

@@ -36,24 +36,24 @@ type Function struct {
 	// Reserved is the function's reserved concurrency (0: none): what it
 	// may always run, and at most. Cleanup and refill must run whatever
 	// else does (a VM not released is paid for); the API's long-polls must
-	// not take the account's concurrency from init, step and cleanup.
+	// not take the account's concurrency from init, rungroup and cleanup.
 	Reserved int
 }
 
 // The functions, by name.
 const (
-	Init    = "init"
-	Step    = "step"
-	Cleanup = "cleanup"
-	API     = "api"
-	Refill  = "refill"
+	Init     = "init"
+	RunGroup = "rungroup"
+	Cleanup  = "cleanup"
+	API      = "api"
+	Refill   = "refill"
 )
 
 // Functions lists every function of a deployment.
 var Functions = []Function{
 	{Name: Init, Placeholder: "InitFunctionArn", Timeout: 60 * time.Second, MemoryMB: 128},
 	// RunGroup long-polls the agent for up to a minute, then records results.
-	{Name: Step, Placeholder: "StepFunctionArn", Timeout: 90 * time.Second, MemoryMB: 128},
+	{Name: RunGroup, Placeholder: "RunGroupFunctionArn", Timeout: 90 * time.Second, MemoryMB: 128},
 	{Name: Cleanup, Placeholder: "CleanupFunctionArn", Timeout: 60 * time.Second, MemoryMB: 128, Reserved: 20},
 	// API Gateway gives up on an integration after 29 s. Its reserve is a
 	// cap too: the deployment's apiConcurrency sets it.

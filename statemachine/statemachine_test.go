@@ -220,7 +220,7 @@ func TestSubstitute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(def, []byte("${")) || !bytes.Contains(def, []byte(`"arn:aws:lambda:eu-west-1:111122223333:function:slipway-step"`)) {
+	if bytes.Contains(def, []byte("${")) || !bytes.Contains(def, []byte(`"arn:aws:lambda:eu-west-1:111122223333:function:slipway-rungroup"`)) {
 		t.Fatalf("substituted: %s", def)
 	}
 	if !json.Valid(def) {

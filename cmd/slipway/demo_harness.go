@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/delegate"
-	"github.com/slipway-ci/slipway/internal/harness"
+	"github.com/slipway-ci/slipway/internal/harnessrunner"
 )
 
 // demoHarness plays the Harness delegate against `slipway harness-runner`:
@@ -22,7 +22,7 @@ func demoHarness(ctx context.Context, out io.Writer, api *delegate.Client, say f
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: (&harness.Runner{API: api}).Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: (&harnessrunner.Runner{API: api}).Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 	base := "http://" + ln.Addr().String()

@@ -15,12 +15,15 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/client"
+	"github.com/slipway-ci/slipway/internal/ddb"
+	"github.com/slipway-ci/slipway/internal/deploy"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/localaws"
 	"github.com/slipway-ci/slipway/internal/metrics"
 	"github.com/slipway-ci/slipway/internal/pki"
 	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 	"github.com/slipway-ci/slipway/internal/warm"
 )
 
@@ -35,19 +38,20 @@ func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(str
 	defer os.RemoveAll(dir)
 	db := localaws.DynamoDB(os.Getenv(localaws.DynamoDBEndpointEnv))
 	table := fmt.Sprintf("slipway-demo-%d", time.Now().UnixNano())
-	if err := lease.CreateTable(ctx, db, table); err != nil {
+	if err := ddb.CreateTable(ctx, db, table); err != nil {
 		return err
 	}
 	defer func() {
 		_, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(table)})
 	}()
 	store := &lease.Store{DB: db, Table: table}
+	stages := &record.Store{DB: db, Table: table}
 
 	key, err := pki.GenerateKey()
 	if err != nil {
 		return err
 	}
-	ca, err := pki.EnsureCA(ctx, store, key, "Slipway demo CA", time.Hour)
+	ca, err := pki.EnsureCA(ctx, &deploy.CARecord{DB: db, Table: table}, key, "Slipway demo CA", time.Hour)
 	if err != nil {
 		return err
 	}
@@ -85,11 +89,11 @@ func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(str
 
 	say("stage: lease a VM for it (one transaction with the stage record), run steps on it")
 	deadline := time.Now().Add(30 * time.Minute)
-	st, err := store.CreateStage(ctx, lease.NewStage{ID: "pool-stage", Pool: p.Name, SpecHash: "demo", Deadline: deadline})
+	st, err := stages.CreateStage(ctx, record.NewStage{ID: "pool-stage", Pool: p.Name, SpecHash: "demo", Deadline: deadline})
 	if err != nil {
 		return err
 	}
-	vm, _, err := store.LeaseForStage(ctx, st, deadline)
+	vm, _, err := stages.LeaseForStage(ctx, st, deadline)
 	if err != nil {
 		return err
 	}
@@ -118,7 +122,7 @@ func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(str
 	if err := destroyAndShow(ctx, out, c, st.ID); err != nil {
 		return err
 	}
-	released, err := store.ReleaseStage(ctx, st.ID, "succeeded", "")
+	released, err := stages.ReleaseStage(ctx, st.ID, "succeeded", "")
 	if err != nil {
 		return err
 	}
@@ -128,7 +132,7 @@ func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(str
 	if err := store.Remove(ctx, p.Name, released.LaunchID, lease.Releasing); err != nil {
 		return err
 	}
-	if _, err := store.ReleaseStage(ctx, st.ID, "succeeded", ""); err != nil {
+	if _, err := stages.ReleaseStage(ctx, st.ID, "succeeded", ""); err != nil {
 		fmt.Fprintf(out, "a second release is refused: %v\n", err)
 	}
 

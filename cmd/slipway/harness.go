@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/delegate"
-	"github.com/slipway-ci/slipway/internal/harness"
+	"github.com/slipway-ci/slipway/internal/harnessrunner"
 )
 
 // runHarnessRunner is `slipway harness-runner`: the Harness delegate's VM
@@ -47,7 +47,7 @@ func runHarnessRunner(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(out, nil))
-	runner := &harness.Runner{API: env.API, Log: logger}
+	runner := &harnessrunner.Runner{API: env.API, Log: logger}
 	// No write timeout: /step answers when the step ends, however long.
 	srv := &http.Server{Handler: guard(runner.Handler()), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 	scheme := "http"
@@ -125,10 +125,10 @@ func (s *runnerSecurity) load(listen string) (*tls.Config, func(http.Handler) ht
 			return nil, nil, fmt.Errorf("harness-runner: --token-file: %w", err)
 		}
 		token := strings.TrimSpace(string(data))
-		if len(token) < harness.MinTokenBytes {
-			return nil, nil, fmt.Errorf("harness-runner: --token-file %s: the token has %d bytes, at least %d wanted", s.tokenFile, len(token), harness.MinTokenBytes)
+		if len(token) < harnessrunner.MinTokenBytes {
+			return nil, nil, fmt.Errorf("harness-runner: --token-file %s: the token has %d bytes, at least %d wanted", s.tokenFile, len(token), harnessrunner.MinTokenBytes)
 		}
-		guard = func(h http.Handler) http.Handler { return harness.RequireToken(token, h) }
+		guard = func(h http.Handler) http.Handler { return harnessrunner.RequireToken(token, h) }
 	}
 	return tlsConfig, guard, nil
 }

@@ -95,7 +95,7 @@ func TestPoolsCommands(t *testing.T) {
 }
 
 // TestHarnessRunnerCommand starts `slipway harness-runner` and stops it as
-// Ctrl-C does; the drop-in itself is tested in internal/harness.
+// Ctrl-C does; the drop-in itself is tested in internal/harnessrunner.
 func TestHarnessRunnerCommand(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &agenttest.Buffer{}

@@ -1,5 +1,5 @@
-// Package deploy wires one deployment's parts from its settings: the lease
-// store, the CA (its key in KMS) and the orchestrator's identity, the
+// Package deploy wires one deployment's parts from its settings: the
+// records (VMs, stages, the CA certificate), the CA (its key in KMS) and the orchestrator's identity, the
 // keeper of the warm pools, the secret sealer, and the dependencies every
 // handler shares. The functions build it from their environment and the AWS
 // SDK's clients; `slipway local` from the local stand-ins' clients. Either
@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/kmssigner"
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -24,6 +25,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/secret"
 	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 	"github.com/slipway-ci/slipway/internal/warm"
 )
 
@@ -75,7 +77,7 @@ type KMS interface {
 
 // Clients are the services a deployment talks to.
 type Clients struct {
-	DynamoDB   lease.DB
+	DynamoDB   ddb.DB
 	KMS        KMS
 	Executions stage.Executions
 	Invoker    stage.Invoker
@@ -87,7 +89,8 @@ type Clients struct {
 // Deployment is the wired deployment.
 type Deployment struct {
 	Settings
-	Store    *lease.Store
+	VMs      *lease.Store
+	Stages   *record.Store
 	CA       *pki.CA
 	Identity *pki.Identity
 	Keeper   *warm.Keeper
@@ -109,12 +112,13 @@ func Build(ctx context.Context, s Settings, c Clients, pools []pool.Pool, tuning
 		return nil, errors.New("deployment: no step log archive")
 	}
 	logger := slog.New(slog.NewJSONHandler(logs, nil)).With("deployment", s.Deployment)
-	store := &lease.Store{DB: c.DynamoDB, Table: s.Table}
+	vms := &lease.Store{DB: c.DynamoDB, Table: s.Table}
+	stages := &record.Store{DB: c.DynamoDB, Table: s.Table}
 	signer, err := kmssigner.New(ctx, c.KMS, s.CAKeyID)
 	if err != nil {
 		return nil, err
 	}
-	ca, err := pki.EnsureCA(ctx, store, signer, "Slipway "+s.Deployment+" CA", caLifetime)
+	ca, err := pki.EnsureCA(ctx, &CARecord{DB: c.DynamoDB, Table: s.Table}, signer, "Slipway "+s.Deployment+" CA", caLifetime)
 	if err != nil {
 		return nil, err
 	}
@@ -126,19 +130,19 @@ func Build(ctx context.Context, s Settings, c Clients, pools []pool.Pool, tuning
 	roots.AddCert(ca.Cert)
 	emitter := &metrics.Emitter{W: metricsOut, Deployment: s.Deployment}
 	keeper := &warm.Keeper{
-		Books: store, Fleet: c.Fleet, Pools: pools, CA: ca,
+		Books: vms, Fleet: c.Fleet, Pools: pools, CA: ca,
 		Prober:  &warm.AgentProber{RootCAs: roots, Certificate: identity.Certificate},
 		Metrics: emitter, Logger: logger, AgentURL: s.AgentURL, Grace: s.ReconcileGrace,
 	}
 	deps := &stage.Deps{
-		Books: store, Keeper: keeper, Pools: pools,
+		Stages: stages, VMs: vms, Keeper: keeper, Pools: pools,
 		Sealer: &secret.Sealer{KMS: c.KMS, KeyID: s.SecretsKeyID}, Opener: &secret.Opener{KMS: c.KMS},
 		Agents:     &stage.Agents{Roots: roots, Certificate: identity.Certificate},
 		Executions: c.Executions, StateMachineARN: s.StateMachineARN,
 		Invoker: c.Invoker, CleanupFunction: s.CleanupFunction, RefillFunction: s.RefillFunction,
 		Logs: c.Logs, Metrics: emitter, Logger: logger, Settings: tuning,
 	}
-	return &Deployment{Settings: s, Store: store, CA: ca, Identity: identity, Keeper: keeper, Deps: deps}, nil
+	return &Deployment{Settings: s, VMs: vms, Stages: stages, CA: ca, Identity: identity, Keeper: keeper, Deps: deps}, nil
 }
 
 // RefillReport is what the refill function answers.

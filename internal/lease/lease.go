@@ -11,7 +11,6 @@
 package lease
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -19,7 +18,7 @@ import (
 	"regexp"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/slipway-ci/slipway/internal/ddb"
 )
 
 // State is where a VM is in its life.
@@ -55,18 +54,7 @@ var (
 	ErrNotHolder = errors.New("stage does not hold the lease")
 	// ErrReleased means the stage's lease was already released.
 	ErrReleased = errors.New("lease already released")
-	// ErrConflict means concurrent transactions kept colliding; retry later.
-	ErrConflict = errors.New("transaction conflict")
 )
-
-// DB is the part of the DynamoDB API the store uses; *dynamodb.Client
-// satisfies it.
-type DB interface {
-	GetItem(ctx context.Context, params *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
-	UpdateItem(ctx context.Context, params *dynamodb.UpdateItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error)
-	Query(ctx context.Context, params *dynamodb.QueryInput, optFns ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
-	TransactWriteItems(ctx context.Context, params *dynamodb.TransactWriteItemsInput, optFns ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error)
-}
 
 // VM is one VM's item.
 type VM struct {
@@ -92,7 +80,7 @@ type VM struct {
 
 // Store is the lease store over one table.
 type Store struct {
-	DB    DB
+	DB    ddb.DB
 	Table string
 	// Now is the clock (default time.Now).
 	Now func() time.Time

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/lease/leasetest"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 func newStore(t testing.TB) *lease.Store {
@@ -19,7 +22,7 @@ func newStore(t testing.TB) *lease.Store {
 	table := awstest.TableName(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := lease.CreateTable(ctx, db, table); err != nil {
+	if err := ddb.CreateTable(ctx, db, table); err != nil {
 		t.Fatal(err)
 	}
 	awstest.DropAtCleanup(t, db, table)
@@ -36,25 +39,25 @@ func ctxT(t testing.TB) context.Context {
 func addIdle(t testing.TB, s *lease.Store, pool string, n, max int) {
 	t.Helper()
 	ctx := ctxT(t)
-	for range n {
-		if err := addIdleVM(ctx, s, pool, max); err != nil {
-			t.Fatal(err)
-		}
+	if err := leasetest.AddIdle(ctx, s, pool, n, max); err != nil {
+		t.Fatal(err)
 	}
 }
+
+// stages is the stage records of the store's table: a VM is leased to a
+// stage in one transaction with the stage's record.
+func stages(s *lease.Store) *record.Store { return &record.Store{DB: s.DB, Table: s.Table} }
 
 // leaseStage creates a stage of pool and leases it a VM until deadline, as
 // init does.
 func leaseStage(t testing.TB, s *lease.Store, pool, id string, deadline time.Time) (*lease.VM, error) {
 	t.Helper()
 	ctx := ctxT(t)
-	ns := newStage(id, deadline)
-	ns.Pool = pool
-	st, err := s.CreateStage(ctx, ns)
+	st, err := stages(s).CreateStage(ctx, record.NewStage{ID: id, Pool: pool, SpecHash: "h-" + id, Deadline: deadline})
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm, _, err := s.LeaseForStage(ctx, st, deadline)
+	vm, _, err := stages(s).LeaseForStage(ctx, st, deadline)
 	return vm, err
 }
 
@@ -84,17 +87,17 @@ func TestLifecycle(t *testing.T) {
 	if _, err := leaseStage(t, s, "p", "stage-b", deadline); !errors.Is(err, lease.ErrNoIdle) {
 		t.Fatalf("second lease: %v, want ErrNoIdle", err)
 	}
-	if vm, err := s.ReleaseStage(ctx, "stage-b", "error", "no vm"); err != nil || vm != nil {
+	if vm, err := stages(s).ReleaseStage(ctx, "stage-b", "error", "no vm"); err != nil || vm != nil {
 		t.Fatalf("release of a stage without a vm: %+v %v", vm, err)
 	}
 	if err := s.Remove(ctx, "p", id, lease.Releasing); !errors.Is(err, lease.ErrState) {
 		t.Fatalf("remove while leased: %v, want ErrState", err)
 	}
-	vm, err = s.ReleaseStage(ctx, "stage-a", "passed", "")
+	vm, err = stages(s).ReleaseStage(ctx, "stage-a", "passed", "")
 	if err != nil || vm.State != lease.Releasing {
 		t.Fatalf("release: %+v %v", vm, err)
 	}
-	if _, err := s.ReleaseStage(ctx, "stage-a", "passed", ""); !errors.Is(err, lease.ErrReleased) {
+	if _, err := stages(s).ReleaseStage(ctx, "stage-a", "passed", ""); !errors.Is(err, lease.ErrReleased) {
 		t.Fatalf("second release: %v, want ErrReleased", err)
 	}
 	if c, _ := s.Capacity(ctx, "p"); c != 1 {
@@ -170,7 +173,6 @@ func TestBadInput(t *testing.T) {
 			_, err := s.RecordLaunch(ctx, lease.Launch{Pool: "p", LaunchID: lease.NewLaunchID()})
 			return err
 		}},
-		{name: "empty stage", call: func() error { _, err := s.CreateStage(ctx, lease.NewStage{Pool: "p"}); return err }},
 		{name: "no instance id", call: func() error {
 			_, err := s.MarkProvisioning(ctx, "p", lease.NewLaunchID(), "", "", "")
 			return err
@@ -232,14 +234,13 @@ func TestContention(t *testing.T) {
 		var mu sync.Mutex
 		holder := map[string]string{} // launch id -> stage
 		var noIdle atomic.Int64
-		stages := make([]*lease.Stage, acquirers)
+		created := make([]*record.Stage, acquirers)
 		var wg sync.WaitGroup
-		for a := range stages {
+		for a := range created {
 			wg.Go(func() {
-				ns := newStage(fmt.Sprintf("r%d-a%d", round, a), time.Now().Add(time.Hour))
-				ns.Pool = pool
+				id := fmt.Sprintf("r%d-a%d", round, a)
 				var err error
-				if stages[a], err = s.CreateStage(ctx, ns); err != nil {
+				if created[a], err = stages(s).CreateStage(ctx, record.NewStage{ID: id, Pool: pool, SpecHash: "h", Deadline: time.Now().Add(time.Hour)}); err != nil {
 					t.Error(err)
 				}
 			})
@@ -247,10 +248,10 @@ func TestContention(t *testing.T) {
 		if wg.Wait(); t.Failed() {
 			t.FailNow()
 		}
-		for a, st := range stages {
+		for a, st := range created {
 			wg.Go(func() {
 				stage := st.ID
-				vm, _, err := s.LeaseForStage(ctx, st, time.Now().Add(time.Hour))
+				vm, _, err := stages(s).LeaseForStage(ctx, st, time.Now().Add(time.Hour))
 				if errors.Is(err, lease.ErrNoIdle) {
 					noIdle.Add(1)
 					return

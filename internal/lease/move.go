@@ -5,8 +5,9 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/slipway-ci/slipway/internal/ddb"
 )
 
 // move is a conditional change of a VM item's state: it sets the state, the
@@ -29,7 +30,7 @@ func (s *Store) moveUpdate(pool, launchID string, m move, now time.Time) *types.
 		names[k] = v
 	}
 	values := map[string]types.AttributeValue{
-		":from": str(string(m.from)), ":to": str(string(m.to)), ":now": millis(now), ":one": num(1),
+		":from": ddb.Str(string(m.from)), ":to": ddb.Str(string(m.to)), ":now": ddb.Millis(now), ":one": ddb.Num(1),
 	}
 	for k, v := range m.values {
 		values[k] = v
@@ -52,27 +53,14 @@ func (s *Store) moveUpdate(pool, launchID string, m move, now time.Time) *types.
 	}
 }
 
-// updateItem is the same change as a single UpdateItem returning the new item.
-func updateItem(u *types.Update) *dynamodb.UpdateItemInput {
-	return &dynamodb.UpdateItemInput{
-		TableName:                 u.TableName,
-		Key:                       u.Key,
-		UpdateExpression:          u.UpdateExpression,
-		ConditionExpression:       u.ConditionExpression,
-		ExpressionAttributeNames:  u.ExpressionAttributeNames,
-		ExpressionAttributeValues: u.ExpressionAttributeValues,
-		ReturnValues:              types.ReturnValueAllNew,
-	}
-}
-
 // leaseMove gives an idle VM to a stage until deadline.
 func leaseMove(stageID string, deadline time.Time) move {
 	return move{
 		from: Idle, to: Leased,
 		set:    []string{"#stage = :stage", "#dl = :dl"},
 		remove: []string{"#idle"},
-		names:  map[string]string{"#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": attrIdlePK},
-		values: map[string]types.AttributeValue{":stage": str(stageID), ":dl": millis(deadline)},
+		names:  map[string]string{"#stage": attrStage, "#dl": attrLeaseDeadline, "#idle": ddb.AttrIdlePK},
+		values: map[string]types.AttributeValue{":stage": ddb.Str(stageID), ":dl": ddb.Millis(deadline)},
 	}
 }
 
@@ -82,6 +70,18 @@ func releaseMove(stageID string) move {
 		from: Leased, to: Releasing,
 		cond:   "#stage = :stage",
 		names:  map[string]string{"#stage": attrStage},
-		values: map[string]types.AttributeValue{":stage": str(stageID)},
+		values: map[string]types.AttributeValue{":stage": ddb.Str(stageID)},
 	}
+}
+
+// LeaseUpdate gives the idle VM to the stage until deadline, as an item of a
+// transaction that writes the stage's record too (internal/stage/record).
+func (s *Store) LeaseUpdate(pool, launchID, stageID string, deadline, now time.Time) *types.Update {
+	return s.moveUpdate(pool, launchID, leaseMove(stageID, deadline), now)
+}
+
+// ReleaseUpdate moves the VM the stage holds to releasing, as an item of a
+// transaction that writes the stage's record too (internal/stage/record).
+func (s *Store) ReleaseUpdate(pool, launchID, stageID string, now time.Time) *types.Update {
+	return s.moveUpdate(pool, launchID, releaseMove(stageID), now)
 }

@@ -11,9 +11,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
-	"github.com/aws/smithy-go"
 
 	"github.com/slipway-ci/slipway/internal/clock"
+
+	"github.com/slipway-ci/slipway/internal/ddb"
 )
 
 // Launch describes a VM about to be launched.
@@ -24,10 +25,6 @@ type Launch struct {
 	// rather than exceed it.
 	Max int
 }
-
-// transactRetries bounds the retries of a transaction that conflicted with
-// another one on the same items.
-const transactRetries = 5
 
 // RecordLaunch writes the VM item (state launching) and reserves its place in
 // the pool's capacity, in one transaction, before any instance exists.
@@ -43,9 +40,9 @@ func (s *Store) RecordLaunch(ctx context.Context, l Launch) (*VM, error) {
 	}
 	now := s.now()
 	item := map[string]types.AttributeValue{
-		attrPK: str(poolPK(l.Pool)), attrSK: str(vmSK(l.LaunchID)),
-		attrPool: str(l.Pool), attrLaunchID: str(l.LaunchID), attrState: str(string(Launching)),
-		attrCreatedAt: millis(now), attrStateAt: millis(now), attrVersion: num(1),
+		ddb.AttrPK: ddb.Str(poolPK(l.Pool)), ddb.AttrSK: ddb.Str(vmSK(l.LaunchID)),
+		attrPool: ddb.Str(l.Pool), ddb.AttrLaunchID: ddb.Str(l.LaunchID), attrState: ddb.Str(string(Launching)),
+		attrCreatedAt: ddb.Millis(now), attrStateAt: ddb.Millis(now), attrVersion: ddb.Num(1),
 	}
 	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
 		{Update: &types.Update{
@@ -54,7 +51,7 @@ func (s *Store) RecordLaunch(ctx context.Context, l Launch) (*VM, error) {
 			UpdateExpression:          aws.String("SET #c = if_not_exists(#c, :zero) + :one"),
 			ConditionExpression:       aws.String("attribute_not_exists(#c) OR #c < :max"),
 			ExpressionAttributeNames:  map[string]string{"#c": attrCount},
-			ExpressionAttributeValues: map[string]types.AttributeValue{":zero": num(0), ":one": num(1), ":max": num(int64(l.Max))},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":zero": ddb.Num(0), ":one": ddb.Num(1), ":max": ddb.Num(int64(l.Max))},
 		}},
 		{Put: &types.Put{
 			TableName:           aws.String(s.Table),
@@ -62,7 +59,7 @@ func (s *Store) RecordLaunch(ctx context.Context, l Launch) (*VM, error) {
 			ConditionExpression: aws.String("attribute_not_exists(pk)"),
 		}},
 	}}
-	if err := s.transact(ctx, in, ErrPoolFull, ErrExists); err != nil {
+	if err := ddb.Transact(ctx, s.DB, in, ErrPoolFull, ErrExists); err != nil {
 		return nil, fmt.Errorf("record launch %s in pool %s: %w", l.LaunchID, l.Pool, err)
 	}
 	return decodeVM(item)
@@ -78,7 +75,7 @@ func (s *Store) Remove(ctx context.Context, pool, launchID string, from State) e
 			Key:                       vmKey(pool, launchID),
 			ConditionExpression:       aws.String("#st = :from"),
 			ExpressionAttributeNames:  map[string]string{"#st": attrState},
-			ExpressionAttributeValues: map[string]types.AttributeValue{":from": str(string(from))},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":from": ddb.Str(string(from))},
 		}},
 		{Update: &types.Update{
 			TableName:                 aws.String(s.Table),
@@ -86,10 +83,10 @@ func (s *Store) Remove(ctx context.Context, pool, launchID string, from State) e
 			UpdateExpression:          aws.String("SET #c = #c - :one"),
 			ConditionExpression:       aws.String("#c > :zero"),
 			ExpressionAttributeNames:  map[string]string{"#c": attrCount},
-			ExpressionAttributeValues: map[string]types.AttributeValue{":zero": num(0), ":one": num(1)},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":zero": ddb.Num(0), ":one": ddb.Num(1)},
 		}},
 	}}
-	err := s.transact(ctx, in, ErrState, errCapacityNegative)
+	err := ddb.Transact(ctx, s.DB, in, ErrState, errCapacityNegative)
 	if errors.Is(err, ErrState) {
 		err = s.explain(ctx, pool, launchID, from)
 	}
@@ -101,52 +98,11 @@ func (s *Store) Remove(ctx context.Context, pool, launchID string, from State) e
 
 var errCapacityNegative = errors.New("pool capacity would go below zero: its books are inconsistent")
 
-// transact runs a transaction, retrying conflicts, and translates a failed
-// condition of item i into reasons[i] (when there is one, not nil).
-func (s *Store) transact(ctx context.Context, in *dynamodb.TransactWriteItemsInput, reasons ...error) error {
-	for attempt := 0; ; attempt++ {
-		_, err := s.DB.TransactWriteItems(ctx, in)
-		if err == nil {
-			return nil
-		}
-		var canceled *types.TransactionCanceledException
-		if !errors.As(err, &canceled) {
-			return err
-		}
-		conflict := false
-		for i, r := range canceled.CancellationReasons {
-			switch aws.ToString(r.Code) {
-			case "ConditionalCheckFailed":
-				if i < len(reasons) && reasons[i] != nil {
-					return reasons[i]
-				}
-				return err
-			case "TransactionConflict":
-				conflict = true
-			}
-		}
-		if !conflict {
-			return err
-		}
-		if attempt >= transactRetries {
-			return ErrConflict
-		}
-		if err := clock.Sleep(ctx, time.Duration(rand.IntN(10<<attempt)+1)*time.Millisecond); err != nil {
-			return err
-		}
-	}
-}
-
-func isConditionFailed(err error) bool {
-	var apiErr smithy.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode() == "ConditionalCheckFailedException"
-}
-
 // apply makes a move and returns the new item. A failed condition is
 // explained by reading the item.
 func (s *Store) apply(ctx context.Context, pool, launchID string, m move) (*VM, error) {
-	out, err := s.DB.UpdateItem(ctx, updateItem(s.moveUpdate(pool, launchID, m, s.now())))
-	if isConditionFailed(err) {
+	out, err := s.DB.UpdateItem(ctx, ddb.UpdateItem(s.moveUpdate(pool, launchID, m, s.now())))
+	if ddb.IsConditionFailed(err) {
 		return nil, s.explain(ctx, pool, launchID, m.from)
 	}
 	if err != nil {
@@ -187,7 +143,7 @@ func (s *Store) MarkProvisioning(ctx context.Context, pool, launchID, instanceID
 		from: Launching, to: Provisioning,
 		set:    []string{"#iid = :iid", "#addr = :addr", "#type = :type"},
 		names:  map[string]string{"#iid": attrInstanceID, "#addr": attrAddress, "#type": attrInstanceType},
-		values: map[string]types.AttributeValue{":iid": str(instanceID), ":addr": str(address), ":type": str(instanceType)},
+		values: map[string]types.AttributeValue{":iid": ddb.Str(instanceID), ":addr": ddb.Str(address), ":type": ddb.Str(instanceType)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mark vm %s provisioning: %w", launchID, err)
@@ -200,8 +156,8 @@ func (s *Store) MarkIdle(ctx context.Context, pool, launchID string) (*VM, error
 	vm, err := s.apply(ctx, pool, launchID, move{
 		from: Provisioning, to: Idle,
 		set:    []string{"#idle = :pool"},
-		names:  map[string]string{"#idle": attrIdlePK},
-		values: map[string]types.AttributeValue{":pool": str(pool)},
+		names:  map[string]string{"#idle": ddb.AttrIdlePK},
+		values: map[string]types.AttributeValue{":pool": ddb.Str(pool)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mark vm %s idle: %w", launchID, err)
@@ -215,7 +171,7 @@ func (s *Store) Retire(ctx context.Context, pool, launchID string, from State) (
 	vm, err := s.apply(ctx, pool, launchID, move{
 		from: from, to: Releasing,
 		remove: []string{"#idle"},
-		names:  map[string]string{"#idle": attrIdlePK},
+		names:  map[string]string{"#idle": ddb.AttrIdlePK},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("retire vm %s: %w", launchID, err)
@@ -223,10 +179,12 @@ func (s *Store) Retire(ctx context.Context, pool, launchID string, from State) (
 	return vm, nil
 }
 
-// leaseAny reads idle candidates and tries them in random order until try
+// LeaseAny reads idle candidates and tries them in random order until try
 // leases one (taken: another lessee had it), reading again when all were
-// taken; ErrNoIdle when the index has none.
-func (s *Store) leaseAny(ctx context.Context, pool string, try func(launchID string) (vm *VM, taken bool, err error)) (*VM, error) {
+// taken; ErrNoIdle when the index has none. A stage's lease
+// (internal/stage/record) tries each candidate with a transaction that
+// writes the VM item (LeaseUpdate) and the stage's record at once.
+func (s *Store) LeaseAny(ctx context.Context, pool string, try func(launchID string) (vm *VM, taken bool, err error)) (*VM, error) {
 	const maxRounds = 50
 	for range maxRounds {
 		candidates, err := s.idleCandidates(ctx, pool)
@@ -264,16 +222,16 @@ func (s *Store) idleCandidates(ctx context.Context, pool string) ([]string, erro
 	query := func(after string, limit int32) ([]string, error) {
 		in := &dynamodb.QueryInput{
 			TableName:                 aws.String(s.Table),
-			IndexName:                 aws.String(IdleIndex),
+			IndexName:                 aws.String(ddb.IdleIndex),
 			KeyConditionExpression:    aws.String("#idle = :pool"),
-			ExpressionAttributeNames:  map[string]string{"#idle": attrIdlePK},
-			ExpressionAttributeValues: map[string]types.AttributeValue{":pool": str(pool)},
+			ExpressionAttributeNames:  map[string]string{"#idle": ddb.AttrIdlePK},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":pool": ddb.Str(pool)},
 			Limit:                     aws.Int32(limit),
 		}
 		if after != "" {
 			in.KeyConditionExpression = aws.String("#idle = :pool AND #lid > :after")
-			in.ExpressionAttributeNames["#lid"] = attrLaunchID
-			in.ExpressionAttributeValues[":after"] = str(after)
+			in.ExpressionAttributeNames["#lid"] = ddb.AttrLaunchID
+			in.ExpressionAttributeValues[":after"] = ddb.Str(after)
 		}
 		out, err := s.DB.Query(ctx, in)
 		if err != nil {
@@ -281,7 +239,7 @@ func (s *Store) idleCandidates(ctx context.Context, pool string) ([]string, erro
 		}
 		ids := make([]string, 0, len(out.Items))
 		for _, item := range out.Items {
-			ids = append(ids, getString(item, attrLaunchID))
+			ids = append(ids, ddb.GetString(item, ddb.AttrLaunchID))
 		}
 		return ids, nil
 	}
@@ -327,9 +285,9 @@ func (s *Store) MarkMissing(ctx context.Context, pool, launchID string, t time.T
 		UpdateExpression:          aws.String("SET #m = if_not_exists(#m, :t)"),
 		ConditionExpression:       aws.String("attribute_exists(pk)"),
 		ExpressionAttributeNames:  map[string]string{"#m": attrMissingSince},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":t": millis(t)},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":t": ddb.Millis(t)},
 	})
-	if isConditionFailed(err) {
+	if ddb.IsConditionFailed(err) {
 		return fmt.Errorf("mark vm %s missing: %w", launchID, ErrNotFound)
 	}
 	if err != nil {
@@ -347,7 +305,7 @@ func (s *Store) ClearMissing(ctx context.Context, pool, launchID string) error {
 		ConditionExpression:      aws.String("attribute_exists(pk)"),
 		ExpressionAttributeNames: map[string]string{"#m": attrMissingSince},
 	})
-	if err != nil && !isConditionFailed(err) {
+	if err != nil && !ddb.IsConditionFailed(err) {
 		return fmt.Errorf("clear missing mark of vm %s: %w", launchID, err)
 	}
 	return nil
@@ -359,7 +317,7 @@ func (s *Store) List(ctx context.Context, pool string) ([]VM, error) {
 	p := dynamodb.NewQueryPaginator(s.DB, &dynamodb.QueryInput{
 		TableName:                 aws.String(s.Table),
 		KeyConditionExpression:    aws.String("pk = :pk AND begins_with(sk, :vm)"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":pk": str(poolPK(pool)), ":vm": str("VM#")},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":pk": ddb.Str(poolPK(pool)), ":vm": ddb.Str("VM#")},
 		ConsistentRead:            aws.Bool(true),
 	})
 	for p.HasMorePages() {
@@ -386,7 +344,7 @@ func (s *Store) Capacity(ctx context.Context, pool string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read capacity of pool %s: %w", pool, err)
 	}
-	n, err := getInt(out.Item, attrCount)
+	n, err := ddb.GetInt(out.Item, attrCount)
 	return int(n), err
 }
 

@@ -123,7 +123,7 @@ func settle(b *testing.B, rt *local.Runtime, name string) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		quiet(rt)
-		d, err := rt.Deployment.Store.Depth(context.Background(), name)
+		d, err := rt.Deployment.VMs.Depth(context.Background(), name)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -275,7 +275,7 @@ func BenchmarkStageCost(b *testing.B) {
 		ra, wa, _ := rt.Capacity.Totals()
 		c := costBetween(before, rt.Usage(), rb, wb, ra, wa, n)
 		fmt.Printf("BENCH stage_lambda_gb_s_per_step %.4f GB-s steps=%d gb_s=%.3f init_s=%.3f step_s=%.3f cleanup_s=%.3f api_s=%.3f refill_s=%.3f\n",
-			c.gbSeconds/steps, steps, c.gbSeconds, c.lambdaSeconds["init"], c.lambdaSeconds["step"], c.lambdaSeconds["cleanup"], c.lambdaSeconds["api"], c.lambdaSeconds["refill"])
+			c.gbSeconds/steps, steps, c.gbSeconds, c.lambdaSeconds["init"], c.lambdaSeconds[statemachine.RunGroup], c.lambdaSeconds["cleanup"], c.lambdaSeconds["api"], c.lambdaSeconds["refill"])
 		fmt.Printf("BENCH stage_control_plane_usd %.7f usd steps=%d transitions=%d invocations=%d wru=%.1f rru=%.1f api_calls=%d with_api_gateway=%.7f\n",
 			c.usd, steps, c.transitions, c.invocations, c.wru, c.rru, c.apiCalls, c.withAPIUSD)
 	}
@@ -302,9 +302,9 @@ func BenchmarkStageLongStep(b *testing.B) {
 		before := rt.Usage()
 		st := runStage(b, api, "long", 1, fmt.Sprintf("sleep %d", int(length.Seconds())))
 		n := entered(b, rt, st.ID)
-		held := (rt.Usage()[statemachine.Step].Billed - before[statemachine.Step].Billed).Seconds()
+		held := (rt.Usage()[statemachine.RunGroup].Billed - before[statemachine.RunGroup].Billed).Seconds()
 		fmt.Printf("BENCH stage_transitions_per_step_minute %.2f transitions step=%s transitions=%d fixed=%d runs=%d lambda_share=%.3f\n",
-			float64(n-one)/length.Minutes(), length, n, one, rt.Usage()[statemachine.Step].Invocations-before[statemachine.Step].Invocations,
+			float64(n-one)/length.Minutes(), length, n, one, rt.Usage()[statemachine.RunGroup].Invocations-before[statemachine.RunGroup].Invocations,
 			held/length.Seconds())
 	}
 }

@@ -244,7 +244,7 @@ var until = agenttest.Until
 func warm(t testing.TB, rt *local.Runtime, name string, n int) {
 	t.Helper()
 	until(t, time.Minute, "pool "+name+" warm", func() bool {
-		d, err := rt.Deployment.Store.Depth(context.Background(), name)
+		d, err := rt.Deployment.VMs.Depth(context.Background(), name)
 		return err == nil && d.ByState[lease.Idle] >= n
 	})
 }
@@ -274,7 +274,7 @@ func settled(t *testing.T, rt *local.Runtime, name string, stages ...string) {
 func unsettled(t *testing.T, rt *local.Runtime, name string, stages []string) []string {
 	t.Helper()
 	ctx := context.Background()
-	d, err := rt.Deployment.Store.Depth(ctx, name)
+	d, err := rt.Deployment.VMs.Depth(ctx, name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,11 +284,11 @@ func unsettled(t *testing.T, rt *local.Runtime, name string, stages []string) []
 			problems = append(problems, fmt.Sprintf("pool %s: %d VMs %s", name, n, state))
 		}
 	}
-	vms, err := rt.Deployment.Store.List(ctx, name)
+	vms, err := rt.Deployment.VMs.List(ctx, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if capacity, err := rt.Deployment.Store.Capacity(ctx, name); err != nil || capacity != len(vms) {
+	if capacity, err := rt.Deployment.VMs.Capacity(ctx, name); err != nil || capacity != len(vms) {
 		problems = append(problems, fmt.Sprintf("pool %s: capacity %d, %d VM items (%v)", name, capacity, len(vms), err))
 	}
 	items := map[string]bool{}

@@ -37,7 +37,7 @@ const faultSpan = 12 * time.Second
 var phases = []struct{ name, function string }{
 	{"create", ""},
 	{"init", statemachine.Init},
-	{"step", statemachine.Step},
+	{"step", statemachine.RunGroup},
 	{"cleanup", statemachine.Cleanup},
 }
 

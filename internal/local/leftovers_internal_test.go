@@ -13,7 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/localaws"
 )
 
@@ -49,7 +49,7 @@ func TestLeftoversOfKilledRuns(t *testing.T) {
 	deadTable := leftoverName(dead) + strconv.Itoa(os.Getpid())
 	liveTable := leftoverName(os.Getpid()) + "leftovers"
 	for _, name := range []string{deadTable, liveTable} {
-		if err := lease.CreateTable(ctx, db, name); err != nil {
+		if err := ddb.CreateTable(ctx, db, name); err != nil {
 			t.Fatal(err)
 		}
 	}

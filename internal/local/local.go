@@ -35,10 +35,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/internal/apigw"
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/delegate"
 	"github.com/slipway-ci/slipway/internal/deploy"
 	"github.com/slipway-ci/slipway/internal/fleet"
-	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/localaws"
 	"github.com/slipway-ci/slipway/internal/logarchive"
 	"github.com/slipway-ci/slipway/internal/loopback"
@@ -321,7 +321,7 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 		}
 	}
 	table := fmt.Sprintf("%s%d", leftoverName(os.Getpid()), time.Now().UnixNano()%1e9)
-	if err := lease.CreateTable(ctx, rt.DynamoDB, table); err != nil {
+	if err := ddb.CreateTable(ctx, rt.DynamoDB, table); err != nil {
 		return err
 	}
 	caKey, err := createKey(ctx, kmsClient, &kms.CreateKeyInput{
@@ -355,7 +355,7 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 		ReconcileGrace: localReconcileGrace,
 	}
 	executions := &lazyExecutions{rt: rt}
-	build := func(db lease.DB) (*deploy.Deployment, error) {
+	build := func(db ddb.DB) (*deploy.Deployment, error) {
 		return deploy.Build(ctx, settings, deploy.Clients{
 			DynamoDB: db, KMS: kmsClient, Executions: executions, Invoker: rt.Lambda, Fleet: rt.Fleet,
 			Logs: &logarchive.Dir{Root: filepath.Join(o.Dir, "logs")},
@@ -371,18 +371,18 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 	// dynamodb:LeadingKeys would).
 	rt.functions = map[string]*deploy.Deployment{}
 	for _, f := range statemachine.Functions {
-		guard := &lease.WriteGuard{DB: rt.DynamoDB, Function: f.Name, Partitions: deploy.Partitions[f.Name], Refused: rt.refused}
+		guard := &ddb.WriteGuard{DB: rt.DynamoDB, Function: f.Name, Partitions: deploy.Partitions[f.Name], Refused: rt.refused}
 		if rt.functions[f.Name], err = build(guard); err != nil {
 			return err
 		}
 	}
 	fn := rt.functions
 	handlers := map[string]lambda.Handler{
-		statemachine.Init:    lambda.NewHandler((&stage.Init{Deps: fn[statemachine.Init].Deps}).Handle),
-		statemachine.Step:    lambda.NewHandler((&stage.RunGroup{Deps: fn[statemachine.Step].Deps}).Handle),
-		statemachine.Cleanup: lambda.NewHandler((&stage.Cleanup{Deps: fn[statemachine.Cleanup].Deps}).Handle),
-		statemachine.Refill:  lambda.NewHandler(fn[statemachine.Refill].Refill),
-		statemachine.API:     lambda.NewHandler(apigw.Handler(&stage.API{Deps: fn[statemachine.API].Deps})),
+		statemachine.Init:     lambda.NewHandler((&stage.Init{Deps: fn[statemachine.Init].Deps}).Handle),
+		statemachine.RunGroup: lambda.NewHandler((&stage.RunGroup{Deps: fn[statemachine.RunGroup].Deps}).Handle),
+		statemachine.Cleanup:  lambda.NewHandler((&stage.Cleanup{Deps: fn[statemachine.Cleanup].Deps}).Handle),
+		statemachine.Refill:   lambda.NewHandler(fn[statemachine.Refill].Refill),
+		statemachine.API:      lambda.NewHandler(apigw.Handler(&stage.API{Deps: fn[statemachine.API].Deps})),
 	}
 	rt.endpoint = &LambdaEndpoint{Functions: map[string]Function{}, Logger: rt.logger.With("part", "lambda"), Inject: o.Inject}
 	for _, f := range statemachine.Functions {
@@ -500,7 +500,7 @@ func (rt *Runtime) Err() error {
 
 // refused records a write a function's role would be refused on AWS, and
 // says so on the runtime's log.
-func (rt *Runtime) refused(err *lease.PartitionError) {
+func (rt *Runtime) refused(err *ddb.PartitionError) {
 	rt.logger.Error("a write outside the function's partitions (its role would be refused on AWS)", "err", err)
 	rt.refusalsMu.Lock()
 	defer rt.refusalsMu.Unlock()

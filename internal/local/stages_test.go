@@ -20,10 +20,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
-	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/local"
 	"github.com/slipway-ci/slipway/internal/local/localtest"
 	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 func TestWarmHit(t *testing.T) {
@@ -392,7 +392,7 @@ func Test20Stages(t *testing.T) {
 	}
 	settled(t, rt, "many", ids...)
 	warm(t, rt, "many", 5)
-	d, _ := rt.Deployment.Store.Depth(context.Background(), "many")
+	d, _ := rt.Deployment.VMs.Depth(context.Background(), "many")
 	if d.Capacity > 8 {
 		t.Fatalf("capacity %d over the max", d.Capacity)
 	}
@@ -455,7 +455,7 @@ func TestSecretsNeverInPlaintext(t *testing.T) {
 		}
 	}
 	// Sealed, then gone at the release.
-	r, err := rt.Deployment.Store.StageRecords(ctx, "secretive")
+	r, err := rt.Deployment.Stages.StageRecords(ctx, "secretive")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -637,9 +637,9 @@ func TestStuckStagesAreReleased(t *testing.T) {
 	t.Parallel()
 	rt := runtime(t)
 	ctx := context.Background()
-	store := rt.Deployment.Store
+	store := rt.Deployment.Stages
 	for _, id := range []string{"stuck-unstarted", "stuck-unreleased"} {
-		if _, err := store.CreateStage(ctx, lease.NewStage{ID: id, Pool: "misc", SpecHash: "h", Spec: []byte(`{}`), Deadline: time.Now().Add(time.Hour)}); err != nil {
+		if _, err := store.CreateStage(ctx, record.NewStage{ID: id, Pool: "misc", SpecHash: "h", Spec: []byte(`{}`), Deadline: time.Now().Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -25,7 +25,9 @@ import (
 	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/agent/mask"
 	"github.com/slipway-ci/slipway/internal/clock"
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // OpenAPI is the delegate API's OpenAPI 3.1 document.
@@ -234,26 +236,26 @@ func (e *maskedError) Unwrap() error { return e.err }
 // translate maps the store's and the services' errors to answers.
 func (a *API) translate(r *http.Request, err error) *apiError {
 	var tooLarge *http.MaxBytesError
-	var record *lease.RecordTooLargeError
-	var ownerLimit *lease.OwnerLimitError
+	var oversize *record.RecordTooLargeError
+	var ownerLimit *record.OwnerLimitError
 	switch {
 	case errors.As(err, &tooLarge):
 		return fail(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body is over %d bytes", tooLarge.Limit)
 	case errors.As(err, &ownerLimit):
 		return fail(http.StatusTooManyRequests, CodeTooMany,
 			"%v: the deployment's limit of active stages per principal (maxActiveStages); one may start when another is released", ownerLimit)
-	case errors.As(err, &record):
+	case errors.As(err, &oversize):
 		return fail(http.StatusRequestEntityTooLarge, CodeTooLarge, "%v: DynamoDB keeps at most 400 KiB in a record and 4 MiB in a write; "+
-			"fetch large files in a step, or give fewer steps or secrets at once", record)
-	case errors.Is(err, lease.ErrStageNotFound):
+			"fetch large files in a step, or give fewer steps or secrets at once", oversize)
+	case errors.Is(err, record.ErrStageNotFound):
 		return notFound(r.PathValue("id"))
-	case errors.Is(err, lease.ErrStageClosed):
+	case errors.Is(err, record.ErrStageClosed):
 		return fail(http.StatusConflict, CodeStageClosed, "stage %s: its final group was given already", r.PathValue("id"))
-	case errors.Is(err, lease.ErrStageEnded), errors.Is(err, lease.ErrReleased):
+	case errors.Is(err, record.ErrStageEnded), errors.Is(err, lease.ErrReleased):
 		return fail(http.StatusConflict, CodeStageEnded, "stage %s has ended", r.PathValue("id"))
-	case errors.Is(err, lease.ErrStepExists):
+	case errors.Is(err, record.ErrStepExists):
 		return fail(http.StatusConflict, CodeConflict, "%v", err)
-	case errors.Is(err, lease.ErrConflict):
+	case errors.Is(err, ddb.ErrConflict):
 		return fail(http.StatusServiceUnavailable, CodeUnavailable, "try again: %v", err)
 	}
 	if ae, ok := unavailable(err); ok {
@@ -382,9 +384,9 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ns.Owner, ns.OwnerLimit = principal, a.settings().MaxActiveStages
-	st, err := a.Books.CreateStage(ctx, *ns)
+	st, err := a.Stages.CreateStage(ctx, *ns)
 	status := http.StatusCreated
-	if errors.Is(err, lease.ErrStageExists) {
+	if errors.Is(err, record.ErrStageExists) {
 		if st.Owner != principal && st.Owner != "" {
 			// Another owner's: nothing of it is told, not even whether the
 			// bodies match.
@@ -412,7 +414,7 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if a.bindNow(ctx, st, &spec) {
 		return a.writeStatus(ctx, w, status, spec.ID)
 	}
-	if err := a.awaitStage(ctx, spec.ID, until, func(st *lease.Stage) bool {
+	if err := a.awaitStage(ctx, spec.ID, until, func(st *record.Stage) bool {
 		return !st.BoundAt.IsZero() || st.Result != "" || !st.ReleasedAt.IsZero()
 	}); err != nil {
 		return err
@@ -427,7 +429,7 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 // own, and a retried create, which finds the same record, the same one. At
 // most 74 characters from [A-Za-z0-9_-] (Step Functions takes 80; logging
 // to CloudWatch wants those characters).
-func ExecutionName(st *lease.Stage) string {
+func ExecutionName(st *record.Stage) string {
 	return fmt.Sprintf("%s_%09s", st.ID, strconv.FormatInt(st.CreatedAt.UnixMilli(), 36))
 }
 
@@ -444,13 +446,13 @@ const bindNowWithin = 2 * time.Second
 // spec). Best effort, and only with an idle VM: the rest (a launch on
 // demand, an agent that does not answer, the acquire timeout) is Init's.
 // It says whether the stage is bound.
-func (a *API) bindNow(ctx context.Context, st *lease.Stage, spec *Spec) bool {
+func (a *API) bindNow(ctx context.Context, st *record.Stage, spec *Spec) bool {
 	if !st.BoundAt.IsZero() || st.Result != "" || !st.ReleasedAt.IsZero() {
 		return !st.BoundAt.IsZero()
 	}
 	ctx, cancel := context.WithTimeout(ctx, bindNowWithin)
 	defer cancel()
-	vm, fresh, err := a.Books.LeaseForStage(ctx, st, st.Deadline.Add(a.settings().LeaseMargin))
+	vm, fresh, err := a.Stages.LeaseForStage(ctx, st, st.Deadline.Add(a.settings().LeaseMargin))
 	if err != nil {
 		if !errors.Is(err, lease.ErrNoIdle) {
 			a.log().Warn("lease for a stage early", "stage", st.ID, "err", err)
@@ -471,7 +473,7 @@ func (a *API) bindNow(ctx context.Context, st *lease.Stage, spec *Spec) bool {
 		a.log().Warn("bind a stage early", "stage", st.ID, "launch_id", vm.LaunchID, "err", err)
 		return false
 	}
-	if _, err := a.Books.MarkBound(ctx, st.ID, vm, health.BootID); err != nil {
+	if _, err := a.Stages.MarkBound(ctx, st.ID, vm, health.BootID); err != nil {
 		a.log().Warn("bind a stage early", "stage", st.ID, "launch_id", vm.LaunchID, "err", err)
 		return false
 	}
@@ -479,7 +481,7 @@ func (a *API) bindNow(ctx context.Context, st *lease.Stage, spec *Spec) bool {
 }
 
 // newStage seals the spec's secrets and encodes what the store keeps.
-func (a *API) newStage(ctx context.Context, spec *Spec) (*lease.NewStage, error) {
+func (a *API) newStage(ctx context.Context, spec *Spec) (*record.NewStage, error) {
 	sealed, err := a.Sealer.Seal(ctx, spec.ID, spec.Secrets)
 	if err != nil {
 		return nil, err
@@ -491,7 +493,7 @@ func (a *API) newStage(ctx context.Context, spec *Spec) (*lease.NewStage, error)
 	hashed := *spec
 	hashed.Secrets = blank(spec.Secrets)
 	hashed.Groups = nil
-	ns := &lease.NewStage{ID: spec.ID, Pool: spec.Pool, Spec: stored, Sealed: sealed, Deadline: a.now().Add(spec.Timeout())}
+	ns := &record.NewStage{ID: spec.ID, Pool: spec.Pool, Spec: stored, Sealed: sealed, Deadline: a.now().Add(spec.Timeout())}
 	hashes := []string{hashOf(hashed)}
 	for _, g := range spec.Groups {
 		ng, err := a.newGroup(ctx, spec.ID, g)
@@ -505,7 +507,7 @@ func (a *API) newStage(ctx context.Context, spec *Spec) (*lease.NewStage, error)
 	return ns, nil
 }
 
-func (a *API) newGroup(ctx context.Context, stageID string, g Group) (*lease.NewGroup, error) {
+func (a *API) newGroup(ctx context.Context, stageID string, g Group) (*record.NewGroup, error) {
 	stored, secrets := g.withoutSecrets()
 	sealed, err := a.Sealer.Seal(ctx, stageID, secrets)
 	clear(secrets)
@@ -513,7 +515,7 @@ func (a *API) newGroup(ctx context.Context, stageID string, g Group) (*lease.New
 		return nil, err
 	}
 	data, _ := json.Marshal(stored)
-	ng := &lease.NewGroup{SpecHash: hashOf(stored), Spec: data, Sealed: sealed, Final: g.Final}
+	ng := &record.NewGroup{SpecHash: hashOf(stored), Spec: data, Sealed: sealed, Final: g.Final}
 	for _, s := range g.Steps {
 		ng.StepIDs = append(ng.StepIDs, s.ID)
 	}
@@ -521,7 +523,7 @@ func (a *API) newGroup(ctx context.Context, stageID string, g Group) (*lease.New
 }
 
 func (a *API) writeStatus(ctx context.Context, w http.ResponseWriter, code int, id string) error {
-	r, err := a.Books.StageRecords(ctx, id)
+	r, err := a.Stages.StageRecords(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -546,7 +548,7 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) error {
 	if err := agentapi.ValidateID("stage", id); err != nil {
 		return invalid(err)
 	}
-	if err := a.awaitStage(ctx, id, time.Now().Add(q.wait), func(st *lease.Stage) bool {
+	if err := a.awaitStage(ctx, id, time.Now().Add(q.wait), func(st *record.Stage) bool {
 		return q.hasVersion && st.Version != q.version || !st.ReleasedAt.IsZero()
 	}); err != nil {
 		return err
@@ -558,11 +560,11 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) error {
 // for, or until passes. The store is read every 5 ms for the first 200 ms
 // (a VM is bound, a group starts, within tens of milliseconds), then less
 // and less often.
-func (a *API) awaitStage(ctx context.Context, id string, until time.Time, done func(*lease.Stage) bool) error {
+func (a *API) awaitStage(ctx context.Context, id string, until time.Time, done func(*record.Stage) bool) error {
 	pause := 5 * time.Millisecond
 	quick := time.Now().Add(200 * time.Millisecond)
 	for {
-		st, err := a.Books.GetStage(ctx, id)
+		st, err := a.Stages.GetStage(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -603,11 +605,11 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	if err := g.Validate(); err != nil {
 		return invalid(err)
 	}
-	var ng *lease.NewGroup
-	var read *lease.Records
+	var ng *record.NewGroup
+	var read *record.Records
 	reads, readsCtx := errgroup.WithContext(ctx)
 	reads.Go(func() (err error) { ng, err = a.newGroup(readsCtx, id, g); return err })
-	reads.Go(func() (err error) { read, err = a.Books.StageRecords(readsCtx, id); return err })
+	reads.Go(func() (err error) { read, err = a.Stages.StageRecords(readsCtx, id); return err })
 	principal, err := a.caller(r)
 	if err != nil {
 		return err
@@ -626,7 +628,7 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	next := read.Stage.Groups
 	ready := make(chan *client.Client, 1)
 	go func() { ready <- a.readyToStart(ctx, read.Stage, before, next) }()
-	added, rec, err := a.Books.AddGroup(ctx, id, read, *ng)
+	added, rec, err := a.Stages.AddGroup(ctx, id, read, *ng)
 	c := <-ready
 	if err != nil {
 		return err
@@ -667,7 +669,7 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 // the API runs before its state machine reaches RunGroup). The delegate
 // waits for the group, and RunGroup, which follows and records it, would
 // start it only at its next look at the records.
-func (a *API) readyToStart(ctx context.Context, st *lease.Stage, s *Status, index int) *client.Client {
+func (a *API) readyToStart(ctx context.Context, st *record.Stage, s *Status, index int) *client.Client {
 	if index < st.Cursor || index > st.Cursor+maxEarlyGroups || st.Result != "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
 		return nil
 	}
@@ -698,7 +700,7 @@ func (a *API) readyToStart(ctx context.Context, st *lease.Stage, s *Status, inde
 // its step's end (a background step's does not wait), so that start and
 // end are one call to the agent; it returns the steps it started, as the
 // agent tells them.
-func (a *API) startGroup(ctx context.Context, c *client.Client, st *lease.Stage, index int, g *Group, wait time.Duration) map[string]*StepStatus {
+func (a *API) startGroup(ctx context.Context, c *client.Client, st *record.Stage, index int, g *Group, wait time.Duration) map[string]*StepStatus {
 	c = forGroup(c, len(g.Steps))
 	var mu sync.Mutex
 	started := map[string]*StepStatus{}
@@ -733,7 +735,7 @@ const maxEarlyGroups = 8
 
 // endedOnAgent reports whether every one of steps has ended on the agent (a
 // background step: runs there), asking about them side by side.
-func endedOnAgent(ctx context.Context, c *client.Client, st *lease.Stage, steps []StepStatus) bool {
+func endedOnAgent(ctx context.Context, c *client.Client, st *record.Stage, steps []StepStatus) bool {
 	var ended atomic.Int64
 	var wg sync.WaitGroup
 	for _, step := range steps {
@@ -749,7 +751,7 @@ func endedOnAgent(ctx context.Context, c *client.Client, st *lease.Stage, steps 
 }
 
 // stepIn reads the stage and finds the step the path names.
-func (a *API) stepIn(ctx context.Context, r *http.Request) (*lease.Records, *StepStatus, error) {
+func (a *API) stepIn(ctx context.Context, r *http.Request) (*record.Records, *StepStatus, error) {
 	id, stepID, err := stepPath(r)
 	if err != nil {
 		return nil, nil, err
@@ -767,8 +769,8 @@ func stepPath(r *http.Request) (id, stepID string, err error) {
 }
 
 // stepOf reads the stage and finds one of its steps.
-func (a *API) stepOf(ctx context.Context, id, stepID string) (*lease.Records, *StepStatus, error) {
-	rec, err := a.Books.StageRecords(ctx, id)
+func (a *API) stepOf(ctx context.Context, id, stepID string) (*record.Records, *StepStatus, error) {
+	rec, err := a.Stages.StageRecords(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -852,7 +854,7 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
 	}
 	until := time.Now().Add(q.wait)
 	pause := 100 * time.Millisecond
-	var rec *lease.Records
+	var rec *record.Records
 	var step *StepStatus
 	var readAt time.Time
 	for {
@@ -880,7 +882,7 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) error {
 }
 
 // logChunk reads one chunk of a step's log, live or archived.
-func (a *API) logChunk(ctx context.Context, rec *lease.Records, step *StepStatus, q queryParams) (LogChunk, error) {
+func (a *API) logChunk(ctx context.Context, rec *record.Records, step *StepStatus, q queryParams) (LogChunk, error) {
 	empty := LogChunk{Offset: q.offset, NextOffset: q.offset, Data: []byte{}}
 	switch step.State {
 	case StatePending:
@@ -957,11 +959,11 @@ func (a *API) cancel(w http.ResponseWriter, r *http.Request) error {
 	if err := agentapi.ValidateID("stage", id); err != nil {
 		return invalid(err)
 	}
-	st, err := a.Books.EndStage(ctx, id, Canceled, "canceled by the delegate")
+	st, err := a.Stages.EndStage(ctx, id, Canceled, "canceled by the delegate")
 	if errors.Is(err, lease.ErrReleased) {
 		return a.writeStatus(ctx, w, http.StatusOK, id)
 	}
-	if err != nil && !errors.Is(err, lease.ErrStageEnded) {
+	if err != nil && !errors.Is(err, record.ErrStageEnded) {
 		return err
 	}
 	a.cancelRunning(ctx, st)
@@ -974,7 +976,7 @@ func (a *API) cancel(w http.ResponseWriter, r *http.Request) error {
 
 // cancelRunning cancels the steps of the stage's current group on its agent,
 // bounded and best effort: the release tears the stage down anyway.
-func (a *API) cancelRunning(ctx context.Context, st *lease.Stage) {
+func (a *API) cancelRunning(ctx context.Context, st *record.Stage) {
 	if st.Cursor >= st.Groups {
 		return
 	}
@@ -1004,7 +1006,7 @@ func (a *API) pools(w http.ResponseWriter, r *http.Request) error {
 	out := Pools{Pools: []PoolDepth{}}
 	now := a.now()
 	for _, p := range a.Pools {
-		d, err := a.Books.Depth(ctx, p.Name)
+		d, err := a.VMs.Depth(ctx, p.Name)
 		if err != nil {
 			return err
 		}

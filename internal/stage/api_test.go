@@ -77,7 +77,7 @@ func TestStageIDUsedAgainGetsItsOwnExecution(t *testing.T) {
 		}
 		e.execs.end(first)
 		// The records expire (DynamoDB's TTL deletes them).
-		rec, err := e.store.StageRecords(ctx, id)
+		rec, err := e.stages.StageRecords(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +107,7 @@ func TestCleanupOfAnExecutionThatFailed(t *testing.T) {
 	if err != nil || out.StageID != "failed" {
 		t.Fatalf("cleanup: %+v %v", out, err)
 	}
-	st, err := e.store.GetStage(t.Context(), "failed")
+	st, err := e.stages.GetStage(t.Context(), "failed")
 	if err != nil || st.ReleasedAt.IsZero() || st.Result != stage.Errored {
 		t.Fatalf("stage after the execution's failure: %+v %v", st, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/metrics"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 	"github.com/slipway-ci/slipway/internal/warm"
 )
 
@@ -78,8 +79,8 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 		return out, &FaultError{Err: fmt.Errorf("cleanup: %w", err)}
 	}
 	result, reason, implied := in.outcome()
-	st, err := h.Books.GetStage(ctx, id)
-	if errors.Is(err, lease.ErrStageNotFound) {
+	st, err := h.Stages.GetStage(ctx, id)
+	if errors.Is(err, record.ErrStageNotFound) {
 		h.log().Warn("cleanup of a stage with no record", "stage", id)
 		return out, nil
 	}
@@ -93,8 +94,8 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 			// The result first: tearing the stage down on the agent ends its
 			// steps, and a RunGroup still following them must not record
 			// that as the steps failing.
-			ended, err := h.Books.EndStage(ctx, id, result, reason)
-			if err != nil && !errors.Is(err, lease.ErrStageEnded) && !errors.Is(err, lease.ErrReleased) {
+			ended, err := h.Stages.EndStage(ctx, id, result, reason)
+			if err != nil && !errors.Is(err, record.ErrStageEnded) && !errors.Is(err, lease.ErrReleased) {
 				return out, err
 			}
 			if ended != nil {
@@ -102,7 +103,7 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 			}
 		}
 		h.destroy(ctx, st)
-		vm, err = h.Books.ReleaseStage(ctx, id, result, reason)
+		vm, err = h.Stages.ReleaseStage(ctx, id, result, reason)
 		releasedNow = err == nil
 		if err != nil && !errors.Is(err, lease.ErrReleased) {
 			h.emit(st.Pool, metrics.Metric{Name: metrics.ReleaseFailures, Unit: metrics.Count, Value: 1})
@@ -111,7 +112,7 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 	}
 	if vm == nil && st.VM != "" {
 		// Released before: finish what that release may have left.
-		vm, err = h.Books.Get(ctx, st.Pool, st.VM)
+		vm, err = h.VMs.Get(ctx, st.Pool, st.VM)
 		if errors.Is(err, lease.ErrNotFound) {
 			vm, err = nil, nil
 		}
@@ -120,17 +121,17 @@ func (h *Cleanup) handle(ctx context.Context, in CleanupInput) (Output, error) {
 		}
 	}
 	if vm != nil && vm.State == lease.Releasing && vm.Stage == id {
-		if err := h.Keeper.Dispose(ctx, *vm); err != nil {
+		if err := h.Keeper.FinishRelease(ctx, *vm); err != nil {
 			h.emit(st.Pool, metrics.Metric{Name: metrics.ReleaseFailures, Unit: metrics.Count, Value: 1})
 			return out, fmt.Errorf("end vm %s of stage %s: %w", vm.LaunchID, id, err)
 		}
 		h.Agents.Forget(vm.LaunchID)
 	}
-	r, err := h.Books.StageRecords(ctx, id)
+	r, err := h.Stages.StageRecords(ctx, id)
 	if err != nil {
 		return out, err
 	}
-	if err := h.Books.ForgetSecrets(ctx, id, r.Groups); err != nil {
+	if err := h.Stages.DeleteSecrets(ctx, id, r.Groups); err != nil {
 		return out, err
 	}
 	if releasedNow {
@@ -172,7 +173,7 @@ const releaseStopTimeout = 20 * time.Second
 // destroy stops the stage's current group (its steps canceled, their logs
 // archived, their ends recorded) and tears the stage down on its VM's
 // agent, bounded: the instance is terminated next whatever happens.
-func (h *Cleanup) destroy(ctx context.Context, st *lease.Stage) {
+func (h *Cleanup) destroy(ctx context.Context, st *record.Stage) {
 	c, err := h.agentOf(ctx, st)
 	if err != nil {
 		return

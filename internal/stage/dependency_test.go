@@ -21,6 +21,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/secret"
 	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // A dependency that is down or does not answer is a 503 that names it,
@@ -62,7 +63,7 @@ func TestADependencyThatDoesNotAnswerIsA503NamingIt(t *testing.T) {
 	}
 	api := func(db *dynamodb.Client, kmsEndpoint string) *stage.API {
 		return &stage.API{Deps: &stage.Deps{
-			Books: &lease.Store{DB: db, Table: "t"}, Pools: []pool.Pool{testPool("p", 0, 1)},
+			Stages: &record.Store{DB: db, Table: "t"}, VMs: &lease.Store{DB: db, Table: "t"}, Pools: []pool.Pool{testPool("p", 0, 1)},
 			Sealer: &secret.Sealer{KMS: kms.NewFromConfig(cfg, func(o *kms.Options) { o.BaseEndpoint = aws.String(kmsEndpoint) }), KeyID: "alias/k"},
 		}}
 	}

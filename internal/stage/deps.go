@@ -21,25 +21,31 @@ import (
 	"github.com/slipway-ci/slipway/internal/metrics"
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/secret"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
-// Books is the lease store as the stage logic uses it; *lease.Store
-// satisfies it.
-type Books interface {
-	CreateStage(ctx context.Context, ns lease.NewStage) (*lease.Stage, error)
-	GetStage(ctx context.Context, id string) (*lease.Stage, error)
-	ListStages(ctx context.Context, since time.Time, f lease.StageFilter, limit int) ([]lease.StageRef, error)
-	StageRecords(ctx context.Context, id string) (*lease.Records, error)
-	AddGroup(ctx context.Context, stageID string, read *lease.Records, g lease.NewGroup) (*lease.Group, *lease.Records, error)
-	GetGroup(ctx context.Context, stageID string, index int) (*lease.Group, error)
-	FinishGroup(ctx context.Context, st *lease.Stage, index int, end lease.GroupEnd) (*lease.Stage, error)
-	EndStage(ctx context.Context, id, result, reason string) (*lease.Stage, error)
+// Stages is the stage records as the stage logic uses them;
+// *record.Store satisfies it.
+type Stages interface {
+	CreateStage(ctx context.Context, ns record.NewStage) (*record.Stage, error)
+	GetStage(ctx context.Context, id string) (*record.Stage, error)
+	ListStages(ctx context.Context, since time.Time, f record.StageFilter, limit int) ([]record.StageRef, error)
+	StageRecords(ctx context.Context, id string) (*record.Records, error)
+	AddGroup(ctx context.Context, stageID string, read *record.Records, g record.NewGroup) (*record.Group, *record.Records, error)
+	GetGroup(ctx context.Context, stageID string, index int) (*record.Group, error)
+	FinishGroup(ctx context.Context, st *record.Stage, index int, end record.GroupEnd) (*record.Stage, error)
+	EndStage(ctx context.Context, id, result, reason string) (*record.Stage, error)
 	SetLaunched(ctx context.Context, id, launchID string) error
-	MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*lease.Stage, error)
-	LeaseForStage(ctx context.Context, st *lease.Stage, leaseDeadline time.Time) (vm *lease.VM, fresh bool, err error)
+	MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*record.Stage, error)
+	LeaseForStage(ctx context.Context, st *record.Stage, leaseDeadline time.Time) (vm *lease.VM, fresh bool, err error)
 	DropStageVM(ctx context.Context, stageID, launchID string) (*lease.VM, error)
 	ReleaseStage(ctx context.Context, stageID, result, reason string) (*lease.VM, error)
-	ForgetSecrets(ctx context.Context, stageID string, groups []lease.Group) error
+	DeleteSecrets(ctx context.Context, stageID string, groups []record.Group) error
+}
+
+// VMs is the VM items as the stage logic reads them; *lease.Store
+// satisfies it.
+type VMs interface {
 	Get(ctx context.Context, pool, launchID string) (*lease.VM, error)
 	Depth(ctx context.Context, pool string) (lease.Depth, error)
 }
@@ -52,8 +58,8 @@ type Keeper interface {
 	// ProbeBooting asks a booting VM's agent for its health and moves it to
 	// idle when it answers.
 	ProbeBooting(ctx context.Context, pool, launchID string) (idle bool, err error)
-	// Dispose terminates a releasing VM's instance and removes its item.
-	Dispose(ctx context.Context, vm lease.VM) error
+	// FinishRelease terminates a releasing VM's instance and removes its item.
+	FinishRelease(ctx context.Context, vm lease.VM) error
 }
 
 // Executions starts state machine executions; *sfn.Client satisfies it.
@@ -154,7 +160,8 @@ func (s Settings) withDefaults() Settings {
 
 // Deps is what the handlers and the API share: a deployment's parts.
 type Deps struct {
-	Books  Books
+	Stages Stages
+	VMs    VMs
 	Keeper Keeper
 	Pools  []pool.Pool
 	Sealer *secret.Sealer

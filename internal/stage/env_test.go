@@ -27,6 +27,7 @@ import (
 	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/internal/apigw"
 	"github.com/slipway-ci/slipway/internal/awstest"
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/logarchive"
@@ -35,6 +36,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/secret"
 	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 	"github.com/slipway-ci/slipway/internal/warm"
 )
 
@@ -123,6 +125,7 @@ type env struct {
 	deps    *stage.Deps
 	api     *stage.API
 	store   *lease.Store
+	stages  *record.Store
 	keeper  *warm.Keeper
 	execs   *executions
 	invoker *invoker
@@ -157,11 +160,12 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 	kms := awstest.KMS(t)
 	table := awstest.TableName(t)
 	ctx := agenttest.Context(t)
-	if err := lease.CreateTable(ctx, db, table); err != nil {
+	if err := ddb.CreateTable(ctx, db, table); err != nil {
 		t.Fatal(err)
 	}
 	awstest.DropAtCleanup(t, db, table)
 	store := &lease.Store{DB: db, Table: table}
+	stages := &record.Store{DB: db, Table: table}
 	key, err := pki.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -182,9 +186,9 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 		Prober: &warm.AgentProber{RootCAs: roots, Certificate: identity.Certificate}, Metrics: emitter,
 	}
 	secretsKey := awstest.SymmetricKey(t, kms)
-	e := &env{db: db, store: store, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out, caller: callerA}
+	e := &env{db: db, store: store, stages: stages, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out, caller: callerA}
 	e.deps = &stage.Deps{
-		Books: store, Keeper: keeper, Pools: pools,
+		Stages: stages, VMs: store, Keeper: keeper, Pools: pools,
 		Sealer: &secret.Sealer{KMS: kms, KeyID: secretsKey}, Opener: &secret.Opener{KMS: kms},
 		Agents:     &stage.Agents{Roots: roots, Certificate: identity.Certificate},
 		Executions: e.execs, StateMachineARN: "arn:aws:states:us-east-1:000000000000:stateMachine:s",
@@ -209,7 +213,7 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 
 // expire deletes a stage's records, as DynamoDB's TTL does once they are
 // past their retention (the stage's listing in its hour stays).
-func (e *env) expire(t *testing.T, rec *lease.Records) {
+func (e *env) expire(t *testing.T, rec *record.Records) {
 	t.Helper()
 	out, err := e.db.Query(t.Context(), &dynamodb.QueryInput{
 		TableName:                 aws.String(e.store.Table),

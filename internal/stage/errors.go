@@ -5,8 +5,8 @@ import (
 
 	"github.com/aws/smithy-go"
 
-	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/secret"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // The errors the handlers return. aws-lambda-go reports a returned error's Go
@@ -42,13 +42,13 @@ func boundary(err error) error {
 	}
 	var fault *FaultError
 	var transient *TransientError
-	var tooLarge *lease.RecordTooLargeError
+	var tooLarge *record.RecordTooLargeError
 	switch {
 	case errors.As(err, &fault):
 		return &FaultError{Err: err}
 	case errors.As(err, &transient):
 		return &TransientError{Err: err}
-	case errors.Is(err, secret.ErrOpen), errors.Is(err, lease.ErrStageNotFound), errors.As(err, &tooLarge):
+	case errors.Is(err, secret.ErrOpen), errors.Is(err, record.ErrStageNotFound), errors.As(err, &tooLarge):
 		return &FaultError{Err: err}
 	}
 	var apiErr smithy.APIError

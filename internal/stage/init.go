@@ -10,6 +10,7 @@ import (
 	"github.com/slipway-ci/slipway/agent/client"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/metrics"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // Input is what the state machine hands each Task: the stage id, and after a
@@ -69,7 +70,7 @@ func (h *Init) handle(ctx context.Context, in Input) (Output, error) {
 	out := Output{StageID: in.StageID, Status: StatusDone}
 	set := h.settings()
 	for range set.MaxBadVMs + 1 {
-		st, err := h.Books.GetStage(ctx, in.StageID)
+		st, err := h.Stages.GetStage(ctx, in.StageID)
 		if err != nil {
 			return Output{}, err
 		}
@@ -84,7 +85,7 @@ func (h *Init) handle(ctx context.Context, in Input) (Output, error) {
 		if now.After(st.Deadline) {
 			return out, h.end(ctx, st.ID, TimedOut, "the stage's deadline passed before it got a VM")
 		}
-		vm, fresh, err := h.Books.LeaseForStage(ctx, st, st.Deadline.Add(set.LeaseMargin))
+		vm, fresh, err := h.Stages.LeaseForStage(ctx, st, st.Deadline.Add(set.LeaseMargin))
 		if errors.Is(err, lease.ErrNoIdle) {
 			return h.noIdle(ctx, st, spec, now)
 		}
@@ -112,7 +113,7 @@ func (h *Init) handle(ctx context.Context, in Input) (Output, error) {
 
 // noIdle handles a pool without an idle VM: launch one for the stage if it
 // has none yet and the pool's max allows, probe it while it boots, and wait.
-func (h *Init) noIdle(ctx context.Context, st *lease.Stage, spec *storedStage, now time.Time) (Output, error) {
+func (h *Init) noIdle(ctx context.Context, st *record.Stage, spec *storedStage, now time.Time) (Output, error) {
 	if now.Sub(st.CreatedAt) > spec.AcquireTimeout {
 		return Output{StageID: st.ID, Status: StatusDone}, h.end(ctx, st.ID, TimedOut,
 			fmt.Sprintf("no VM of pool %s within the acquire timeout (%s)", st.Pool, spec.AcquireTimeout))
@@ -125,7 +126,7 @@ func (h *Init) noIdle(ctx context.Context, st *lease.Stage, spec *storedStage, n
 		case err != nil:
 			h.log().Warn("launch on demand", "stage", st.ID, "pool", st.Pool, "err", err)
 		default:
-			if err := h.Books.SetLaunched(ctx, st.ID, launchID); err != nil && !errors.Is(err, lease.ErrExists) {
+			if err := h.Stages.SetLaunched(ctx, st.ID, launchID); err != nil && !errors.Is(err, lease.ErrExists) {
 				return Output{}, err
 			}
 		}
@@ -141,7 +142,7 @@ func (h *Init) noIdle(ctx context.Context, st *lease.Stage, spec *storedStage, n
 
 // bind binds the agent of the leased VM to the stage; false means the agent
 // did not answer and the VM was given up.
-func (h *Init) bind(ctx context.Context, st *lease.Stage, spec *storedStage, vm *lease.VM) (bool, error) {
+func (h *Init) bind(ctx context.Context, st *record.Stage, spec *storedStage, vm *lease.VM) (bool, error) {
 	if st.VM == vm.LaunchID && !st.BoundAt.IsZero() {
 		return true, nil // a retried init
 	}
@@ -162,20 +163,20 @@ func (h *Init) bind(ctx context.Context, st *lease.Stage, spec *storedStage, vm 
 	}
 	if err != nil {
 		h.log().Warn("the leased vm's agent does not answer: giving it up", "stage", st.ID, "launch_id", vm.LaunchID, "err", err)
-		dropped, derr := h.Books.DropStageVM(ctx, st.ID, vm.LaunchID)
+		dropped, derr := h.Stages.DropStageVM(ctx, st.ID, vm.LaunchID)
 		if derr != nil {
 			return false, derr
 		}
 		h.Agents.Forget(vm.LaunchID)
-		return false, h.Keeper.Dispose(ctx, *dropped)
+		return false, h.Keeper.FinishRelease(ctx, *dropped)
 	}
-	_, err = h.Books.MarkBound(ctx, st.ID, vm, health.BootID)
+	_, err = h.Stages.MarkBound(ctx, st.ID, vm, health.BootID)
 	return err == nil, err
 }
 
 // countLease emits a lease's metrics, once, by whoever leased the VM: how
 // long the stage waited for it, and whether it was warm.
-func (d *Deps) countLease(st *lease.Stage, vm *lease.VM) {
+func (d *Deps) countLease(st *record.Stage, vm *lease.VM) {
 	warm := vm.LaunchID != st.Launched
 	d.emit(st.Pool,
 		metrics.Metric{Name: metrics.LeaseWaitMs, Unit: metrics.Milliseconds, Value: float64(d.now().Sub(st.CreatedAt).Milliseconds())},
@@ -191,8 +192,8 @@ func agentStage(id string, spec *storedStage, secrets map[string]string) *agenta
 }
 
 func (h *Init) end(ctx context.Context, id, result, reason string) error {
-	_, err := h.Books.EndStage(ctx, id, result, reason)
-	if errors.Is(err, lease.ErrStageEnded) || errors.Is(err, lease.ErrReleased) {
+	_, err := h.Stages.EndStage(ctx, id, result, reason)
+	if errors.Is(err, record.ErrStageEnded) || errors.Is(err, lease.ErrReleased) {
 		return nil
 	}
 	return err

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // StageSummary is a stage as GET /v1/stages lists it.
@@ -64,11 +64,11 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	filter := lease.StageFilter{Pool: values.Get("pool"), Owner: principal}
+	filter := record.StageFilter{Pool: values.Get("pool"), Owner: principal}
 	if a.operator(principal) {
 		filter.Owner = ""
 	}
-	refs, err := a.Books.ListStages(ctx, a.now().Add(-since), filter, limit)
+	refs, err := a.Stages.ListStages(ctx, a.now().Add(-since), filter, limit)
 	if err != nil {
 		return err
 	}
@@ -80,8 +80,8 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) error {
 		wg.Go(func() {
 			slots <- struct{}{}
 			defer func() { <-slots }()
-			st, err := a.Books.GetStage(ctx, ref.ID)
-			if errors.Is(err, lease.ErrStageNotFound) {
+			st, err := a.Stages.GetStage(ctx, ref.ID)
+			if errors.Is(err, record.ErrStageNotFound) {
 				// Its records expired before its index entry.
 				out.Stages[i] = StageSummary{ID: ref.ID, Pool: ref.Pool, Phase: PhaseReleased, CreatedAt: ref.CreatedAt}
 				return

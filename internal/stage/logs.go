@@ -9,8 +9,8 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/client"
-	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/logarchive"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // archiveLog copies an ended step's whole log from its agent into the
@@ -49,7 +49,7 @@ func (a *API) archivedLog(ctx context.Context, stageID, stepID string, offset, l
 
 // liveLog answers a log read from the stage's agent; ok is false when the
 // agent does not hold the step's log (it never started, or the VM is gone).
-func (a *API) liveLog(ctx context.Context, st *lease.Stage, stepID string, offset, limit int64) (LogChunk, bool, error) {
+func (a *API) liveLog(ctx context.Context, st *record.Stage, stepID string, offset, limit int64) (LogChunk, bool, error) {
 	c, err := a.agentOf(ctx, st)
 	if err != nil {
 		return LogChunk{}, false, err

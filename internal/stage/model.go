@@ -2,7 +2,7 @@
 // (a VM and groups of steps), the delegate API that creates and watches
 // stages, and the three handlers the state machine sequences for each stage:
 // Init leases a VM and binds its agent, RunGroup runs the groups on it,
-// Cleanup releases it. It stands on the lease store (the books), the warm
+// Cleanup releases it. It stands on the stage records (stage/record) and the VMs' (lease), the warm
 // pools' keeper (launching and ending VMs), the agent client (the wire) and
 // the secret sealer; functions/* and `slipway local` are thin faces over it.
 package stage

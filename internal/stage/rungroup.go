@@ -14,6 +14,7 @@ import (
 	"github.com/slipway-ci/slipway/internal/clock"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/metrics"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // RunGroup runs a stage's groups on its VM, one after another, each group's
@@ -62,7 +63,7 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 	}
 	done := Output{StageID: in.StageID, Status: StatusDone}
 	for {
-		st, err := h.Books.GetStage(ctx, in.StageID)
+		st, err := h.Stages.GetStage(ctx, in.StageID)
 		if err != nil {
 			return Output{}, err
 		}
@@ -132,7 +133,7 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 
 // runGroup runs the stage's current group until its steps end or until.
 // ended says the group's end was recorded (or someone else's was).
-func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedStage, until, latest time.Time) (ended bool, delay int, err error) {
+func (h *RunGroup) runGroup(ctx context.Context, st *record.Stage, spec *storedStage, until, latest time.Time) (ended bool, delay int, err error) {
 	g, gspec, err := h.currentGroup(ctx, st)
 	if err != nil {
 		return false, 0, err
@@ -168,7 +169,7 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 	if !allEnded {
 		return false, h.delay(h.now().Sub(started), st.Deadline), nil
 	}
-	end := lease.GroupEnd{State: Succeeded, StartedAt: started, EndedAt: endedAt}
+	end := record.GroupEnd{State: Succeeded, StartedAt: started, EndedAt: endedAt}
 	var firstFailed *StepStatus
 	for i := range statuses {
 		end.Steps = append(end.Steps, statuses[i].record(resultLimit(len(statuses))))
@@ -190,7 +191,7 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 			end.Result, end.Reason = resultOf(earlier), describeFailure(earlier)
 		}
 	}
-	if _, err := h.Books.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, lease.ErrGroupMoved) {
+	if _, err := h.Stages.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, record.ErrGroupMoved) {
 		return false, 0, err
 	}
 	if !started.Before(picked) {
@@ -203,8 +204,8 @@ func (h *RunGroup) runGroup(ctx context.Context, st *lease.Stage, spec *storedSt
 }
 
 // currentGroup reads the stage's current group and its steps.
-func (d *Deps) currentGroup(ctx context.Context, st *lease.Stage) (*lease.Group, *Group, error) {
-	g, err := d.Books.GetGroup(ctx, st.ID, st.Cursor)
+func (d *Deps) currentGroup(ctx context.Context, st *record.Stage) (*record.Group, *Group, error) {
+	g, err := d.Stages.GetGroup(ctx, st.ID, st.Cursor)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -216,7 +217,7 @@ func (d *Deps) currentGroup(ctx context.Context, st *lease.Stage) (*lease.Group,
 }
 
 // agentOf is the client of the stage's VM's agent while the stage holds it.
-func (d *Deps) agentOf(ctx context.Context, st *lease.Stage) (*client.Client, error) {
+func (d *Deps) agentOf(ctx context.Context, st *record.Stage) (*client.Client, error) {
 	if st.VM == "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
 		return nil, errors.New("no bound VM")
 	}
@@ -225,7 +226,7 @@ func (d *Deps) agentOf(ctx context.Context, st *lease.Stage) (*client.Client, er
 	if st.VMAddress != "" {
 		return d.Agents.Client(&lease.VM{LaunchID: st.VM, Address: st.VMAddress})
 	}
-	vm, err := d.Books.Get(ctx, st.Pool, st.VM)
+	vm, err := d.VMs.Get(ctx, st.Pool, st.VM)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +239,7 @@ func (d *Deps) agentOf(ctx context.Context, st *lease.Stage) (*client.Client, er
 // restarted, or refused it, ends with state error. An agent that stops
 // answering keeps follow on past until, to the grace's end if latest allows:
 // a short recheck must not leave the question open forever.
-func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *lease.Stage, group int, step Step, spec *agentapi.Step, until, latest time.Time) (StepStatus, bool) {
+func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *record.Stage, group int, step Step, spec *agentapi.Step, until, latest time.Time) (StepStatus, bool) {
 	id := step.ID
 	ctx, cancel := context.WithDeadline(ctx, latest)
 	defer cancel()
@@ -327,7 +328,7 @@ func forGroup(c *client.Client, steps int) *client.Client {
 // down: its steps are canceled on the agent, their logs archived and what
 // they ended with recorded. Best effort: the release destroys the stage on
 // the agent anyway.
-func (d *Deps) stopGroup(ctx context.Context, st *lease.Stage) {
+func (d *Deps) stopGroup(ctx context.Context, st *record.Stage) {
 	if st.Cursor >= st.Groups {
 		return
 	}
@@ -374,25 +375,25 @@ func (d *Deps) stopGroup(ctx context.Context, st *lease.Stage) {
 		return
 	}
 	started, ended, _ := span(statuses, d.now())
-	end := lease.GroupEnd{State: Canceled, StartedAt: started, EndedAt: ended}
+	end := record.GroupEnd{State: Canceled, StartedAt: started, EndedAt: ended}
 	for _, s := range statuses {
 		end.Steps = append(end.Steps, s.record(resultLimit(len(statuses))))
 	}
-	if _, err := d.Books.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, lease.ErrGroupMoved) {
+	if _, err := d.Stages.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, record.ErrGroupMoved) {
 		d.log().Warn("stop group: record", "stage", st.ID, "err", err)
 	}
 }
 
 // awaitGroup waits until the delegate adds a group, the stage ends, or
 // until; it polls the stage's record, quickly at first.
-func (h *RunGroup) awaitGroup(ctx context.Context, st *lease.Stage, until time.Time) (bool, error) {
+func (h *RunGroup) awaitGroup(ctx context.Context, st *record.Stage, until time.Time) (bool, error) {
 	pause := 20 * time.Millisecond
 	for h.now().Before(until) {
 		if err := clock.Sleep(ctx, min(pause, time.Until(until))); err != nil {
 			return false, err
 		}
 		pause = min(pause*3/2, time.Second)
-		cur, err := h.Books.GetStage(ctx, st.ID)
+		cur, err := h.Stages.GetStage(ctx, st.ID)
 		if err != nil {
 			return false, err
 		}
@@ -406,7 +407,7 @@ func (h *RunGroup) awaitGroup(ctx context.Context, st *lease.Stage, until time.T
 // earlierFailure is the first step that did not succeed of the stage's ended
 // groups, nil when all did.
 func (h *RunGroup) earlierFailure(ctx context.Context, id string) (*StepStatus, error) {
-	r, err := h.Books.StageRecords(ctx, id)
+	r, err := h.Stages.StageRecords(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -445,8 +446,8 @@ func (h *RunGroup) delay(elapsed time.Duration, deadline time.Time) int {
 }
 
 func (h *RunGroup) end(ctx context.Context, id, result, reason string) error {
-	_, err := h.Books.EndStage(ctx, id, result, reason)
-	if errors.Is(err, lease.ErrStageEnded) || errors.Is(err, lease.ErrReleased) {
+	_, err := h.Stages.EndStage(ctx, id, result, reason)
+	if errors.Is(err, record.ErrStageEnded) || errors.Is(err, lease.ErrReleased) {
 		return nil
 	}
 	return err

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
-	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // Stage results.
@@ -169,7 +169,7 @@ func fromAgent(id string, group int, st *agentapi.StepStatus) StepStatus {
 // record encodes a step's end for its record in at most limit bytes:
 // failed tests' details, then outputs, that would make it larger are
 // dropped, and the record says so.
-func (s StepStatus) record(limit int) lease.StepRecord {
+func (s StepStatus) record(limit int) record.StepRecord {
 	r := stepResult{ExitCode: s.ExitCode, OOMKilled: s.OOMKilled, Outputs: s.Outputs, Error: s.Error, LogBytes: s.LogBytes, LogError: s.LogError}
 	if s.Tests != nil {
 		tests := *s.Tests
@@ -199,7 +199,7 @@ func (s StepStatus) record(limit int) lease.StepRecord {
 		r.Error = agentapi.Truncate(r.Error, 4<<10) + fmt.Sprintf(" (outputs dropped: over %d KiB)", limit>>10)
 		data, _ = json.Marshal(r)
 	}
-	return lease.StepRecord{ID: s.ID, State: s.State, Result: data}
+	return record.StepRecord{ID: s.ID, State: s.State, Result: data}
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -210,7 +210,7 @@ func timePtr(t time.Time) *time.Time {
 }
 
 // phase tells where the stage is.
-func phase(st *lease.Stage) string {
+func phase(st *record.Stage) string {
 	switch {
 	case !st.ReleasedAt.IsZero():
 		return PhaseReleased
@@ -224,7 +224,7 @@ func phase(st *lease.Stage) string {
 }
 
 // statusOf builds the stage's status from its records.
-func statusOf(r *lease.Records) (*Status, error) {
+func statusOf(r *record.Records) (*Status, error) {
 	st := r.Stage
 	s := &Status{
 		ID: st.ID, Pool: st.Pool, Phase: phase(st), Result: st.Result, Reason: st.Reason, Closed: st.Final,
@@ -270,7 +270,7 @@ func statusOf(r *lease.Records) (*Status, error) {
 }
 
 // stepStatus is a step's recorded result, or what its group's state implies.
-func stepStatus(r *lease.Records, id string, group int, groupState string) (StepStatus, error) {
+func stepStatus(r *record.Records, id string, group int, groupState string) (StepStatus, error) {
 	rec, ok := r.Steps[id]
 	if !ok {
 		state := groupState

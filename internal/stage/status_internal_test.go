@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
-	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // A group's end is one transaction: its steps' results, each trimmed to its
@@ -27,9 +27,9 @@ func TestGroupResultsFitOneTransaction(t *testing.T) {
 		ID: "s", State: Failed, ExitCode: &exit, Outputs: outputs, Error: strings.Repeat("e", 10<<10),
 		Tests: &agentapi.TestReport{Files: 3, Tests: 900, Failed: 50, Failures: failures},
 	}
-	for _, steps := range []int{1, 10, 25, lease.MaxStepsPerGroup} {
+	for _, steps := range []int{1, 10, 25, record.MaxStepsPerGroup} {
 		limit := resultLimit(steps)
-		if limit*steps > lease.MaxTransactBytes-(512<<10) || limit > lease.MaxItemBytes/2 {
+		if limit*steps > record.MaxTransactBytes-(512<<10) || limit > record.MaxItemBytes/2 {
 			t.Fatalf("%d steps get %d bytes each: over a transaction's or an item's limit", steps, limit)
 		}
 		rec := heavy.record(limit)
@@ -50,7 +50,7 @@ func TestGroupResultsFitOneTransaction(t *testing.T) {
 	// A small result is kept whole.
 	light := StepStatus{ID: "s", State: Succeeded, Outputs: map[string]string{"A": "1"}}
 	var kept stepResult
-	if err := json.Unmarshal(light.record(resultLimit(lease.MaxStepsPerGroup)).Result, &kept); err != nil || kept.Outputs["A"] != "1" {
+	if err := json.Unmarshal(light.record(resultLimit(record.MaxStepsPerGroup)).Result, &kept); err != nil || kept.Outputs["A"] != "1" {
 		t.Errorf("a small result: %+v %v", kept, err)
 	}
 }

@@ -6,8 +6,8 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/internal/apigw"
-	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // Tenants: every stage belongs to the principal that created it, as API
@@ -56,7 +56,7 @@ func (a *API) operator(principal string) bool {
 
 // mayAct reports whether principal may see and act on st: its owner or an
 // operator. A stage recorded before stages had owners is anyone's.
-func (a *API) mayAct(principal string, st *lease.Stage) bool {
+func (a *API) mayAct(principal string, st *record.Stage) bool {
 	return st.Owner == "" || st.Owner == principal || a.operator(principal)
 }
 
@@ -83,7 +83,7 @@ func (a *API) owned(params []string, handle func(http.ResponseWriter, *http.Requ
 		} else if err := agentapi.ValidateID("stage", id); err != nil {
 			return invalid(err)
 		}
-		st, err := a.Books.GetStage(r.Context(), id)
+		st, err := a.Stages.GetStage(r.Context(), id)
 		if err != nil {
 			return err
 		}

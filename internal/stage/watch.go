@@ -13,7 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	sfntypes "github.com/aws/aws-sdk-go-v2/service/sfn/types"
 
-	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // Watchdog finds the stages that are not progressing and has them
@@ -43,7 +43,7 @@ func (w *Watchdog) Check(ctx context.Context) (Watched, error) {
 	var out Watched
 	set := w.settings()
 	now := w.now()
-	refs, err := w.Books.ListStages(ctx, now.Add(-set.MaxStageTimeout-set.LeaseMargin-time.Hour), lease.StageFilter{}, watchLimit)
+	refs, err := w.Stages.ListStages(ctx, now.Add(-set.MaxStageTimeout-set.LeaseMargin-time.Hour), record.StageFilter{}, watchLimit)
 	if err != nil {
 		return out, err
 	}
@@ -86,8 +86,8 @@ var errNotWatched = errors.New("not watched")
 // check reads one stage and, if it is stuck, hands it to the release; it
 // says why it was stuck.
 func (w *Watchdog) check(ctx context.Context, id string, now time.Time) (string, error) {
-	st, err := w.Books.GetStage(ctx, id)
-	if errors.Is(err, lease.ErrStageNotFound) {
+	st, err := w.Stages.GetStage(ctx, id)
+	if errors.Is(err, record.ErrStageNotFound) {
 		return "", errNotWatched
 	}
 	if err != nil {
@@ -105,7 +105,7 @@ func (w *Watchdog) check(ctx context.Context, id string, now time.Time) (string,
 }
 
 // stuck says why st is not progressing, "" when it is.
-func (w *Watchdog) stuck(ctx context.Context, st *lease.Stage, now time.Time) (string, error) {
+func (w *Watchdog) stuck(ctx context.Context, st *record.Stage, now time.Time) (string, error) {
 	grace := w.settings().WatchGrace
 	if st.Result != "" {
 		if now.Sub(st.EndedAt) < grace {

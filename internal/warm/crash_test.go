@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/warm"
@@ -38,7 +39,7 @@ func (c *crasher) call() error {
 }
 
 type crashDB struct {
-	lease.DB
+	ddb.DB
 	c *crasher
 }
 

@@ -175,9 +175,9 @@ func ignoreMoved(err error) error {
 	return err
 }
 
-// terminateAndRemove ends a releasing VM: its instance first, so that the
+// finishRelease ends a releasing VM: its instance first, so that the
 // capacity it frees is real, then the item.
-func (k *Keeper) terminateAndRemove(ctx context.Context, vm lease.VM) error {
+func (k *Keeper) finishRelease(ctx context.Context, vm lease.VM) error {
 	if vm.InstanceID != "" {
 		if err := k.Fleet.Terminate(ctx, vm.InstanceID); err != nil {
 			return fmt.Errorf("terminate vm %s: %w", vm.LaunchID, err)

@@ -51,7 +51,7 @@ func TestWarmPoolOfRealAgents(t *testing.T) {
 		t.Fatalf("step on the leased vm: %+v %v", st, err)
 	}
 	// Release, terminate, remove: the agent process is gone, capacity back.
-	if _, err := e.store.ReleaseStage(ctx, "stage-1", "passed", ""); err != nil {
+	if _, err := e.stages().ReleaseStage(ctx, "stage-1", "passed", ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := local.Terminate(ctx, vm.InstanceID); err != nil {

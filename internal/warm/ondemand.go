@@ -49,11 +49,11 @@ func (k *Keeper) ProbeBooting(ctx context.Context, poolName, launchID string) (b
 	return idle, err
 }
 
-// Dispose ends a releasing VM: its instance is terminated, then its item is
+// FinishRelease ends a releasing VM: its instance is terminated, then its item is
 // removed and its capacity returned. A VM another caller finished already
 // is no error.
-func (k *Keeper) Dispose(ctx context.Context, vm lease.VM) error {
-	return ignoreMoved(k.terminateAndRemove(ctx, vm))
+func (k *Keeper) FinishRelease(ctx context.Context, vm lease.VM) error {
+	return ignoreMoved(k.finishRelease(ctx, vm))
 }
 
 func (k *Keeper) lookup(name string) (*pool.Pool, error) {

@@ -55,7 +55,7 @@ func (k *Keeper) reapPool(ctx context.Context, p *pool.Pool) (ReapReport, error)
 		if err != nil {
 			return ignoreMoved(err)
 		}
-		if err := ignoreMoved(k.terminateAndRemove(ctx, *end)); err != nil {
+		if err := ignoreMoved(k.finishRelease(ctx, *end)); err != nil {
 			return err
 		}
 		if vm.State == lease.Releasing {

@@ -107,7 +107,7 @@ func (k *Keeper) probe(ctx context.Context, p *pool.Pool, vm lease.VM) (idle, fa
 		return false, false, ignoreMoved(err)
 	}
 	k.log().Warn("boot failed", "pool", p.Name, "launch_id", vm.LaunchID, "instance_id", vm.InstanceID, "err", probeErr)
-	return false, true, ignoreMoved(k.terminateAndRemove(ctx, *retired))
+	return false, true, ignoreMoved(k.finishRelease(ctx, *retired))
 }
 
 // launch starts up to n VMs, at most Concurrency at a time, and stops at the

@@ -13,12 +13,14 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/fleet/ec2fake"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/metrics"
 	"github.com/slipway-ci/slipway/internal/pki"
 	"github.com/slipway-ci/slipway/internal/pool"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 	"github.com/slipway-ci/slipway/internal/warm"
 )
 
@@ -70,15 +72,20 @@ type env struct {
 	metrics *bytes.Buffer
 }
 
+// stages is the stage records of the env's table.
+func (e *env) stages() *record.Store {
+	return &record.Store{DB: e.store.DB, Table: e.store.Table, Now: e.store.Now}
+}
+
 // leaseStage creates a stage of pool and leases it a VM until deadline, as
 // init does.
 func (e *env) leaseStage(t testing.TB, pool, id string, deadline time.Time) (*lease.VM, error) {
 	t.Helper()
-	st, err := e.store.CreateStage(t.Context(), lease.NewStage{ID: id, Pool: pool, SpecHash: "h", Deadline: deadline})
+	st, err := e.stages().CreateStage(t.Context(), record.NewStage{ID: id, Pool: pool, SpecHash: "h", Deadline: deadline})
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm, _, err := e.store.LeaseForStage(t.Context(), st, deadline)
+	vm, _, err := e.stages().LeaseForStage(t.Context(), st, deadline)
 	return vm, err
 }
 
@@ -97,7 +104,7 @@ func newEnv(t testing.TB, pools ...pool.Pool) *env {
 	db := awstest.Client(t)
 	table := awstest.TableName(t)
 	ctx := context.Background()
-	if err := lease.CreateTable(ctx, db, table); err != nil {
+	if err := ddb.CreateTable(ctx, db, table); err != nil {
 		t.Fatal(err)
 	}
 	awstest.DropAtCleanup(t, db, table)
@@ -302,7 +309,7 @@ func TestConcurrentRefillsHoldTheMax(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := e.store.ReleaseStage(ctx, vm.Stage, "passed", ""); err != nil {
+			if _, err := e.stages().ReleaseStage(ctx, vm.Stage, "passed", ""); err != nil {
 				t.Fatal(err)
 			}
 			if err := e.keeper.Fleet.Terminate(ctx, vm.InstanceID); err != nil {

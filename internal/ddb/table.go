@@ -1,4 +1,4 @@
-package lease
+package ddb
 
 import (
 	"context"
@@ -9,9 +9,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
-
-// TTLAttribute is the table's time-to-live attribute.
-const TTLAttribute = attrExpiresAt
 
 // TableAPI is what CreateTable needs; *dynamodb.Client satisfies it.
 type TableAPI interface {
@@ -32,12 +29,12 @@ func TableInput(name string) *dynamodb.CreateTableInput {
 	return &dynamodb.CreateTableInput{
 		TableName:            aws.String(name),
 		BillingMode:          types.BillingModePayPerRequest,
-		AttributeDefinitions: []types.AttributeDefinition{s(attrPK), s(attrSK), s(attrIdlePK), s(attrLaunchID)},
-		KeySchema:            []types.KeySchemaElement{key(attrPK, types.KeyTypeHash), key(attrSK, types.KeyTypeRange)},
+		AttributeDefinitions: []types.AttributeDefinition{s(AttrPK), s(AttrSK), s(AttrIdlePK), s(AttrLaunchID)},
+		KeySchema:            []types.KeySchemaElement{key(AttrPK, types.KeyTypeHash), key(AttrSK, types.KeyTypeRange)},
 		GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{
 			{
 				IndexName:  aws.String(IdleIndex),
-				KeySchema:  []types.KeySchemaElement{key(attrIdlePK, types.KeyTypeHash), key(attrLaunchID, types.KeyTypeRange)},
+				KeySchema:  []types.KeySchemaElement{key(AttrIdlePK, types.KeyTypeHash), key(AttrLaunchID, types.KeyTypeRange)},
 				Projection: &types.Projection{ProjectionType: types.ProjectionTypeKeysOnly},
 			},
 		},

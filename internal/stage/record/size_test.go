@@ -1,4 +1,4 @@
-package lease_test
+package record_test
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // The store counts an item's bytes as DynamoDB does: an item of exactly
@@ -29,7 +29,7 @@ func TestItemSizeIsCountedAsDynamoDBCountsIt(t *testing.T) {
 				"pk": &types.AttributeValueMemberS{Value: "SIZE#" + kind}, "sk": &types.AttributeValueMemberS{Value: fmt.Sprint(over)},
 				"n": &types.AttributeValueMemberN{Value: "1700000000123"}, "flag": &types.AttributeValueMemberBOOL{Value: true},
 			}
-			fill := lease.MaxItemBytes - lease.ItemBytes(item) + over
+			fill := record.MaxItemBytes - record.ItemBytes(item) + over
 			switch kind {
 			case "binary":
 				item["b"] = &types.AttributeValueMemberB{Value: bytes.Repeat([]byte{7}, fill-len("b"))}
@@ -43,18 +43,18 @@ func TestItemSizeIsCountedAsDynamoDBCountsIt(t *testing.T) {
 				for i, v := range []string{"0", "7", "10", "100", "12", "123", "-5", "5.5", "0.05", "-120.25", "1700000000123", "99999999999", "1000001"} {
 					item[fmt.Sprint("n", i)] = &types.AttributeValueMemberN{Value: v}
 				}
-				rest := lease.MaxItemBytes - lease.ItemBytes(item) + over
+				rest := record.MaxItemBytes - record.ItemBytes(item) + over
 				item["s"] = &types.AttributeValueMemberS{Value: strings.Repeat("é", (rest-1)/2) + strings.Repeat("a", (rest-1)%2)}
 			}
-			if got, want := lease.ItemBytes(item), lease.MaxItemBytes+over; got != want {
+			if got, want := record.ItemBytes(item), record.MaxItemBytes+over; got != want {
 				t.Fatalf("%s: built %d bytes, want %d", kind, got, want)
 			}
-			_, err := db.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(s.Table), Item: item})
+			_, err := db.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(s.stageRecords.Table), Item: item})
 			if over == 0 && err != nil {
-				t.Errorf("%s: an item of %d bytes by our count was refused: %v", kind, lease.MaxItemBytes, err)
+				t.Errorf("%s: an item of %d bytes by our count was refused: %v", kind, record.MaxItemBytes, err)
 			}
 			if over == 1 && err == nil {
-				t.Errorf("%s: an item of %d bytes by our count was taken: we count less than DynamoDB", kind, lease.MaxItemBytes+1)
+				t.Errorf("%s: an item of %d bytes by our count was taken: we count less than DynamoDB", kind, record.MaxItemBytes+1)
 			}
 		}
 	}
@@ -64,13 +64,13 @@ func TestRecordsOverTheItemLimit(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
 	deadline := time.Now().Add(time.Hour)
-	tooLarge := func(t *testing.T, err error, record string, parts ...string) {
+	tooLarge := func(t *testing.T, err error, name string, parts ...string) {
 		t.Helper()
-		var e *lease.RecordTooLargeError
+		var e *record.RecordTooLargeError
 		if !errors.As(err, &e) {
-			t.Fatalf("want a RecordTooLargeError for %s, got %v", record, err)
+			t.Fatalf("want a RecordTooLargeError for %s, got %v", name, err)
 		}
-		for _, want := range append([]string{record}, parts...) {
+		for _, want := range append([]string{name}, parts...) {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("%q does not name %q", err, want)
 			}
@@ -83,7 +83,7 @@ func TestRecordsOverTheItemLimit(t *testing.T) {
 	ns.Sealed = bytes.Repeat([]byte("k"), 150<<10)
 	_, err := s.CreateStage(ctx, ns)
 	tooLarge(t, err, "the record of stage big", "settings (env, files, steps) 256004", "secrets (sealed) 153606")
-	if _, err := s.GetStage(ctx, "big"); !errors.Is(err, lease.ErrStageNotFound) {
+	if _, err := s.GetStage(ctx, "big"); !errors.Is(err, record.ErrStageNotFound) {
 		t.Fatalf("a refused create left a record: %v", err)
 	}
 
@@ -98,7 +98,7 @@ func TestRecordsOverTheItemLimit(t *testing.T) {
 	}
 
 	// Many groups that each fit, over a transaction's 4 MiB together.
-	var groups []lease.NewGroup
+	var groups []record.NewGroup
 	for i := range 12 {
 		g := group(fmt.Sprint("g", i), false, fmt.Sprint("s", i))
 		g.Spec = bytes.Repeat([]byte("g"), 380<<10)
@@ -110,7 +110,7 @@ func TestRecordsOverTheItemLimit(t *testing.T) {
 	// The largest record that fits is written, and takes the writes that
 	// come later (a lease, an end with a long reason).
 	ns = newStage("fits", deadline)
-	ns.Spec = bytes.Repeat([]byte("s"), lease.MaxItemBytes-(16<<10)-400)
+	ns.Spec = bytes.Repeat([]byte("s"), record.MaxItemBytes-(16<<10)-400)
 	if _, err := s.CreateStage(ctx, ns); err != nil {
 		t.Fatalf("a stage record under the limit: %v", err)
 	}
@@ -124,7 +124,7 @@ func TestRecordsOverTheItemLimit(t *testing.T) {
 	// Step ids added group by group grow the stage's record: the group that
 	// would take it over is refused, naming the ids.
 	ns = newStage("grows", deadline)
-	ns.Spec = bytes.Repeat([]byte("s"), lease.MaxItemBytes-(16<<10)-6000)
+	ns.Spec = bytes.Repeat([]byte("s"), record.MaxItemBytes-(16<<10)-6000)
 	if _, err := s.CreateStage(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
@@ -152,9 +152,9 @@ func TestRecordsOverTheItemLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	end := lease.GroupEnd{State: "succeeded", StartedAt: time.Now(), EndedAt: time.Now()}
+	end := record.GroupEnd{State: "succeeded", StartedAt: time.Now(), EndedAt: time.Now()}
 	for i := range 12 {
-		end.Steps = append(end.Steps, lease.StepRecord{ID: fmt.Sprint("s", i), State: "succeeded", Result: bytes.Repeat([]byte("r"), 380<<10)})
+		end.Steps = append(end.Steps, record.StepRecord{ID: fmt.Sprint("s", i), State: "succeeded", Result: bytes.Repeat([]byte("r"), 380<<10)})
 	}
 	_, err = s.FinishGroup(ctx, st, 0, end)
 	tooLarge(t, err, "the end of group 0 of stage ends")

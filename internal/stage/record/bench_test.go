@@ -1,4 +1,4 @@
-package lease_test
+package record_test
 
 import (
 	"context"
@@ -13,7 +13,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/lease/leasetest"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // Run with -benchtime 1x: the benchmark measures itself and prints BENCH lines.
@@ -39,9 +42,9 @@ func BenchmarkLeaseAcquire(b *testing.B) {
 	for w := range benchWorkers {
 		addIdle(b, s, fmt.Sprintf("own-%d", w), benchPoolSize/benchWorkers, benchPoolSize)
 	}
-	counting := &countingDB{DB: s.DB}
-	s.DB = counting
-	stages := make([]*lease.Stage, benchWorkers) // each worker's next stage
+	counting := &countingDB{DB: s.stageRecords.DB}
+	s.stageRecords.DB = counting
+	stages := make([]*record.Stage, benchWorkers) // each worker's next stage
 
 	var mu sync.Mutex
 	holder := map[string]string{}
@@ -62,8 +65,8 @@ func BenchmarkLeaseAcquire(b *testing.B) {
 	}
 	rawLease := func(ctx context.Context, w int) error {
 		st := stages[w]
-		out, err := s.DB.Query(ctx, &dynamodb.QueryInput{
-			TableName: aws.String(s.Table), IndexName: aws.String(lease.IdleIndex),
+		out, err := s.vmItems.DB.Query(ctx, &dynamodb.QueryInput{
+			TableName: aws.String(s.vmItems.Table), IndexName: aws.String(ddb.IdleIndex),
 			KeyConditionExpression:    aws.String("idle_pk = :p"),
 			ExpressionAttributeValues: map[string]types.AttributeValue{":p": &types.AttributeValueMemberS{Value: st.Pool}},
 			Limit:                     aws.Int32(8),
@@ -81,7 +84,7 @@ func BenchmarkLeaseAcquire(b *testing.B) {
 	// newStage creates the worker's next stage in pool.
 	var made atomic.Int64
 	newStage := func(ctx context.Context, w int, pool string) error {
-		st, err := s.CreateStage(ctx, lease.NewStage{
+		st, err := s.CreateStage(ctx, record.NewStage{
 			ID: fmt.Sprintf("stage-%d", made.Add(1)), Pool: pool, SpecHash: "h", Spec: []byte(`{}`),
 			Deadline: time.Now().Add(time.Hour),
 		})
@@ -101,7 +104,7 @@ func BenchmarkLeaseAcquire(b *testing.B) {
 		if err := s.Remove(ctx, st.Pool, vm.LaunchID, lease.Releasing); err != nil {
 			return err
 		}
-		return addIdleVM(ctx, s, st.Pool, 2*benchPoolSize)
+		return leasetest.AddIdle(ctx, s.vmItems, st.Pool, 1, 2*benchPoolSize)
 	}
 	contended := cycle{
 		prepare: func(ctx context.Context, w int) error { return newStage(ctx, w, "shared") },
@@ -187,19 +190,6 @@ func run(b *testing.B, d time.Duration, c cycle) []time.Duration {
 	return all
 }
 
-// addIdleVM records one VM in pool and brings it to idle.
-func addIdleVM(ctx context.Context, s *lease.Store, pool string, max int) error {
-	id := lease.NewLaunchID()
-	if _, err := s.RecordLaunch(ctx, lease.Launch{Pool: pool, LaunchID: id, Max: max}); err != nil {
-		return err
-	}
-	if _, err := s.MarkProvisioning(ctx, pool, id, "i-"+id[3:], "127.0.0.1:1", "t3.small"); err != nil {
-		return err
-	}
-	_, err := s.MarkIdle(ctx, pool, id)
-	return err
-}
-
 type countedKey struct{}
 
 // counted marks the calls of a contended lease, which countingDB counts: to
@@ -208,7 +198,7 @@ type countedKey struct{}
 func counted(ctx context.Context) context.Context { return context.WithValue(ctx, countedKey{}, true) }
 
 type countingDB struct {
-	lease.DB
+	ddb.DB
 	calls atomic.Int64
 }
 

@@ -1,4 +1,4 @@
-package lease
+package record
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/slipway-ci/slipway/internal/ddb"
 )
 
 // The stage index: an entry per stage under pk = STAGES#<UTC hour of its
@@ -24,15 +26,15 @@ const (
 
 func indexItem(id, pool, owner string, created time.Time, expires types.AttributeValue) map[string]types.AttributeValue {
 	item := map[string]types.AttributeValue{
-		attrPK:        str(indexKeyPrefix + created.UTC().Format(indexHour)),
-		attrSK:        str(fmt.Sprintf("%013d#%s", created.UnixMilli(), id)),
-		attrStageID:   str(id),
-		attrPool:      str(pool),
-		attrCreatedAt: millis(created),
-		attrExpiresAt: expires,
+		ddb.AttrPK:       ddb.Str(indexKeyPrefix + created.UTC().Format(indexHour)),
+		ddb.AttrSK:       ddb.Str(fmt.Sprintf("%013d#%s", created.UnixMilli(), id)),
+		attrStageID:      ddb.Str(id),
+		attrPool:         ddb.Str(pool),
+		attrCreatedAt:    ddb.Millis(created),
+		ddb.TTLAttribute: expires,
 	}
 	if owner != "" {
-		item[attrOwner] = str(owner)
+		item[attrOwner] = ddb.Str(owner)
 	}
 	return item
 }
@@ -59,18 +61,18 @@ func (s *Store) ListStages(ctx context.Context, since time.Time, f StageFilter, 
 			TableName:              aws.String(s.Table),
 			KeyConditionExpression: aws.String("pk = :pk AND sk >= :since"),
 			ExpressionAttributeValues: map[string]types.AttributeValue{
-				":pk":    str(indexKeyPrefix + hour.Format(indexHour)),
-				":since": str(fmt.Sprintf("%013d", since.UnixMilli())),
+				":pk":    ddb.Str(indexKeyPrefix + hour.Format(indexHour)),
+				":since": ddb.Str(fmt.Sprintf("%013d", since.UnixMilli())),
 			},
 			ScanIndexForward: aws.Bool(false),
 		}
 		var filters []string
 		names := map[string]string{}
 		if f.Pool != "" {
-			filters, names["#pool"], in.ExpressionAttributeValues[":pool"] = append(filters, "#pool = :pool"), attrPool, str(f.Pool)
+			filters, names["#pool"], in.ExpressionAttributeValues[":pool"] = append(filters, "#pool = :pool"), attrPool, ddb.Str(f.Pool)
 		}
 		if f.Owner != "" {
-			filters, names["#owner"], in.ExpressionAttributeValues[":owner"] = append(filters, "#owner = :owner"), attrOwner, str(f.Owner)
+			filters, names["#owner"], in.ExpressionAttributeValues[":owner"] = append(filters, "#owner = :owner"), attrOwner, ddb.Str(f.Owner)
 		}
 		if len(filters) > 0 {
 			in.FilterExpression = aws.String(strings.Join(filters, " AND "))
@@ -82,11 +84,11 @@ func (s *Store) ListStages(ctx context.Context, since time.Time, f StageFilter, 
 				return nil, fmt.Errorf("list stages: %w", err)
 			}
 			for _, item := range out.Items {
-				created, err := getTime(item, attrCreatedAt)
+				created, err := ddb.GetTime(item, attrCreatedAt)
 				if err != nil {
 					return nil, err
 				}
-				refs = append(refs, StageRef{ID: getString(item, attrStageID), Pool: getString(item, attrPool), Owner: getString(item, attrOwner), CreatedAt: created})
+				refs = append(refs, StageRef{ID: ddb.GetString(item, attrStageID), Pool: ddb.GetString(item, attrPool), Owner: ddb.GetString(item, attrOwner), CreatedAt: created})
 				if len(refs) == limit {
 					return refs, nil
 				}

@@ -1,4 +1,4 @@
-package lease
+package record
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/slipway-ci/slipway/internal/ddb"
 )
 
 // An owner's count of active stages: pk = OWNER#<principal>, sk = ACTIVE.
@@ -39,7 +41,7 @@ func (e *OwnerLimitError) Error() string {
 func (e *OwnerLimitError) Unwrap() error { return ErrOwnerLimit }
 
 func ownerKey(owner string) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{attrPK: str(ownerKeyPrefix + owner), attrSK: str(ownerActiveSK)}
+	return map[string]types.AttributeValue{ddb.AttrPK: ddb.Str(ownerKeyPrefix + owner), ddb.AttrSK: ddb.Str(ownerActiveSK)}
 }
 
 // countStage is the create's update of the owner's count: one more, if
@@ -50,7 +52,7 @@ func (s *Store) countStage(owner string, most int) *types.Update {
 		UpdateExpression:          aws.String("ADD #a :one"),
 		ConditionExpression:       aws.String("attribute_not_exists(#a) OR #a < :most"),
 		ExpressionAttributeNames:  map[string]string{"#a": attrActive},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":one": num(1), ":most": num(int64(most))},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":one": ddb.Num(1), ":most": ddb.Num(int64(most))},
 	}
 }
 
@@ -62,7 +64,7 @@ func (s *Store) uncountStage(owner string) *types.Update {
 		TableName: aws.String(s.Table), Key: ownerKey(owner),
 		UpdateExpression:          aws.String("ADD #a :less"),
 		ExpressionAttributeNames:  map[string]string{"#a": attrActive},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":less": num(-1)},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":less": ddb.Num(-1)},
 	}
 }
 
@@ -73,6 +75,6 @@ func (s *Store) ActiveStages(ctx context.Context, owner string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("active stages of %s: %w", owner, err)
 	}
-	n, err := getInt(out.Item, attrActive)
+	n, err := ddb.GetInt(out.Item, attrActive)
 	return int(n), err
 }

@@ -1,11 +1,13 @@
-package lease_test
+package record_test
 
 import (
 	"errors"
 	"testing"
 	"time"
 
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // The guard refuses a write outside its partitions, a transaction with one
@@ -13,15 +15,16 @@ import (
 func TestWriteGuard(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
-	stages := &lease.Store{DB: &lease.WriteGuard{DB: s.DB, Function: "step", Partitions: []string{lease.StagePartitions}}, Table: s.Table}
+	guarded := &ddb.WriteGuard{DB: s.stageRecords.DB, Function: "rungroup", Partitions: []string{ddb.StagePartitions}}
+	stages := &books{&record.Store{DB: guarded, Table: s.stageRecords.Table}, &lease.Store{DB: guarded, Table: s.vmItems.Table}}
 	deadline := time.Now().Add(time.Hour)
 	// A create writes the index too: not the step function's.
 	_, err := stages.CreateStage(ctx, newStage("g1", deadline))
-	var refused *lease.PartitionError
-	if !errors.As(err, &refused) || refused.Function != "step" || refused.Key[:7] != "STAGES#" {
+	var refused *ddb.PartitionError
+	if !errors.As(err, &refused) || refused.Function != "rungroup" || refused.Key[:7] != "STAGES#" {
 		t.Fatalf("a create through the step function's guard: %v", err)
 	}
-	if _, err := s.GetStage(ctx, "g1"); !errors.Is(err, lease.ErrStageNotFound) {
+	if _, err := s.GetStage(ctx, "g1"); !errors.Is(err, record.ErrStageNotFound) {
 		t.Fatalf("the refused transaction wrote: %v", err)
 	}
 	if _, err := s.CreateStage(ctx, newStage("g1", deadline)); err != nil {

@@ -1,4 +1,4 @@
-package lease
+package record
 
 import (
 	"context"
@@ -14,6 +14,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/slipway-ci/slipway/internal/clock"
+
+	"github.com/slipway-ci/slipway/internal/ddb"
+	"github.com/slipway-ci/slipway/internal/lease"
 )
 
 // Group and step items. A group's steps run in parallel; the groups of a
@@ -73,22 +76,22 @@ type StepRecord struct {
 func groupSK(index int) string { return fmt.Sprintf("%s%05d", groupSKPrefix, index) }
 
 func groupKey(stageID string, index int) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{attrPK: str(stageKeyPrefix + stageID), attrSK: str(groupSK(index))}
+	return map[string]types.AttributeValue{ddb.AttrPK: ddb.Str(stageKeyPrefix + stageID), ddb.AttrSK: ddb.Str(groupSK(index))}
 }
 
 func stepKey(stageID, stepID string) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{attrPK: str(stageKeyPrefix + stageID), attrSK: str(stepSKPrefix + stepID)}
+	return map[string]types.AttributeValue{ddb.AttrPK: ddb.Str(stageKeyPrefix + stageID), ddb.AttrSK: ddb.Str(stepSKPrefix + stepID)}
 }
 
 func groupItem(stageID string, index int, g NewGroup, now time.Time, expires types.AttributeValue) map[string]types.AttributeValue {
 	item := groupKey(stageID, index)
-	item[attrStageID] = str(stageID)
-	item[attrGroupIndex] = num(int64(index))
-	item[attrSpecHash] = str(g.SpecHash)
-	item[attrAddedAt] = millis(now)
-	item[attrExpiresAt] = expires
-	setBytes(item, attrSpec, g.Spec)
-	setBytes(item, attrSealed, g.Sealed)
+	item[attrStageID] = ddb.Str(stageID)
+	item[attrGroupIndex] = ddb.Num(int64(index))
+	item[attrSpecHash] = ddb.Str(g.SpecHash)
+	item[attrAddedAt] = ddb.Millis(now)
+	item[ddb.TTLAttribute] = expires
+	ddb.SetBytes(item, attrSpec, g.Spec)
+	ddb.SetBytes(item, attrSealed, g.Sealed)
 	if g.Final {
 		item[attrFinal] = &types.AttributeValueMemberBOOL{Value: true}
 	}
@@ -97,19 +100,19 @@ func groupItem(stageID string, index int, g NewGroup, now time.Time, expires typ
 
 func decodeGroup(item map[string]types.AttributeValue) (*Group, error) {
 	g := &Group{
-		SpecHash: getString(item, attrSpecHash), Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed),
-		Final: getBool(item, attrFinal), State: getString(item, attrGroupState),
+		SpecHash: ddb.GetString(item, attrSpecHash), Spec: ddb.GetBytes(item, attrSpec), Sealed: ddb.GetBytes(item, attrSealed),
+		Final: ddb.GetBool(item, attrFinal), State: ddb.GetString(item, attrGroupState),
 	}
-	index, err := getInt(item, attrGroupIndex)
+	index, err := ddb.GetInt(item, attrGroupIndex)
 	g.Index = int(index)
 	errs := []error{err}
 	for name, dst := range map[string]*time.Time{attrAddedAt: &g.AddedAt, attrStartedAt: &g.StartedAt, attrEndedAt: &g.EndedAt} {
-		t, err := getTime(item, name)
+		t, err := ddb.GetTime(item, name)
 		errs = append(errs, err)
 		*dst = t
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("group record %s: %w", getString(item, attrSK), err)
+		return nil, fmt.Errorf("group record %s: %w", ddb.GetString(item, ddb.AttrSK), err)
 	}
 	return g, nil
 }
@@ -136,7 +139,7 @@ func (s *Store) AddGroup(ctx context.Context, stageID string, read *Records, g N
 		}
 		st := r.Stage
 		if !st.ReleasedAt.IsZero() {
-			return nil, nil, fmt.Errorf("add a group to stage %s: %w", stageID, ErrReleased)
+			return nil, nil, fmt.Errorf("add a group to stage %s: %w", stageID, lease.ErrReleased)
 		}
 		if existing, err := sameGroup(r, g); existing != nil || err != nil {
 			return existing, r, err
@@ -152,24 +155,24 @@ func (s *Store) AddGroup(ctx context.Context, stageID string, read *Records, g N
 			set:    []string{"#g = #g + :one", "#final = :final"},
 			cond:   "#g = :n AND attribute_not_exists(#rel) AND attribute_not_exists(#res) AND (attribute_not_exists(#final) OR #final = :false)",
 			names:  map[string]string{"#g": attrGroups, "#final": attrFinal, "#ids": attrStepIDs, "#rel": attrReleasedAt, "#res": attrResult},
-			values: map[string]types.AttributeValue{":n": num(int64(st.Groups)), ":final": &types.AttributeValueMemberBOOL{Value: g.Final}, ":false": &types.AttributeValueMemberBOOL{Value: false}},
+			values: map[string]types.AttributeValue{":n": ddb.Num(int64(st.Groups)), ":final": &types.AttributeValueMemberBOOL{Value: g.Final}, ":false": &types.AttributeValueMemberBOOL{Value: false}},
 		}
 		for i, id := range g.StepIDs {
 			c.cond += fmt.Sprintf(" AND NOT contains(#ids, :id%d)", i)
-			c.values[fmt.Sprintf(":id%d", i)] = str(id)
+			c.values[fmt.Sprintf(":id%d", i)] = ddb.Str(id)
 		}
 		update := s.stageUpdate(stageID, c)
 		// ADD keeps the set of the stage's step ids.
 		*update.UpdateExpression += " ADD #ids :ids"
 		update.ExpressionAttributeValues[":ids"] = &types.AttributeValueMemberSS{Value: g.StepIDs}
-		item := groupItem(stageID, st.Groups, g, now, num(st.Deadline.Add(recordRetention).Unix()))
+		item := groupItem(stageID, st.Groups, g, now, ddb.Num(st.Deadline.Add(recordRetention).Unix()))
 		if err := tooLarge(
 			checkItemSize(fmt.Sprintf("the record of group %d of stage %s", st.Groups, stageID), item, MaxItemBytes-groupReserve),
 			st.checkGrowth(g.StepIDs),
 		); err != nil {
 			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, err)
 		}
-		err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
+		err := ddb.Transact(ctx, s.DB, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
 			{Update: update},
 			{Put: &types.Put{TableName: aws.String(s.Table), Item: item, ConditionExpression: aws.String("attribute_not_exists(pk)")}},
 		}}, errStageMoved, errStageMoved)
@@ -180,13 +183,13 @@ func (s *Store) AddGroup(ctx context.Context, stageID string, read *Records, g N
 			}
 			return added, r.withGroup(added, g.StepIDs), nil
 		}
-		if !errors.Is(err, errStageMoved) && !errors.Is(err, ErrConflict) {
+		if !errors.Is(err, errStageMoved) && !errors.Is(err, ddb.ErrConflict) {
 			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, err)
 		}
 		// Another group was added meanwhile, or the stage moved on: look
 		// again. Each round one of the concurrent adds wins.
 		if attempt >= addGroupRounds {
-			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrConflict)
+			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, ddb.ErrConflict)
 		}
 		if err := clock.Sleep(ctx, time.Duration(rand.IntN(5<<min(attempt, 4))+1)*time.Millisecond); err != nil {
 			return nil, nil, err
@@ -270,7 +273,7 @@ func (s *Store) GetGroup(ctx context.Context, stageID string, index int) (*Group
 		return nil, fmt.Errorf("get group %d of stage %s: %w", index, stageID, err)
 	}
 	if out.Item == nil {
-		return nil, fmt.Errorf("group %d of stage %s: %w", index, stageID, ErrNotFound)
+		return nil, fmt.Errorf("group %d of stage %s: %w", index, stageID, lease.ErrNotFound)
 	}
 	return decodeGroup(out.Item)
 }
@@ -299,7 +302,7 @@ func (s *Store) FinishGroup(ctx context.Context, st *Stage, index int, end Group
 		set:    []string{"#cur = :next", "#ge = :ended"},
 		cond:   "#cur = :n AND attribute_not_exists(#rel)",
 		names:  map[string]string{"#cur": attrCursor, "#ge": attrGroupEndedAt, "#rel": attrReleasedAt},
-		values: map[string]types.AttributeValue{":n": num(int64(index)), ":next": num(int64(index + 1)), ":ended": millis(end.EndedAt)},
+		values: map[string]types.AttributeValue{":n": ddb.Num(int64(index)), ":next": ddb.Num(int64(index + 1)), ":ended": ddb.Millis(end.EndedAt)},
 	}
 	ending(&c, end.Result, end.Reason, now)
 	writes := []types.TransactWriteItem{
@@ -309,18 +312,18 @@ func (s *Store) FinishGroup(ctx context.Context, st *Stage, index int, end Group
 			UpdateExpression:          aws.String("SET #gs = :state, #sa = :started, #ea = :ended"),
 			ConditionExpression:       aws.String("attribute_exists(pk)"),
 			ExpressionAttributeNames:  map[string]string{"#gs": attrGroupState, "#sa": attrStartedAt, "#ea": attrEndedAt},
-			ExpressionAttributeValues: map[string]types.AttributeValue{":state": str(end.State), ":started": millis(end.StartedAt), ":ended": millis(end.EndedAt)},
+			ExpressionAttributeValues: map[string]types.AttributeValue{":state": ddb.Str(end.State), ":started": ddb.Millis(end.StartedAt), ":ended": ddb.Millis(end.EndedAt)},
 		}},
 	}
-	expires := num(st.Deadline.Add(recordRetention).Unix())
+	expires := ddb.Num(st.Deadline.Add(recordRetention).Unix())
 	for _, step := range end.Steps {
 		item := stepKey(st.ID, step.ID)
-		item[attrStageID] = str(st.ID)
-		item[attrStepID] = str(step.ID)
-		item[attrGroupIndex] = num(int64(index))
-		item[attrStepState] = str(step.State)
-		item[attrExpiresAt] = expires
-		setBytes(item, attrStepResult, step.Result)
+		item[attrStageID] = ddb.Str(st.ID)
+		item[attrStepID] = ddb.Str(step.ID)
+		item[attrGroupIndex] = ddb.Num(int64(index))
+		item[attrStepState] = ddb.Str(step.State)
+		item[ddb.TTLAttribute] = expires
+		ddb.SetBytes(item, attrStepResult, step.Result)
 		if err := tooLarge(checkItemSize(fmt.Sprintf("the record of step %s of stage %s", step.ID, st.ID), item, MaxItemBytes)); err != nil {
 			return nil, fmt.Errorf("finish group %d of stage %s: %w", index, st.ID, err)
 		}
@@ -329,7 +332,7 @@ func (s *Store) FinishGroup(ctx context.Context, st *Stage, index int, end Group
 	if err := tooLarge(checkTransactSize(fmt.Sprintf("the end of group %d of stage %s (one transaction)", index, st.ID), writes)); err != nil {
 		return nil, err
 	}
-	if err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, ErrGroupMoved, ErrNotFound); err != nil {
+	if err := ddb.Transact(ctx, s.DB, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, ErrGroupMoved, lease.ErrNotFound); err != nil {
 		return nil, fmt.Errorf("finish group %d of stage %s: %w", index, st.ID, err)
 	}
 	return s.GetStage(ctx, st.ID)
@@ -348,7 +351,7 @@ func (s *Store) StageRecords(ctx context.Context, id string) (*Records, error) {
 	p := dynamodb.NewQueryPaginator(s.DB, &dynamodb.QueryInput{
 		TableName:                 aws.String(s.Table),
 		KeyConditionExpression:    aws.String("pk = :pk"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":pk": str(stageKeyPrefix + id)},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":pk": ddb.Str(stageKeyPrefix + id)},
 		ConsistentRead:            aws.Bool(true),
 	})
 	for p.HasMorePages() {
@@ -357,7 +360,7 @@ func (s *Store) StageRecords(ctx context.Context, id string) (*Records, error) {
 			return nil, fmt.Errorf("read records of stage %s: %w", id, err)
 		}
 		for _, item := range page.Items {
-			sk := getString(item, attrSK)
+			sk := ddb.GetString(item, ddb.AttrSK)
 			switch {
 			case sk == stageMetaSK:
 				if r.Stage, err = decodeStage(item); err != nil {
@@ -370,11 +373,11 @@ func (s *Store) StageRecords(ctx context.Context, id string) (*Records, error) {
 				}
 				r.Groups = append(r.Groups, *g)
 			case strings.HasPrefix(sk, stepSKPrefix):
-				index, err := getInt(item, attrGroupIndex)
+				index, err := ddb.GetInt(item, attrGroupIndex)
 				if err != nil {
 					return nil, err
 				}
-				rec := StepRecord{ID: getString(item, attrStepID), Group: int(index), State: getString(item, attrStepState), Result: getBytes(item, attrStepResult)}
+				rec := StepRecord{ID: ddb.GetString(item, attrStepID), Group: int(index), State: ddb.GetString(item, attrStepState), Result: ddb.GetBytes(item, attrStepResult)}
 				r.Steps[rec.ID] = rec
 			}
 		}
@@ -385,9 +388,9 @@ func (s *Store) StageRecords(ctx context.Context, id string) (*Records, error) {
 	return r, nil
 }
 
-// ForgetSecrets deletes the sealed secrets of the stage's groups (the
+// DeleteSecrets deletes the sealed secrets of the stage's groups (the
 // stage's own go with its release).
-func (s *Store) ForgetSecrets(ctx context.Context, stageID string, groups []Group) error {
+func (s *Store) DeleteSecrets(ctx context.Context, stageID string, groups []Group) error {
 	var errs []error
 	for _, g := range groups {
 		if len(g.Sealed) == 0 {

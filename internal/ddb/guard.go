@@ -1,4 +1,4 @@
-package lease
+package ddb
 
 import (
 	"context"
@@ -13,11 +13,11 @@ import (
 // dynamodb:LeadingKeys condition can tell apart, so each function's role
 // may write only the partitions its handler writes.
 const (
-	PoolPartitions      = "POOL#"   // a pool's VMs and its capacity
-	StagePartitions     = "STAGE#"  // a stage's records
-	IndexPartitions     = "STAGES#" // the stage index, an hour each
-	OwnerPartitions     = "OWNER#"  // an owner's count of active stages
-	DeploymentPartition = caPK      // the CA certificate
+	PoolPartitions      = "POOL#"      // a pool's VMs and its capacity
+	StagePartitions     = "STAGE#"     // a stage's records
+	IndexPartitions     = "STAGES#"    // the stage index, an hour each
+	OwnerPartitions     = "OWNER#"     // an owner's count of active stages
+	DeploymentPartition = "DEPLOYMENT" // the CA certificate
 )
 
 // WriteGuard is a DB that refuses a write to a partition that is not one of
@@ -46,7 +46,7 @@ func (e *PartitionError) Error() string {
 }
 
 func (g *WriteGuard) check(action string, key map[string]types.AttributeValue) error {
-	pk := getString(key, attrPK)
+	pk := GetString(key, AttrPK)
 	for _, p := range g.Partitions {
 		if pk == p || (strings.HasSuffix(p, "#") && strings.HasPrefix(pk, p)) {
 			return nil

@@ -3,7 +3,7 @@
 // setup, step and destroy mapped onto a Slipway deployment's delegate API.
 // What a request asks that Slipway cannot do is refused with the runner's own
 // 400 shape, each field by its JSON path, never dropped.
-package harness
+package harnessrunner
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package lease_test
+package record_test
 
 import (
 	"context"
@@ -7,7 +7,8 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/ddb"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // TestListStages: stages list newest first across hour partitions, by pool,
@@ -16,12 +17,12 @@ func TestListStages(t *testing.T) {
 	db := awstest.Client(t)
 	table := awstest.TableName(t)
 	ctx := context.Background()
-	if err := lease.CreateTable(ctx, db, table); err != nil {
+	if err := ddb.CreateTable(ctx, db, table); err != nil {
 		t.Fatal(err)
 	}
 	awstest.DropAtCleanup(t, db, table)
 	clock := time.Date(2026, 12, 3, 10, 50, 0, 0, time.UTC)
-	store := &lease.Store{DB: db, Table: table, Now: func() time.Time { return clock }}
+	store := &record.Store{DB: db, Table: table, Now: func() time.Time { return clock }}
 	// Seven stages 15 minutes apart: they span three hours.
 	for i := range 7 {
 		pool := "a"
@@ -32,12 +33,12 @@ func TestListStages(t *testing.T) {
 		if i%3 == 0 {
 			owner = "team-y"
 		}
-		if _, err := store.CreateStage(ctx, lease.NewStage{ID: fmt.Sprintf("s%d", i), Pool: pool, Owner: owner, Deadline: clock.Add(time.Hour)}); err != nil {
+		if _, err := store.CreateStage(ctx, record.NewStage{ID: fmt.Sprintf("s%d", i), Pool: pool, Owner: owner, Deadline: clock.Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
 		clock = clock.Add(15 * time.Minute)
 	}
-	ids := func(refs []lease.StageRef) string {
+	ids := func(refs []record.StageRef) string {
 		s := ""
 		for _, r := range refs {
 			s += r.ID + " "
@@ -46,17 +47,17 @@ func TestListStages(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		since  time.Duration
-		filter lease.StageFilter
+		filter record.StageFilter
 		limit  int
 		want   string
 	}{
-		{3 * time.Hour, lease.StageFilter{}, 100, "s6 s5 s4 s3 s2 s1 s0 "},
-		{3 * time.Hour, lease.StageFilter{}, 3, "s6 s5 s4 "},
-		{3 * time.Hour, lease.StageFilter{Pool: "b"}, 100, "s5 s3 s1 "},
-		{3 * time.Hour, lease.StageFilter{Owner: "team-y"}, 100, "s6 s3 s0 "},
-		{3 * time.Hour, lease.StageFilter{Owner: "team-x", Pool: "a"}, 100, "s4 s2 "},
-		{3 * time.Hour, lease.StageFilter{Owner: "team-z"}, 100, ""},
-		{40 * time.Minute, lease.StageFilter{}, 100, "s6 s5 "},
+		{3 * time.Hour, record.StageFilter{}, 100, "s6 s5 s4 s3 s2 s1 s0 "},
+		{3 * time.Hour, record.StageFilter{}, 3, "s6 s5 s4 "},
+		{3 * time.Hour, record.StageFilter{Pool: "b"}, 100, "s5 s3 s1 "},
+		{3 * time.Hour, record.StageFilter{Owner: "team-y"}, 100, "s6 s3 s0 "},
+		{3 * time.Hour, record.StageFilter{Owner: "team-x", Pool: "a"}, 100, "s4 s2 "},
+		{3 * time.Hour, record.StageFilter{Owner: "team-z"}, 100, ""},
+		{40 * time.Minute, record.StageFilter{}, 100, "s6 s5 "},
 	} {
 		refs, err := store.ListStages(ctx, clock.Add(-tt.since), tt.filter, tt.limit)
 		if err != nil {

@@ -1,4 +1,4 @@
-package lease_test
+package record_test
 
 import (
 	"errors"
@@ -10,14 +10,15 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
-func newStage(id string, deadline time.Time, groups ...lease.NewGroup) lease.NewStage {
-	return lease.NewStage{ID: id, Pool: "p", SpecHash: "h-" + id, Spec: []byte(`{}`), Sealed: []byte("sealed"), Deadline: deadline, Groups: groups}
+func newStage(id string, deadline time.Time, groups ...record.NewGroup) record.NewStage {
+	return record.NewStage{ID: id, Pool: "p", SpecHash: "h-" + id, Spec: []byte(`{}`), Sealed: []byte("sealed"), Deadline: deadline, Groups: groups}
 }
 
-func group(hash string, final bool, steps ...string) lease.NewGroup {
-	return lease.NewGroup{SpecHash: hash, Spec: []byte(hash), StepIDs: steps, Final: final}
+func group(hash string, final bool, steps ...string) record.NewGroup {
+	return record.NewGroup{SpecHash: hash, Spec: []byte(hash), StepIDs: steps, Final: final}
 }
 
 func TestStageLeaseIsOnePerStage(t *testing.T) {
@@ -29,7 +30,7 @@ func TestStageLeaseIsOnePerStage(t *testing.T) {
 	if err != nil || st.Version != 1 || !st.Deadline.Equal(deadline) {
 		t.Fatalf("create: %+v %v", st, err)
 	}
-	if again, err := s.CreateStage(ctx, newStage("s1", deadline)); !errors.Is(err, lease.ErrStageExists) || again.SpecHash != "h-s1" {
+	if again, err := s.CreateStage(ctx, newStage("s1", deadline)); !errors.Is(err, record.ErrStageExists) || again.SpecHash != "h-s1" {
 		t.Fatalf("create again: %+v %v", again, err)
 	}
 	// Ten concurrent acquires of one stage (retries, a duplicated event) get one VM.
@@ -167,7 +168,7 @@ func TestStageReleaseAfterTheReaper(t *testing.T) {
 func TestEndStageOnce(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
-	if _, err := s.EndStage(ctx, "nope", "failed", "x"); !errors.Is(err, lease.ErrStageNotFound) {
+	if _, err := s.EndStage(ctx, "nope", "failed", "x"); !errors.Is(err, record.ErrStageNotFound) {
 		t.Fatalf("end a stage that does not exist: %v", err)
 	}
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
@@ -181,7 +182,7 @@ func TestEndStageOnce(t *testing.T) {
 			switch {
 			case err == nil:
 				won.Add(1)
-			case !errors.Is(err, lease.ErrStageEnded):
+			case !errors.Is(err, record.ErrStageEnded):
 				t.Error(err)
 			}
 		})
@@ -204,10 +205,10 @@ func TestCreateStageWithGroups(t *testing.T) {
 	if err != nil || len(r.Groups) != 2 || r.Groups[1].Index != 1 || !r.Groups[1].Final || string(r.Groups[0].Spec) != "g0" {
 		t.Fatalf("records: %+v %v", r, err)
 	}
-	if _, _, err := s.AddGroup(ctx, "s1", nil, group("g2", false, "d")); !errors.Is(err, lease.ErrStageClosed) {
+	if _, _, err := s.AddGroup(ctx, "s1", nil, group("g2", false, "d")); !errors.Is(err, record.ErrStageClosed) {
 		t.Fatalf("a group added after the final one: %v", err)
 	}
-	if _, err := s.CreateStage(ctx, newStage("s2", deadline, make([]lease.NewGroup, 100)...)); err == nil {
+	if _, err := s.CreateStage(ctx, newStage("s2", deadline, make([]record.NewGroup, 100)...)); err == nil {
 		t.Fatal("100 groups in one transaction")
 	}
 }
@@ -260,7 +261,7 @@ func TestAddGroupAnswersTheRecordsItLeft(t *testing.T) {
 func TestAddGroup(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
-	if _, _, err := s.AddGroup(ctx, "nope", nil, group("g", false, "a")); !errors.Is(err, lease.ErrStageNotFound) {
+	if _, _, err := s.AddGroup(ctx, "nope", nil, group("g", false, "a")); !errors.Is(err, record.ErrStageNotFound) {
 		t.Fatalf("a group of a stage that does not exist: %v", err)
 	}
 	if _, err := s.CreateStage(ctx, newStage("s1", time.Now().Add(time.Hour))); err != nil {
@@ -294,14 +295,14 @@ func TestAddGroup(t *testing.T) {
 	if err != nil || again.SpecHash != "g3" {
 		t.Fatalf("retry: %+v %v", again, err)
 	}
-	if _, _, err := s.AddGroup(ctx, "s1", nil, group("other", false, "new", "step-3")); !errors.Is(err, lease.ErrStepExists) {
+	if _, _, err := s.AddGroup(ctx, "s1", nil, group("other", false, "new", "step-3")); !errors.Is(err, record.ErrStepExists) {
 		t.Fatalf("a step id used twice: %v", err)
 	}
 	last, _, err := s.AddGroup(ctx, "s1", nil, group("last", true, "z"))
 	if err != nil || last.Index != 10 || !last.Final {
 		t.Fatalf("final group: %+v %v", last, err)
 	}
-	if _, _, err := s.AddGroup(ctx, "s1", nil, group("late", false, "y")); !errors.Is(err, lease.ErrStageClosed) {
+	if _, _, err := s.AddGroup(ctx, "s1", nil, group("late", false, "y")); !errors.Is(err, record.ErrStageClosed) {
 		t.Fatalf("after the final group: %v", err)
 	}
 	if st, _ := s.GetStage(ctx, "s1"); st.Groups != 11 || !st.Final {
@@ -314,7 +315,7 @@ func TestAddGroup(t *testing.T) {
 	if _, err := s.EndStage(ctx, "s2", "timed_out", "idle"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.AddGroup(ctx, "s2", nil, group("g", false, "a")); !errors.Is(err, lease.ErrStageEnded) {
+	if _, _, err := s.AddGroup(ctx, "s2", nil, group("g", false, "a")); !errors.Is(err, record.ErrStageEnded) {
 		t.Fatalf("a group added to an ended stage: %v", err)
 	}
 }
@@ -327,9 +328,9 @@ func TestFinishGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now().Truncate(time.Millisecond)
-	end := lease.GroupEnd{
+	end := record.GroupEnd{
 		State: "succeeded", StartedAt: now.Add(-time.Second), EndedAt: now,
-		Steps: []lease.StepRecord{{ID: "a", State: "succeeded", Result: []byte(`{"exit_code":0}`)}, {ID: "b", State: "succeeded"}},
+		Steps: []record.StepRecord{{ID: "a", State: "succeeded", Result: []byte(`{"exit_code":0}`)}, {ID: "b", State: "succeeded"}},
 	}
 	// Two invocations finish the same group (a retry): one records it.
 	var won, moved atomic.Int64
@@ -340,7 +341,7 @@ func TestFinishGroup(t *testing.T) {
 			switch {
 			case err == nil:
 				won.Add(1)
-			case errors.Is(err, lease.ErrGroupMoved):
+			case errors.Is(err, record.ErrGroupMoved):
 				moved.Add(1)
 			default:
 				t.Error(err)
@@ -351,7 +352,7 @@ func TestFinishGroup(t *testing.T) {
 	if won.Load() != 1 || moved.Load() != 1 {
 		t.Fatalf("%d finished, %d moved", won.Load(), moved.Load())
 	}
-	failed := lease.GroupEnd{State: "failed", StartedAt: now, EndedAt: now, Steps: []lease.StepRecord{{ID: "c", State: "failed"}}, Result: "failed", Reason: "step c failed"}
+	failed := record.GroupEnd{State: "failed", StartedAt: now, EndedAt: now, Steps: []record.StepRecord{{ID: "c", State: "failed"}}, Result: "failed", Reason: "step c failed"}
 	after, err := s.FinishGroup(ctx, st, 1, failed)
 	if err != nil || after.Cursor != 2 || after.Result != "failed" || !after.GroupEndedAt.Equal(now) {
 		t.Fatalf("after the last group: %+v %v", after, err)
@@ -372,7 +373,7 @@ func TestFinishGroup(t *testing.T) {
 	if _, err := s.ReleaseStage(ctx, "s1", "", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.FinishGroup(ctx, after, 2, end); !errors.Is(err, lease.ErrGroupMoved) {
+	if _, err := s.FinishGroup(ctx, after, 2, end); !errors.Is(err, record.ErrGroupMoved) {
 		t.Fatalf("a group finished after the release: %v", err)
 	}
 }
@@ -392,7 +393,7 @@ func TestSecretsGoWithTheRelease(t *testing.T) {
 	if _, err := s.ReleaseStage(ctx, "s1", "succeeded", ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ForgetSecrets(ctx, "s1", r.Groups); err != nil {
+	if err := s.DeleteSecrets(ctx, "s1", r.Groups); err != nil {
 		t.Fatal(err)
 	}
 	r, _ = s.StageRecords(ctx, "s1")
@@ -450,7 +451,7 @@ func TestSetLaunched(t *testing.T) {
 }
 
 // stageRecord reads a stage's record, as a handler does before it acts.
-func stageRecord(t testing.TB, s *lease.Store, id string) *lease.Stage {
+func stageRecord(t testing.TB, s *books, id string) *record.Stage {
 	t.Helper()
 	st, err := s.GetStage(t.Context(), id)
 	if err != nil {

@@ -1,4 +1,4 @@
-package lease_test
+package record_test
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/lease"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // An owner never has more active stages than its limit, however many
@@ -17,7 +18,7 @@ func TestOwnerLimit(t *testing.T) {
 	s := newStore(t)
 	ctx := ctxT(t)
 	deadline := time.Now().Add(time.Hour)
-	owned := func(id, owner string) lease.NewStage {
+	owned := func(id, owner string) record.NewStage {
 		ns := newStage(id, deadline)
 		ns.Owner, ns.OwnerLimit = owner, 3
 		return ns
@@ -30,11 +31,11 @@ func TestOwnerLimit(t *testing.T) {
 	wg.Wait()
 	created, refused := 0, 0
 	for _, err := range errs {
-		var limit *lease.OwnerLimitError
+		var limit *record.OwnerLimitError
 		switch {
 		case err == nil:
 			created++
-		case errors.As(err, &limit) && errors.Is(err, lease.ErrOwnerLimit):
+		case errors.As(err, &limit) && errors.Is(err, record.ErrOwnerLimit):
 			refused++
 			if limit.Owner != "team-a" || limit.Most != 3 || limit.Active != 3 {
 				t.Errorf("refusal %+v", limit)
@@ -57,7 +58,7 @@ func TestOwnerLimit(t *testing.T) {
 		}
 	}
 	// A retried create of a counted stage is that stage, not a refusal.
-	if _, err := s.CreateStage(ctx, owned(first, "team-a")); !errors.Is(err, lease.ErrStageExists) {
+	if _, err := s.CreateStage(ctx, owned(first, "team-a")); !errors.Is(err, record.ErrStageExists) {
 		t.Errorf("a retried create at the limit: %v", err)
 	}
 	// Another owner is not held back by team-a.

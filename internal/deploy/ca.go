@@ -1,4 +1,4 @@
-package lease
+package deploy
 
 import (
 	"context"
@@ -7,21 +7,26 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/slipway-ci/slipway/internal/ddb"
 )
 
-// The deployment's CA certificate lives in the table too (pki.CAStore).
+// CARecord is the deployment's CA certificate, an item of its table that
+// the first function to need it writes (pki.EnsureCA).
+type CARecord struct {
+	DB    ddb.DB
+	Table string
+}
+
 const (
 	attrCert = "cert_der"
-	caPK     = "DEPLOYMENT"
 	caSK     = "CA"
 )
 
-func caKey() map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{attrPK: str(caPK), attrSK: str(caSK)}
-}
+func caKey() map[string]types.AttributeValue { return ddb.Key(ddb.DeploymentPartition, caSK) }
 
 // LoadCA returns the stored CA certificate, or nil.
-func (s *Store) LoadCA(ctx context.Context) ([]byte, error) {
+func (s *CARecord) LoadCA(ctx context.Context) ([]byte, error) {
 	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(s.Table), Key: caKey(), ConsistentRead: aws.Bool(true)})
 	if err != nil {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
@@ -34,7 +39,7 @@ func (s *Store) LoadCA(ctx context.Context) ([]byte, error) {
 
 // StoreCAIfAbsent stores der unless a certificate is there, and returns the
 // stored one.
-func (s *Store) StoreCAIfAbsent(ctx context.Context, der []byte) ([]byte, error) {
+func (s *CARecord) StoreCAIfAbsent(ctx context.Context, der []byte) ([]byte, error) {
 	_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:                 aws.String(s.Table),
 		Key:                       caKey(),
@@ -43,7 +48,7 @@ func (s *Store) StoreCAIfAbsent(ctx context.Context, der []byte) ([]byte, error)
 		ExpressionAttributeNames:  map[string]string{"#c": attrCert},
 		ExpressionAttributeValues: map[string]types.AttributeValue{":c": &types.AttributeValueMemberB{Value: der}},
 	})
-	if err != nil && !isConditionFailed(err) {
+	if err != nil && !ddb.IsConditionFailed(err) {
 		return nil, fmt.Errorf("store CA certificate: %w", err)
 	}
 	return s.LoadCA(ctx)

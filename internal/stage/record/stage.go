@@ -1,4 +1,4 @@
-package lease
+package record
 
 import (
 	"context"
@@ -10,6 +10,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/slipway-ci/slipway/internal/ddb"
+	"github.com/slipway-ci/slipway/internal/lease"
 )
 
 // Stage records: pk = STAGE#<id>, with sk = META for the stage, GROUP#<n> for
@@ -24,7 +27,9 @@ const (
 	attrVM           = "vm"
 	attrDeadline     = "deadline"
 	attrReleasedAt   = "released_at"
-	attrExpiresAt    = "expires_at" // the table's TTL attribute, epoch seconds
+	attrPool         = "pool"
+	attrCreatedAt    = "created_at"
+	attrVersion      = "version"
 	attrSpec         = "spec"
 	attrSpecHash     = "spec_hash"
 	attrSealed       = "sealed"
@@ -44,7 +49,7 @@ const (
 	attrGroupEndedAt = "group_ended_at"
 	attrOwner        = "owner"
 	recordRetention  = 7 * 24 * time.Hour
-	stageKeyPrefix   = "STAGE#"
+	stageKeyPrefix   = ddb.StagePartitions
 	maxTransactItems = 100
 	// The stage's META item, its groups, and its entry in the index.
 	maxGroupsAtCreate = maxTransactItems - 2
@@ -119,16 +124,16 @@ type Stage struct {
 }
 
 func stageKey(id string) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{attrPK: str(stageKeyPrefix + id), attrSK: str(stageMetaSK)}
+	return map[string]types.AttributeValue{ddb.AttrPK: ddb.Str(stageKeyPrefix + id), ddb.AttrSK: ddb.Str(stageMetaSK)}
 }
 
 func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 	st := &Stage{
-		ID: getString(item, attrStageID), Pool: getString(item, attrPool), Owner: getString(item, attrOwner), SpecHash: getString(item, attrSpecHash),
-		Spec: getBytes(item, attrSpec), Sealed: getBytes(item, attrSealed), Final: getBool(item, attrFinal),
-		VM: getString(item, attrVM), Launched: getString(item, attrLaunched), BootID: getString(item, attrBootID),
-		VMAddress: getString(item, attrVMAddress), Result: getString(item, attrResult), Reason: getString(item, attrReason),
-		bytes: itemBytes(item), counted: getBool(item, attrCounted),
+		ID: ddb.GetString(item, attrStageID), Pool: ddb.GetString(item, attrPool), Owner: ddb.GetString(item, attrOwner), SpecHash: ddb.GetString(item, attrSpecHash),
+		Spec: ddb.GetBytes(item, attrSpec), Sealed: ddb.GetBytes(item, attrSealed), Final: ddb.GetBool(item, attrFinal),
+		VM: ddb.GetString(item, attrVM), Launched: ddb.GetString(item, attrLaunched), BootID: ddb.GetString(item, attrBootID),
+		VMAddress: ddb.GetString(item, attrVMAddress), Result: ddb.GetString(item, attrResult), Reason: ddb.GetString(item, attrReason),
+		bytes: itemBytes(item), counted: ddb.GetBool(item, attrCounted),
 	}
 	if set, ok := item[attrStepIDs].(*types.AttributeValueMemberSS); ok {
 		st.stepIDs = set.Value
@@ -138,17 +143,17 @@ func decodeStage(item map[string]types.AttributeValue) (*Stage, error) {
 		attrCreatedAt: &st.CreatedAt, attrDeadline: &st.Deadline, attrLeasedAt: &st.LeasedAt, attrBoundAt: &st.BoundAt,
 		attrGroupEndedAt: &st.GroupEndedAt, attrEndedAt: &st.EndedAt, attrReleasedAt: &st.ReleasedAt,
 	} {
-		t, err := getTime(item, name)
+		t, err := ddb.GetTime(item, name)
 		errs = append(errs, err)
 		*dst = t
 	}
 	for name, dst := range map[string]*int{attrGroups: &st.Groups, attrCursor: &st.Cursor, attrDropped: &st.Dropped} {
-		n, err := getInt(item, name)
+		n, err := ddb.GetInt(item, name)
 		errs = append(errs, err)
 		*dst = int(n)
 	}
 	var err error
-	st.Version, err = getInt(item, attrVersion)
+	st.Version, err = ddb.GetInt(item, attrVersion)
 	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("stage record %s: %w", st.ID, err)
@@ -184,26 +189,26 @@ func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
 		return nil, fmt.Errorf("create stage %s: %d groups, at most %d at creation", ns.ID, len(ns.Groups), maxGroupsAtCreate)
 	}
 	now := s.now()
-	expires := num(ns.Deadline.Add(recordRetention).Unix())
+	expires := ddb.Num(ns.Deadline.Add(recordRetention).Unix())
 	item := stageKey(ns.ID)
-	item[attrStageID] = str(ns.ID)
-	item[attrPool] = str(ns.Pool)
+	item[attrStageID] = ddb.Str(ns.ID)
+	item[attrPool] = ddb.Str(ns.Pool)
 	if ns.Owner != "" {
-		item[attrOwner] = str(ns.Owner)
+		item[attrOwner] = ddb.Str(ns.Owner)
 	}
 	counted := ns.Owner != "" && ns.OwnerLimit > 0
 	if counted {
 		item[attrCounted] = &types.AttributeValueMemberBOOL{Value: true}
 	}
-	item[attrSpecHash] = str(ns.SpecHash)
-	item[attrCreatedAt] = millis(now)
-	item[attrDeadline] = millis(ns.Deadline)
-	item[attrExpiresAt] = expires
-	item[attrGroups] = num(int64(len(ns.Groups)))
-	item[attrCursor] = num(0)
-	item[attrVersion] = num(1)
-	setBytes(item, attrSpec, ns.Spec)
-	setBytes(item, attrSealed, ns.Sealed)
+	item[attrSpecHash] = ddb.Str(ns.SpecHash)
+	item[attrCreatedAt] = ddb.Millis(now)
+	item[attrDeadline] = ddb.Millis(ns.Deadline)
+	item[ddb.TTLAttribute] = expires
+	item[attrGroups] = ddb.Num(int64(len(ns.Groups)))
+	item[attrCursor] = ddb.Num(0)
+	item[attrVersion] = ddb.Num(1)
+	ddb.SetBytes(item, attrSpec, ns.Spec)
+	ddb.SetBytes(item, attrSealed, ns.Sealed)
 	var stepIDs []string
 	for _, g := range ns.Groups {
 		stepIDs = append(stepIDs, g.StepIDs...)
@@ -238,7 +243,7 @@ func (s *Store) CreateStage(ctx context.Context, ns NewStage) (*Stage, error) {
 		writes = append(writes, types.TransactWriteItem{Update: s.countStage(ns.Owner, ns.OwnerLimit)})
 		reasons = append(reasons, ErrOwnerLimit)
 	}
-	err := s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, reasons...)
+	err := ddb.Transact(ctx, s.DB, &dynamodb.TransactWriteItemsInput{TransactItems: writes}, reasons...)
 	if errors.Is(err, ErrOwnerLimit) {
 		// A retry of a create that counted finds its stage: not a refusal.
 		if existing, gerr := s.GetStage(ctx, ns.ID); gerr == nil {
@@ -272,14 +277,14 @@ func (s *Store) GetStage(ctx context.Context, id string) (*Stage, error) {
 	return decodeStage(out.Item)
 }
 
-// liveStage reads a stage's record; a released stage is ErrReleased for op.
+// liveStage reads a stage's record; a released stage is lease.ErrReleased for op.
 func (s *Store) liveStage(ctx context.Context, id, op string) (*Stage, error) {
 	st, err := s.GetStage(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	if !st.ReleasedAt.IsZero() {
-		return nil, fmt.Errorf("%s stage %s: %w", op, id, ErrReleased)
+		return nil, fmt.Errorf("%s stage %s: %w", op, id, lease.ErrReleased)
 	}
 	return st, nil
 }
@@ -298,7 +303,7 @@ func (s *Store) stageUpdate(id string, c stageChange) *types.Update {
 	for k, v := range c.names {
 		names[k] = v
 	}
-	values := map[string]types.AttributeValue{":one": num(1)}
+	values := map[string]types.AttributeValue{":one": ddb.Num(1)}
 	for k, v := range c.values {
 		values[k] = v
 	}
@@ -320,8 +325,8 @@ func (s *Store) stageUpdate(id string, c stageChange) *types.Update {
 // changeStage applies c; a failed condition is told by failed, which reads
 // the stage.
 func (s *Store) changeStage(ctx context.Context, id string, c stageChange, failed func(*Stage) error) (*Stage, error) {
-	out, err := s.DB.UpdateItem(ctx, updateItem(s.stageUpdate(id, c)))
-	if isConditionFailed(err) {
+	out, err := s.DB.UpdateItem(ctx, ddb.UpdateItem(s.stageUpdate(id, c)))
+	if ddb.IsConditionFailed(err) {
 		st, gerr := s.GetStage(ctx, id)
 		if gerr != nil {
 			return nil, gerr
@@ -341,11 +346,11 @@ func ending(c *stageChange, result, reason string, now time.Time) {
 	}
 	c.set = append(c.set, "#res = if_not_exists(#res, :res)", "#why = if_not_exists(#why, :why)", "#end = if_not_exists(#end, :end)")
 	c.names["#res"], c.names["#why"], c.names["#end"] = attrResult, attrReason, attrEndedAt
-	c.values[":res"], c.values[":why"], c.values[":end"] = str(result), str(truncateReason(reason)), millis(now)
+	c.values[":res"], c.values[":why"], c.values[":end"] = ddb.Str(result), ddb.Str(truncateReason(reason)), ddb.Millis(now)
 }
 
 // EndStage records the stage's result and why, unless it has one: then it
-// returns the stage and ErrStageEnded. A released stage is ErrReleased.
+// returns the stage and ErrStageEnded. A released stage is lease.ErrReleased.
 func (s *Store) EndStage(ctx context.Context, id, result, reason string) (*Stage, error) {
 	if result == "" {
 		return nil, fmt.Errorf("end stage %s: the result is empty", id)
@@ -357,7 +362,7 @@ func (s *Store) EndStage(ctx context.Context, id, result, reason string) (*Stage
 	ending(&c, result, reason, s.now())
 	st, err := s.changeStage(ctx, id, c, func(st *Stage) error {
 		if !st.ReleasedAt.IsZero() {
-			return ErrReleased
+			return lease.ErrReleased
 		}
 		return ErrStageEnded
 	})
@@ -368,18 +373,18 @@ func (s *Store) EndStage(ctx context.Context, id, result, reason string) (*Stage
 }
 
 // SetLaunched records the VM launched on demand for the stage: one per
-// stage. A stage that has one gets ErrExists.
+// stage. A stage that has one gets lease.ErrExists.
 func (s *Store) SetLaunched(ctx context.Context, id, launchID string) error {
 	_, err := s.changeStage(ctx, id, stageChange{
 		set:    []string{"#l = :l"},
 		cond:   "attribute_not_exists(#l) AND attribute_not_exists(#rel)",
 		names:  map[string]string{"#l": attrLaunched, "#rel": attrReleasedAt},
-		values: map[string]types.AttributeValue{":l": str(launchID)},
+		values: map[string]types.AttributeValue{":l": ddb.Str(launchID)},
 	}, func(st *Stage) error {
 		if !st.ReleasedAt.IsZero() {
-			return ErrReleased
+			return lease.ErrReleased
 		}
-		return ErrExists
+		return lease.ErrExists
 	})
 	if err != nil {
 		return fmt.Errorf("record the vm launched for stage %s: %w", id, err)
@@ -389,176 +394,23 @@ func (s *Store) SetLaunched(ctx context.Context, id, launchID string) error {
 
 // MarkBound records that the agent of the stage's VM launchID is bound to
 // the stage, and its boot id. Repeating it keeps the first bind time.
-func (s *Store) MarkBound(ctx context.Context, id string, vm *VM, bootID string) (*Stage, error) {
+func (s *Store) MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*Stage, error) {
 	launchID := vm.LaunchID
 	st, err := s.changeStage(ctx, id, stageChange{
 		set:   []string{"#b = if_not_exists(#b, :now)", "#boot = :boot", "#addr = :addr"},
 		cond:  "#vm = :vm AND attribute_not_exists(#rel)",
 		names: map[string]string{"#b": attrBoundAt, "#boot": attrBootID, "#addr": attrVMAddress, "#vm": attrVM, "#rel": attrReleasedAt},
 		values: map[string]types.AttributeValue{
-			":now": millis(s.now()), ":boot": str(bootID), ":addr": str(vm.Address), ":vm": str(launchID),
+			":now": ddb.Millis(s.now()), ":boot": ddb.Str(bootID), ":addr": ddb.Str(vm.Address), ":vm": ddb.Str(launchID),
 		},
 	}, func(st *Stage) error {
 		if !st.ReleasedAt.IsZero() {
-			return ErrReleased
+			return lease.ErrReleased
 		}
-		return fmt.Errorf("%w: the stage holds vm %q, not %s", ErrNotHolder, st.VM, launchID)
+		return fmt.Errorf("%w: the stage holds vm %q, not %s", lease.ErrNotHolder, st.VM, launchID)
 	})
 	if err != nil {
 		return st, fmt.Errorf("mark stage %s bound: %w", id, err)
 	}
 	return st, nil
-}
-
-// LeaseForStage gives the stage, as the caller just read it, an idle VM of
-// its pool until leaseDeadline, writing the VM item and the stage record in
-// one transaction (whose conditions catch a record that moved since). A
-// stage that holds a VM gets the same VM again; a released stage gets
-// ErrReleased. fresh says this call leased it (the one to count the lease).
-func (s *Store) LeaseForStage(ctx context.Context, st *Stage, leaseDeadline time.Time) (vm *VM, fresh bool, err error) {
-	if !st.ReleasedAt.IsZero() {
-		return nil, false, fmt.Errorf("lease for stage %s: %w", st.ID, ErrReleased)
-	}
-	if st.VM != "" {
-		vm, err := s.Get(ctx, st.Pool, st.VM)
-		return vm, false, err
-	}
-	vm, err = s.leaseAny(ctx, st.Pool, func(launchID string) (*VM, bool, error) {
-		vm, taken, won, err := s.tryLeaseForStage(ctx, st, launchID, leaseDeadline)
-		fresh = won
-		return vm, taken, err
-	})
-	if err != nil {
-		return nil, false, fmt.Errorf("stage %s: %w", st.ID, err)
-	}
-	return vm, fresh, nil
-}
-
-// tryLeaseForStage leases one candidate; taken says another lessee had it,
-// won that this call's transaction leased it (else a concurrent lease of
-// the same stage did, and vm is the one it leased).
-func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string, leaseDeadline time.Time) (vm *VM, taken, won bool, err error) {
-	now := s.now()
-	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
-		{Update: s.moveUpdate(st.Pool, launchID, leaseMove(st.ID, leaseDeadline), now)},
-		{Update: s.stageUpdate(st.ID, stageChange{
-			set:    []string{"#vm = :vm", "#la = :now"},
-			cond:   "attribute_not_exists(#vm) AND attribute_not_exists(#rel)",
-			names:  map[string]string{"#vm": attrVM, "#la": attrLeasedAt, "#rel": attrReleasedAt},
-			values: map[string]types.AttributeValue{":vm": str(launchID), ":now": millis(now)},
-		})},
-	}}
-	errTaken := errors.New("taken")
-	err = s.transact(ctx, in, errTaken, errStageMoved)
-	switch {
-	case err == nil:
-		vm, err := s.Get(ctx, st.Pool, launchID)
-		return vm, false, err == nil, err
-	case errors.Is(err, errTaken), errors.Is(err, ErrConflict):
-		return nil, true, false, nil
-	case errors.Is(err, errStageMoved):
-		// A concurrent acquire of the same stage won, or it was released.
-		cur, gerr := s.GetStage(ctx, st.ID)
-		if gerr != nil {
-			return nil, false, false, gerr
-		}
-		if !cur.ReleasedAt.IsZero() {
-			return nil, false, false, fmt.Errorf("lease for stage %s: %w", st.ID, ErrReleased)
-		}
-		vm, gerr := s.Get(ctx, cur.Pool, cur.VM)
-		return vm, false, false, gerr
-	default:
-		return nil, false, false, fmt.Errorf("lease vm %s for stage %s: %w", launchID, st.ID, err)
-	}
-}
-
-// DropStageVM gives up the stage's VM before it was bound (its agent never
-// answered): the VM goes to releasing, to be terminated and removed, and the
-// stage may lease another. It returns the VM as it is now.
-func (s *Store) DropStageVM(ctx context.Context, stageID, launchID string) (*VM, error) {
-	st, err := s.liveStage(ctx, stageID, "drop the vm of")
-	if err != nil {
-		return nil, err
-	}
-	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
-		{Update: s.stageUpdate(stageID, stageChange{
-			set:    []string{"#d = if_not_exists(#d, :zero) + :one"},
-			remove: []string{"#vm", "#la"},
-			cond:   "#vm = :vm AND attribute_not_exists(#b) AND attribute_not_exists(#rel)",
-			names:  map[string]string{"#d": attrDropped, "#vm": attrVM, "#la": attrLeasedAt, "#b": attrBoundAt, "#rel": attrReleasedAt},
-			values: map[string]types.AttributeValue{":vm": str(launchID), ":zero": num(0)},
-		})},
-		{Update: s.moveUpdate(st.Pool, launchID, releaseMove(stageID), s.now())},
-	}}
-	if err := s.transact(ctx, in, ErrState, ErrState); err != nil {
-		return nil, fmt.Errorf("drop vm %s of stage %s: %w", launchID, stageID, err)
-	}
-	return s.Get(ctx, st.Pool, launchID)
-}
-
-// ReleaseStage ends the stage's lease: its VM goes to releasing, the stage
-// is marked released (with result and reason, unless it has a result) and
-// its secrets are deleted, in one transaction, exactly once. A stage that
-// never got a VM is released too (nil VM). A second release gets
-// ErrReleased.
-func (s *Store) ReleaseStage(ctx context.Context, stageID, result, reason string) (*VM, error) {
-	st, err := s.liveStage(ctx, stageID, "release")
-	if err != nil {
-		return nil, err
-	}
-	now := s.now()
-	// The stage's own writes (its record, its owner's count), then its VM's.
-	items := []types.TransactWriteItem{{Update: s.releaseUpdate(stageID, st.VM, result, reason, now)}}
-	reasons := []error{ErrReleased}
-	if st.counted {
-		items = append(items, types.TransactWriteItem{Update: s.uncountStage(st.Owner)})
-		reasons = append(reasons, nil)
-	}
-	own := len(items)
-	if st.VM != "" {
-		items = append(items, types.TransactWriteItem{Update: s.moveUpdate(st.Pool, st.VM, releaseMove(stageID), now)})
-		reasons = append(reasons, errVMMoved)
-	}
-	err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items}, reasons...)
-	if errors.Is(err, errVMMoved) {
-		// The reaper released the lease past its deadline, or reconcile removed
-		// a VM whose instance was gone: the stage's VM is already on its way out.
-		err = s.transact(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items[:own]}, ErrReleased)
-		if err == nil {
-			return nil, nil
-		}
-	}
-	if errors.Is(err, ErrReleased) {
-		// A concurrent release won, or a lease landed meanwhile: look again.
-		if cur, gerr := s.GetStage(ctx, stageID); gerr == nil && cur.ReleasedAt.IsZero() {
-			return s.ReleaseStage(ctx, stageID, result, reason)
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("release stage %s: %w", stageID, err)
-	}
-	if st.VM == "" {
-		return nil, nil
-	}
-	return s.Get(ctx, st.Pool, st.VM)
-}
-
-var errVMMoved = errors.New("the stage's vm is no longer leased to it")
-
-// releaseUpdate marks the stage released, on the condition that it still
-// holds vm (or none), and deletes its secrets.
-func (s *Store) releaseUpdate(stageID, vm, result, reason string, now time.Time) *types.Update {
-	c := stageChange{
-		set:    []string{"#rel = :now"},
-		remove: []string{"#sealed"},
-		cond:   "attribute_not_exists(#rel) AND attribute_not_exists(#vm)",
-		names:  map[string]string{"#rel": attrReleasedAt, "#vm": attrVM, "#sealed": attrSealed},
-		values: map[string]types.AttributeValue{":now": millis(now)},
-	}
-	if vm != "" {
-		c.cond = "attribute_not_exists(#rel) AND #vm = :vm"
-		c.values[":vm"] = str(vm)
-	}
-	ending(&c, result, reason, now)
-	return s.stageUpdate(stageID, c)
 }

@@ -1,11 +1,13 @@
-package lease_test
+package deploy
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/kmssigner"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
@@ -13,9 +15,16 @@ import (
 // TestCACreatedOnceUnderRace: ten cold starts at once, each with the KMS
 // key, agree on one CA certificate.
 func TestCACreatedOnceUnderRace(t *testing.T) {
-	s := newStore(t)
+	db := awstest.Client(t)
+	table := awstest.TableName(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if err := ddb.CreateTable(ctx, db, table); err != nil {
+		t.Fatal(err)
+	}
+	awstest.DropAtCleanup(t, db, table)
+	s := &CARecord{DB: db, Table: table}
 	kms := awstest.KMS(t)
-	ctx := ctxT(t)
 	signer, err := kmssigner.New(ctx, kms, awstest.SigningKey(t, kms))
 	if err != nil {
 		t.Fatal(err)
