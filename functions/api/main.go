@@ -20,5 +20,5 @@ func main() {
 		slog.Error("api function: start", "err", err)
 		os.Exit(1)
 	}
-	lambda.Start(apigw.Handler(&stage.API{Deps: d.Deps}))
+	lambda.Start(apigw.Handler(stage.NewAPI(d.Deps)))
 }

@@ -19,5 +19,5 @@ func main() {
 		slog.Error("cleanup function: start", "err", err)
 		os.Exit(1)
 	}
-	lambda.Start((&stage.Cleanup{Deps: d.Deps}).Handle)
+	lambda.Start(stage.NewCleanup(d.Deps).Handle)
 }

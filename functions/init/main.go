@@ -19,5 +19,5 @@ func main() {
 		slog.Error("init function: start", "err", err)
 		os.Exit(1)
 	}
-	lambda.Start((&stage.Init{Deps: d.Deps}).Handle)
+	lambda.Start(stage.NewInit(d.Deps).Handle)
 }

@@ -19,5 +19,5 @@ func main() {
 		slog.Error("step function: start", "err", err)
 		os.Exit(1)
 	}
-	lambda.Start((&stage.RunGroup{Deps: d.Deps}).Handle)
+	lambda.Start(stage.NewRunGroup(d.Deps).Handle)
 }

@@ -158,7 +158,7 @@ func (d *Deployment) Refill(ctx context.Context, req warm.Request) (RefillReport
 	r, err := d.Keeper.Handle(ctx, req)
 	out := RefillReport{Report: r}
 	if req.Pool == "" {
-		w, werr := (&stage.Watchdog{Deps: d.Deps}).Check(ctx)
+		w, werr := stage.NewWatchdog(d.Deps).Check(ctx)
 		out.Watched = &w
 		err = errors.Join(err, werr)
 	}

@@ -378,11 +378,11 @@ func (rt *Runtime) deployment(ctx context.Context) error {
 	}
 	fn := rt.functions
 	handlers := map[string]lambda.Handler{
-		statemachine.Init:     lambda.NewHandler((&stage.Init{Deps: fn[statemachine.Init].Deps}).Handle),
-		statemachine.RunGroup: lambda.NewHandler((&stage.RunGroup{Deps: fn[statemachine.RunGroup].Deps}).Handle),
-		statemachine.Cleanup:  lambda.NewHandler((&stage.Cleanup{Deps: fn[statemachine.Cleanup].Deps}).Handle),
+		statemachine.Init:     lambda.NewHandler(stage.NewInit(fn[statemachine.Init].Deps).Handle),
+		statemachine.RunGroup: lambda.NewHandler(stage.NewRunGroup(fn[statemachine.RunGroup].Deps).Handle),
+		statemachine.Cleanup:  lambda.NewHandler(stage.NewCleanup(fn[statemachine.Cleanup].Deps).Handle),
 		statemachine.Refill:   lambda.NewHandler(fn[statemachine.Refill].Refill),
-		statemachine.API:      lambda.NewHandler(apigw.Handler(&stage.API{Deps: fn[statemachine.API].Deps})),
+		statemachine.API:      lambda.NewHandler(apigw.Handler(stage.NewAPI(fn[statemachine.API].Deps))),
 	}
 	rt.endpoint = &LambdaEndpoint{Functions: map[string]Function{}, Logger: rt.logger.With("part", "lambda"), Inject: o.Inject}
 	for _, f := range statemachine.Functions {
@@ -521,7 +521,7 @@ func (rt *Runtime) serveAPI() error {
 		return fmt.Errorf("delegate API on %s: %w", rt.opts.Listen, err)
 	}
 	rt.APIURL = "http://" + ln.Addr().String()
-	api := &stage.API{Deps: rt.functions[statemachine.API].Deps}
+	api := stage.NewAPI(rt.functions[statemachine.API].Deps)
 	// Served here directly, not through the Lambda endpoint: billed as the
 	// api function all the same, for the cost figures.
 	rt.serveOn(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

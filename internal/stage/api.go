@@ -89,10 +89,60 @@ type LogChunk struct {
 // API is the delegate API: one handler, served by functions/api behind API
 // Gateway (which authenticates every call with IAM) and by `slipway local`.
 type API struct {
-	*Deps
+	base
+	reach
+	Stages          apiStages
+	Depths          depthReader
+	Sealer          sealer
+	Executions      starter
+	StateMachineARN string
+	Invoker         Invoker
+	CleanupFunction string
+	Logs            logReader
 
 	once sync.Once
 	mux  *http.ServeMux
+}
+
+// NewAPI is the api function's handler: it records stages and their groups
+// (sealing their secrets), starts their executions, leases and binds a warm
+// VM when asked to wait, reaches agents for live status and logs, reads
+// archived logs, and invokes the release on a cancel. It opens no secrets
+// and ends no VM.
+func NewAPI(d *Deps) *API {
+	return &API{base: d.base(), reach: d.reach(), Stages: d.Stages, Depths: d.VMs, Sealer: d.Sealer,
+		Executions: d.Executions, StateMachineARN: d.StateMachineARN,
+		Invoker: d.Invoker, CleanupFunction: d.CleanupFunction, Logs: d.Logs}
+}
+
+// apiStages is what the API does to stages' records: create, list and read
+// them, add groups, lease and bind a warm VM, record an end.
+type apiStages interface {
+	CreateStage(ctx context.Context, ns record.NewStage) (*record.Stage, error)
+	GetStage(ctx context.Context, id string) (*record.Stage, error)
+	ListStages(ctx context.Context, since time.Time, f record.StageFilter, limit int) ([]record.StageRef, error)
+	StageRecords(ctx context.Context, id string) (*record.Records, error)
+	AddGroup(ctx context.Context, stageID string, read *record.Records, g record.NewGroup) (*record.Group, *record.Records, error)
+	EndStage(ctx context.Context, id, result, reason string) (*record.Stage, error)
+	LeaseForStage(ctx context.Context, st *record.Stage, leaseDeadline time.Time) (vm *lease.VM, fresh bool, err error)
+	MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*record.Stage, error)
+	groupReader
+}
+
+// depthReader reads a pool's depth (GET /v1/pools).
+type depthReader interface {
+	Depth(ctx context.Context, pool string) (lease.Depth, error)
+}
+
+// sealer seals a stage's secrets (kms:GenerateDataKey); *secret.Sealer
+// satisfies it.
+type sealer interface {
+	Seal(ctx context.Context, stageID string, secrets map[string]string) ([]byte, error)
+}
+
+// starter starts a stage's execution (states:StartExecution).
+type starter interface {
+	StartExecution(ctx context.Context, params *sfn.StartExecutionInput, optFns ...func(*sfn.Options)) (*sfn.StartExecutionOutput, error)
 }
 
 // apiError is an answer other than 2xx.
@@ -967,7 +1017,7 @@ func (a *API) cancel(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	a.cancelRunning(ctx, st)
-	if err := a.invokeAsync(ctx, a.CleanupFunction, CleanupInput{StageID: id, Reason: "canceled by the delegate"}); err != nil {
+	if err := invokeAsync(ctx, a.Invoker, a.CleanupFunction, CleanupInput{StageID: id, Reason: "canceled by the delegate"}); err != nil {
 		// The stage's execution releases it when it next looks.
 		a.log().Warn("invoke the release", "stage", id, "err", err)
 	}
@@ -984,7 +1034,7 @@ func (a *API) cancelRunning(ctx context.Context, st *record.Stage) {
 	if err != nil {
 		return
 	}
-	_, spec, err := a.currentGroup(ctx, st)
+	_, spec, err := currentGroup(ctx, a.Stages, st)
 	if err != nil {
 		return
 	}
@@ -1006,7 +1056,7 @@ func (a *API) pools(w http.ResponseWriter, r *http.Request) error {
 	out := Pools{Pools: []PoolDepth{}}
 	now := a.now()
 	for _, p := range a.Pools {
-		d, err := a.VMs.Depth(ctx, p.Name)
+		d, err := a.Depths.Depth(ctx, p.Name)
 		if err != nil {
 			return err
 		}

@@ -103,7 +103,7 @@ func TestCleanupOfAnExecutionThatFailed(t *testing.T) {
 	}
 	run := e.execs.started()[0]
 	change := &stage.ExecutionChange{Name: aws.ToString(run.Name), Status: "FAILED", Error: "States.Runtime", Input: aws.ToString(run.Input)}
-	out, err := (&stage.Cleanup{Deps: e.deps}).Handle(t.Context(), stage.CleanupInput{Detail: change})
+	out, err := stage.NewCleanup(e.deps).Handle(t.Context(), stage.CleanupInput{Detail: change})
 	if err != nil || out.StageID != "failed" {
 		t.Fatalf("cleanup: %+v %v", out, err)
 	}
@@ -295,13 +295,13 @@ func TestLiveStep(t *testing.T) {
 	if a := e.do(t, "POST", "/v1/stages", spec, true); a.status != 201 {
 		t.Fatalf("create: %d %s", a.status, a.body)
 	}
-	init := &stage.Init{Deps: e.deps}
+	init := stage.NewInit(e.deps)
 	if out, err := init.Handle(ctx, stage.Input{StageID: "live"}); err != nil || out.Status != stage.StatusLeased {
 		t.Fatalf("init: %+v %v", out, err)
 	}
 	run := make(chan stage.Output, 1)
 	go func() {
-		out, err := (&stage.RunGroup{Deps: e.deps}).Handle(ctx, stage.Input{StageID: "live"})
+		out, err := stage.NewRunGroup(e.deps).Handle(ctx, stage.Input{StageID: "live"})
 		if err != nil {
 			t.Error(err)
 		}
@@ -335,7 +335,7 @@ func TestLiveStep(t *testing.T) {
 	if out.Status != stage.StatusDone {
 		t.Fatalf("run group: %+v", out)
 	}
-	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(ctx, stage.CleanupInput{StageID: "live"}); err != nil {
+	if _, err := stage.NewCleanup(e.deps).Handle(ctx, stage.CleanupInput{StageID: "live"}); err != nil {
 		t.Fatal(err)
 	}
 	final := e.do(t, "GET", "/v1/stages/live", nil, true)
@@ -380,7 +380,7 @@ func TestAddedGroupStartsAtOnce(t *testing.T) {
 	if a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "early", Pool: "p"}, true); a.status != 201 {
 		t.Fatalf("create: %d %s", a.status, a.body)
 	}
-	if out, err := (&stage.Init{Deps: e.deps}).Handle(ctx, stage.Input{StageID: "early"}); err != nil || out.Status != stage.StatusLeased {
+	if out, err := stage.NewInit(e.deps).Handle(ctx, stage.Input{StageID: "early"}); err != nil || out.Status != stage.StatusLeased {
 		t.Fatalf("init: %+v %v", out, err)
 	}
 	counting := `echo "$0" >> "$SLIPWAY_WORKSPACE/runs"; echo "$TOKEN"; grep -c . "$SLIPWAY_WORKSPACE/runs"`
@@ -397,7 +397,7 @@ func TestAddedGroupStartsAtOnce(t *testing.T) {
 			t.Fatalf("step %s before any RunGroup: %+v", id, ss)
 		}
 	}
-	out, err := (&stage.RunGroup{Deps: e.deps}).Handle(ctx, stage.Input{StageID: "early", Status: stage.StatusLeased})
+	out, err := stage.NewRunGroup(e.deps).Handle(ctx, stage.Input{StageID: "early", Status: stage.StatusLeased})
 	if err != nil || out.Status != stage.StatusDone {
 		t.Fatalf("run group: %+v %v", out, err)
 	}
@@ -410,7 +410,7 @@ func TestAddedGroupStartsAtOnce(t *testing.T) {
 	if got := string(chunk.Data); got != "******\n2\n" {
 		t.Errorf("each step ran with its secret, once: the second's log %q", got)
 	}
-	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(ctx, stage.CleanupInput{StageID: "early"}); err != nil {
+	if _, err := stage.NewCleanup(e.deps).Handle(ctx, stage.CleanupInput{StageID: "early"}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -58,7 +58,34 @@ func (c *ExecutionChange) stageID() string {
 // instance and removes its item, deletes the stage's secrets and triggers a
 // refill of the pool. Invoked again for a released stage, it finishes what a
 // crashed invocation left.
-type Cleanup struct{ *Deps }
+type Cleanup struct {
+	base
+	reach
+	Stages         cleanupStages
+	Keeper         finisher
+	Logs           logWriter
+	Invoker        Invoker
+	RefillFunction string
+}
+
+// NewCleanup is the cleanup function's handler: it records a stage's end,
+// stops its group (archiving step logs), releases it, ends its VM and asks
+// for a refill.
+func NewCleanup(d *Deps) *Cleanup {
+	return &Cleanup{base: d.base(), reach: d.reach(), Stages: d.Stages, Keeper: d.Keeper, Logs: d.Logs,
+		Invoker: d.Invoker, RefillFunction: d.RefillFunction}
+}
+
+// cleanupStages is what Cleanup does to a stage's records: read them, end
+// the stage and its group, release it and delete its groups' secrets.
+type cleanupStages interface {
+	GetStage(ctx context.Context, id string) (*record.Stage, error)
+	StageRecords(ctx context.Context, id string) (*record.Records, error)
+	EndStage(ctx context.Context, id, result, reason string) (*record.Stage, error)
+	ReleaseStage(ctx context.Context, stageID, result, reason string) (*lease.VM, error)
+	DeleteSecrets(ctx context.Context, stageID string, groups []record.Group) error
+	groupBooks
+}
 
 // Handle is the cleanup function.
 func (h *Cleanup) Handle(ctx context.Context, in CleanupInput) (Output, error) {
@@ -179,7 +206,7 @@ func (h *Cleanup) destroy(ctx context.Context, st *record.Stage) {
 		return
 	}
 	stopCtx, cancelStop := context.WithTimeout(ctx, releaseStopTimeout)
-	h.stopGroup(stopCtx, st)
+	h.stopGroup(stopCtx, h.Stages, &h.reach, h.Logs, st)
 	cancelStop()
 	ctx, cancel := context.WithTimeout(ctx, h.settings().DestroyTimeout)
 	defer cancel()
@@ -200,7 +227,7 @@ func (h *Cleanup) refill(ctx context.Context, pool string) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := h.invokeAsync(ctx, h.RefillFunction, warm.Request{Pool: pool}); err != nil {
+	if err := invokeAsync(ctx, h.Invoker, h.RefillFunction, warm.Request{Pool: pool}); err != nil {
 		h.log().Warn("trigger a refill", "pool", pool, "err", err)
 	}
 }

@@ -62,10 +62,10 @@ func TestADependencyThatDoesNotAnswerIsA503NamingIt(t *testing.T) {
 		return dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) { o.BaseEndpoint = aws.String(endpoint) })
 	}
 	api := func(db *dynamodb.Client, kmsEndpoint string) *stage.API {
-		return &stage.API{Deps: &stage.Deps{
+		return stage.NewAPI(&stage.Deps{
 			Stages: &record.Store{DB: db, Table: "t"}, VMs: &lease.Store{DB: db, Table: "t"}, Pools: []pool.Pool{testPool("p", 0, 1)},
 			Sealer: &secret.Sealer{KMS: kms.NewFromConfig(cfg, func(o *kms.Options) { o.BaseEndpoint = aws.String(kmsEndpoint) }), KeyID: "alias/k"},
-		}}
+		})
 	}
 	for _, c := range []struct {
 		name, method, path, body string

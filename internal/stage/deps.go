@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -22,45 +23,8 @@ import (
 	"github.com/slipway-ci/slipway/internal/pool"
 	"github.com/slipway-ci/slipway/internal/secret"
 	"github.com/slipway-ci/slipway/internal/stage/record"
+	"github.com/slipway-ci/slipway/internal/warm"
 )
-
-// Stages is the stage records as the stage logic uses them;
-// *record.Store satisfies it.
-type Stages interface {
-	CreateStage(ctx context.Context, ns record.NewStage) (*record.Stage, error)
-	GetStage(ctx context.Context, id string) (*record.Stage, error)
-	ListStages(ctx context.Context, since time.Time, f record.StageFilter, limit int) ([]record.StageRef, error)
-	StageRecords(ctx context.Context, id string) (*record.Records, error)
-	AddGroup(ctx context.Context, stageID string, read *record.Records, g record.NewGroup) (*record.Group, *record.Records, error)
-	GetGroup(ctx context.Context, stageID string, index int) (*record.Group, error)
-	FinishGroup(ctx context.Context, st *record.Stage, index int, end record.GroupEnd) (*record.Stage, error)
-	EndStage(ctx context.Context, id, result, reason string) (*record.Stage, error)
-	SetLaunched(ctx context.Context, id, launchID string) error
-	MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*record.Stage, error)
-	LeaseForStage(ctx context.Context, st *record.Stage, leaseDeadline time.Time) (vm *lease.VM, fresh bool, err error)
-	DropStageVM(ctx context.Context, stageID, launchID string) (*lease.VM, error)
-	ReleaseStage(ctx context.Context, stageID, result, reason string) (*lease.VM, error)
-	DeleteSecrets(ctx context.Context, stageID string, groups []record.Group) error
-}
-
-// VMs is the VM items as the stage logic reads them; *lease.Store
-// satisfies it.
-type VMs interface {
-	Get(ctx context.Context, pool, launchID string) (*lease.VM, error)
-	Depth(ctx context.Context, pool string) (lease.Depth, error)
-}
-
-// Keeper launches and ends VMs for stages; *warm.Keeper satisfies it.
-type Keeper interface {
-	// Launch records and launches one VM of the pool and returns its launch
-	// id; lease.ErrPoolFull when the pool is at its max.
-	Launch(ctx context.Context, pool string) (string, error)
-	// ProbeBooting asks a booting VM's agent for its health and moves it to
-	// idle when it answers.
-	ProbeBooting(ctx context.Context, pool, launchID string) (idle bool, err error)
-	// FinishRelease terminates a releasing VM's instance and removes its item.
-	FinishRelease(ctx context.Context, vm lease.VM) error
-}
 
 // Executions starts state machine executions; *sfn.Client satisfies it.
 type Executions interface {
@@ -158,16 +122,21 @@ func (s Settings) withDefaults() Settings {
 	return s
 }
 
-// Deps is what the handlers and the API share: a deployment's parts.
+// Deps is a deployment's parts, as deploy.Build wires them. No handler
+// holds it whole: each constructor (NewAPI, NewInit, NewRunGroup,
+// NewCleanup, NewWatchdog) takes only what its handler calls, through
+// interfaces declared where they are called, so that a handler's fields
+// read like its function's IAM role.
 type Deps struct {
-	Stages Stages
-	VMs    VMs
-	Keeper Keeper
+	Stages *record.Store
+	VMs    *lease.Store
+	Keeper *warm.Keeper
 	Pools  []pool.Pool
 	Sealer *secret.Sealer
 	Opener *secret.Opener
 	Agents *Agents
-	// Executions and StateMachineARN start a stage's execution (the API).
+	// Executions and StateMachineARN start a stage's execution (the API)
+	// and read it (the watchdog).
 	Executions      Executions
 	StateMachineARN string
 	// Invoker, CleanupFunction and RefillFunction run a release at once
@@ -185,23 +154,37 @@ type Deps struct {
 	Now func() time.Time
 }
 
-func (d *Deps) now() time.Time {
+// base is what every handler has: the pools, its log and metrics, the
+// settings and the clock.
+type base struct {
+	Pools    []pool.Pool
+	Metrics  *metrics.Emitter
+	Logger   *slog.Logger
+	Settings Settings
+	Now      func() time.Time
+}
+
+func (d *Deps) base() base {
+	return base{Pools: d.Pools, Metrics: d.Metrics, Logger: d.Logger, Settings: d.Settings, Now: d.Now}
+}
+
+func (d *base) now() time.Time {
 	if d.Now != nil {
 		return d.Now()
 	}
 	return time.Now()
 }
 
-func (d *Deps) log() *slog.Logger {
+func (d *base) log() *slog.Logger {
 	if d.Logger == nil {
 		return slog.New(slog.DiscardHandler)
 	}
 	return d.Logger
 }
 
-func (d *Deps) settings() Settings { return d.Settings.withDefaults() }
+func (d *base) settings() Settings { return d.Settings.withDefaults() }
 
-func (d *Deps) poolNames() []string {
+func (d *base) poolNames() []string {
 	names := make([]string, len(d.Pools))
 	for i, p := range d.Pools {
 		names[i] = p.Name
@@ -209,25 +192,8 @@ func (d *Deps) poolNames() []string {
 	return names
 }
 
-// invokeAsync invokes function with input as its event, not waiting for
-// it: the release after a cancel or a stuck stage, a refill after a
-// release.
-func (d *Deps) invokeAsync(ctx context.Context, function string, input any) error {
-	payload, err := json.Marshal(input)
-	if err != nil {
-		return err
-	}
-	_, err = d.Invoker.Invoke(ctx, &lambda.InvokeInput{
-		FunctionName: aws.String(function), InvocationType: lambdatypes.InvocationTypeEvent, Payload: payload,
-	})
-	if err != nil {
-		return fmt.Errorf("invoke %s: %w", function, err)
-	}
-	return nil
-}
-
 // pool is the pool named name, nil if none is.
-func (d *Deps) pool(name string) *pool.Pool {
+func (d *base) pool(name string) *pool.Pool {
 	for i := range d.Pools {
 		if d.Pools[i].Name == name {
 			return &d.Pools[i]
@@ -236,7 +202,7 @@ func (d *Deps) pool(name string) *pool.Pool {
 	return nil
 }
 
-func (d *Deps) emit(pool string, ms ...metrics.Metric) {
+func (d *base) emit(pool string, ms ...metrics.Metric) {
 	if d.Metrics == nil {
 		return
 	}
@@ -245,13 +211,61 @@ func (d *Deps) emit(pool string, ms ...metrics.Metric) {
 	}
 }
 
-func (d *Deps) emitBy(pool, dim, value string, ms ...metrics.Metric) {
+func (d *base) emitBy(pool, dim, value string, ms ...metrics.Metric) {
 	if d.Metrics == nil {
 		return
 	}
 	if err := d.Metrics.PoolBy(pool, dim, value, ms...); err != nil {
 		d.log().Warn("emit metrics", "pool", pool, "err", err)
 	}
+}
+
+// invokeAsync invokes function with input as its event, not waiting for
+// it: the release after a cancel or a stuck stage, a refill after a
+// release.
+func invokeAsync(ctx context.Context, inv Invoker, function string, input any) error {
+	payload, err := json.Marshal(input)
+	if err != nil {
+		return err
+	}
+	_, err = inv.Invoke(ctx, &lambda.InvokeInput{
+		FunctionName: aws.String(function), InvocationType: lambdatypes.InvocationTypeEvent, Payload: payload,
+	})
+	if err != nil {
+		return fmt.Errorf("invoke %s: %w", function, err)
+	}
+	return nil
+}
+
+// vmReader reads a VM's item: where its agent listens.
+type vmReader interface {
+	Get(ctx context.Context, pool, launchID string) (*lease.VM, error)
+}
+
+// reach is what reaches a bound stage's agent: its VM's item (for a stage
+// bound before it recorded the address) and the agent clients.
+type reach struct {
+	VMs    vmReader
+	Agents *Agents
+}
+
+func (d *Deps) reach() reach { return reach{VMs: d.VMs, Agents: d.Agents} }
+
+// agentOf is the client of the stage's VM's agent while the stage holds it.
+func (r *reach) agentOf(ctx context.Context, st *record.Stage) (*client.Client, error) {
+	if st.VM == "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
+		return nil, errors.New("no bound VM")
+	}
+	// The stage recorded where its VM's agent listens when it bound it; the
+	// VM's item is read only for a stage bound before it did.
+	if st.VMAddress != "" {
+		return r.Agents.Client(&lease.VM{LaunchID: st.VM, Address: st.VMAddress})
+	}
+	vm, err := r.VMs.Get(ctx, st.Pool, st.VM)
+	if err != nil {
+		return nil, err
+	}
+	return r.Agents.Client(vm)
 }
 
 // Agents makes agent clients with the orchestrator's identity, one per VM,

@@ -154,6 +154,13 @@ func (e *env) as(caller string) *env {
 
 // newEnv is a deployment on DynamoDB Local and local-kms, its VMs agent
 // processes (fleet.Local).
+// tune changes the deployment's settings; the handlers made after it, and
+// the API, take them.
+func (e *env) tune(f func(*stage.Settings)) {
+	f(&e.deps.Settings)
+	e.api = stage.NewAPI(e.deps)
+}
+
 func newEnv(t *testing.T, pools ...pool.Pool) *env {
 	t.Helper()
 	db := awstest.Client(t)
@@ -195,7 +202,7 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 		Invoker: e.invoker, CleanupFunction: "cleanup", RefillFunction: "refill", Logs: &logarchive.Dir{Root: t.TempDir()},
 		Metrics: emitter, Settings: stage.Settings{AcquirePoll: time.Second, AgentGrace: 2 * time.Second, Operators: []string{"arn:aws:iam::123456789012:role/platform/*"}},
 	}
-	e.api = &stage.API{Deps: e.deps}
+	e.api = stage.NewAPI(e.deps)
 	doc, err := libopenapi.NewDocument(stage.OpenAPI)
 	if err != nil {
 		t.Fatal(err)

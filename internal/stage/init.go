@@ -52,7 +52,55 @@ const (
 // pool has no idle VM it launches one for the stage if the pool's max
 // allows, and returns wait: the state machine waits and calls it again,
 // until the acquire timeout.
-type Init struct{ *Deps }
+type Init struct {
+	base
+	Stages initStages
+	Keeper initKeeper
+	Opener opener
+	Agents *Agents
+}
+
+// NewInit is the init function's handler: it leases and binds (the stage's
+// records and its pool's VMs), launches and ends VMs, and opens the stage's
+// secrets to hand them to the agent.
+func NewInit(d *Deps) *Init {
+	return &Init{base: d.base(), Stages: d.Stages, Keeper: d.Keeper, Opener: d.Opener, Agents: d.Agents}
+}
+
+// initStages is what Init does to a stage's records: lease it a VM, give up
+// one whose agent never answered, record a launch, the bind, or an end.
+type initStages interface {
+	GetStage(ctx context.Context, id string) (*record.Stage, error)
+	LeaseForStage(ctx context.Context, st *record.Stage, leaseDeadline time.Time) (vm *lease.VM, fresh bool, err error)
+	DropStageVM(ctx context.Context, stageID, launchID string) (*lease.VM, error)
+	SetLaunched(ctx context.Context, id, launchID string) error
+	MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*record.Stage, error)
+	EndStage(ctx context.Context, id, result, reason string) (*record.Stage, error)
+}
+
+// initKeeper launches a VM for a stage whose pool has no idle one, probes it
+// while it boots, and ends one whose agent never answered; *warm.Keeper
+// satisfies it.
+type initKeeper interface {
+	// Launch records and launches one VM of the pool and returns its launch
+	// id; lease.ErrPoolFull when the pool is at its max.
+	Launch(ctx context.Context, pool string) (string, error)
+	// ProbeBooting asks a booting VM's agent for its health and moves it to
+	// idle when it answers.
+	ProbeBooting(ctx context.Context, pool, launchID string) (idle bool, err error)
+	finisher
+}
+
+// finisher ends a releasing VM: its instance terminated, its item removed.
+type finisher interface {
+	FinishRelease(ctx context.Context, vm lease.VM) error
+}
+
+// opener opens a stage's sealed secrets (kms:Decrypt); *secret.Opener
+// satisfies it.
+type opener interface {
+	Open(ctx context.Context, stageID string, sealed []byte) (map[string]string, error)
+}
 
 // Handle is the init function.
 func (h *Init) Handle(ctx context.Context, in Input) (Output, error) {
@@ -176,7 +224,7 @@ func (h *Init) bind(ctx context.Context, st *record.Stage, spec *storedStage, vm
 
 // countLease emits a lease's metrics, once, by whoever leased the VM: how
 // long the stage waited for it, and whether it was warm.
-func (d *Deps) countLease(st *record.Stage, vm *lease.VM) {
+func (d *base) countLease(st *record.Stage, vm *lease.VM) {
 	warm := vm.LaunchID != st.Launched
 	d.emit(st.Pool,
 		metrics.Metric{Name: metrics.LeaseWaitMs, Unit: metrics.Milliseconds, Value: float64(d.now().Sub(st.CreatedAt).Milliseconds())},

@@ -13,15 +13,27 @@ import (
 	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
+// logWriter archives step logs (s3:PutObject); logarchive.Archive
+// satisfies it.
+type logWriter interface {
+	Put(ctx context.Context, stageID, stepID string, log io.Reader) error
+}
+
+// logReader reads archived step logs (s3:GetObject); logarchive.Archive
+// satisfies it.
+type logReader interface {
+	Read(ctx context.Context, stageID, stepID string, offset, limit int64) (data []byte, size int64, err error)
+}
+
 // archiveLog copies an ended step's whole log from its agent into the
 // archive, streaming: the agent's file is the archive's bytes.
-func (d *Deps) archiveLog(ctx context.Context, c *client.Client, stageID, stepID string) error {
+func archiveLog(ctx context.Context, logs logWriter, c *client.Client, stageID, stepID string) error {
 	pr, pw := io.Pipe()
 	go func() {
 		_, err := c.StreamLogs(ctx, stageID, stepID, 0, pw)
 		pw.CloseWithError(err)
 	}()
-	err := d.Logs.Put(ctx, stageID, stepID, pr)
+	err := logs.Put(ctx, stageID, stepID, pr)
 	pr.CloseWithError(err) // a Put that gave up must not leave the stream blocked
 	return err
 }

@@ -25,7 +25,40 @@ import (
 // a Wait. It returns done when the stage is over: its final group ended, a
 // step failed in a stage given all its groups, the deadline or the idle
 // timeout passed, or it was canceled.
-type RunGroup struct{ *Deps }
+type RunGroup struct {
+	base
+	reach
+	Stages runStages
+	Opener opener
+	Logs   logWriter
+}
+
+// NewRunGroup is the rungroup function's handler: it reads and records a
+// stage's groups, reaches its agent, opens its secrets (each step's are
+// handed to the agent with the step) and archives step logs.
+func NewRunGroup(d *Deps) *RunGroup {
+	return &RunGroup{base: d.base(), reach: d.reach(), Stages: d.Stages, Opener: d.Opener, Logs: d.Logs}
+}
+
+// runStages is what RunGroup does to a stage's records: read them, record
+// each group's end and the stage's.
+type runStages interface {
+	GetStage(ctx context.Context, id string) (*record.Stage, error)
+	StageRecords(ctx context.Context, id string) (*record.Records, error)
+	EndStage(ctx context.Context, id, result, reason string) (*record.Stage, error)
+	groupBooks
+}
+
+// groupBooks reads a stage's group and records its end.
+type groupBooks interface {
+	groupReader
+	FinishGroup(ctx context.Context, st *record.Stage, index int, end record.GroupEnd) (*record.Stage, error)
+}
+
+// groupReader reads a stage's group.
+type groupReader interface {
+	GetGroup(ctx context.Context, stageID string, index int) (*record.Group, error)
+}
 
 // Handle is the step function.
 func (h *RunGroup) Handle(ctx context.Context, in Input) (Output, error) {
@@ -78,7 +111,7 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 			return done, h.end(ctx, st.ID, Errored, "run group: the stage has no bound VM")
 		case st.Result != "":
 			stopCtx, cancel := context.WithTimeout(ctx, budgetMargin)
-			h.stopGroup(stopCtx, st)
+			h.stopGroup(stopCtx, h.Stages, &h.reach, h.Logs, st)
 			cancel()
 			return done, nil
 		}
@@ -134,7 +167,7 @@ func (h *RunGroup) handle(ctx context.Context, in Input) (Output, error) {
 // runGroup runs the stage's current group until its steps end or until.
 // ended says the group's end was recorded (or someone else's was).
 func (h *RunGroup) runGroup(ctx context.Context, st *record.Stage, spec *storedStage, until, latest time.Time) (ended bool, delay int, err error) {
-	g, gspec, err := h.currentGroup(ctx, st)
+	g, gspec, err := currentGroup(ctx, h.Stages, st)
 	if err != nil {
 		return false, 0, err
 	}
@@ -204,8 +237,8 @@ func (h *RunGroup) runGroup(ctx context.Context, st *record.Stage, spec *storedS
 }
 
 // currentGroup reads the stage's current group and its steps.
-func (d *Deps) currentGroup(ctx context.Context, st *record.Stage) (*record.Group, *Group, error) {
-	g, err := d.Stages.GetGroup(ctx, st.ID, st.Cursor)
+func currentGroup(ctx context.Context, stages groupReader, st *record.Stage) (*record.Group, *Group, error) {
+	g, err := stages.GetGroup(ctx, st.ID, st.Cursor)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -214,23 +247,6 @@ func (d *Deps) currentGroup(ctx context.Context, st *record.Stage) (*record.Grou
 		return nil, nil, err
 	}
 	return g, gspec, nil
-}
-
-// agentOf is the client of the stage's VM's agent while the stage holds it.
-func (d *Deps) agentOf(ctx context.Context, st *record.Stage) (*client.Client, error) {
-	if st.VM == "" || st.BoundAt.IsZero() || !st.ReleasedAt.IsZero() {
-		return nil, errors.New("no bound VM")
-	}
-	// The stage recorded where its VM's agent listens when it bound it; the
-	// VM's item is read only for a stage bound before it did.
-	if st.VMAddress != "" {
-		return d.Agents.Client(&lease.VM{LaunchID: st.VM, Address: st.VMAddress})
-	}
-	vm, err := d.VMs.Get(ctx, st.Pool, st.VM)
-	if err != nil {
-		return nil, err
-	}
-	return d.Agents.Client(vm)
 }
 
 // follow starts a step on the agent (idempotent by step id: a step started
@@ -300,7 +316,7 @@ func (h *RunGroup) follow(ctx context.Context, c *client.Client, st *record.Stag
 			return running, true
 		}
 		if status.State.Ended() {
-			if err := h.archiveLog(ctx, c, st.ID, id); err != nil {
+			if err := archiveLog(ctx, h.Logs, c, st.ID, id); err != nil {
 				running.LogError = agentapi.Truncate(err.Error(), 500)
 				h.log().Warn("archive a step's log", "stage", st.ID, "step", id, "err", err)
 			}
@@ -328,16 +344,16 @@ func forGroup(c *client.Client, steps int) *client.Client {
 // down: its steps are canceled on the agent, their logs archived and what
 // they ended with recorded. Best effort: the release destroys the stage on
 // the agent anyway.
-func (d *Deps) stopGroup(ctx context.Context, st *record.Stage) {
+func (d *base) stopGroup(ctx context.Context, stages groupBooks, r *reach, logs logWriter, st *record.Stage) {
 	if st.Cursor >= st.Groups {
 		return
 	}
-	g, gspec, err := d.currentGroup(ctx, st)
+	g, gspec, err := currentGroup(ctx, stages, st)
 	if err != nil {
 		d.log().Warn("stop group", "stage", st.ID, "err", err)
 		return
 	}
-	c, err := d.agentOf(ctx, st)
+	c, err := r.agentOf(ctx, st)
 	if err != nil {
 		d.log().Warn("stop group", "stage", st.ID, "err", err)
 		return
@@ -362,7 +378,7 @@ func (d *Deps) stopGroup(ctx context.Context, st *record.Stage) {
 				return
 			}
 			statuses[i] = fromAgent(step.ID, g.Index, s)
-			if err := d.archiveLog(ctx, c, st.ID, step.ID); err != nil {
+			if err := archiveLog(ctx, logs, c, st.ID, step.ID); err != nil {
 				statuses[i].LogError = agentapi.Truncate(err.Error(), 500)
 				d.log().Warn("archive the log of a stopped step", "stage", st.ID, "step", step.ID, "err", err)
 			}
@@ -379,7 +395,7 @@ func (d *Deps) stopGroup(ctx context.Context, st *record.Stage) {
 	for _, s := range statuses {
 		end.Steps = append(end.Steps, s.record(resultLimit(len(statuses))))
 	}
-	if _, err := d.Stages.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, record.ErrGroupMoved) {
+	if _, err := stages.FinishGroup(ctx, st, g.Index, end); err != nil && !errors.Is(err, record.ErrGroupMoved) {
 		d.log().Warn("stop group: record", "stage", st.ID, "err", err)
 	}
 }

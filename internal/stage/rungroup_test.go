@@ -16,9 +16,11 @@ import (
 // the step fails instead of being rechecked forever.
 func TestRecheckWindows(t *testing.T) {
 	e := newEnv(t, testPool("p", 1, 2))
-	e.deps.Settings.Poll = 2 * time.Second
-	e.deps.Settings.Recheck = 300 * time.Millisecond
-	e.deps.Settings.AgentGrace = 1500 * time.Millisecond
+	e.tune(func(s *stage.Settings) {
+		s.Poll = 2 * time.Second
+		s.Recheck = 300 * time.Millisecond
+		s.AgentGrace = 1500 * time.Millisecond
+	})
 	e.warmUp(t, "p", 1)
 	ctx := agenttest.Context(t)
 	spec := stage.Spec{ID: "recheck", Pool: "p", Groups: []stage.Group{
@@ -27,10 +29,10 @@ func TestRecheckWindows(t *testing.T) {
 	if a := e.do(t, "POST", "/v1/stages", spec, true); a.status != 201 {
 		t.Fatalf("create: %d %s", a.status, a.body)
 	}
-	if out, err := (&stage.Init{Deps: e.deps}).Handle(ctx, stage.Input{StageID: "recheck"}); err != nil || out.Status != stage.StatusLeased {
+	if out, err := stage.NewInit(e.deps).Handle(ctx, stage.Input{StageID: "recheck"}); err != nil || out.Status != stage.StatusLeased {
 		t.Fatalf("init: %+v %v", out, err)
 	}
-	run := &stage.RunGroup{Deps: e.deps}
+	run := stage.NewRunGroup(e.deps)
 	call := func(status string) (stage.Output, time.Duration) {
 		t.Helper()
 		start := time.Now()
@@ -64,7 +66,7 @@ func TestRecheckWindows(t *testing.T) {
 	if st.Result != stage.Errored || step.State != "error" || !strings.Contains(step.Error, "the agent did not answer for 1.5s") {
 		t.Fatalf("stage after the agent died: %+v", st)
 	}
-	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(ctx, stage.CleanupInput{StageID: "recheck"}); err != nil {
+	if _, err := stage.NewCleanup(e.deps).Handle(ctx, stage.CleanupInput{StageID: "recheck"}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -130,7 +130,7 @@ func TestPrincipalOfASession(t *testing.T) {
 // another principal is not held back.
 func TestActiveStagesPerPrincipal(t *testing.T) {
 	e := newEnv(t, testPool("p", 0, 4))
-	e.deps.Settings.MaxActiveStages = 2
+	e.tune(func(s *stage.Settings) { s.MaxActiveStages = 2 })
 	for _, id := range []string{"a1", "a2"} {
 		if got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: id, Pool: "p"}, true); got.status != http.StatusCreated {
 			t.Fatalf("create %s: %d %s", id, got.status, got.body)
@@ -151,7 +151,7 @@ func TestActiveStagesPerPrincipal(t *testing.T) {
 	if got := e.do(t, "DELETE", "/v1/stages/a1", nil, true); got.status != http.StatusAccepted {
 		t.Fatalf("cancel: %d %s", got.status, got.body)
 	}
-	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(t.Context(), stage.CleanupInput{StageID: "a1"}); err != nil {
+	if _, err := stage.NewCleanup(e.deps).Handle(t.Context(), stage.CleanupInput{StageID: "a1"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "a3", Pool: "p"}, true); got.status != http.StatusCreated {
@@ -163,7 +163,7 @@ func TestActiveStagesPerPrincipal(t *testing.T) {
 // how long it runs, and how long it waits (holding its VM) for a group.
 func TestDeploymentTimeouts(t *testing.T) {
 	e := newEnv(t, testPool("p", 0, 2))
-	e.deps.Settings.MaxStageTimeout, e.deps.Settings.MaxIdleTimeout = 2*time.Hour, 30*time.Minute
+	e.tune(func(s *stage.Settings) { s.MaxStageTimeout, s.MaxIdleTimeout = 2*time.Hour, 30*time.Minute })
 	got := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "long", Pool: "p", TimeoutSeconds: 3 * 3600, IdleTimeoutSeconds: 3600}, true)
 	for _, want := range []string{"timeout_seconds: 10800, at most 7200 in this deployment (maxStageTimeout)", "idle_timeout_seconds: 3600, at most 1800 in this deployment (maxIdleTimeout)"} {
 		if got.status != http.StatusBadRequest || !strings.Contains(got.errorMessage(), want) {

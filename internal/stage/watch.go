@@ -25,7 +25,32 @@ import (
 // (Cleanup, asynchronously), which ends it `error` with the reason, unless
 // it has a result, and gives its VM back. The refill function runs it on
 // its schedule: it reads stages, and the release writes them.
-type Watchdog struct{ *Deps }
+type Watchdog struct {
+	base
+	Stages          watchedStages
+	Executions      describer
+	StateMachineARN string
+	Invoker         Invoker
+	CleanupFunction string
+}
+
+// NewWatchdog is the watchdog the refill function runs: it reads stages and
+// their executions, and invokes the release.
+func NewWatchdog(d *Deps) *Watchdog {
+	return &Watchdog{base: d.base(), Stages: d.Stages, Executions: d.Executions, StateMachineARN: d.StateMachineARN,
+		Invoker: d.Invoker, CleanupFunction: d.CleanupFunction}
+}
+
+// watchedStages reads stages: the list of recent ones, then each.
+type watchedStages interface {
+	ListStages(ctx context.Context, since time.Time, f record.StageFilter, limit int) ([]record.StageRef, error)
+	GetStage(ctx context.Context, id string) (*record.Stage, error)
+}
+
+// describer reads an execution (states:DescribeExecution).
+type describer interface {
+	DescribeExecution(ctx context.Context, params *sfn.DescribeExecutionInput, optFns ...func(*sfn.Options)) (*sfn.DescribeExecutionOutput, error)
+}
 
 // Watched is what one check found.
 type Watched struct {
@@ -101,7 +126,7 @@ func (w *Watchdog) check(ctx context.Context, id string, now time.Time) (string,
 		return "", err
 	}
 	w.log().Warn("a stage is not progressing: releasing it", "stage", st.ID, "why", why)
-	return why, w.invokeAsync(ctx, w.CleanupFunction, CleanupInput{StageID: st.ID, Stuck: why})
+	return why, invokeAsync(ctx, w.Invoker, w.CleanupFunction, CleanupInput{StageID: st.ID, Stuck: why})
 }
 
 // stuck says why st is not progressing, "" when it is.

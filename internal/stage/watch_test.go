@@ -17,7 +17,7 @@ import (
 // one whose execution runs.
 func TestWatchdogReleasesAStageWhoseExecutionEnded(t *testing.T) {
 	e := newEnv(t, testPool("p", 0, 2))
-	e.deps.Settings.WatchGrace = time.Millisecond
+	e.tune(func(s *stage.Settings) { s.WatchGrace = time.Millisecond })
 	for _, id := range []string{"ended", "running"} {
 		if a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: id, Pool: "p"}, true); a.status != http.StatusCreated {
 			t.Fatalf("create %s: %d %s", id, a.status, a.body)
@@ -29,7 +29,7 @@ func TestWatchdogReleasesAStageWhoseExecutionEnded(t *testing.T) {
 		}
 	}
 	time.Sleep(5 * time.Millisecond)
-	got, err := (&stage.Watchdog{Deps: e.deps}).Check(t.Context())
+	got, err := stage.NewWatchdog(e.deps).Check(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func TestWatchdogReleasesAStageWhoseExecutionEnded(t *testing.T) {
 		t.Fatalf("invoked %+v", calls)
 	}
 	// The release it asks for ends the stage error, with the reason.
-	if _, err := (&stage.Cleanup{Deps: e.deps}).Handle(t.Context(), in); err != nil {
+	if _, err := stage.NewCleanup(e.deps).Handle(t.Context(), in); err != nil {
 		t.Fatal(err)
 	}
 	st := e.status(t, "ended")
