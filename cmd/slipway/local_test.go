@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -87,7 +86,7 @@ func testLocalCommand(t *testing.T, bin string, flags ...string) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("slipway local did not stop within 30 s")
 	}
-	if left := children(); len(left) > 0 {
+	if left := agenttest.Children(os.Getpid()); len(left) > 0 {
 		t.Errorf("processes left after Ctrl-C: %v", left)
 	}
 }
@@ -103,22 +102,6 @@ func TestLocalFlags(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--repo") {
 		t.Errorf("outside a checkout: %v", err)
 	}
-}
-
-// children lists the command lines of this process's live children.
-func children() []string {
-	var found []string
-	self := strconv.Itoa(os.Getpid())
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		fields := statFields(e.Name())
-		if len(fields) < 2 || fields[1] != self || fields[0] == "Z" {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
-	}
-	return found
 }
 
 // TestKilledLocalLeavesNoStep pauses `slipway local` under a stage (it
@@ -223,7 +206,7 @@ func TestKilledLocalLeavesNoStep(t *testing.T) {
 			}
 		}
 	}
-	agents := processesUnder(dir)
+	agents := agenttest.ProcessesUnder(dir)
 	if len(agents) == 0 {
 		t.Fatal("no agent process found under the runtime's folder")
 	}
@@ -233,10 +216,10 @@ func TestKilledLocalLeavesNoStep(t *testing.T) {
 	// The agents' stop grace (10 s) and a little more.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		var left []string
-		if alive(sleeper) {
+		if agenttest.Alive(sleeper) {
 			left = append(left, "the step's sleeper")
 		}
-		left = append(left, processesUnder(dir)...)
+		left = append(left, agenttest.ProcessesUnder(dir)...)
 		if docker != nil && len(steps) > 1 {
 			if _, err := docker.ContainerInspect(ctx, container); err == nil {
 				left = append(left, "container "+container)
@@ -249,39 +232,4 @@ func TestKilledLocalLeavesNoStep(t *testing.T) {
 			t.Fatalf("30 s after slipway local was killed, still there: %v", left)
 		}
 	}
-}
-
-// processesUnder lists the live processes whose command line names dir:
-// the agents of a runtime, whose flags name their folders in it.
-func processesUnder(dir string) []string {
-	var found []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || !alive(pid) {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if strings.Contains(string(cmdline), dir+"/") {
-			found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
-		}
-	}
-	return found
-}
-
-// alive says whether pid runs (a zombie has ended).
-func alive(pid int) bool {
-	fields := statFields(strconv.Itoa(pid))
-	return len(fields) > 0 && fields[0] != "Z"
-}
-
-// statFields are the fields of /proc/<pid>/stat after the command name
-// (state, ppid, ...); none when the process is gone. The name may hold
-// spaces, so they are read after its closing ')'.
-func statFields(pid string) []string {
-	stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
-	if err != nil {
-		return nil
-	}
-	return strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
 }

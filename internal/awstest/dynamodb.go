@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
+	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/localaws"
 )
 
@@ -51,6 +52,21 @@ var tables atomic.Int64
 // TableName returns a table name no other test of this process uses.
 func TableName(t testing.TB) string {
 	return fmt.Sprintf("t%d-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9, tables.Add(1))
+}
+
+// Table is a table of the deployment's schema (ddb.TableInput) for this
+// test alone, dropped when it ends, and the client to reach it.
+func Table(t testing.TB) (*dynamodb.Client, string) {
+	t.Helper()
+	db := Client(t)
+	table := TableName(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := ddb.CreateTable(ctx, db, table); err != nil {
+		t.Fatal(err)
+	}
+	DropAtCleanup(t, db, table)
+	return db, table
 }
 
 // DropAtCleanup deletes the table when the test ends.

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/kmssigner"
 	"github.com/slipway-ci/slipway/internal/pki"
 )
@@ -15,14 +14,9 @@ import (
 // TestCACreatedOnceUnderRace: ten cold starts at once, each with the KMS
 // key, agree on one CA certificate.
 func TestCACreatedOnceUnderRace(t *testing.T) {
-	db := awstest.Client(t)
-	table := awstest.TableName(t)
+	db, table := awstest.Table(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	if err := ddb.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	awstest.DropAtCleanup(t, db, table)
 	s := &CARecord{DB: db, Table: table}
 	kms := awstest.KMS(t)
 	signer, err := kmssigner.New(ctx, kms, awstest.SigningKey(t, kms))

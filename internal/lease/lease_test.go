@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/lease/leasetest"
 	"github.com/slipway-ci/slipway/internal/stage/record"
@@ -18,14 +17,7 @@ import (
 
 func newStore(t testing.TB) *lease.Store {
 	t.Helper()
-	db := awstest.Client(t)
-	table := awstest.TableName(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := ddb.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	awstest.DropAtCleanup(t, db, table)
+	db, table := awstest.Table(t)
 	return &lease.Store{DB: db, Table: table}
 }
 
@@ -226,9 +218,12 @@ func TestLeaseExpiry(t *testing.T) {
 // ErrNoIdle.
 func TestContention(t *testing.T) {
 	s := newStore(t)
-	ctx := ctxT(t)
 	const acquirers, vms, rounds = 100, 20, 25
 	for round := range rounds {
+		// A deadline per round: on a loaded machine the whole test takes
+		// minutes, and no call of a round should wait that long.
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
 		pool := fmt.Sprintf("pool-%d", round)
 		addIdle(t, s, pool, vms, vms)
 		var mu sync.Mutex

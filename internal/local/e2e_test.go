@@ -58,7 +58,7 @@ func TestMain(m *testing.M) {
 		dir := rt.Dir
 		rt.Close()
 		// Ctrl-C and the tests' end alike: nothing the runtime started lives on.
-		if left := processesUnder(dir); len(left) > 0 {
+		if left := agenttest.ProcessesUnder(dir); len(left) > 0 {
 			fmt.Fprintf(os.Stderr, "processes left after Close: %v\n", left)
 			code = 1
 		}
@@ -307,7 +307,7 @@ func unsettled(t *testing.T, rt *local.Runtime, name string, stages []string) []
 		if running != items[in.LaunchID] {
 			problems = append(problems, fmt.Sprintf("pool %s: instance %s is %s, VM item: %v", name, in.LaunchID, in.State, items[in.LaunchID]))
 		}
-		if alive := len(processesUnder(filepath.Join(rt.Dir, "vms", in.LaunchID))) > 0; alive != running {
+		if alive := len(agenttest.ProcessesUnder(filepath.Join(rt.Dir, "vms", in.LaunchID))) > 0; alive != running {
 			problems = append(problems, fmt.Sprintf("pool %s: agent process of %s alive: %v, instance %s", name, in.LaunchID, alive, in.State))
 		}
 	}
@@ -330,25 +330,6 @@ func processesOfStage(id string) []string {
 			cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 			found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
 		}
-	}
-	return found
-}
-
-// processesUnder lists the processes whose command line names a path under
-// dir: the runtime's agents and whatever their steps left.
-func processesUnder(dir string) []string {
-	var found []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte(dir+string(filepath.Separator))) {
-			continue
-		}
-		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if fields := strings.Fields(string(stat)); len(fields) > 2 && fields[2] == "Z" {
-			continue // exited, not yet reaped
-		}
-		found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
 	}
 	return found
 }

@@ -74,7 +74,7 @@ func startFaultRuntime(t *testing.T, pool string, o local.Options) *faultRuntime
 		}
 		dir := rt.Dir
 		rt.Close()
-		if left := processesUnder(dir); len(left) > 0 {
+		if left := agenttest.ProcessesUnder(dir); len(left) > 0 {
 			t.Errorf("processes left after Close: %v", left)
 		}
 	})
@@ -129,7 +129,7 @@ func pauseProcesses(t *testing.T, pids []int, span time.Duration) {
 // agentPIDs are the runtime's agent processes (not their steps').
 func agentPIDs(rt *local.Runtime) []int {
 	var pids []int
-	for _, p := range processesUnder(filepath.Join(rt.Dir, "vms")) {
+	for _, p := range agenttest.ProcessesUnder(filepath.Join(rt.Dir, "vms")) {
 		pidText, cmdline, _ := strings.Cut(p, ": ")
 		if pid, err := strconv.Atoi(pidText); err == nil && strings.Contains(cmdline, "--addr") {
 			pids = append(pids, pid)
@@ -289,7 +289,7 @@ func killedUnderAStage(t *testing.T, f *faultRuntime, pool, part string, pid int
 		dir := f.rt.Dir
 		f.rt.Close()
 		until(t, 30*time.Second, "no process of the stage or the runtime", func() bool {
-			return len(processesOfStage(id)) == 0 && len(processesUnder(dir)) == 0
+			return len(processesOfStage(id)) == 0 && len(agenttest.ProcessesUnder(dir)) == 0
 		})
 	})
 }

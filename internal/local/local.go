@@ -172,11 +172,13 @@ type Runtime struct {
 	// reading the books, with every grant).
 	functions map[string]*deploy.Deployment
 	// died closes when a part exits on its own (watch); closing says Close
-	// began, so parts it stops are not taken for dead.
+	// began, so parts it stops are not taken for dead; Close waits for the
+	// watchers, so that once it returns, no part's exit is still to be told.
 	died     chan struct{}
 	diedOnce sync.Once
 	diedErr  error
 	closing  atomic.Bool
+	watchers sync.WaitGroup
 	// refusals are the writes a function's role would not be allowed.
 	refusalsMu           sync.Mutex
 	refusals             []string
@@ -453,7 +455,7 @@ func (rt *Runtime) stepFunctions(ctx context.Context) error {
 // memory, so a restarted one would know no stage), so whoever runs the
 // runtime says which part died and stops it whole.
 func (rt *Runtime) watch(p *proc, what string) {
-	go func() {
+	rt.watchers.Go(func() {
 		<-p.done
 		if rt.closing.Load() {
 			return
@@ -468,7 +470,7 @@ func (rt *Runtime) watch(p *proc, what string) {
 			rt.diedErr = err
 			close(rt.died)
 		})
-	}()
+	})
 }
 
 // Died is closed when a part the runtime started exits on its own; Err
@@ -655,6 +657,7 @@ func (rt *Runtime) Close() {
 		for i := len(rt.procs) - 1; i >= 0; i-- {
 			rt.procs[i].stop(10 * time.Second)
 		}
+		rt.watchers.Wait()
 		for _, f := range rt.logFiles {
 			_ = f.Close()
 		}

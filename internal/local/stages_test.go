@@ -20,10 +20,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
+	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/internal/local"
 	"github.com/slipway-ci/slipway/internal/local/localtest"
 	"github.com/slipway-ci/slipway/internal/stage"
 	"github.com/slipway-ci/slipway/internal/stage/record"
+	"github.com/slipway-ci/slipway/statemachine"
 )
 
 func TestWarmHit(t *testing.T) {
@@ -220,7 +222,7 @@ func TestAgentKilledMidStep(t *testing.T) {
 		vm = st.VM
 		return st.Phase == stage.PhaseRunning && len(processesOfStage("agent-dies")) > 0
 	})
-	agents := processesUnder(filepath.Join(rt.Dir, "vms", vm))
+	agents := agenttest.ProcessesUnder(filepath.Join(rt.Dir, "vms", vm))
 	if len(agents) != 1 {
 		t.Fatalf("agent processes of %s: %v", vm, agents)
 	}
@@ -354,7 +356,7 @@ func TestStopExecution(t *testing.T) {
 func TestFunctionError(t *testing.T) {
 	t.Parallel()
 	rt := runtime(t)
-	shared.faults.Store("step/faulty", true)
+	shared.faults.Store(statemachine.RunGroup+"/faulty", true)
 	create(t, rt, stage.Spec{ID: "faulty", Pool: "fault", Groups: []stage.Group{group(true, s("a", "true"))}})
 	st := released(t, rt, "faulty", time.Minute)
 	if st.Result != stage.Errored || !strings.Contains(st.Reason, "a task failed: FaultError") || !strings.Contains(st.Reason, "injected") {

@@ -222,7 +222,11 @@ func TestLongPollAndCancel(t *testing.T) {
 	// A change ends it early.
 	done := make(chan answer)
 	go func() { done <- e.do(t, "GET", "/v1/stages/lp?wait=20s&version="+itoa(st.Version), nil, true) }()
-	time.Sleep(200 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); e.serving.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the long-poll never reached the API")
+		}
+	}
 	start = time.Now()
 	if a := e.do(t, "DELETE", "/v1/stages/lp", nil, true); a.status != http.StatusAccepted {
 		t.Fatalf("cancel: %d %s", a.status, a.body)

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,7 +28,6 @@ import (
 	"github.com/slipway-ci/slipway/agent/agenttest"
 	"github.com/slipway-ci/slipway/internal/apigw"
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/logarchive"
@@ -134,6 +134,8 @@ type env struct {
 	// caller is whom API Gateway authenticated for each call (callerA
 	// unless a test says otherwise).
 	caller string
+	// serving counts the calls the API is serving now.
+	serving *atomic.Int32
 }
 
 // Callers of the tests: two delegates' roles, sessions of them, and an
@@ -152,8 +154,6 @@ func (e *env) as(caller string) *env {
 	return &other
 }
 
-// newEnv is a deployment on DynamoDB Local and local-kms, its VMs agent
-// processes (fleet.Local).
 // tune changes the deployment's settings; the handlers made after it, and
 // the API, take them.
 func (e *env) tune(f func(*stage.Settings)) {
@@ -161,16 +161,12 @@ func (e *env) tune(f func(*stage.Settings)) {
 	e.api = stage.NewAPI(e.deps)
 }
 
+// newEnv is a deployment on DynamoDB Local and local-kms, its VMs agent
+// processes (fleet.Local).
 func newEnv(t *testing.T, pools ...pool.Pool) *env {
 	t.Helper()
-	db := awstest.Client(t)
+	db, table := awstest.Table(t)
 	kms := awstest.KMS(t)
-	table := awstest.TableName(t)
-	ctx := agenttest.Context(t)
-	if err := ddb.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	awstest.DropAtCleanup(t, db, table)
 	store := &lease.Store{DB: db, Table: table}
 	stages := &record.Store{DB: db, Table: table}
 	key, err := pki.GenerateKey()
@@ -193,7 +189,7 @@ func newEnv(t *testing.T, pools ...pool.Pool) *env {
 		Prober: &warm.AgentProber{RootCAs: roots, Certificate: identity.Certificate}, Metrics: emitter,
 	}
 	secretsKey := awstest.SymmetricKey(t, kms)
-	e := &env{db: db, store: store, stages: stages, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out, caller: callerA}
+	e := &env{serving: &atomic.Int32{}, db: db, store: store, stages: stages, keeper: keeper, execs: &executions{}, invoker: &invoker{}, metrics: out, caller: callerA}
 	e.deps = &stage.Deps{
 		Stages: stages, VMs: store, Keeper: keeper, Pools: pools,
 		Sealer: &secret.Sealer{KMS: kms, KeyID: secretsKey}, Opener: &secret.Opener{KMS: kms},
@@ -306,7 +302,9 @@ func (e *env) do(t *testing.T, method, path string, body any, valid bool) answer
 		}
 	}
 	rec := httptest.NewRecorder()
+	e.serving.Add(1)
 	e.api.ServeHTTP(rec, newReq())
+	e.serving.Add(-1)
 	resp := rec.Result()
 	got, _ := io.ReadAll(resp.Body)
 	resp.Body = io.NopCloser(bytes.NewReader(got))

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/fleet"
 	"github.com/slipway-ci/slipway/internal/fleet/ec2fake"
 	"github.com/slipway-ci/slipway/internal/lease"
@@ -101,13 +100,7 @@ func testPool(name string, minIdle, maxInstances int) pool.Pool {
 
 func newEnv(t testing.TB, pools ...pool.Pool) *env {
 	t.Helper()
-	db := awstest.Client(t)
-	table := awstest.TableName(t)
-	ctx := context.Background()
-	if err := ddb.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	awstest.DropAtCleanup(t, db, table)
+	db, table := awstest.Table(t)
 	clk := &clock{t: time.Now()}
 	store := &lease.Store{DB: db, Table: table, Now: clk.Now}
 	fake := ec2fake.New()

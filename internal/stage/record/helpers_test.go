@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/lease/leasetest"
 	"github.com/slipway-ci/slipway/internal/stage/record"
@@ -25,14 +24,7 @@ type (
 
 func newStore(t testing.TB) *books {
 	t.Helper()
-	db := awstest.Client(t)
-	table := awstest.TableName(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := ddb.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	awstest.DropAtCleanup(t, db, table)
+	db, table := awstest.Table(t)
 	return &books{&record.Store{DB: db, Table: table}, &lease.Store{DB: db, Table: table}}
 }
 

@@ -7,20 +7,14 @@ import (
 	"time"
 
 	"github.com/slipway-ci/slipway/internal/awstest"
-	"github.com/slipway-ci/slipway/internal/ddb"
 	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 // TestListStages: stages list newest first across hour partitions, by pool,
 // since a time, at most a limit.
 func TestListStages(t *testing.T) {
-	db := awstest.Client(t)
-	table := awstest.TableName(t)
+	db, table := awstest.Table(t)
 	ctx := context.Background()
-	if err := ddb.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	awstest.DropAtCleanup(t, db, table)
 	clock := time.Date(2026, 12, 3, 10, 50, 0, 0, time.UTC)
 	store := &record.Store{DB: db, Table: table, Now: func() time.Time { return clock }}
 	// Seven stages 15 minutes apart: they span three hours.

@@ -1,4 +1,4 @@
-package main
+package demo
 
 import (
 	"bytes"
@@ -14,9 +14,9 @@ import (
 	"github.com/slipway-ci/slipway/internal/harnessrunner"
 )
 
-// demoHarness plays the Harness delegate against `slipway harness-runner`:
+// harnessRunner plays the Harness delegate against `slipway harness-runner`:
 // setup, two steps and destroy, as the delegate's VM runner client sends them.
-func demoHarness(ctx context.Context, out io.Writer, api *delegate.Client, say func(string, ...any)) error {
+func harnessRunner(ctx context.Context, out io.Writer, api *delegate.Client, say func(string, ...any)) error {
 	say("slipway harness-runner: the Harness delegate's VM runner API; setup, two steps, destroy")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

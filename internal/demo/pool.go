@@ -1,4 +1,4 @@
-package main
+package demo
 
 import (
 	"context"
@@ -27,10 +27,10 @@ import (
 	"github.com/slipway-ci/slipway/internal/warm"
 )
 
-// demoPool shows a warm pool on this machine: the lease store on DynamoDB
+// warmPool shows a warm pool on this machine: the lease store on DynamoDB
 // Local, VMs that are agent processes, refill bringing them up, a stage
 // leasing one, running steps on it and releasing it, and refill replacing it.
-func demoPool(ctx context.Context, out io.Writer, agentPath string, say func(string, ...any)) error {
+func warmPool(ctx context.Context, out io.Writer, agentPath string, say func(string, ...any)) error {
 	dir, err := os.MkdirTemp("", "slipway-demo-pool-")
 	if err != nil {
 		return err

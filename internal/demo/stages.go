@@ -1,4 +1,4 @@
-package main
+package demo
 
 import (
 	"context"
@@ -27,12 +27,12 @@ const demoJUnit = `<?xml version="1.0" encoding="UTF-8"?>
   </testcase>
 </testsuite>`
 
-// demoStages is the whole system: slipway local with a pool of two VMs,
+// wholeStages is the whole system: slipway local with a pool of two VMs,
 // `slipway stage run` of a passing stage (a host step, a container step, a
 // step printing a secret, a step writing a test report) and of a failing
 // one, a released stage's log read back from the archive, the pool before
 // and after; then everything stops.
-func demoStages(ctx context.Context, out io.Writer, agentPath string, docker bool, say func(string, ...any)) error {
+func wholeStages(ctx context.Context, out io.Writer, agentPath string, docker bool, say func(string, ...any)) error {
 	say("slipway local: the delegate API, the functions, the state machine on a local ASL engine, a pool of 2 VMs")
 	o := local.Options{
 		Listen: "127.0.0.1:0", AgentPath: agentPath, Tick: 2 * time.Second,
@@ -108,7 +108,7 @@ func demoStages(ctx context.Context, out io.Writer, agentPath string, docker boo
 	if err := waitIdle(ctx, api, "demo", 2); err != nil {
 		return err
 	}
-	if err := demoHarness(ctx, out, api, say); err != nil {
+	if err := harnessRunner(ctx, out, api, say); err != nil {
 		return err
 	}
 
