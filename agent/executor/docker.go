@@ -196,9 +196,17 @@ func (h *dockerHandle) ensureImage(ctx context.Context) error {
 		return fmt.Errorf("pull image %s: %w", spec.Image, err)
 	}
 	defer rc.Close()
-	// The pull progresses only while its progress stream is read; an error in
-	// the middle of it arrives as a message in the stream.
-	dec := json.NewDecoder(rc)
+	if err := ReadProgress(rc); err != nil {
+		return fmt.Errorf("pull image %s: %w", spec.Image, err)
+	}
+	return nil
+}
+
+// ReadProgress reads a Docker Engine progress stream (an image pull's or
+// build's) to its end: the work goes on only while it is read, and an error
+// in the middle of it arrives as a message in the stream.
+func ReadProgress(r io.Reader) error {
+	dec := json.NewDecoder(r)
 	for {
 		var msg struct {
 			Error string `json:"error"`
@@ -206,10 +214,10 @@ func (h *dockerHandle) ensureImage(ctx context.Context) error {
 		if err := dec.Decode(&msg); err == io.EOF {
 			return nil
 		} else if err != nil {
-			return fmt.Errorf("pull image %s: %w", spec.Image, err)
+			return err
 		}
 		if msg.Error != "" {
-			return fmt.Errorf("pull image %s: %s", spec.Image, msg.Error)
+			return errors.New(msg.Error)
 		}
 	}
 }

@@ -3,22 +3,11 @@
 package main
 
 import (
-	"context"
-	"log/slog"
-	"os"
-
-	"github.com/aws/aws-lambda-go/lambda"
-
 	"github.com/slipway-ci/slipway/internal/apigw"
 	"github.com/slipway-ci/slipway/internal/deploy"
 	"github.com/slipway-ci/slipway/internal/stage"
 )
 
 func main() {
-	d, err := deploy.AWS(context.Background())
-	if err != nil {
-		slog.Error("api function: start", "err", err)
-		os.Exit(1)
-	}
-	lambda.Start(apigw.Handler(stage.NewAPI(d.Deps)))
+	deploy.Serve("api", func(d *deploy.Deployment) any { return apigw.Handler(stage.NewAPI(d.Deps)) })
 }

@@ -4,20 +4,9 @@
 package main
 
 import (
-	"context"
-	"log/slog"
-	"os"
-
-	"github.com/aws/aws-lambda-go/lambda"
-
 	"github.com/slipway-ci/slipway/internal/deploy"
 )
 
 func main() {
-	d, err := deploy.AWS(context.Background())
-	if err != nil {
-		slog.Error("refill function: start", "err", err)
-		os.Exit(1)
-	}
-	lambda.Start(d.Refill)
+	deploy.Serve("refill", func(d *deploy.Deployment) any { return d.Refill })
 }

@@ -7,7 +7,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +17,8 @@ import (
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+
+	"github.com/slipway-ci/slipway/agent/executor"
 )
 
 // Tag is the image's name.
@@ -81,20 +82,10 @@ func buildImage(ctx context.Context, api API, tag string, buildContext io.Reader
 		return fmt.Errorf("build %s: %w", tag, err)
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(resp.Body)
-	for {
-		var msg struct {
-			Error string `json:"error"`
-		}
-		if err := dec.Decode(&msg); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("build %s: %w", tag, err)
-		}
-		if msg.Error != "" {
-			return fmt.Errorf("build %s: %s", tag, msg.Error)
-		}
+	if err := executor.ReadProgress(resp.Body); err != nil {
+		return fmt.Errorf("build %s: %w", tag, err)
 	}
+	return nil
 }
 
 // contextTar is the build context: a Dockerfile and a root file system with

@@ -11,8 +11,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -175,4 +178,55 @@ func GetTime(item map[string]types.AttributeValue, name string) (time.Time, erro
 		return time.Time{}, err
 	}
 	return time.UnixMilli(ms).UTC(), nil
+}
+
+// Change is a conditional update of one item: SET clauses ("#name =
+// :value"), REMOVE clauses ("#name"), a condition, and the names and values
+// they use.
+type Change struct {
+	Set, Remove []string
+	Cond        string
+	Names       map[string]string
+	Values      map[string]types.AttributeValue
+}
+
+// With is c and d together: their clauses, names and values, and both
+// conditions.
+func (c Change) With(d Change) Change {
+	out := Change{
+		Set:    append(slices.Clone(c.Set), d.Set...),
+		Remove: append(slices.Clone(c.Remove), d.Remove...),
+		Cond:   c.Cond,
+		Names:  maps.Clone(c.Names),
+		Values: maps.Clone(c.Values),
+	}
+	if d.Cond != "" {
+		out.Cond = strings.TrimPrefix(out.Cond+" AND "+d.Cond, " AND ")
+	}
+	if out.Names == nil {
+		out.Names = map[string]string{}
+	}
+	if out.Values == nil {
+		out.Values = map[string]types.AttributeValue{}
+	}
+	maps.Copy(out.Names, d.Names)
+	maps.Copy(out.Values, d.Values)
+	return out
+}
+
+// Update is c as the update of the item at key, for a transaction (or, by
+// UpdateItem, alone).
+func (c Change) Update(table string, key map[string]types.AttributeValue) *types.Update {
+	expr := "SET " + strings.Join(c.Set, ", ")
+	if len(c.Remove) > 0 {
+		expr += " REMOVE " + strings.Join(c.Remove, ", ")
+	}
+	u := &types.Update{
+		TableName: aws.String(table), Key: key, UpdateExpression: aws.String(expr),
+		ExpressionAttributeNames: c.Names, ExpressionAttributeValues: c.Values,
+	}
+	if c.Cond != "" {
+		u.ConditionExpression = aws.String(c.Cond)
+	}
+	return u
 }

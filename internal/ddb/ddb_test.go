@@ -106,3 +106,27 @@ func TestWriteGuardRefusesOtherPartitions(t *testing.T) {
 		t.Fatalf("a read: %v", err)
 	}
 }
+
+func TestChangeWith(t *testing.T) {
+	base := ddb.Change{Set: []string{"#v = #v + :one"}, Cond: "attribute_exists(pk)",
+		Names: map[string]string{"#v": "version"}, Values: map[string]types.AttributeValue{":one": ddb.Num(1)}}
+	u := base.With(ddb.Change{Set: []string{"#r = :r"}, Remove: []string{"#s"}, Cond: "#r <> :r",
+		Names: map[string]string{"#r": "result", "#s": "sealed"}, Values: map[string]types.AttributeValue{":r": ddb.Str("passed")}}).
+		Update("t", ddb.Key("STAGE#s1", "META"))
+	if got := aws.ToString(u.UpdateExpression); got != "SET #v = #v + :one, #r = :r REMOVE #s" {
+		t.Errorf("update expression %q", got)
+	}
+	if got := aws.ToString(u.ConditionExpression); got != "attribute_exists(pk) AND #r <> :r" {
+		t.Errorf("condition %q", got)
+	}
+	if len(u.ExpressionAttributeNames) != 3 || len(u.ExpressionAttributeValues) != 2 || aws.ToString(u.TableName) != "t" {
+		t.Errorf("names %v, values %v", u.ExpressionAttributeNames, u.ExpressionAttributeValues)
+	}
+	// The base is left as it was: every update starts from it.
+	if len(base.Set) != 1 || len(base.Names) != 1 || len(base.Values) != 1 {
+		t.Errorf("With changed its receiver: %+v", base)
+	}
+	if u := (ddb.Change{Set: []string{"#a = :a"}}).Update("t", ddb.Key("p", "s")); u.ConditionExpression != nil {
+		t.Errorf("no condition given, one written: %q", aws.ToString(u.ConditionExpression))
+	}
+}

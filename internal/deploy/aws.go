@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	lambdart "github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -170,4 +172,16 @@ func AWS(ctx context.Context) (*Deployment, error) {
 		}
 	}
 	return Build(ctx, s, clients, pools.Pools, tuning, os.Stderr, os.Stdout)
+}
+
+// Serve is a function's main: it builds the deployment from the function's
+// environment (AWS) and serves the Lambda handler that handler makes of it;
+// a deployment that cannot be built ends the process, saying why.
+func Serve(function string, handler func(*Deployment) any) {
+	d, err := AWS(context.Background())
+	if err != nil {
+		slog.Error(function+" function: start", "err", err)
+		os.Exit(1)
+	}
+	lambdart.Start(handler(d))
 }

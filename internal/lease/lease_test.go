@@ -213,12 +213,12 @@ func TestLeaseExpiry(t *testing.T) {
 	}
 }
 
-// TestContention: 100 stages lease at once from 20 idle VMs, 25 rounds:
+// TestContention: 100 stages lease at once from 20 idle VMs, 15 rounds:
 // never two leases on one VM, no lease lost, every stage gets a VM or
 // ErrNoIdle.
 func TestContention(t *testing.T) {
 	s := newStore(t)
-	const acquirers, vms, rounds = 100, 20, 25
+	const acquirers, vms, rounds = 100, 20, 15
 	for round := range rounds {
 		// A deadline per round: on a loaded machine the whole test takes
 		// minutes, and no call of a round should wait that long.

@@ -141,9 +141,11 @@ func (s *Store) MarkProvisioning(ctx context.Context, pool, launchID, instanceID
 	}
 	vm, err := s.apply(ctx, pool, launchID, move{
 		from: Launching, to: Provisioning,
-		set:    []string{"#iid = :iid", "#addr = :addr", "#type = :type"},
-		names:  map[string]string{"#iid": attrInstanceID, "#addr": attrAddress, "#type": attrInstanceType},
-		values: map[string]types.AttributeValue{":iid": ddb.Str(instanceID), ":addr": ddb.Str(address), ":type": ddb.Str(instanceType)},
+		Change: ddb.Change{
+			Set:    []string{"#iid = :iid", "#addr = :addr", "#type = :type"},
+			Names:  map[string]string{"#iid": attrInstanceID, "#addr": attrAddress, "#type": attrInstanceType},
+			Values: map[string]types.AttributeValue{":iid": ddb.Str(instanceID), ":addr": ddb.Str(address), ":type": ddb.Str(instanceType)},
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mark vm %s provisioning: %w", launchID, err)
@@ -155,9 +157,11 @@ func (s *Store) MarkProvisioning(ctx context.Context, pool, launchID, instanceID
 func (s *Store) MarkIdle(ctx context.Context, pool, launchID string) (*VM, error) {
 	vm, err := s.apply(ctx, pool, launchID, move{
 		from: Provisioning, to: Idle,
-		set:    []string{"#idle = :pool"},
-		names:  map[string]string{"#idle": ddb.AttrIdlePK},
-		values: map[string]types.AttributeValue{":pool": ddb.Str(pool)},
+		Change: ddb.Change{
+			Set:    []string{"#idle = :pool"},
+			Names:  map[string]string{"#idle": ddb.AttrIdlePK},
+			Values: map[string]types.AttributeValue{":pool": ddb.Str(pool)},
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mark vm %s idle: %w", launchID, err)
@@ -170,8 +174,10 @@ func (s *Store) MarkIdle(ctx context.Context, pool, launchID string) (*VM, error
 func (s *Store) Retire(ctx context.Context, pool, launchID string, from State) (*VM, error) {
 	vm, err := s.apply(ctx, pool, launchID, move{
 		from: from, to: Releasing,
-		remove: []string{"#idle"},
-		names:  map[string]string{"#idle": ddb.AttrIdlePK},
+		Change: ddb.Change{
+			Remove: []string{"#idle"},
+			Names:  map[string]string{"#idle": ddb.AttrIdlePK},
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("retire vm %s: %w", launchID, err)
@@ -266,8 +272,10 @@ func (s *Store) idleCandidates(ctx context.Context, pool string) ([]string, erro
 func (s *Store) ReleaseExpired(ctx context.Context, pool, launchID string) (*VM, error) {
 	vm, err := s.apply(ctx, pool, launchID, move{
 		from: Leased, to: Releasing,
-		cond:  "#dl < :now",
-		names: map[string]string{"#dl": attrLeaseDeadline},
+		Change: ddb.Change{
+			Cond:  "#dl < :now",
+			Names: map[string]string{"#dl": attrLeaseDeadline},
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("release expired lease of vm %s: %w", launchID, err)

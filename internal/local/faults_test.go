@@ -295,31 +295,46 @@ func killedUnderAStage(t *testing.T, f *faultRuntime, pool, part string, pid int
 }
 
 // TestFaultsOfTheAgent pauses the VM's agent at each phase (within the agent
-// grace: the stage passes) and kills it at each: before the lease and at
-// the lease, the stage gets another VM and passes; at the step it ends
-// error, ours, not the build's; before the release, the stage passes with
-// its whole log, archived as its step ended.
+// grace: the stage passes) and kills it at each: before the lease, and at
+// init before the bind, the stage gets another VM and passes; at the step
+// (or at init after the API bound the stage) it ends error, ours, not the
+// build's; before the release, the stage passes with its whole log,
+// archived as its step ended.
 func TestFaultsOfTheAgent(t *testing.T) {
 	t.Parallel()
 	pool := "f-agent"
 	f := startFaultRuntime(t, pool, local.Options{DynamoDBEndpoint: awstest.DynamoDBEndpoint(t), KMSEndpoint: awstest.KMSEndpoint(t)})
 	pausedMatrix(t, f, pool, func() { pauseProcesses(t, agentPIDs(f.rt), faultSpan) })
+	var killed sync.Map // launch ids of the VMs whose agents a kill ended
 	kill := func() {
-		for _, pid := range agentPIDs(f.rt) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		vms := filepath.Join(f.rt.Dir, "vms")
+		for _, p := range agenttest.ProcessesUnder(vms) {
+			pidText, cmdline, _ := strings.Cut(p, ": ")
+			pid, err := strconv.Atoi(pidText)
+			_, after, _ := strings.Cut(cmdline, vms+string(filepath.Separator))
+			launchID, _, _ := strings.Cut(after, string(filepath.Separator))
+			if err == nil && strings.Contains(cmdline, "--addr") {
+				killed.Store(launchID, true)
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
 		}
 	}
 	for _, ph := range phases {
 		t.Run("killed at "+ph.name, func(t *testing.T) {
 			st := runFaultCase(t, f, pool, pool+"-killed-"+ph.name, ph.name, ph.function, kill)
 			step := st.Groups[0].Steps[0]
-			switch ph.name {
-			case "create", "init", "cleanup":
-				wantPassed(t, f.rt, st)
-			case "step":
+			// The API binds a stage to an idle VM as it creates it, so init's
+			// invocation may come before that bind or after it: before, init
+			// finds the agent dead and leases another VM; after, the stage
+			// holds a VM whose agent died, as a kill at the step does.
+			_, ranOnKilled := killed.Load(st.VM)
+			switch {
+			case ph.name == "step" || ph.name == "init" && ranOnKilled:
 				if st.Result != stage.Errored || step.State != "error" || !strings.Contains(step.Error, "the agent did not answer") {
 					t.Errorf("stage %s: %s (%s), step %s (%s); want error: the agent did not answer", st.ID, st.Result, st.Reason, step.State, step.Error)
 				}
+			default:
+				wantPassed(t, f.rt, st)
 			}
 		})
 	}

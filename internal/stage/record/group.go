@@ -151,15 +151,15 @@ func (s *Store) AddGroup(ctx context.Context, stageID string, read *Records, g N
 			return nil, nil, fmt.Errorf("add group to stage %s: %w", stageID, ErrStageClosed)
 		}
 		now := s.now()
-		c := stageChange{
-			set:    []string{"#g = #g + :one", "#final = :final"},
-			cond:   "#g = :n AND attribute_not_exists(#rel) AND attribute_not_exists(#res) AND (attribute_not_exists(#final) OR #final = :false)",
-			names:  map[string]string{"#g": attrGroups, "#final": attrFinal, "#ids": attrStepIDs, "#rel": attrReleasedAt, "#res": attrResult},
-			values: map[string]types.AttributeValue{":n": ddb.Num(int64(st.Groups)), ":final": &types.AttributeValueMemberBOOL{Value: g.Final}, ":false": &types.AttributeValueMemberBOOL{Value: false}},
+		c := ddb.Change{
+			Set:    []string{"#g = #g + :one", "#final = :final"},
+			Cond:   "#g = :n AND attribute_not_exists(#rel) AND attribute_not_exists(#res) AND (attribute_not_exists(#final) OR #final = :false)",
+			Names:  map[string]string{"#g": attrGroups, "#final": attrFinal, "#ids": attrStepIDs, "#rel": attrReleasedAt, "#res": attrResult},
+			Values: map[string]types.AttributeValue{":n": ddb.Num(int64(st.Groups)), ":final": &types.AttributeValueMemberBOOL{Value: g.Final}, ":false": &types.AttributeValueMemberBOOL{Value: false}},
 		}
 		for i, id := range g.StepIDs {
-			c.cond += fmt.Sprintf(" AND NOT contains(#ids, :id%d)", i)
-			c.values[fmt.Sprintf(":id%d", i)] = ddb.Str(id)
+			c.Cond += fmt.Sprintf(" AND NOT contains(#ids, :id%d)", i)
+			c.Values[fmt.Sprintf(":id%d", i)] = ddb.Str(id)
 		}
 		update := s.stageUpdate(stageID, c)
 		// ADD keeps the set of the stage's step ids.
@@ -298,11 +298,11 @@ func (s *Store) FinishGroup(ctx context.Context, st *Stage, index int, end Group
 		return nil, fmt.Errorf("finish group %d of stage %s: %d steps, at most %d", index, st.ID, len(end.Steps), MaxStepsPerGroup)
 	}
 	now := s.now()
-	c := stageChange{
-		set:    []string{"#cur = :next", "#ge = :ended"},
-		cond:   "#cur = :n AND attribute_not_exists(#rel)",
-		names:  map[string]string{"#cur": attrCursor, "#ge": attrGroupEndedAt, "#rel": attrReleasedAt},
-		values: map[string]types.AttributeValue{":n": ddb.Num(int64(index)), ":next": ddb.Num(int64(index + 1)), ":ended": ddb.Millis(end.EndedAt)},
+	c := ddb.Change{
+		Set:    []string{"#cur = :next", "#ge = :ended"},
+		Cond:   "#cur = :n AND attribute_not_exists(#rel)",
+		Names:  map[string]string{"#cur": attrCursor, "#ge": attrGroupEndedAt, "#rel": attrReleasedAt},
+		Values: map[string]types.AttributeValue{":n": ddb.Num(int64(index)), ":next": ddb.Num(int64(index + 1)), ":ended": ddb.Millis(end.EndedAt)},
 	}
 	ending(&c, end.Result, end.Reason, now)
 	writes := []types.TransactWriteItem{

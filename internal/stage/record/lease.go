@@ -48,11 +48,11 @@ func (s *Store) tryLeaseForStage(ctx context.Context, st *Stage, launchID string
 	now := s.now()
 	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
 		{Update: s.vms().LeaseUpdate(st.Pool, launchID, st.ID, leaseDeadline, now)},
-		{Update: s.stageUpdate(st.ID, stageChange{
-			set:    []string{"#vm = :vm", "#la = :now"},
-			cond:   "attribute_not_exists(#vm) AND attribute_not_exists(#rel)",
-			names:  map[string]string{"#vm": attrVM, "#la": attrLeasedAt, "#rel": attrReleasedAt},
-			values: map[string]types.AttributeValue{":vm": ddb.Str(launchID), ":now": ddb.Millis(now)},
+		{Update: s.stageUpdate(st.ID, ddb.Change{
+			Set:    []string{"#vm = :vm", "#la = :now"},
+			Cond:   "attribute_not_exists(#vm) AND attribute_not_exists(#rel)",
+			Names:  map[string]string{"#vm": attrVM, "#la": attrLeasedAt, "#rel": attrReleasedAt},
+			Values: map[string]types.AttributeValue{":vm": ddb.Str(launchID), ":now": ddb.Millis(now)},
 		})},
 	}}
 	errTaken := errors.New("taken")
@@ -88,12 +88,12 @@ func (s *Store) DropStageVM(ctx context.Context, stageID, launchID string) (*lea
 		return nil, err
 	}
 	in := &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
-		{Update: s.stageUpdate(stageID, stageChange{
-			set:    []string{"#d = if_not_exists(#d, :zero) + :one"},
-			remove: []string{"#vm", "#la"},
-			cond:   "#vm = :vm AND attribute_not_exists(#b) AND attribute_not_exists(#rel)",
-			names:  map[string]string{"#d": attrDropped, "#vm": attrVM, "#la": attrLeasedAt, "#b": attrBoundAt, "#rel": attrReleasedAt},
-			values: map[string]types.AttributeValue{":vm": ddb.Str(launchID), ":zero": ddb.Num(0)},
+		{Update: s.stageUpdate(stageID, ddb.Change{
+			Set:    []string{"#d = if_not_exists(#d, :zero) + :one"},
+			Remove: []string{"#vm", "#la"},
+			Cond:   "#vm = :vm AND attribute_not_exists(#b) AND attribute_not_exists(#rel)",
+			Names:  map[string]string{"#d": attrDropped, "#vm": attrVM, "#la": attrLeasedAt, "#b": attrBoundAt, "#rel": attrReleasedAt},
+			Values: map[string]types.AttributeValue{":vm": ddb.Str(launchID), ":zero": ddb.Num(0)},
 		})},
 		{Update: s.vms().ReleaseUpdate(st.Pool, launchID, stageID, s.now())},
 	}}
@@ -155,16 +155,16 @@ var errVMMoved = errors.New("the stage's vm is no longer leased to it")
 // releaseUpdate marks the stage released, on the condition that it still
 // holds vm (or none), and deletes its secrets.
 func (s *Store) releaseUpdate(stageID, vm, result, reason string, now time.Time) *types.Update {
-	c := stageChange{
-		set:    []string{"#rel = :now"},
-		remove: []string{"#sealed"},
-		cond:   "attribute_not_exists(#rel) AND attribute_not_exists(#vm)",
-		names:  map[string]string{"#rel": attrReleasedAt, "#vm": attrVM, "#sealed": attrSealed},
-		values: map[string]types.AttributeValue{":now": ddb.Millis(now)},
+	c := ddb.Change{
+		Set:    []string{"#rel = :now"},
+		Remove: []string{"#sealed"},
+		Cond:   "attribute_not_exists(#rel) AND attribute_not_exists(#vm)",
+		Names:  map[string]string{"#rel": attrReleasedAt, "#vm": attrVM, "#sealed": attrSealed},
+		Values: map[string]types.AttributeValue{":now": ddb.Millis(now)},
 	}
 	if vm != "" {
-		c.cond = "attribute_not_exists(#rel) AND #vm = :vm"
-		c.values[":vm"] = ddb.Str(vm)
+		c.Cond = "attribute_not_exists(#rel) AND #vm = :vm"
+		c.Values[":vm"] = ddb.Str(vm)
 	}
 	ending(&c, result, reason, now)
 	return s.stageUpdate(stageID, c)

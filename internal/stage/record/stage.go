@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -289,42 +288,20 @@ func (s *Store) liveStage(ctx context.Context, id, op string) (*Stage, error) {
 	return st, nil
 }
 
-// stageChange is a conditional update of a stage's META item that bumps
-// its version.
-type stageChange struct {
-	set, remove []string
-	cond        string
-	names       map[string]string
-	values      map[string]types.AttributeValue
-}
-
-func (s *Store) stageUpdate(id string, c stageChange) *types.Update {
-	names := map[string]string{"#v": attrVersion}
-	for k, v := range c.names {
-		names[k] = v
-	}
-	values := map[string]types.AttributeValue{":one": ddb.Num(1)}
-	for k, v := range c.values {
-		values[k] = v
-	}
-	expr := "SET " + strings.Join(append([]string{"#v = #v + :one"}, c.set...), ", ")
-	if len(c.remove) > 0 {
-		expr += " REMOVE " + strings.Join(c.remove, ", ")
-	}
-	cond := "attribute_exists(pk)"
-	if c.cond != "" {
-		cond += " AND " + c.cond
-	}
-	return &types.Update{
-		TableName: aws.String(s.Table), Key: stageKey(id),
-		UpdateExpression: aws.String(expr), ConditionExpression: aws.String(cond),
-		ExpressionAttributeNames: names, ExpressionAttributeValues: values,
-	}
+// stageUpdate is c on the stage's META item, which must exist, bumping its
+// version (which long-polls watch).
+func (s *Store) stageUpdate(id string, c ddb.Change) *types.Update {
+	return ddb.Change{
+		Set:    []string{"#v = #v + :one"},
+		Cond:   "attribute_exists(pk)",
+		Names:  map[string]string{"#v": attrVersion},
+		Values: map[string]types.AttributeValue{":one": ddb.Num(1)},
+	}.With(c).Update(s.Table, stageKey(id))
 }
 
 // changeStage applies c; a failed condition is told by failed, which reads
 // the stage.
-func (s *Store) changeStage(ctx context.Context, id string, c stageChange, failed func(*Stage) error) (*Stage, error) {
+func (s *Store) changeStage(ctx context.Context, id string, c ddb.Change, failed func(*Stage) error) (*Stage, error) {
 	out, err := s.DB.UpdateItem(ctx, ddb.UpdateItem(s.stageUpdate(id, c)))
 	if ddb.IsConditionFailed(err) {
 		st, gerr := s.GetStage(ctx, id)
@@ -340,13 +317,13 @@ func (s *Store) changeStage(ctx context.Context, id string, c stageChange, faile
 }
 
 // ending is the stage's result, set only where none is yet.
-func ending(c *stageChange, result, reason string, now time.Time) {
+func ending(c *ddb.Change, result, reason string, now time.Time) {
 	if result == "" {
 		return
 	}
-	c.set = append(c.set, "#res = if_not_exists(#res, :res)", "#why = if_not_exists(#why, :why)", "#end = if_not_exists(#end, :end)")
-	c.names["#res"], c.names["#why"], c.names["#end"] = attrResult, attrReason, attrEndedAt
-	c.values[":res"], c.values[":why"], c.values[":end"] = ddb.Str(result), ddb.Str(truncateReason(reason)), ddb.Millis(now)
+	c.Set = append(c.Set, "#res = if_not_exists(#res, :res)", "#why = if_not_exists(#why, :why)", "#end = if_not_exists(#end, :end)")
+	c.Names["#res"], c.Names["#why"], c.Names["#end"] = attrResult, attrReason, attrEndedAt
+	c.Values[":res"], c.Values[":why"], c.Values[":end"] = ddb.Str(result), ddb.Str(truncateReason(reason)), ddb.Millis(now)
 }
 
 // EndStage records the stage's result and why, unless it has one: then it
@@ -355,9 +332,9 @@ func (s *Store) EndStage(ctx context.Context, id, result, reason string) (*Stage
 	if result == "" {
 		return nil, fmt.Errorf("end stage %s: the result is empty", id)
 	}
-	c := stageChange{
-		cond:  "attribute_not_exists(#res) AND attribute_not_exists(#rel)",
-		names: map[string]string{"#rel": attrReleasedAt}, values: map[string]types.AttributeValue{},
+	c := ddb.Change{
+		Cond:  "attribute_not_exists(#res) AND attribute_not_exists(#rel)",
+		Names: map[string]string{"#rel": attrReleasedAt}, Values: map[string]types.AttributeValue{},
 	}
 	ending(&c, result, reason, s.now())
 	st, err := s.changeStage(ctx, id, c, func(st *Stage) error {
@@ -375,11 +352,11 @@ func (s *Store) EndStage(ctx context.Context, id, result, reason string) (*Stage
 // SetLaunched records the VM launched on demand for the stage: one per
 // stage. A stage that has one gets lease.ErrExists.
 func (s *Store) SetLaunched(ctx context.Context, id, launchID string) error {
-	_, err := s.changeStage(ctx, id, stageChange{
-		set:    []string{"#l = :l"},
-		cond:   "attribute_not_exists(#l) AND attribute_not_exists(#rel)",
-		names:  map[string]string{"#l": attrLaunched, "#rel": attrReleasedAt},
-		values: map[string]types.AttributeValue{":l": ddb.Str(launchID)},
+	_, err := s.changeStage(ctx, id, ddb.Change{
+		Set:    []string{"#l = :l"},
+		Cond:   "attribute_not_exists(#l) AND attribute_not_exists(#rel)",
+		Names:  map[string]string{"#l": attrLaunched, "#rel": attrReleasedAt},
+		Values: map[string]types.AttributeValue{":l": ddb.Str(launchID)},
 	}, func(st *Stage) error {
 		if !st.ReleasedAt.IsZero() {
 			return lease.ErrReleased
@@ -396,11 +373,11 @@ func (s *Store) SetLaunched(ctx context.Context, id, launchID string) error {
 // the stage, and its boot id. Repeating it keeps the first bind time.
 func (s *Store) MarkBound(ctx context.Context, id string, vm *lease.VM, bootID string) (*Stage, error) {
 	launchID := vm.LaunchID
-	st, err := s.changeStage(ctx, id, stageChange{
-		set:   []string{"#b = if_not_exists(#b, :now)", "#boot = :boot", "#addr = :addr"},
-		cond:  "#vm = :vm AND attribute_not_exists(#rel)",
-		names: map[string]string{"#b": attrBoundAt, "#boot": attrBootID, "#addr": attrVMAddress, "#vm": attrVM, "#rel": attrReleasedAt},
-		values: map[string]types.AttributeValue{
+	st, err := s.changeStage(ctx, id, ddb.Change{
+		Set:   []string{"#b = if_not_exists(#b, :now)", "#boot = :boot", "#addr = :addr"},
+		Cond:  "#vm = :vm AND attribute_not_exists(#rel)",
+		Names: map[string]string{"#b": attrBoundAt, "#boot": attrBootID, "#addr": attrVMAddress, "#vm": attrVM, "#rel": attrReleasedAt},
+		Values: map[string]types.AttributeValue{
 			":now": ddb.Millis(s.now()), ":boot": ddb.Str(bootID), ":addr": ddb.Str(vm.Address), ":vm": ddb.Str(launchID),
 		},
 	}, func(st *Stage) error {
