@@ -274,7 +274,7 @@ func BenchmarkStageCost(b *testing.B) {
 		quiet(rt)
 		ra, wa, _ := rt.Capacity.Totals()
 		c := costBetween(before, rt.Usage(), rb, wb, ra, wa, n)
-		fmt.Printf("BENCH stage_lambda_gb_s_per_step %.4f GB-s steps=%d gb_s=%.3f init_s=%.3f step_s=%.3f cleanup_s=%.3f api_s=%.3f refill_s=%.3f\n",
+		fmt.Printf("BENCH stage_lambda_gb_s_per_step %.4f GB-s steps=%d gb_s=%.3f init_s=%.3f rungroup_s=%.3f cleanup_s=%.3f api_s=%.3f refill_s=%.3f\n",
 			c.gbSeconds/steps, steps, c.gbSeconds, c.lambdaSeconds["init"], c.lambdaSeconds[statemachine.RunGroup], c.lambdaSeconds["cleanup"], c.lambdaSeconds["api"], c.lambdaSeconds["refill"])
 		fmt.Printf("BENCH stage_control_plane_usd %.7f usd steps=%d transitions=%d invocations=%d wru=%.1f rru=%.1f api_calls=%d with_api_gateway=%.7f\n",
 			c.usd, steps, c.transitions, c.invocations, c.wru, c.rru, c.apiCalls, c.withAPIUSD)
