@@ -463,6 +463,10 @@ type Usage struct {
 	PeakMemoryByte int64   `json:"peak_memory_bytes"`
 	DiskBytes      int64   `json:"disk_bytes"`
 	Steps          int     `json:"steps"`
+	// Leftover says what of the stage's folder could not be removed (it may
+	// hold the steps' raw outputs, secrets among them); empty when it all
+	// went.
+	Leftover string `json:"leftover,omitempty"`
 }
 
 // Error codes of ErrorBody.

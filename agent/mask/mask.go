@@ -455,26 +455,32 @@ type Writer struct {
 	pend      []byte
 	pendStart int64
 	runs      []run
+	// err is the underlying writer's first failure: from then on the
+	// stream is read and dropped, and Flush returns it.
+	err error
 }
 
 // Writer returns a masking writer in front of out. Call Flush at the end of
-// the stream to write what it holds back.
+// the stream to write what it holds back, and to learn whether out failed.
 func (m *Matcher) Writer(out io.Writer) *Writer {
 	return &Writer{m: m, out: out}
 }
 
 // Write masks p and writes what is certain not to be part of a secret. It
-// returns len(p) unless the underlying writer fails.
+// always takes all of p: once the underlying writer has failed (a full
+// disk), the rest of the stream is dropped rather than refused, so that
+// the process writing it is never blocked on a pipe nobody reads, and Flush
+// returns the failure.
 func (w *Writer) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	if len(p) == 0 || w.failed() {
+		return len(p), nil // dropped after a failure: Flush reports it
 	}
 	base := w.pos
 	if w.m.Empty() {
 		w.pos += int64(len(p))
 		w.pendStart = w.pos
 		if _, err := w.out.Write(p); err != nil {
-			return 0, err
+			w.fail(err)
 		}
 		return len(p), nil
 	}
@@ -516,7 +522,8 @@ func (w *Writer) Write(p []byte) (int, error) {
 	// No pattern that is still open can start before safe.
 	safe := w.pos - int64(m.depth[s])
 	if err := w.emit(data, dataStart, safe); err != nil {
-		return 0, err
+		w.fail(err)
+		return len(p), nil
 	}
 	tail := data[safe-dataStart:]
 	if len(w.pend) > 0 {
@@ -529,13 +536,30 @@ func (w *Writer) Write(p []byte) (int, error) {
 }
 
 // Flush writes out everything held back; the stream may go on afterwards.
+// It returns the underlying writer's failure, this one's or an earlier
+// Write's.
 func (w *Writer) Flush() error {
-	err := w.emit(w.pend, w.pendStart, w.pos)
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.emit(w.pend, w.pendStart, w.pos); err != nil {
+		w.fail(err)
+		return w.err
+	}
 	w.runs = w.runs[:0]
 	w.pend = w.pend[:0]
 	w.pendStart = w.pos
 	w.state = 0
-	return err
+	return nil
+}
+
+func (w *Writer) failed() bool { return w.err != nil }
+
+// fail records the underlying writer's first failure and drops what is
+// held back: nothing more is written.
+func (w *Writer) fail(err error) {
+	w.err = err
+	w.pend, w.runs = nil, nil
 }
 
 func (w *Writer) addRun(start, end int64) {

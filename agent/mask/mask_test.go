@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -424,6 +425,57 @@ func TestTextMasksLikeAMatcher(t *testing.T) {
 	} {
 		if got, want := Text(text, secrets...), New(secrets...).MaskString(text); got != want {
 			t.Errorf("Text(%q) = %q, the matcher's %q", text, got, want)
+		}
+	}
+}
+
+// failingWriter takes room bytes, then fails every write, as a full disk
+// does. It has only Write (no WriteString to go around it).
+type failingWriter struct {
+	buf  bytes.Buffer
+	room int
+}
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	if len(p) > f.room {
+		n, _ := f.buf.Write(p[:f.room])
+		f.room = 0
+		return n, errors.New("no space left on device")
+	}
+	f.room -= len(p)
+	return f.buf.Write(p)
+}
+
+// A writer whose output fails mid-stream takes the rest of the stream and
+// drops it (a process writing to it is not blocked), never panics, never
+// writes a secret, and Flush says what failed: at every point of failure,
+// with and without secrets.
+func TestWriterAfterItsOutputFailed(t *testing.T) {
+	in := "build: token=s3cr3t-value ok\n" + strings.Repeat("line of output\n", 20) + "s3cr3t-value again\n"
+	for _, m := range []*Matcher{New("s3cr3t-value"), New()} {
+		whole := m.MaskString(in)
+		for room := range len(whole) {
+			for _, chunk := range []int{1, 7, len(in)} {
+				out := &failingWriter{room: room}
+				w := m.Writer(out)
+				for rest := in; len(rest) > 0; {
+					n := min(chunk, len(rest))
+					if got, err := w.Write([]byte(rest[:n])); got != n || err != nil {
+						t.Fatalf("room %d: Write took %d of %d: %v", room, got, n, err)
+					}
+					rest = rest[n:]
+				}
+				err := w.Flush()
+				if err == nil || !strings.Contains(err.Error(), "no space left") {
+					t.Fatalf("room %d, chunks of %d: Flush %v, want the output's failure", room, chunk, err)
+				}
+				if !m.Empty() && strings.Contains(out.buf.String(), "s3cr3t") {
+					t.Fatalf("room %d: the secret was written: %q", room, out.buf.String())
+				}
+				if _, err := w.Write([]byte("more")); err != nil || w.Flush() == nil {
+					t.Fatalf("room %d: after the failure: %v", room, err)
+				}
+			}
 		}
 	}
 }

@@ -308,3 +308,28 @@ func ownPeakMemory(t *testing.T) int64 {
 	}
 	return 0
 }
+
+// A step whose log cannot be written (a full disk; here its log file's
+// path is taken by a folder) fails with the reason, its output drained so
+// that it runs to its end, and the agent goes on: the next step runs.
+func TestStepWhoseLogCannotBeWritten(t *testing.T) {
+	// With a secret: the masking writer, not only the plain copy, meets the
+	// failure (it once panicked at the step's end, taking the agent down).
+	a := boundAgent(t, agentapi.Stage{Secrets: map[string]string{"TOKEN": "l0g-s3cret"}}, server.Config{})
+	if err := os.Mkdir(filepath.Join(a.WorkRoot, stageID, "steps", "loud.log"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// 1 MiB: far more than a pipe holds, so a writer that stopped reading
+	// would leave the step blocked until its timeout.
+	st := run(t, a, "loud", agentapi.Step{Script: "echo $TOKEN; head -c 1048576 /dev/zero | tr '\\0' x; echo; exit 0", TimeoutSeconds: 60})
+	if st.State != agentapi.StepError || !strings.Contains(st.Error, "the step's log could not be written") ||
+		st.ExitCode == nil || *st.ExitCode != 0 {
+		t.Fatalf("step %+v, want error: the log could not be written (exit code 0 kept)", st)
+	}
+	if _, err := a.Client.Health(agenttest.Context(t)); err != nil {
+		t.Fatalf("the agent after the failed log: %v", err)
+	}
+	if st := run(t, a, "after", agentapi.Step{Script: "echo still here"}); st.State != agentapi.StepSucceeded || logOf(t, a, "after") != "still here\n" {
+		t.Fatalf("the next step: %+v", st)
+	}
+}

@@ -174,15 +174,13 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 	}
 	for _, f := range spec.Files {
 		if err := writeStageFile(st.workDir, f); err != nil {
-			_ = os.RemoveAll(dir)
-			return nil, err
+			return nil, errors.Join(err, removeAll(dir))
 		}
 	}
 	st.hostEnv = mergeEnv(s.cfg.BaseEnv, spec.Env, spec.Secrets)
 	st.containerEnv = mergeEnv(nil, spec.Env, spec.Secrets)
 	if err := st.addSecrets(spec.Secrets, nil); err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, err
+		return nil, errors.Join(err, removeAll(dir))
 	}
 	return st, nil
 }
@@ -331,13 +329,35 @@ func (s *Server) teardown(st *stage) agentapi.Usage {
 	for _, stp := range st.steps {
 		_ = stp.log.Release()
 	}
+	matcher := st.matcher
 	st.mu.Unlock()
 	usage.DiskBytes = diskUsage(st.workDir)
-	if err := os.RemoveAll(st.dir); err != nil {
-		s.cfg.Logger.Warn("remove stage folder", "stage", st.spec.ID, "err", err)
+	if err := removeAll(st.dir); err != nil {
+		usage.Leftover = err.Error()
+		if matcher != nil {
+			usage.Leftover = matcher.MaskString(usage.Leftover)
+		}
+		s.cfg.Logger.Error("the stage folder could not be removed: what its steps left, their raw outputs among it, stays on disk",
+			"stage", st.spec.ID, "err", usage.Leftover)
 	}
 	return usage
 }
+
+// removeAll removes path, trying a few times: on Windows a file a process
+// has just closed, or one a scanner holds, cannot be deleted for a moment.
+func removeAll(path string) error {
+	var err error
+	for attempt := range removeAttempts {
+		if err = os.RemoveAll(path); err == nil {
+			return nil
+		}
+		time.Sleep(time.Duration(50<<attempt) * time.Millisecond)
+	}
+	return err
+}
+
+// removeAttempts bounds removeAll: about 1.5 s in all.
+const removeAttempts = 5
 
 func (st *stage) stepList() []*step {
 	st.mu.Lock()

@@ -197,7 +197,13 @@ func (s *Server) run(st *stage, stp *step, id string, spec *agentapi.Step) {
 // finish records how a step ended; spec is nil for a step that never
 // started.
 func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.Writer, res executor.Result, spec *agentapi.Step) {
-	_ = out.Flush()
+	// A log that could not be written (a full disk) fails the step: its
+	// output is lost, whatever its exit code says.
+	logErr := out.Flush()
+	if logErr != nil {
+		logErr = fmt.Errorf("the step's log could not be written: %w", logErr)
+		s.cfg.Logger.Error("step log", "step", stp.status.ID, "err", logErr)
+	}
 	_ = stp.log.Close()
 	size, _ := stp.log.Size()
 	if spec == nil {
@@ -216,8 +222,11 @@ func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.W
 	st.export(exports)
 	outErr = errors.Join(outErr, expErr)
 	// The raw outputs may hold the step's secrets: gone once read, before
-	// the step reads as ended.
-	_ = os.RemoveAll(stp.outputDir)
+	// the step reads as ended; if they cannot go, the step says so.
+	if err := removeAll(stp.outputDir); err != nil {
+		s.cfg.Logger.Error("the step's raw outputs could not be removed", "step", stp.status.ID, "err", matcher.MaskString(err.Error()))
+		outErr = errors.Join(outErr, fmt.Errorf("the step's raw outputs could not be removed: %w", err))
+	}
 	// Before the step reads as ended: whoever waits for it gets its tests.
 	tests := reports.Collect(st.workDir, spec.Reports, matcher.MaskString)
 	st.addUsage(res.CPU, res.PeakMemory)
@@ -233,7 +242,7 @@ func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.W
 	switch {
 	case stp.stopReason != "":
 		status.State = stp.stopReason
-	case res.Err != nil:
+	case res.Err != nil, logErr != nil:
 		status.State = agentapi.StepError
 	case res.ExitCode == 0:
 		status.State = agentapi.StepSucceeded
@@ -241,12 +250,12 @@ func (s *Server) finish(st *stage, stp *step, matcher *mask.Matcher, out *mask.W
 		status.State = agentapi.StepFailed
 	}
 	if res.Err != nil {
-		status.Error = matcher.MaskString(res.Err.Error())
+		status.Error = matcher.MaskString(errors.Join(res.Err, logErr).Error())
 	} else {
 		code := res.ExitCode
 		status.ExitCode = &code
-		if outErr != nil {
-			status.Error = matcher.MaskString(outErr.Error())
+		if err := errors.Join(logErr, outErr); err != nil {
+			status.Error = matcher.MaskString(err.Error())
 		}
 	}
 	state := status.State

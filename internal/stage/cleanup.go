@@ -217,6 +217,11 @@ func (h *Cleanup) destroy(ctx context.Context, st *record.Stage) {
 	}
 	h.log().Info("stage destroyed on its agent", "stage", st.ID, "cpu_seconds", usage.CPUSeconds,
 		"peak_memory_bytes", usage.PeakMemoryByte, "disk_bytes", usage.DiskBytes, "steps", usage.Steps)
+	if usage.Leftover != "" {
+		// The instance is terminated next, its disk with it; said all the
+		// same, as a VM kept longer would hold it.
+		h.log().Warn("the agent could not remove the stage's folder", "stage", st.ID, "launch_id", st.VM, "leftover", usage.Leftover)
+	}
 }
 
 // refill asks the refill function to refill the pool now, asynchronously: a
