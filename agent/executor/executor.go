@@ -7,7 +7,8 @@ import (
 	"context"
 	"errors"
 	"io"
-	"runtime"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -95,25 +96,50 @@ func DefaultShell(goos string) string {
 	return "sh"
 }
 
-// ScriptArgv is the command line that runs script with shell, set to stop at
-// the first failing command, as CI users expect.
-func ScriptArgv(shell, script string) []string {
+// Script is how a script step runs: its command line and, for a shell that
+// reads scripts from files (cmd, PowerShell), the file to write first.
+type Script struct {
+	Argv []string
+	// File is where the script goes (empty: it is on the command line),
+	// with Data its contents.
+	File string
+	Data []byte
+}
+
+// ScriptCommand is how shell runs script on goos, set to stop at the first
+// failing command where the shell can, as CI users expect; a script file
+// goes in dir (the step's own folder). cmd and PowerShell read the script
+// from a file: given as one argument, cmd runs its first line only, and
+// Windows' argument quoting (\") is not undone by cmd.
+func ScriptCommand(goos, shell, script, dir string) Script {
 	if shell == "" {
-		shell = DefaultShell(runtime.GOOS)
+		shell = DefaultShell(goos)
 	}
 	switch shell {
 	case "bash":
-		return []string{"bash", "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", script}
+		return Script{Argv: []string{"bash", "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", script}}
 	case "powershell", "pwsh":
 		exe := shell
-		if shell == "powershell" && runtime.GOOS == "windows" {
+		if shell == "powershell" && goos == "windows" {
 			exe = "powershell.exe"
 		}
-		return []string{exe, "-NoLogo", "-NoProfile", "-NonInteractive", "-Command",
-			"$ErrorActionPreference = 'Stop'\n" + script + "\nif ((Test-Path -LiteralPath variable:\\LASTEXITCODE)) { exit $LASTEXITCODE }"}
+		file := filepath.Join(dir, "script.ps1")
+		// With a byte order mark: Windows PowerShell reads a file without
+		// one in the machine's code page.
+		data := "\ufeff$ErrorActionPreference = 'Stop'\n" + script +
+			"\nif ((Test-Path -LiteralPath variable:\\LASTEXITCODE)) { exit $LASTEXITCODE }\n"
+		return Script{
+			Argv: []string{exe, "-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-File", file},
+			File: file, Data: []byte(data),
+		}
 	case "cmd":
-		return []string{"cmd.exe", "/D", "/E:ON", "/V:OFF", "/S", "/C", script}
+		file := filepath.Join(dir, "script.cmd")
+		// cmd reads a batch file's lines ending in CRLF; @echo off keeps its
+		// commands out of the log, as on the command line. The path goes
+		// unquoted by us: cmd takes a quoted executable path as it is.
+		data := "@echo off\r\n" + strings.ReplaceAll(strings.ReplaceAll(script, "\r\n", "\n"), "\n", "\r\n") + "\r\n"
+		return Script{Argv: []string{"cmd.exe", "/D", "/E:ON", "/V:OFF", "/C", file}, File: file, Data: []byte(data)}
 	default:
-		return []string{shell, "-e", "-c", script}
+		return Script{Argv: []string{shell, "-e", "-c", script}}
 	}
 }

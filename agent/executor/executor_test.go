@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -11,29 +12,55 @@ import (
 	"time"
 )
 
-func TestScriptArgv(t *testing.T) {
-	tests := []struct {
+func TestScriptCommand(t *testing.T) {
+	dir := filepath.Join("C:", "work", "stage", "steps", "build.outputs")
+	for _, tt := range []struct {
 		shell string
 		want  []string
 	}{
 		{shell: "sh", want: []string{"sh", "-e", "-c", "echo hi"}},
 		{shell: "bash", want: []string{"bash", "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", "echo hi"}},
-		{shell: "cmd", want: []string{"cmd.exe", "/D", "/E:ON", "/V:OFF", "/S", "/C", "echo hi"}},
-	}
-	for _, tt := range tests {
-		if got := ScriptArgv(tt.shell, "echo hi"); !slices.Equal(got, tt.want) {
-			t.Errorf("ScriptArgv(%q) = %q, want %q", tt.shell, got, tt.want)
+	} {
+		if got := ScriptCommand("linux", tt.shell, "echo hi", dir); !slices.Equal(got.Argv, tt.want) || got.File != "" {
+			t.Errorf("%s: %+v, want %q on the command line", tt.shell, got, tt.want)
 		}
 	}
-	ps := ScriptArgv("pwsh", "Write-Output hi")
-	if ps[0] != "pwsh" || !strings.Contains(ps[len(ps)-1], "$ErrorActionPreference = 'Stop'") || !strings.Contains(ps[len(ps)-1], "Write-Output hi") {
-		t.Errorf("pwsh argv %q", ps)
+	// cmd: every line of the script runs, from a file, CRLF-ended, its path
+	// the last argument as it is (nothing for Windows' quoting to escape).
+	script := "echo \"a b\"\nset X=1\r\nexit 4"
+	c := ScriptCommand("windows", "cmd", script, dir)
+	if want := []string{"cmd.exe", "/D", "/E:ON", "/V:OFF", "/C", filepath.Join(dir, "script.cmd")}; !slices.Equal(c.Argv, want) || c.File != want[5] {
+		t.Errorf("cmd argv %q, file %q", c.Argv, c.File)
 	}
-	if got := ScriptArgv("", "x")[0]; got != DefaultShell(runtime.GOOS) {
-		t.Errorf("default shell %q", got)
+	if got := string(c.Data); got != "@echo off\r\necho \"a b\"\r\nset X=1\r\nexit 4\r\n" {
+		t.Errorf("cmd script %q", got)
+	}
+	for _, arg := range c.Argv {
+		if strings.Contains(arg, "\"") {
+			t.Errorf("a cmd argument with a quote: %q", arg)
+		}
+	}
+	// PowerShell: from a .ps1 with a byte order mark, stopping at the first
+	// error, exiting with the last native command's code.
+	for goos, exe := range map[string]string{"windows": "powershell.exe", "linux": "powershell"} {
+		p := ScriptCommand(goos, "", "Write-Output \"a b\"\nexit 3", dir)
+		if goos == "linux" {
+			p = ScriptCommand(goos, "powershell", "Write-Output \"a b\"\nexit 3", dir)
+		}
+		if p.Argv[0] != exe || p.Argv[len(p.Argv)-2] != "-File" || p.Argv[len(p.Argv)-1] != filepath.Join(dir, "script.ps1") {
+			t.Errorf("%s powershell argv %q", goos, p.Argv)
+		}
+		data := string(p.Data)
+		if !strings.HasPrefix(data, "\ufeff$ErrorActionPreference = 'Stop'\n") || !strings.Contains(data, "Write-Output \"a b\"\nexit 3\n") ||
+			!strings.HasSuffix(data, "{ exit $LASTEXITCODE }\n") {
+			t.Errorf("%s powershell script %q", goos, data)
+		}
 	}
 	if DefaultShell("windows") != "powershell" || DefaultShell("linux") != "sh" {
 		t.Error("default shells")
+	}
+	if got := ScriptCommand("linux", "", "x", dir).Argv[0]; got != "sh" {
+		t.Errorf("default shell on linux %q", got)
 	}
 }
 

@@ -7,6 +7,7 @@ package server
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
@@ -22,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -396,24 +398,56 @@ func maskRefusal(msg string, body []byte, known *mask.Matcher) string {
 	return msg
 }
 
+// localName is the name of an id's folder or files on this machine: the id
+// itself, except on Windows, whose file names are case-insensitive (steps
+// Build and build would share a log) and where an id such as CON or COM1
+// names a device. There it carries a short hash of its exact bytes.
+func localName(id string) string { return localNameOn(runtime.GOOS, id) }
+
+func localNameOn(goos, id string) string {
+	if goos != "windows" {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return id + "-" + hex.EncodeToString(sum[:4])
+}
+
 // mergeEnv layers maps of variables over a KEY=VALUE list, later layers
-// winning, and returns the result as a list in a stable order.
+// winning, and returns the result as a list in a stable order. On Windows
+// names are case-insensitive: a layer's PATH replaces the machine's Path
+// (taking the layer's spelling), as Windows itself would read them.
 func mergeEnv(base []string, layers ...map[string]string) []string {
-	m := make(map[string]string, len(base))
+	return mergeEnvFolding(runtime.GOOS == "windows", base, layers...)
+}
+
+func mergeEnvFolding(caseInsensitive bool, base []string, layers ...map[string]string) []string {
+	type variable struct{ name, value string }
+	m := make(map[string]variable, len(base))
+	set := func(name, value string) {
+		key := name
+		if caseInsensitive {
+			key = strings.ToUpper(name)
+		}
+		m[key] = variable{name, value}
+	}
 	for _, kv := range base {
 		for i := 1; i < len(kv); i++ { // from 1: Windows has variables named "=C:"
 			if kv[i] == '=' {
-				m[kv[:i]] = kv[i+1:]
+				set(kv[:i], kv[i+1:])
 				break
 			}
 		}
 	}
 	for _, layer := range layers {
-		maps.Copy(m, layer)
+		// A layer is a map: of two names that differ only in case, the
+		// later in sorted order wins, the same on every run.
+		for _, name := range slices.Sorted(maps.Keys(layer)) {
+			set(name, layer[name])
+		}
 	}
 	out := make([]string, 0, len(m))
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, k+"="+m[k])
+		out = append(out, m[k].name+"="+m[k].value)
 	}
 	return out
 }

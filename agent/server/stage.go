@@ -141,7 +141,7 @@ func (s *Server) bindStage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
-	dir := filepath.Join(s.cfg.WorkRoot, spec.ID)
+	dir := filepath.Join(s.cfg.WorkRoot, localName(spec.ID))
 	st := &stage{
 		spec:     *spec,
 		specKey:  key,
@@ -155,7 +155,7 @@ func (s *Server) newStage(spec *agentapi.Stage, key string) (*stage, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("clear stage folder: %w", err)
 	}
-	removeStale(s.cfg.WorkRoot, spec.ID, s.cfg.Logger)
+	removeStale(s.cfg.WorkRoot, localName(spec.ID), s.cfg.Logger)
 	// The steps' folder holds their raw outputs and logs: no step may list
 	// it, and each step's outputs folder inside is its own (0700), reached
 	// by its path.

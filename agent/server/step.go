@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -128,8 +129,8 @@ func (s *Server) startStep(w http.ResponseWriter, r *http.Request, st *stage, id
 	stp := &step{
 		specKey:   key,
 		matcher:   st.matcher,
-		log:       steplog.New(filepath.Join(st.stepsDir, id+".log"), s.cfg.MaxLogBytes),
-		outputDir: filepath.Join(st.stepsDir, id+".outputs"),
+		log:       steplog.New(filepath.Join(st.stepsDir, localName(id)+".log"), s.cfg.MaxLogBytes),
+		outputDir: filepath.Join(st.stepsDir, localName(id)+".outputs"),
 		exports:   maps.Clone(st.exports),
 		status:    agentapi.StepStatus{ID: id, State: agentapi.StepRunning, StartedAt: time.Now().UTC(), BootID: s.bootID},
 		done:      make(chan struct{}),
@@ -320,7 +321,18 @@ func (s *Server) execSpec(st *stage, stp *step, id string, spec *agentapi.Step, 
 	case len(spec.Command) > 0:
 		argv = spec.Command
 	case spec.Script != "":
-		argv = executor.ScriptArgv(spec.Shell, spec.Script)
+		script := executor.ScriptCommand(runtime.GOOS, spec.Shell, spec.Script, stp.outputDir)
+		if script.File != "" {
+			if err := os.WriteFile(script.File, script.Data, 0o600); err != nil {
+				return executor.Spec{}, fmt.Errorf("write the step's script: %w", err)
+			}
+			if spec.User != "" {
+				if err := chownTo(script.File, spec.User); err != nil {
+					return executor.Spec{}, err
+				}
+			}
+		}
+		argv = script.Argv
 	}
 	aliases := map[string]string{}
 	if spec.WorkspaceMount != "" {
