@@ -83,6 +83,9 @@ func envOr(name, def string) string {
 // run serves until ctx ends, then stops the running steps and shuts down.
 func run(ctx context.Context, args []string) error {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	// The executor logs what has no step to report it to (a CTRL_BREAK that
+	// could not be sent) through the default logger.
+	slog.SetDefault(logger)
 	o, err := parseFlags(args)
 	if err != nil {
 		return err

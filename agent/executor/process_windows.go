@@ -2,6 +2,7 @@ package executor
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"syscall"
@@ -22,8 +23,10 @@ func prepare(cmd *exec.Cmd, userSpec string, _ *Cgroup) error {
 	if userSpec != "" {
 		return fmt.Errorf("user %q: running a step as another user is not supported on Windows", userSpec)
 	}
-	// A new process group lets terminate send CTRL_BREAK to the step alone.
-	cmd.SysProcAttr = &syscall.SysProcAttr{CreationFlags: windows.CREATE_NEW_PROCESS_GROUP}
+	// The step gets a console of its own (hidden) and is the first process
+	// of a new group, so a CTRL_BREAK sent on that console reaches the step's
+	// processes and no others (see terminate).
+	cmd.SysProcAttr = &syscall.SysProcAttr{CreationFlags: windows.CREATE_NEW_PROCESS_GROUP | windows.CREATE_NO_WINDOW}
 	return nil
 }
 
@@ -58,8 +61,17 @@ func attach(cmd *exec.Cmd, _ *Cgroup) (processGroup, error) {
 	return processGroup{job: job, pid: cmd.Process.Pid}, nil
 }
 
+// terminate asks the step to stop with CTRL_BREAK, the Windows console's
+// SIGTERM. The event reaches only processes on the sender's console, and the
+// agent has none of the step's: as a service it has none at all. So a helper
+// (see ctrlbreak_windows.go) attaches to the step's console and sends it
+// there; the grace's kill follows either way, so a failure is only logged.
 func (g processGroup) terminate() {
-	_ = windows.GenerateConsoleCtrlEvent(windows.CTRL_BREAK_EVENT, uint32(g.pid))
+	go func() {
+		if err := sendCtrlBreak(g.pid); err != nil {
+			slog.Warn("the step did not get CTRL_BREAK: it is killed after the grace", "pid", g.pid, "err", err)
+		}
+	}()
 }
 
 func (g processGroup) killGroup() { _ = windows.TerminateJobObject(g.job, 1) }
