@@ -23,7 +23,7 @@ FUNCTIONS := $(notdir $(wildcard functions/*))
 # The CDK CLI's telemetry and notices would call out: both are off.
 CDK_ENV := PATH=$(if $(filter node,$(NODE)),,$(dir $(NODE)):)$$PATH CDK_DISABLE_CLI_TELEMETRY=true
 
-.PHONY: all build host deps test unit fuzz lint asl bench demo local lambdas synth clean
+.PHONY: all build host deps test unit wine fuzz lint asl bench demo local lambdas synth clean
 
 all: build
 
@@ -72,7 +72,7 @@ lint: $(GOLANGCI_LINT)
 # each fuzz target briefly, then the linters.
 test: deps build lambdas
 	.ci/with-services $(MAKE) --no-print-directory unit fuzz
-	$(MAKE) --no-print-directory asl lint synth
+	$(MAKE) --no-print-directory asl lint synth wine
 
 # unit: every package with the race detector but the CDK app's, whose
 # generated bindings take minutes to compile and hold no goroutines of ours;
@@ -82,6 +82,15 @@ unit:
 	$(CDK_ENV) go test -count=1 ./infra/... > $(CACHE)/infra-test.log 2>&1 & infra=$$!; \
 	go test -race -count=1 $$(go list ./... | grep -v '/infra$$') || { wait $$infra; cat $(CACHE)/infra-test.log; exit 1; }; \
 	if wait $$infra; then cat $(CACHE)/infra-test.log; else cat $(CACHE)/infra-test.log; exit 1; fi
+
+# wine: the agent's Windows build under Wine (.ci/wine): the tests of its
+# packages that hold no Unix shell scripts. agent/winetest, in unit, drives
+# the whole Windows agent there. The wine tag brings internal/winefix, which
+# reaches into Go's runtime library (hence -checklinkname=0).
+WINE_PKGS := ./agent ./agent/agentapi ./agent/executor ./agent/mask ./agent/reports ./agent/steplog
+
+wine:
+	GOOS=windows go test -count=1 -tags wine -ldflags=-checklinkname=0 -exec $(CURDIR)/.ci/wine $(WINE_PKGS)
 
 fuzz:
 	@for target in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/^func //' | sort -u); do \

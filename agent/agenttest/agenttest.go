@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -224,16 +225,31 @@ type Process struct {
 // SIGTERM when the test ends.
 func StartBinary(t testing.TB, path string, extra ...string) *Process {
 	t.Helper()
+	return StartLaunched(t, path, Launch{Flags: extra})
+}
+
+// Launch says how an agent binary is started beyond the test PKI's flags.
+type Launch struct {
+	// Via is the command that runs the binary (the Wine launcher for a
+	// Windows build); none runs it directly.
+	Via []string
+	// Env is added to the test's environment; Flags to the command line.
+	Env, Flags []string
+	// Healthy bounds the wait for the agent's first answer (default 15 s).
+	Healthy time.Duration
+}
+
+// StartLaunched runs the agent binary at path as l says, on a free loopback
+// port with the test PKI, and waits until it answers. It is stopped with
+// SIGTERM when the test ends.
+func StartLaunched(t testing.TB, path string, l Launch) *Process {
+	t.Helper()
 	p := NewPKI(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	args := append([]string{"--addr", addr, "--tls-cert", p.CertPath, "--tls-key", p.KeyPath,
-		"--client-ca", p.CACertPath, "--work-dir", filepath.Join(p.Dir, "work")}, extra...)
-	cmd := exec.Command(path, args...)
+	addr := "127.0.0.1:" + FreePort(t)
+	argv := append(slices.Clone(l.Via), path, "--addr", addr, "--tls-cert", p.CertPath, "--tls-key", p.KeyPath,
+		"--client-ca", p.CACertPath, "--work-dir", filepath.Join(p.Dir, "work"))
+	cmd := exec.Command(argv[0], append(argv[1:], l.Flags...)...)
+	cmd.Env = append(os.Environ(), l.Env...)
 	cmd.Stderr = io.Discard
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -242,9 +258,13 @@ func StartBinary(t testing.TB, path string, extra ...string) *Process {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	})
+	healthy := l.Healthy
+	if healthy == 0 {
+		healthy = 15 * time.Second
+	}
 	a := &Agent{PKI: p}
 	proc := &Process{PKI: p, Addr: addr, Client: a.NewClient(t, addr), Cmd: cmd}
-	if _, err := proc.Client.WaitHealthy(context.Background(), 15*time.Second, 50*time.Millisecond); err != nil {
+	if _, err := proc.Client.WaitHealthy(context.Background(), healthy, 50*time.Millisecond); err != nil {
 		t.Fatalf("agent at %s: %v", addr, err)
 	}
 	return proc

@@ -1,0 +1,6 @@
+//go:build wine
+
+package steplog
+
+// Under Wine, as make test runs this package's Windows build.
+import _ "github.com/slipway-ci/slipway/internal/winefix"
