@@ -15,7 +15,7 @@ const serviceName = "slipway-agent"
 // runAsService runs the agent under the service control manager when Windows
 // started it as a service, and as a console program otherwise.
 func runAsService(run func(context.Context, []string) error) error {
-	isService, err := svc.IsWindowsService()
+	isService, err := isWindowsService()
 	if err != nil {
 		return fmt.Errorf("detect windows service: %w", err)
 	}
@@ -28,6 +28,10 @@ func runAsService(run func(context.Context, []string) error) error {
 	}
 	return <-h.errc
 }
+
+// isWindowsService tells a service from a console program: the parent is
+// services.exe in session 0.
+var isWindowsService = svc.IsWindowsService
 
 type serviceHandler struct {
 	run  func(context.Context, []string) error

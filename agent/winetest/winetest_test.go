@@ -348,3 +348,83 @@ func TestDestroyRemovesTheStage(t *testing.T) {
 		t.Errorf("work dir holds %v after destroy", entries)
 	}
 }
+
+// The agent as Windows runs it on a build VM: a service, with no console,
+// whose steps get consoles of their own.
+func TestAsAService(t *testing.T) {
+	wine := launcher(t)
+	exe := buildWindowsAgent(t)
+	p := agenttest.NewPKI(t)
+	addr := "127.0.0.1:" + agenttest.FreePort(t)
+	name := "slipway-agent"
+	// sc's output goes to a file, not a pipe: the services.exe it may start
+	// inherits the handles and would hold a pipe open for good.
+	scOut := filepath.Join(t.TempDir(), "sc.out")
+	sc := func(args ...string) (string, error) {
+		f, err := os.Create(scOut)
+		if err != nil {
+			return "", err
+		}
+		cmd := exec.Command(wine, append([]string{"sc"}, args...)...)
+		cmd.Stdout, cmd.Stderr = f, f
+		err = cmd.Run()
+		_ = f.Close()
+		out, _ := os.ReadFile(scOut)
+		return string(out), err
+	}
+	bin := fmt.Sprintf(`%s --addr %s --tls-cert %s --tls-key %s --client-ca %s --work-dir %s --docker off`,
+		winPath(exe), addr, winPath(p.CertPath), winPath(p.KeyPath), winPath(p.CACertPath), winPath(filepath.Join(p.Dir, "work")))
+	// Wine ends its services when no other Windows process is left, and sc
+	// ends at once: something must run for as long as the test does. At the
+	// end every process of the prefix goes (wineboot -k), services.exe too.
+	keepAlive := exec.Command(wine, "cmd", "/c", "ping -n 3600 127.0.0.1 >nul")
+	if err := keepAlive.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = exec.Command(wine, "wineboot", "-k").Run()
+		_ = keepAlive.Process.Kill()
+		_ = keepAlive.Wait()
+	})
+	_, _ = sc("delete", name) // left by a test that was killed
+	if out, err := sc("create", name, "binPath=", bin); err != nil {
+		t.Fatalf("sc create: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		_, _ = sc("stop", name)
+		_, _ = sc("delete", name)
+	})
+	if out, err := sc("start", name); err != nil {
+		t.Fatalf("sc start: %v\n%s", err, out)
+	}
+	a := &agenttest.Agent{PKI: p}
+	c := a.NewClient(t, addr)
+	if _, err := c.WaitHealthy(context.Background(), time.Minute, 100*time.Millisecond); err != nil {
+		t.Fatalf("the service's agent: %v", err)
+	}
+	bind(t, c, &agentapi.Stage{ID: "svc"})
+	st, log := run(t, c, "svc", "step", cmd("echo from a service"))
+	if st.State != agentapi.StepSucceeded || log != "from a service\n" {
+		t.Errorf("state %s error %q log %q", st.State, st.Error, log)
+	}
+	// The service control manager's stop ends the agent.
+	if out, err := sc("stop", name); err != nil {
+		t.Fatalf("sc stop: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := sc("query", name)
+		if err == nil && strings.Contains(out, "STOPPED") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the service did not stop in a minute: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := c.Health(context.Background()); err == nil {
+		t.Error("the agent still answers after its service stopped")
+	}
+}
+
+func winPath(p string) string { return "Z:" + strings.ReplaceAll(p, "/", `\`) }
