@@ -270,34 +270,48 @@ func StartLaunched(t testing.TB, path string, l Launch) *Process {
 	return proc
 }
 
-var agentBuild struct {
-	once sync.Once
-	path string
-	err  error
+var agentBuilds struct {
+	sync.Mutex
+	paths map[string]string // by build arguments
 }
 
 // BuildAgent builds the agent binary (static, so it also runs in the busybox
 // image) once per test process and returns its path.
 func BuildAgent(t testing.TB) string {
 	t.Helper()
-	b := &agentBuild
-	b.once.Do(func() {
-		dir, err := os.MkdirTemp("", "slipway-agent-")
-		if err != nil {
-			b.err = err
-			return
-		}
-		b.path = filepath.Join(dir, "slipway-agent")
-		cmd := exec.Command("go", "build", "-o", b.path, "github.com/slipway-ci/slipway/agent")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("build agent: %w\n%s", err, out)
-		}
-	})
-	if b.err != nil {
-		t.Fatal(b.err)
+	return BuildAgentWith(t, nil)
+}
+
+// BuildAgentWith builds the agent with env added to go build's environment
+// (GOOS, GOARCH) and flags before the package, once per test process for
+// each, and returns its path.
+func BuildAgentWith(t testing.TB, env []string, flags ...string) string {
+	t.Helper()
+	b := &agentBuilds
+	b.Lock()
+	defer b.Unlock()
+	key := fmt.Sprint(env, flags)
+	if path, ok := b.paths[key]; ok {
+		return path
 	}
-	return b.path
+	dir, err := os.MkdirTemp("", "slipway-agent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "slipway-agent")
+	if slices.Contains(env, "GOOS=windows") {
+		path += ".exe"
+	}
+	cmd := exec.Command("go", append(append([]string{"build", "-o", path}, flags...), "github.com/slipway-ci/slipway/agent")...)
+	cmd.Env = append(append(os.Environ(), "CGO_ENABLED=0"), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the agent (%s): %v\n%s", key, err, out)
+	}
+	if b.paths == nil {
+		b.paths = map[string]string{}
+	}
+	b.paths[key] = path
+	return path
 }
 
 // Context is a context that ends with the test, or after two minutes.

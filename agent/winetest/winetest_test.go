@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,36 +20,13 @@ import (
 // stopGrace is the agent's default time between CTRL_BREAK and the kill.
 const stopGrace = 10 * time.Second
 
-var windowsAgent struct {
-	once sync.Once
-	path string
-	err  error
-}
-
 // buildWindowsAgent builds the agent for windows/amd64 with the wine tag
-// (internal/winefix) once per test process.
+// (internal/winefix, which reaches into Go's runtime library: hence
+// -checklinkname=0).
 func buildWindowsAgent(t *testing.T) string {
 	t.Helper()
-	b := &windowsAgent
-	b.once.Do(func() {
-		dir, err := os.MkdirTemp("", "slipway-agent-windows-")
-		if err != nil {
-			b.err = err
-			return
-		}
-		b.path = filepath.Join(dir, "slipway-agent.exe")
-		// -checklinkname=0: winefix reaches into Go's runtime library.
-		cmd := exec.Command("go", "build", "-tags", "wine", "-ldflags", "-checklinkname=0",
-			"-o", b.path, "github.com/slipway-ci/slipway/agent")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=windows", "GOARCH=amd64")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("build the Windows agent: %w\n%s", err, out)
-		}
-	})
-	if b.err != nil {
-		t.Fatal(b.err)
-	}
-	return b.path
+	return agenttest.BuildAgentWith(t, []string{"GOOS=windows", "GOARCH=amd64"},
+		"-tags", "wine", "-ldflags", "-checklinkname=0")
 }
 
 // launcher is .ci/wine. Without Wine the test fails in CI (where `make test`
