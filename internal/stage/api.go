@@ -637,6 +637,16 @@ func (a *API) awaitStage(ctx context.Context, id string, until time.Time, done f
 // What does not depend on another runs side by side: the group's secrets
 // are sealed while the stage is read, and the agent is asked whether the
 // groups before it ended while the group is recorded.
+//
+// A group that is the one to run now, as the records read before its add
+// say, starts on the agent while its add is written (a transaction: on AWS
+// 10 ms and more), not after. The add fails when the stage moved on
+// meanwhile (ended, closed, released, a record too large): then the steps
+// that started are canceled at once, and the stage's teardown ends what that
+// misses, as it ends every step. An add that lands at a later index than the
+// read said raced another add of the same stage: the two were sent at the
+// same time, so neither was to wait for the other, and the group runs
+// beside the one that won.
 func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	q, err := parseQuery(r, "wait")
@@ -674,25 +684,53 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// The index the group is most likely to get: the next one.
+	// The index the group is most likely to get: the next one. When the
+	// group is the one to run now, its steps start while it is recorded
+	// (see startEarly).
 	next := read.Stage.Groups
 	ready := make(chan *client.Client, 1)
-	go func() { ready <- a.readyToStart(ctx, read.Stage, before, next) }()
+	early := make(chan map[string]*StepStatus, 1)
+	earlyCtx, stopEarly := context.WithCancel(ctx)
+	defer stopEarly()
+	go func() {
+		var c *client.Client
+		if !read.Stage.Final && !anyStepOf(before, g.Steps) {
+			c = a.readyToStart(earlyCtx, read.Stage, before, next)
+		}
+		ready <- c
+		if c != nil {
+			early <- a.startGroup(earlyCtx, c, read.Stage, next, &g, max(0, time.Until(until)))
+		}
+	}()
 	added, rec, err := a.Stages.AddGroup(ctx, id, read, *ng)
 	c := <-ready
 	if err != nil {
+		if c != nil {
+			// The starts are answered or abandoned before the cancels go.
+			stopEarly()
+			<-early
+			a.cancelUnrecorded(c, id, g.Steps)
+		}
 		return err
 	}
 	s, err := statusOf(rec)
 	if err != nil {
 		return err
 	}
-	if added.Index != next {
-		c = a.readyToStart(ctx, rec.Stage, s, added.Index)
-	}
 	var started map[string]*StepStatus
-	if c != nil {
-		started = a.startGroup(ctx, c, rec.Stage, added.Index, &g, max(0, time.Until(until)))
+	switch {
+	case c != nil:
+		started = <-early
+		for _, st := range started {
+			st.Group = added.Index
+		}
+	default:
+		if added.Index != next {
+			c = a.readyToStart(ctx, rec.Stage, s, added.Index)
+		}
+		if c != nil {
+			started = a.startGroup(ctx, c, rec.Stage, added.Index, &g, max(0, time.Until(until)))
+		}
 	}
 	if q.wait > 0 {
 		steps := s.Groups[added.Index].Steps
@@ -708,6 +746,31 @@ func (a *API) addGroup(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusCreated, s)
 	return nil
+}
+
+// cancelUnrecorded cancels steps started for a group whose add failed, on
+// a context of their own: the request's ends with its error.
+func (a *API) cancelUnrecorded(c *client.Client, stageID string, steps []Step) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, step := range steps {
+		if _, err := c.CancelStep(ctx, stageID, step.ID); err != nil {
+			a.log().Warn("cancel a step whose group was not recorded", "stage", stageID, "step", step.ID, "err", err)
+		}
+	}
+}
+
+// anyStepOf says whether the stage already has a step with the id of one of
+// steps (a delegate's retry): those are not started early.
+func anyStepOf(s *Status, steps []Step) bool {
+	for _, g := range s.Groups {
+		for _, recorded := range g.Steps {
+			if slices.ContainsFunc(steps, func(step Step) bool { return step.ID == recorded.ID }) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // readyToStart says whether the API starts the group at index on the

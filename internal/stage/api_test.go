@@ -2,6 +2,7 @@ package stage_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/slipway-ci/slipway/agent/agentapi"
 	"github.com/slipway-ci/slipway/agent/agenttest"
+	"github.com/slipway-ci/slipway/internal/lease"
 	"github.com/slipway-ci/slipway/internal/stage"
+	"github.com/slipway-ci/slipway/internal/stage/record"
 )
 
 func script(s string) agentapi.Step { return agentapi.Step{Script: s} }
@@ -416,6 +419,80 @@ func TestAddedGroupStartsAtOnce(t *testing.T) {
 	}
 	if _, err := stage.NewCleanup(e.deps).Handle(ctx, stage.CleanupInput{StageID: "early"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// endsBeforeAdd is the stage store as it is when the stage ends (a cancel)
+// while a group's add is on its way: the group was ready to run as the API
+// read the stage, so its step started early, and the add then fails.
+type endsBeforeAdd struct {
+	*record.Store
+	started func(ctx context.Context) error
+}
+
+func (s *endsBeforeAdd) AddGroup(ctx context.Context, stageID string, read *record.Records, g record.NewGroup) (*record.Group, *record.Records, error) {
+	if err := s.started(ctx); err != nil {
+		return nil, nil, err
+	}
+	if _, err := s.EndStage(ctx, stageID, stage.Canceled, "canceled during the add"); err != nil {
+		return nil, nil, err
+	}
+	return s.Store.AddGroup(ctx, stageID, read, g)
+}
+
+// A step started while its group is recorded, whose record then fails, is
+// canceled on the agent at once: nothing unrecorded runs on.
+func TestAStepStartedEarlyIsCanceledWhenItsGroupIsNotRecorded(t *testing.T) {
+	e := newEnv(t, testPool("p", 1, 2))
+	e.warmUp(t, "p", 1)
+	ctx := agenttest.Context(t)
+	if a := e.do(t, "POST", "/v1/stages", stage.Spec{ID: "raced", Pool: "p"}, true); a.status != 201 {
+		t.Fatalf("create: %d %s", a.status, a.body)
+	}
+	if out, err := stage.NewInit(e.deps).Handle(ctx, stage.Input{StageID: "raced"}); err != nil || out.Status != stage.StatusLeased {
+		t.Fatalf("init: %+v %v", out, err)
+	}
+	st, err := e.deps.Stages.GetStage(ctx, "raced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := e.deps.Agents.Client(&lease.VM{LaunchID: st.VM, Address: st.VMAddress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stepOnAgent := func(ctx context.Context) (*agentapi.StepStatus, error) {
+		return agent.StepStatus(ctx, "raced", "long", 0)
+	}
+	e.api.Stages = &endsBeforeAdd{Store: e.deps.Stages, started: func(ctx context.Context) error {
+		// The add waits until the early start reached the agent.
+		for {
+			if s, err := stepOnAgent(ctx); err == nil && s.State == agentapi.StepRunning {
+				return nil
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}}
+	g := stage.Group{Steps: []stage.Step{{ID: "long", Step: script("sleep 60")}}}
+	a := e.do(t, "POST", "/v1/stages/raced/groups?wait=20s", g, true)
+	if a.status != http.StatusConflict || !strings.Contains(a.errorMessage(), "ended") {
+		t.Fatalf("add to a stage that ended meanwhile: %d %s", a.status, a.body)
+	}
+	s, err := stepOnAgent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State == agentapi.StepRunning {
+		// Canceled: the grace (SIGTERM to sh, which ends sleep) is short.
+		s, err = agent.WaitStep(ctx, "raced", "long", s.BootID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.State != agentapi.StepCanceled {
+		t.Errorf("the unrecorded step on the agent: %s, want canceled", s.State)
 	}
 }
 
