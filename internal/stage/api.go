@@ -452,16 +452,25 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Started on every create, so a retry after a failed start starts it; Step
 	// Functions runs one execution per name, and a retry names the same one.
+	// The start runs beside the early bind, which does not need it: a start
+	// that fails leaves the stage recorded, perhaps bound, for a retry of the
+	// create to start, or for the watchdog to release (its VM given back)
+	// when no retry comes.
 	input, _ := json.Marshal(Input{StageID: spec.ID})
-	_, err = a.Executions.StartExecution(ctx, &sfn.StartExecutionInput{
-		StateMachineArn: aws.String(a.StateMachineARN), Name: aws.String(ExecutionName(st)), Input: aws.String(string(input)),
-	})
+	startErr := make(chan error, 1)
+	go func() {
+		_, err := a.Executions.StartExecution(ctx, &sfn.StartExecutionInput{
+			StateMachineArn: aws.String(a.StateMachineARN), Name: aws.String(ExecutionName(st)), Input: aws.String(string(input)),
+		})
+		startErr <- err
+	}()
+	bound := a.bindNow(ctx, st, &spec)
 	var exists *sfntypes.ExecutionAlreadyExists
-	if err != nil && !errors.As(err, &exists) {
-		a.log().Error("start the stage's execution", "stage", spec.ID, "err", err)
+	if err := <-startErr; err != nil && !errors.As(err, &exists) {
+		a.log().Error("start the stage's execution", "stage", spec.ID, "bound", bound, "err", err)
 		return fail(http.StatusServiceUnavailable, CodeUnavailable, "the stage is recorded but its execution did not start: repeat the request")
 	}
-	if a.bindNow(ctx, st, &spec) {
+	if bound {
 		return a.writeStatus(ctx, w, status, spec.ID)
 	}
 	if err := a.awaitStage(ctx, spec.ID, until, func(st *record.Stage) bool {
@@ -487,9 +496,9 @@ func ExecutionName(st *record.Stage) string {
 // left to Init, which gives it up and leases another.
 const bindNowWithin = 2 * time.Second
 
-// bindNow leases an idle VM for a stage just recorded, whose execution has
-// started, and binds its agent, as Init would a moment later: on AWS the
-// state machine reaches Init tens of milliseconds after the start, and the
+// bindNow leases an idle VM for a stage just recorded, whose execution is
+// being started, and binds its agent, as Init would a moment later: on AWS
+// the state machine reaches Init tens of milliseconds after the start, and the
 // request still holds the stage's secrets, so nothing is decrypted for it.
 // Init then finds the stage bound (the lease and the bind are idempotent by
 // stage: a concurrent Init leases the same VM and binds it with the same

@@ -51,12 +51,19 @@ type executions struct {
 	calls  []sfn.StartExecutionInput
 	inputs map[string]string // by name
 	ended  map[string]bool
+	// failing is how many starts to come fail as a throttled Step Functions
+	// would.
+	failing int
 }
 
 func (e *executions) StartExecution(_ context.Context, in *sfn.StartExecutionInput, _ ...func(*sfn.Options)) (*sfn.StartExecutionOutput, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.calls = append(e.calls, *in)
+	if e.failing > 0 {
+		e.failing--
+		return nil, &sfntypes.ExecutionLimitExceeded{Message: aws.String("throttled")}
+	}
 	name, input := aws.ToString(in.Name), aws.ToString(in.Input)
 	if before, used := e.inputs[name]; used && (e.ended[name] || before != input) {
 		return nil, &sfntypes.ExecutionAlreadyExists{Message: aws.String("Execution Already Exists: " + name)}
